@@ -1,0 +1,79 @@
+"""Tables owned by the service: patients, conversations, messages, replies, incidents, state."""
+
+from bot.storage import Migration
+
+MIGRATIONS = [
+    Migration(
+        "bot",
+        1,
+        "conversations",
+        """
+        CREATE TABLE patients (
+            id INTEGER PRIMARY KEY,
+            platform TEXT NOT NULL,
+            platform_user_id TEXT NOT NULL,
+            display_name TEXT,
+            consent INTEGER NOT NULL DEFAULT 0,
+            consent_at REAL,
+            region TEXT,
+            created_at REAL NOT NULL,
+            UNIQUE (platform, platform_user_id)
+        );
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            patient_id INTEGER NOT NULL REFERENCES patients(id) ON DELETE CASCADE,
+            platform TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'open',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (platform, channel_id, thread_id)
+        );
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            text TEXT NOT NULL,
+            attachments INTEGER NOT NULL DEFAULT 0,
+            platform_message_id TEXT,
+            status TEXT NOT NULL DEFAULT 'received',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX messages_status ON messages (status);
+        CREATE INDEX messages_conversation ON messages (conversation_id);
+        CREATE TABLE replies (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            prompt TEXT NOT NULL,
+            text TEXT NOT NULL,
+            shown_text TEXT,
+            task TEXT NOT NULL DEFAULT 'general',
+            model TEXT NOT NULL,
+            adapter_version TEXT,
+            latency_ms REAL NOT NULL,
+            risk_flags TEXT NOT NULL DEFAULT '[]',
+            delivery TEXT NOT NULL DEFAULT 'pending',
+            platform_message_ids TEXT NOT NULL DEFAULT '[]',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX replies_conversation ON replies (conversation_id);
+        CREATE TABLE incidents (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            message_id INTEGER REFERENCES messages(id) ON DELETE SET NULL,
+            created_at REAL NOT NULL,
+            resolved_at REAL
+        );
+        CREATE TABLE service_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+    ),
+]

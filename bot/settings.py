@@ -1,0 +1,273 @@
+"""All settings of LLM4Sweat in one object.
+
+Sources, highest priority first: explicit arguments, environment variables with the prefix
+``LLM4SWEAT_`` (nested with ``__``, e.g. ``LLM4SWEAT_INFERENCE__BACKEND=openai``), then an
+optional TOML file (``LLM4SWEAT_CONFIG`` or ``--config``). Secrets are accepted from the
+environment only: a secret in the TOML file is refused, so a config file can be shared or
+committed without leaking a token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "LLM4SWEAT_"
+DEFAULT_BASE_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
+PACKS_DIR = Path(__file__).resolve().parent.parent / "pipeline" / "packs"
+
+
+class Section(BaseModel):
+    """Base for setting sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class InferenceSettings(Section):
+    backend: Literal["local", "openai", "fixed"] = "local"
+    base_model: str = DEFAULT_BASE_MODEL
+    # Served model name for the openai backend when no adapter is live (vLLM: the base model).
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    # Extra replica URLs for the openai backend (vLLM replicas).
+    openai_replica_urls: list[str] = Field(default_factory=list)
+    openai_api_key: SecretStr | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    temperature: float = Field(0.3, ge=0.0, le=2.0)
+    # Local backend: how many requests are generated together, and how long to wait to fill a batch.
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_window_ms: float = Field(5.0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Fixed backend (tests, benchmarks): a reply after a known delay, no model.
+    fixed_delay_s: float = Field(0.0, ge=0)
+
+
+class ReviewSettings(Section):
+    mode: Literal["immediate", "gated"] = "immediate"
+    quorum: int = Field(1, ge=1, le=20)
+    # Items nobody decided within this many hours are marked expired.
+    expire_after_hours: float = Field(24 * 7, gt=0)
+
+
+class PromptSettings(Section):
+    # Tokens available for system prompt + guidance + history + the new message.
+    token_budget: int = Field(1536, ge=64)
+    max_message_chars: int = Field(4000, ge=1)
+    system_prompt_extra: str = ""
+
+
+class LocalConsoleSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8377, ge=0, le=65535)
+    # Names that the console treats as holding the reviewer / moderator roles.
+    reviewer_ids: list[str] = Field(default_factory=lambda: ["reviewer"])
+    moderator_ids: list[str] = Field(default_factory=lambda: ["moderator"])
+
+
+class DiscordSettings(Section):
+    token: SecretStr | None = None
+    guild_ids: list[int] = Field(default_factory=list)
+    support_channel_ids: list[int] = Field(default_factory=list)
+    reviewer_channel_id: int | None = None
+    reviewer_role: str = "reviewer"
+    moderator_role: str = "moderator"
+    allow_dms: bool = False
+
+
+class SlackSettings(Section):
+    bot_token: SecretStr | None = None
+    app_token: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    mode: Literal["socket", "http"] = "socket"
+    http_port: int = Field(3000, ge=0, le=65535)
+    support_channel_ids: list[str] = Field(default_factory=list)
+    reviewer_channel_id: str | None = None
+    reviewer_usergroup_id: str | None = None
+    reviewer_user_ids: list[str] = Field(default_factory=list)
+    moderator_user_ids: list[str] = Field(default_factory=list)
+    allow_dms: bool = False
+    api_base_url: str | None = None
+
+
+class TrainingSettings(Section):
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(1024, ge=16)
+    retrain_min_new_examples: int = Field(20, ge=1)
+    retrain_interval_hours: float = Field(24.0, gt=0)
+    gate_tolerance: float = Field(0.0, ge=0, le=1)
+    gate_task_margin: float = Field(0.05, ge=0, le=1)
+
+
+class GenerationSettings(Section):
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o"
+    api_key: SecretStr | None = None
+    concurrency: int = Field(4, ge=1, le=256)
+
+
+SECRET_KEYS = {
+    ("inference", "openai_api_key"),
+    ("discord", "token"),
+    ("slack", "bot_token"),
+    ("slack", "app_token"),
+    ("slack", "signing_secret"),
+    ("generation", "api_key"),
+}
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "llm4sweat"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_path: Path | None = None  # default: data_dir / "llm4sweat.db"
+    adapters_dir: Path | None = None  # default: data_dir / "adapters"
+    pack: str = "hyperhidrosis"  # a pack name under pipeline/packs, or a path
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_message_text: bool = False  # logs never carry patient text unless asked
+
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+    local: LocalConsoleSettings = Field(default_factory=LocalConsoleSettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    _toml_file: Path | None = None
+
+    @field_validator("database_path", "adapters_dir", "data_dir")
+    @classmethod
+    def _path_is_text(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("path is not valid UTF-8 text") from None
+        if "\x00" in text:
+            raise ValueError("path contains a NUL byte")
+        return value
+
+    @property
+    def db_path(self) -> Path:
+        return self.database_path or self.data_dir / "llm4sweat.db"
+
+    @property
+    def adapters_path(self) -> Path:
+        return self.adapters_dir or self.data_dir / "adapters"
+
+    @property
+    def pack_path(self) -> Path:
+        candidate = Path(self.pack)
+        if candidate.is_dir():
+            return candidate
+        return PACKS_DIR / self.pack
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = _CONFIG_FILE_OVERRIDE or os.environ.get(ENV_PREFIX + "CONFIG")
+        if toml_path:
+            sources.append(_SecretFreeToml(settings_cls, Path(toml_path)))
+        return tuple(sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """A dict safe to print or log: secrets shown only as set / not set."""
+        data = self.model_dump(mode="json")
+        for section, key in SECRET_KEYS:
+            value = getattr(getattr(self, section), key)
+            data[section][key] = "(set)" if value is not None else None
+        return data
+
+    def secret_values(self) -> list[str]:
+        values = []
+        for section, key in SECRET_KEYS:
+            value = getattr(getattr(self, section), key)
+            if value is not None and value.get_secret_value():
+                values.append(value.get_secret_value())
+        return values
+
+
+_CONFIG_FILE_OVERRIDE: str | None = None
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message is one line meant for the operator."""
+
+
+class _SecretFreeToml(TomlConfigSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path):
+        if not path.is_file():
+            raise SettingsError(f"settings file {path}: not found")
+        try:
+            super().__init__(settings_cls, toml_file=path)
+        except Exception as exc:  # tomllib.TOMLDecodeError and friends
+            raise SettingsError(f"settings file {path}: not valid TOML ({exc})") from None
+        for section, key in SECRET_KEYS:
+            block = self.toml_data.get(section)
+            if isinstance(block, dict) and key in block:
+                raise SettingsError(
+                    f"settings file {path}: [{section}] {key} is a secret; set it in the environment "
+                    f"as {ENV_PREFIX}{section.upper()}__{key.upper()} instead"
+                )
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ())]
+    env_name = ENV_PREFIX + "__".join(part.upper() for part in loc)
+    dotted = ".".join(loc)
+    message = error.get("msg", "invalid")
+    if error.get("type") == "extra_forbidden":
+        message = "unknown setting"
+    return f"setting {dotted} ({env_name}): {message}"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings, turning any validation problem into one readable SettingsError line."""
+    global _CONFIG_FILE_OVERRIDE
+    _CONFIG_FILE_OVERRIDE = str(config_file) if config_file else None
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise SettingsError("; ".join(lines)) from None
+    finally:
+        _CONFIG_FILE_OVERRIDE = None

@@ -1,0 +1,172 @@
+"""The one SQLite database: connection, transactions and versioned migrations.
+
+Each package owns its tables and lists its migrations in its own ``schema`` module; this
+module only applies them in order and records what was applied, so an upgrade is
+``llm4sweat db upgrade`` (or simply starting the service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    package: str
+    version: int
+    name: str
+    sql: str
+
+
+def all_migrations() -> list[Migration]:
+    """Migrations of every package, in the order they must be applied."""
+    from bot import schema as bot_schema
+    from pipeline import schema as pipeline_schema
+    from reviewers import schema as reviewers_schema
+
+    # bot first (patients, conversations), then reviewers and pipeline that reference them.
+    return [*bot_schema.MIGRATIONS, *reviewers_schema.MIGRATIONS, *pipeline_schema.MIGRATIONS]
+
+
+class StorageError(Exception):
+    """The database cannot be opened or upgraded; the message says why in one line."""
+
+
+def now() -> float:
+    return time.time()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+class Database:
+    """One aiosqlite connection shared by the whole service.
+
+    Writes go through ``transaction()``, which holds an asyncio lock so that two coroutines
+    never interleave statements inside one transaction on the shared connection.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self, migrate: bool = True) -> "Database":
+        if str(self.path) != ":memory:":
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"database directory {self.path.parent}: {exc.strerror}") from None
+        try:
+            self._conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+            self._conn.row_factory = aiosqlite.Row
+            await self._conn.execute("PRAGMA journal_mode=WAL")
+            await self._conn.execute("PRAGMA foreign_keys=ON")
+            await self._conn.execute("PRAGMA synchronous=NORMAL")
+            await self._conn.execute("PRAGMA busy_timeout=5000")
+        except (sqlite_errors()) as exc:
+            raise StorageError(f"database {self.path}: {exc}") from None
+        if migrate:
+            await self.upgrade()
+        return self
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def __aenter__(self) -> "Database":
+        if self._conn is None:
+            await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise StorageError("database is not open")
+        return self._conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+        async with self._lock:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
+            else:
+                await self.conn.execute("COMMIT")
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """One statement in its own transaction; returns lastrowid."""
+        async with self.transaction() as conn:
+            cursor = await conn.execute(sql, tuple(params))
+            return cursor.lastrowid or 0
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        async with self._lock:
+            cursor = await self.conn.execute(sql, tuple(params))
+            return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._lock:
+            cursor = await self.conn.execute(sql, tuple(params))
+            return list(await cursor.fetchall())
+
+    async def fetchval(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    async def applied_migrations(self) -> set[tuple[str, int]]:
+        await self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " package TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
+            " applied_at REAL NOT NULL, PRIMARY KEY (package, version))"
+        )
+        cursor = await self.conn.execute("SELECT package, version FROM schema_migrations")
+        return {(row[0], row[1]) for row in await cursor.fetchall()}
+
+    async def upgrade(self) -> list[Migration]:
+        """Apply every migration not yet applied, each in its own transaction."""
+        done = await self.applied_migrations()
+        applied: list[Migration] = []
+        for migration in all_migrations():
+            if (migration.package, migration.version) in done:
+                continue
+            async with self.transaction() as conn:
+                for statement in _split_sql(migration.sql):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (package, version, name, applied_at) VALUES (?, ?, ?, ?)",
+                    (migration.package, migration.version, migration.name, now()),
+                )
+            log.info("applied migration %s/%03d %s", migration.package, migration.version, migration.name)
+            applied.append(migration)
+        return applied
+
+
+def _split_sql(sql: str) -> list[str]:
+    return [part.strip() for part in sql.split(";") if part.strip()]
+
+
+def sqlite_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    return (sqlite3.Error, OSError, ValueError)

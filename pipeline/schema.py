@@ -1,0 +1,51 @@
+"""Tables owned by the model pipeline: dataset examples, adapters, jobs."""
+
+from bot.storage import Migration
+
+MIGRATIONS = [
+    Migration(
+        "pipeline",
+        1,
+        "dataset_adapters_jobs",
+        """
+        CREATE TABLE dataset_examples (
+            id INTEGER PRIMARY KEY,
+            task TEXT NOT NULL,
+            source TEXT NOT NULL CHECK (source IN ('seed', 'synthetic', 'expert_approved', 'expert_edited')),
+            messages TEXT NOT NULL,
+            provenance TEXT NOT NULL DEFAULT '{}',
+            content_hash TEXT NOT NULL UNIQUE,
+            patient_id INTEGER REFERENCES patients(id) ON DELETE CASCADE,
+            review_item_id INTEGER REFERENCES review_items(id) ON DELETE SET NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX dataset_examples_task ON dataset_examples (task, source);
+        CREATE TABLE adapters (
+            id INTEGER PRIMARY KEY,
+            version TEXT NOT NULL UNIQUE,
+            path TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('candidate', 'live', 'retired', 'failed')),
+            base_model TEXT NOT NULL,
+            manifest TEXT NOT NULL DEFAULT '{}',
+            evaluation TEXT,
+            note TEXT,
+            created_at REAL NOT NULL,
+            promoted_at REAL
+        );
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+            requested_by TEXT NOT NULL DEFAULT '',
+            progress TEXT NOT NULL DEFAULT '',
+            result TEXT,
+            error TEXT,
+            pid INTEGER,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        );
+        CREATE UNIQUE INDEX jobs_one_active ON jobs (kind) WHERE status IN ('queued', 'running')
+        """,
+    ),
+]

@@ -1,0 +1,47 @@
+"""Tables owned by the review workflow: items, decisions with rubric scores, audit trail."""
+
+from bot.storage import Migration
+
+MIGRATIONS = [
+    Migration(
+        "reviewers",
+        1,
+        "review",
+        """
+        CREATE TABLE review_items (
+            id INTEGER PRIMARY KEY,
+            reply_id INTEGER NOT NULL UNIQUE REFERENCES replies(id) ON DELETE CASCADE,
+            state TEXT NOT NULL DEFAULT 'pending',
+            priority TEXT NOT NULL DEFAULT 'normal',
+            final_text TEXT,
+            card_ref TEXT,
+            created_at REAL NOT NULL,
+            closed_at REAL
+        );
+        CREATE INDEX review_items_state ON review_items (state);
+        CREATE TABLE review_decisions (
+            id INTEGER PRIMARY KEY,
+            item_id INTEGER NOT NULL REFERENCES review_items(id) ON DELETE CASCADE,
+            reviewer_platform TEXT NOT NULL,
+            reviewer_id TEXT NOT NULL,
+            reviewer_name TEXT,
+            action TEXT NOT NULL CHECK (action IN ('approve', 'edit', 'reject')),
+            edited_text TEXT,
+            accuracy INTEGER CHECK (accuracy BETWEEN 1 AND 5),
+            appropriateness INTEGER CHECK (appropriateness BETWEEN 1 AND 5),
+            empathy INTEGER CHECK (empathy BETWEEN 1 AND 5),
+            comment TEXT,
+            created_at REAL NOT NULL,
+            UNIQUE (item_id, reviewer_platform, reviewer_id)
+        );
+        CREATE TABLE review_audit (
+            id INTEGER PRIMARY KEY,
+            item_id INTEGER REFERENCES review_items(id) ON DELETE CASCADE,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL
+        )
+        """,
+    ),
+]

@@ -1,0 +1,1 @@
+"""Fixtures for the core: settings and a database in a temporary directory."""
