@@ -1,0 +1,527 @@
+"""The platform-neutral conversation core: every rule about answering patients lives here.
+
+Patient message in → committed to the database first (a crash after this loses nothing) →
+triage → prompt within a token budget → model → reply stored with its model and adapter →
+review item → delivered according to the review mode. Expert decisions come back through
+``decide``, which updates what the patient sees and feeds the dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.inference.base import InferenceBackend, ModelUnavailable
+from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, ViewKind
+from bot.prompt import build_prompt
+from bot.safety import Triage, triage
+from bot.settings import Settings
+from bot.storage import Database, dumps, now
+from bot.tasks import classify_task
+from pipeline import dataset
+from reviewers.models import Action, Actor, DecisionOutcome, ReviewState, Rubric
+from reviewers.service import ReviewService
+
+log = logging.getLogger(__name__)
+
+MAX_STORED_CHARS = 100_000  # beyond this a message is cut before storing (and the patient told)
+
+NOTICE_EMPTY = "Your message was empty. Please type your question in words and send it again."
+NOTICE_ATTACHMENT_ONLY = (
+    "I can only read text, not attachments or images. Could you describe your question in words? "
+    "Your attachment was not shared with anyone."
+)
+NOTICE_TOO_LONG = (
+    "Your message is very long, so I read the first part of it ({chars} characters). "
+    "Everything you wrote is saved; feel free to send the rest as a follow-up."
+)
+NOTICE_UNAVAILABLE = (
+    "I'm sorry — the assistant is temporarily unavailable. Your message is saved and will be "
+    "answered as soon as it is back."
+)
+NOTICE_PAUSED = (
+    "The assistant is paused by the moderators for a short while. Your message is saved and will "
+    "be answered when it resumes."
+)
+NOTICE_CONSENT = (
+    "Welcome. I'm an AI assistant for people living with {title}. Your messages and my replies are "
+    "stored, and medical and psychological specialists may read them to check my answers and improve "
+    "the service; details that identify you are removed before anything is used for training. "
+    "You can ask to have everything deleted at any time with /forget-me."
+)
+GATED_TEXT = "Thank you for your question. A specialist is reviewing my answer before you see it; it will appear here."
+WITHDRAWN_TEXT = (
+    "A specialist reviewed my earlier answer and withdrew it because it was not good enough. "
+    "They or a colleague may follow up; for anything urgent or personal, please talk to your doctor."
+)
+LABEL_PENDING = "AI-written · pending review by a specialist"
+LABEL_APPROVED = "AI-written · reviewed by a specialist"
+LABEL_EDITED = "Reviewed and edited by a specialist"
+LABEL_DEMO = "DEMO MODEL — not medical advice"
+
+
+@dataclass
+class HandleResult:
+    message_id: int | None
+    conversation_id: int | None
+    reply_id: int | None = None
+    item_id: int | None = None
+    views: list[PatientView] = field(default_factory=list)
+    status: str = ""
+
+
+class ConversationCore:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        backend: InferenceBackend,
+        pack: Any,
+        reviews: ReviewService,
+        platforms: dict[str, Platform] | None = None,
+        demo: bool = False,
+    ):
+        self.settings = settings
+        self.db = db
+        self.backend = backend
+        self.pack = pack
+        self.reviews = reviews
+        self.platforms: dict[str, Platform] = dict(platforms or {})
+        self.demo = demo
+        self._conversation_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._last_outage_alert = 0.0
+
+    # ------------------------------------------------------------------ patients in
+
+    async def handle_message(self, msg: IncomingMessage) -> HandleResult:
+        """Store a patient's message, then answer it (or say clearly why not)."""
+        text = msg.text.strip() if msg.text else ""
+        if not text and not msg.attachments:
+            log.info("empty message from %s:%s ignored", msg.platform, msg.user_id)
+            return await self._notice_only(msg, NOTICE_EMPTY, "empty")
+        stored_text = text[:MAX_STORED_CHARS]
+        conv, message_id, first_contact = await self._store_incoming(msg, stored_text)
+        result = HandleResult(message_id, conv.id)
+        if first_contact:
+            result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_CONSENT.format(title=self.pack.title))))
+        if not text:
+            await self._set_message_status(message_id, "unsupported")
+            result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_ATTACHMENT_ONLY)))
+            result.status = "unsupported"
+            return result
+        if len(text) > self.settings.prompt.max_message_chars:
+            notice = NOTICE_TOO_LONG.format(chars=self.settings.prompt.max_message_chars)
+            result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, notice)))
+        if await self.is_paused():
+            await self._set_message_status(message_id, "paused")
+            result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_PAUSED)))
+            result.status = "paused"
+            return result
+        answered = await self.answer(message_id)
+        result.reply_id, result.item_id, result.status = answered.reply_id, answered.item_id, answered.status
+        result.views.extend(answered.views)
+        return result
+
+    async def _notice_only(self, msg: IncomingMessage, text: str, status: str) -> HandleResult:
+        conv = await self._find_conversation(msg)
+        view = PatientView(ViewKind.NOTICE, text)
+        if conv is not None:
+            await self._send(conv, view)
+        else:
+            platform = self.platforms.get(msg.platform)
+            if platform is not None:
+                ref = ConversationRef(0, msg.platform, msg.channel_id, msg.thread_id, msg.user_id)
+                await platform.send_to_patient(ref, view)
+        return HandleResult(None, conv.id if conv else None, views=[view], status=status)
+
+    async def _find_conversation(self, msg: IncomingMessage) -> ConversationRef | None:
+        row = await self.db.fetchone(
+            "SELECT c.id FROM conversations c WHERE c.platform = ? AND c.channel_id = ? AND c.thread_id = ?",
+            (msg.platform, msg.channel_id, msg.thread_id),
+        )
+        return ConversationRef(row[0], msg.platform, msg.channel_id, msg.thread_id, msg.user_id) if row else None
+
+    async def _store_incoming(self, msg: IncomingMessage, text: str) -> tuple[ConversationRef, int, bool]:
+        """Patient, conversation and message in one committed transaction."""
+        t = now()
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "SELECT id FROM patients WHERE platform = ? AND platform_user_id = ?", (msg.platform, msg.user_id)
+            )
+            row = await cursor.fetchone()
+            first_contact = row is None
+            if first_contact:
+                # Consent is given by continuing after the notice shown on first contact.
+                cursor = await conn.execute(
+                    "INSERT INTO patients (platform, platform_user_id, display_name, consent, consent_at, region,"
+                    " created_at) VALUES (?, ?, ?, 1, ?, ?, ?)",
+                    (msg.platform, msg.user_id, msg.display_name, t, msg.region, t),
+                )
+                patient_id = cursor.lastrowid
+            else:
+                patient_id = row[0]
+            cursor = await conn.execute(
+                "SELECT id FROM conversations WHERE platform = ? AND channel_id = ? AND thread_id = ?",
+                (msg.platform, msg.channel_id, msg.thread_id),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                cursor = await conn.execute(
+                    "INSERT INTO conversations (patient_id, platform, channel_id, thread_id, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (patient_id, msg.platform, msg.channel_id, msg.thread_id, t, t),
+                )
+                conversation_id = cursor.lastrowid
+            else:
+                conversation_id = row[0]
+                await conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (t, conversation_id))
+            cursor = await conn.execute(
+                "INSERT INTO messages (conversation_id, text, attachments, platform_message_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, text, msg.attachments, msg.platform_message_id, t),
+            )
+            message_id = cursor.lastrowid
+        conv = ConversationRef(int(conversation_id), msg.platform, msg.channel_id, msg.thread_id, msg.user_id)
+        log.info("message %s stored (conversation %s, %d chars)", message_id, conversation_id, len(text))
+        return conv, int(message_id), first_contact
+
+    # ------------------------------------------------------------------ answering
+
+    async def answer(self, message_id: int) -> HandleResult:
+        """Answer a stored message. Safe to call again for a message that is queued for retry."""
+        row = await self.db.fetchone(
+            "SELECT m.*, c.platform, c.channel_id, c.thread_id, c.status AS conv_status, p.platform_user_id"
+            " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+            " JOIN patients p ON p.id = c.patient_id WHERE m.id = ?",
+            (message_id,),
+        )
+        if row is None:
+            return HandleResult(None, None, status="missing")
+        conv = ConversationRef(row["conversation_id"], row["platform"], row["channel_id"], row["thread_id"],
+                               row["platform_user_id"])
+        async with self._conversation_locks[conv.id]:
+            if row["status"] == "answered":
+                return HandleResult(message_id, conv.id, status="answered")
+            return await self._answer_locked(row, conv)
+
+    async def _answer_locked(self, row: Any, conv: ConversationRef) -> HandleResult:
+        message_id = row["id"]
+        text = row["text"]
+        result = HandleResult(message_id, conv.id)
+        verdict = triage(text, self.pack)
+        if verdict.crisis:
+            return await self._crisis(row, conv, verdict, result)
+        history = await self._history(conv.id, before_message_id=message_id)
+        advice = [flag.advice for flag in self.pack.red_flags if flag.id in verdict.red_flags]
+        messages = build_prompt(
+            self.pack,
+            history,
+            text[: self.settings.prompt.max_message_chars],
+            count_tokens=self.backend.count_tokens,
+            budget=self.settings.prompt.token_budget,
+            red_flag_advice=advice,
+            extra_system=self.settings.prompt.system_prompt_extra,
+        )
+        try:
+            generation = await self.backend.generate(messages)
+        except ModelUnavailable as exc:
+            return await self._model_failed(message_id, conv, str(exc), result)
+        reply_text = generation.text.strip() or "I'm sorry, I could not put an answer together. A specialist will look at your question."
+        gated = self.settings.review.mode == "gated" or bool(verdict.red_flags) or row["conv_status"] == "crisis_hold"
+        task = classify_task(text)
+        priority = "high" if verdict.red_flags or row["conv_status"] == "crisis_hold" else "normal"
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO replies (message_id, conversation_id, prompt, text, task, model, adapter_version,"
+                " latency_ms, risk_flags, delivery, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (message_id, conv.id, dumps(messages), reply_text, task, generation.model, generation.adapter_version,
+                 generation.latency_s * 1000, dumps(verdict.risk_flags), "held" if gated else "shown", now(), now()),
+            )
+            reply_id = int(cursor.lastrowid)
+            await conn.execute(
+                "UPDATE messages SET status = 'answered', attempts = attempts + 1, last_error = NULL WHERE id = ?",
+                (message_id,),
+            )
+            await conn.execute("UPDATE incidents SET resolved_at = ? WHERE message_id = ? AND resolved_at IS NULL",
+                               (now(), message_id))
+        item_id = await self.reviews.create_item(reply_id, priority)
+        view = self._gated_view() if gated else self._pending_view(reply_text)
+        ids = await self._deliver(conv, view)
+        await self.db.execute("UPDATE replies SET platform_message_ids = ? WHERE id = ?", (dumps(ids), reply_id))
+        await self._post_card(item_id)
+        result.reply_id, result.item_id, result.status = reply_id, item_id, "held" if gated else "shown"
+        result.views.append(view)
+        return result
+
+    async def _crisis(self, row: Any, conv: ConversationRef, verdict: Triage, result: HandleResult) -> HandleResult:
+        message = self.pack.crisis_message(None)
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE messages SET status = 'crisis' WHERE id = ?", (row["id"],))
+            await conn.execute("UPDATE conversations SET status = 'crisis_hold' WHERE id = ?", (conv.id,))
+            await conn.execute(
+                "INSERT INTO incidents (kind, detail, message_id, created_at) VALUES ('crisis', ?, ?, ?)",
+                (f"conversation {conv.id} on {conv.platform}", row["id"], now()),
+            )
+        view = PatientView(ViewKind.CRISIS, message)
+        await self._deliver(conv, view)
+        await self._alert(
+            f"Crisis message in conversation {conv.id} ({conv.platform}). The patient was given crisis resources; "
+            "please look at it now. Later messages in this conversation are held for review.",
+            urgent=True,
+        )
+        log.warning("crisis triage on message %s (conversation %s)", row["id"], conv.id)
+        result.status = "crisis"
+        result.views.append(view)
+        return result
+
+    async def _model_failed(self, message_id: int, conv: ConversationRef, error: str, result: HandleResult) -> HandleResult:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE messages SET status = 'queued_retry', attempts = attempts + 1, last_error = ? WHERE id = ?",
+                (error[:500], message_id),
+            )
+            cursor = await conn.execute(
+                "SELECT id FROM incidents WHERE message_id = ? AND resolved_at IS NULL", (message_id,)
+            )
+            first_failure = await cursor.fetchone() is None
+            if first_failure:
+                await conn.execute(
+                    "INSERT INTO incidents (kind, detail, message_id, created_at) VALUES ('model_unavailable', ?, ?, ?)",
+                    (error[:500], message_id, now()),
+                )
+        log.error("model unavailable for message %s: %s", message_id, error)
+        if first_failure:
+            view = PatientView(ViewKind.NOTICE, NOTICE_UNAVAILABLE)
+            await self._deliver(conv, view)
+            result.views.append(view)
+        if time.monotonic() - self._last_outage_alert > 300:
+            self._last_outage_alert = time.monotonic()
+            await self._alert(f"The model is failing: {error}. Messages are queued and will be retried.")
+        result.status = "queued_retry"
+        return result
+
+    async def retry_queued(self, limit: int = 50) -> int:
+        """Answer messages that are queued after an outage or a pause; returns how many got a reply."""
+        rows = await self.db.fetchall(
+            "SELECT id FROM messages WHERE status IN ('queued_retry', 'paused', 'received') ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        answered = 0
+        for row in rows:
+            if await self.is_paused():
+                break
+            outcome = await self.answer(row[0])
+            if outcome.status in ("shown", "held", "crisis"):
+                answered += 1
+            elif outcome.status == "queued_retry":
+                break  # still down: try again later instead of hammering
+        return answered
+
+    async def _history(self, conversation_id: int, before_message_id: int) -> list[tuple[str, str]]:
+        rows = await self.db.fetchall(
+            "SELECT m.id, m.text, r.text AS reply, r.shown_text, i.state FROM messages m"
+            " LEFT JOIN replies r ON r.message_id = m.id LEFT JOIN review_items i ON i.reply_id = r.id"
+            " WHERE m.conversation_id = ? AND m.id < ? AND m.status = 'answered' ORDER BY m.id",
+            (conversation_id, before_message_id),
+        )
+        history: list[tuple[str, str]] = []
+        for row in rows:
+            history.append(("user", row["text"]))
+            if row["reply"] is not None and row["state"] != ReviewState.REJECTED.value:
+                history.append(("assistant", row["shown_text"] or row["reply"]))
+        return history
+
+    # ------------------------------------------------------------------ views
+
+    def _label(self, base: str) -> str:
+        return f"{base} · {LABEL_DEMO}" if self.demo else base
+
+    def _disclaimer(self) -> str:
+        return self.pack.demo_disclaimer if self.demo else self.pack.disclaimer
+
+    def _pending_view(self, text: str) -> PatientView:
+        return PatientView(ViewKind.PENDING_REVIEW, text, self._label(LABEL_PENDING), self._disclaimer())
+
+    def _gated_view(self) -> PatientView:
+        return PatientView(ViewKind.UNDER_REVIEW, GATED_TEXT, self._label(LABEL_PENDING))
+
+    def view_for(self, reply_text: str, delivery: str, state: str, final_text: str | None) -> PatientView:
+        """What the patient sees for a reply, given its delivery and review state (one rule for all views)."""
+        if state == ReviewState.APPROVED.value:
+            return PatientView(ViewKind.REVIEWED, final_text or reply_text, self._label(LABEL_APPROVED), self._disclaimer())
+        if state == ReviewState.EDITED.value:
+            return PatientView(ViewKind.REVIEWED, final_text or reply_text, self._label(LABEL_EDITED), self._disclaimer())
+        if state == ReviewState.REJECTED.value:
+            return PatientView(ViewKind.WITHDRAWN, WITHDRAWN_TEXT)
+        if delivery == "held":
+            return self._gated_view()
+        return self._pending_view(reply_text)
+
+    # ------------------------------------------------------------------ expert decisions
+
+    async def decide(
+        self,
+        item_id: int,
+        actor: Actor,
+        action: Action | str,
+        edited_text: str | None = None,
+        rubric: Rubric | None = None,
+        comment: str | None = None,
+    ) -> DecisionOutcome:
+        """Record a decision; when it closes the item, update the patient and the dataset."""
+        outcome = await self.reviews.decide(item_id, actor, action, edited_text, rubric, comment)
+        if outcome.closed_now:
+            await self._apply_closed(item_id, outcome)
+        if outcome.recorded:
+            await self._update_card(item_id)
+        return outcome
+
+    async def _apply_closed(self, item_id: int, outcome: DecisionOutcome) -> None:
+        item = await self.reviews.item(item_id)
+        if item is None:
+            return
+        reply = await self.db.fetchone(
+            "SELECT r.*, c.platform, c.channel_id, c.thread_id, c.patient_id, p.platform_user_id, p.consent"
+            " FROM replies r JOIN conversations c ON c.id = r.conversation_id JOIN patients p ON p.id = c.patient_id"
+            " WHERE r.id = ?",
+            (item["reply_id"],),
+        )
+        conv = ConversationRef(reply["conversation_id"], reply["platform"], reply["channel_id"], reply["thread_id"],
+                               reply["platform_user_id"])
+        view = self.view_for(reply["text"], reply["delivery"], outcome.state.value, outcome.final_text)
+        old_ids = json.loads(reply["platform_message_ids"])
+        ids = await self._update_delivery(conv, old_ids, view)
+        delivery = "withdrawn" if outcome.state is ReviewState.REJECTED else "reviewed"
+        await self.db.execute(
+            "UPDATE replies SET delivery = ?, shown_text = ?, platform_message_ids = ?, updated_at = ? WHERE id = ?",
+            (delivery, view.text if view.kind is ViewKind.REVIEWED else None, dumps(ids), now(), reply["id"]),
+        )
+        if outcome.state in (ReviewState.APPROVED, ReviewState.EDITED) and reply["consent"]:
+            await self._add_to_dataset(item_id, item, reply, outcome)
+
+    async def _add_to_dataset(self, item_id: int, item: dict, reply: Any, outcome: DecisionOutcome) -> None:
+        source = "expert_edited" if outcome.state is ReviewState.EDITED else "expert_approved"
+        decisions = await self.reviews.decisions(item_id)
+        messages = [
+            {"role": "system", "content": self.pack.system_prompt.strip()},
+            {"role": "user", "content": item["patient_text"]},
+            {"role": "assistant", "content": outcome.final_text or reply["text"]},
+        ]
+        provenance = {
+            "review_item_id": item_id,
+            "reviewers": [f"{d['reviewer_platform']}:{d['reviewer_id']}" for d in decisions],
+            "model": reply["model"],
+            "adapter_version": reply["adapter_version"],
+        }
+        if source == "expert_edited":
+            provenance["original_reply"] = reply["text"]
+        await dataset.add_example(self.db, reply["task"], source, messages, provenance,
+                                  patient_id=reply["patient_id"], review_item_id=item_id)
+
+    # ------------------------------------------------------------------ platform plumbing
+
+    async def _send(self, conv: ConversationRef, view: PatientView) -> PatientView:
+        await self._deliver(conv, view)
+        return view
+
+    async def _deliver(self, conv: ConversationRef, view: PatientView) -> list[str]:
+        platform = self.platforms.get(conv.platform)
+        if platform is None:
+            return []
+        try:
+            return await platform.send_to_patient(conv, view)
+        except Exception:  # the reply is stored; a delivery failure must not lose it
+            log.exception("delivery to %s failed for conversation %s", conv.platform, conv.id)
+            return []
+
+    async def _update_delivery(self, conv: ConversationRef, ids: list[str], view: PatientView) -> list[str]:
+        platform = self.platforms.get(conv.platform)
+        if platform is None:
+            return ids
+        try:
+            if ids:
+                return await platform.update_patient_message(conv, ids, view)
+            return await platform.send_to_patient(conv, view)
+        except Exception:
+            log.exception("updating the patient's reply on %s failed (conversation %s)", conv.platform, conv.id)
+            return ids
+
+    async def review_card(self, item_id: int) -> ReviewCard | None:
+        item = await self.reviews.item(item_id)
+        if item is None:
+            return None
+        decided = [f"{d['reviewer_name'] or d['reviewer_id']}: {d['action']}" for d in await self.reviews.decisions(item_id)]
+        return ReviewCard(
+            item_id=item_id, reply_id=item["reply_id"], patient_text=item["patient_text"],
+            reply_text=item["final_text"] or item["reply_text"], task=item["task"],
+            risk_flags=json.loads(item["risk_flags"]), adapter_version=item["adapter_version"],
+            state=item["state"], priority=item["priority"], decided_by=decided, card_ref=item["card_ref"],
+        )
+
+    def _review_platforms(self) -> list[Platform]:
+        return list(self.platforms.values())
+
+    async def _post_card(self, item_id: int) -> None:
+        card = await self.review_card(item_id)
+        if card is None:
+            return
+        refs = {}
+        for platform in self._review_platforms():
+            try:
+                ref = await platform.post_review_card(card)
+            except Exception:
+                log.exception("posting review card %s on %s failed", item_id, platform.name)
+                continue
+            if ref:
+                refs[platform.name] = ref
+        if refs:
+            await self.db.execute("UPDATE review_items SET card_ref = ? WHERE id = ?", (dumps(refs), item_id))
+
+    async def _update_card(self, item_id: int) -> None:
+        card = await self.review_card(item_id)
+        if card is None:
+            return
+        refs = json.loads(card.card_ref) if card.card_ref else {}
+        for platform in self._review_platforms():
+            if platform.name not in refs:
+                continue
+            card.card_ref = refs[platform.name]
+            try:
+                await platform.update_review_card(card)
+            except Exception:
+                log.exception("updating review card %s on %s failed", item_id, platform.name)
+
+    async def _alert(self, text: str, urgent: bool = False) -> None:
+        for platform in self.platforms.values():
+            try:
+                await platform.alert(text, urgent)
+            except Exception:
+                log.exception("alert on %s failed", platform.name)
+
+    async def _set_message_status(self, message_id: int, status: str) -> None:
+        await self.db.execute("UPDATE messages SET status = ? WHERE id = ?", (status, message_id))
+
+    # ------------------------------------------------------------------ service state
+
+    async def is_paused(self) -> bool:
+        return await self.db.fetchval("SELECT value FROM service_state WHERE key = 'paused'") == "1"
+
+    async def set_paused(self, paused: bool) -> None:
+        await self.db.execute(
+            "INSERT INTO service_state (key, value, updated_at) VALUES ('paused', ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            ("1" if paused else "0", now()),
+        )
+
+    async def forget_patient(self, platform: str, user_id: str) -> int:
+        """Delete a patient and everything derived from them (cascades to dataset examples)."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM patients WHERE platform = ? AND platform_user_id = ?", (platform, user_id)
+            )
+            return cursor.rowcount

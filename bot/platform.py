@@ -1,0 +1,86 @@
+"""The small interface between the platform-neutral core and each chat platform.
+
+A platform module translates its events into ``IncomingMessage`` / ``Actor`` and renders what
+the core hands it (``PatientView``, ``ReviewCard``, alerts). It holds no business rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    platform: str
+    user_id: str
+    channel_id: str
+    thread_id: str  # the platform's thread (or the channel/DM id where threads don't exist)
+    text: str
+    display_name: str = ""
+    attachments: int = 0
+    platform_message_id: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class ConversationRef:
+    id: int
+    platform: str
+    channel_id: str
+    thread_id: str
+    patient_user_id: str
+
+
+class ViewKind(str, Enum):
+    PENDING_REVIEW = "pending_review"  # AI-written, shown at once, awaiting a specialist
+    REVIEWED = "reviewed"  # approved or edited by a specialist
+    UNDER_REVIEW = "under_review"  # gated: a specialist is reviewing, answer not shown yet
+    WITHDRAWN = "withdrawn"  # rejected by a specialist, replaced by a holding message
+    NOTICE = "notice"  # a service message: unavailable, paused, empty input, consent
+    CRISIS = "crisis"  # crisis resources; never from the model
+
+
+@dataclass(frozen=True)
+class PatientView:
+    """What the patient should see for one reply, before platform rendering."""
+
+    kind: ViewKind
+    text: str
+    label: str = ""  # e.g. "AI-written · pending specialist review"
+    disclaimer: str = ""
+
+
+@dataclass
+class ReviewCard:
+    item_id: int
+    reply_id: int
+    patient_text: str
+    reply_text: str
+    task: str
+    risk_flags: list[str]
+    adapter_version: str | None
+    state: str
+    priority: str = "normal"
+    decided_by: list[str] = field(default_factory=list)
+    card_ref: str | None = None  # the platform's id for the posted card
+
+
+class Platform(Protocol):
+    name: str
+    max_message_chars: int
+
+    async def send_to_patient(self, conv: ConversationRef, view: PatientView) -> list[str]:
+        """Post a view in the patient's thread; returns the platform ids of the posted parts."""
+
+    async def update_patient_message(self, conv: ConversationRef, message_ids: list[str], view: PatientView) -> list[str]:
+        """Replace an earlier view in place (edit), returning the ids now showing it."""
+
+    async def post_review_card(self, card: ReviewCard) -> str | None:
+        """Post a card in the reviewer channel; returns its platform id."""
+
+    async def update_review_card(self, card: ReviewCard) -> None: ...
+
+    async def alert(self, text: str, urgent: bool = False) -> None:
+        """Tell moderators and on-duty reviewers (urgent: with a mention)."""

@@ -1,0 +1,51 @@
+"""Building the prompt sent to the model, within a token budget.
+
+Order of priority when the budget is tight: the system prompt and the pack's guidance are
+always kept, then the new message, then as much of the thread's history as fits, newest
+first. Red-flag advice is added to the system turn so the model is told to send the patient
+to a doctor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from bot.inference.base import ChatMessages
+
+
+def build_prompt(
+    pack: Any,
+    history: Sequence[tuple[str, str]],
+    message: str,
+    *,
+    count_tokens: Callable[[str], int],
+    budget: int,
+    red_flag_advice: Sequence[str] = (),
+    extra_system: str = "",
+) -> ChatMessages:
+    """Chat messages for the model. ``history`` is (role, text) pairs, oldest first."""
+    system = pack.system_prompt.strip() + "\n\n" + pack.guidance.strip()
+    if extra_system:
+        system += "\n\n" + extra_system.strip()
+    if red_flag_advice:
+        system += (
+            "\n\nThis patient's message mentions signs that can point to another cause. Say kindly and clearly"
+            " that they should see a doctor soon, and why:\n- " + "\n- ".join(red_flag_advice)
+        )
+    used = count_tokens(system) + 8
+    remaining = budget - used
+    new_tokens = count_tokens(message) + 4
+    if new_tokens > remaining:  # keep the start of an over-long message rather than nothing
+        keep_chars = max(200, int(len(message) * max(remaining, 50) / new_tokens))
+        message = message[:keep_chars]
+        new_tokens = count_tokens(message) + 4
+    remaining -= new_tokens
+    kept: list[dict[str, str]] = []
+    for role, text in reversed(history):
+        cost = count_tokens(text) + 4
+        if cost > remaining:
+            break
+        kept.append({"role": role, "content": text})
+        remaining -= cost
+    kept.reverse()
+    return [{"role": "system", "content": system}, *kept, {"role": "user", "content": message}]

@@ -1,0 +1,56 @@
+"""Splitting long replies for platforms with a message-size limit.
+
+Splits at the most natural boundary that fits (paragraph, line, sentence, word) and never
+inside a word; a fenced code block that must be cut is closed and reopened so markdown
+renders correctly in every part.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOUNDARIES = ("\n\n", "\n", ". ", "! ", "? ", "; ", ", ", " ")
+FENCE = "```"
+
+
+def split_message(text: str, limit: int) -> list[str]:
+    """Parts of ``text``, each at most ``limit`` characters, that read naturally in order."""
+    if limit < 20:
+        raise ValueError("limit must be at least 20 characters")
+    text = text.strip()
+    if len(text) <= limit:
+        return [text] if text else []
+    parts: list[str] = []
+    rest = text
+    reopen = ""
+    while rest:
+        rest = reopen + rest
+        if len(rest) <= limit:
+            parts.append(rest)
+            break
+        budget = limit - len(FENCE) - 1  # room to close an open fence
+        cut = _best_cut(rest, budget)
+        part, rest = rest[:cut].rstrip(), rest[cut:].lstrip()
+        if part.count(FENCE) % 2 == 1:
+            lang = _open_fence_lang(part)
+            part += "\n" + FENCE
+            reopen = FENCE + lang + "\n"
+        else:
+            reopen = ""
+        parts.append(part)
+    return [p for p in parts if p.strip()]
+
+
+def _best_cut(text: str, budget: int) -> int:
+    window = text[:budget]
+    for boundary in _BOUNDARIES:
+        index = window.rfind(boundary)
+        if index >= budget // 3:
+            return index + len(boundary)
+    return budget  # a single word longer than the budget: cut it, nothing else fits
+
+
+def _open_fence_lang(part: str) -> str:
+    last = part.rfind(FENCE)
+    match = re.match(r"[A-Za-z0-9_+-]*", part[last + len(FENCE):])
+    return match.group(0) if match else ""

@@ -1,0 +1,174 @@
+"""Review items, decisions, quorum and the audit trail, on the shared database."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from bot.storage import Database, dumps, now
+from reviewers.models import (
+    REVIEWER_ROLE,
+    Action,
+    Actor,
+    DecisionOutcome,
+    PermissionDenied,
+    ReviewError,
+    ReviewState,
+    Rubric,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_EDIT_CHARS = 4000
+
+
+class ReviewService:
+    """Decides nothing about platforms: it records who decided what and when an item closes.
+
+    Quorum rule: an item closes when ``quorum`` distinct reviewers have decided. The outcome
+    is ``rejected`` if rejections outnumber the other decisions, otherwise ``edited`` when any
+    reviewer edited (the latest edit's text wins), otherwise ``approved``."""
+
+    def __init__(self, db: Database, quorum: int = 1):
+        self.db = db
+        self.quorum = quorum
+
+    async def create_item(self, reply_id: int, priority: str = "normal") -> int:
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO review_items (reply_id, priority, created_at) VALUES (?, ?, ?)",
+                (reply_id, priority, now()),
+            )
+            item_id = cursor.lastrowid
+            await conn.execute(
+                "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, 'system', 'created', ?, ?)",
+                (item_id, priority, now()),
+            )
+        return int(item_id)
+
+    async def audit(self, item_id: int | None, actor: str, action: str, detail: str = "") -> None:
+        await self.db.execute(
+            "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+            (item_id, actor, action, detail, now()),
+        )
+
+    async def decide(
+        self,
+        item_id: int,
+        actor: Actor,
+        action: Action | str,
+        edited_text: str | None = None,
+        rubric: Rubric | None = None,
+        comment: str | None = None,
+    ) -> DecisionOutcome:
+        """Record one reviewer's decision; idempotent for repeats and closed items."""
+        action = Action(action)
+        rubric = rubric or Rubric()
+        if not actor.has(REVIEWER_ROLE):
+            await self.audit(item_id, actor.label, "refused", f"{action.value}: lacks the {REVIEWER_ROLE} role")
+            log.warning("review decision refused: %s lacks the reviewer role (item %s)", actor.label, item_id)
+            raise PermissionDenied("Only members with the reviewer role can review replies.")
+        if action is Action.EDIT:
+            edited_text = (edited_text or "").strip()
+            if not edited_text:
+                raise ReviewError("An edit needs the corrected reply text; it was empty.")
+            if len(edited_text) > MAX_EDIT_CHARS:
+                raise ReviewError(f"The edited reply is {len(edited_text)} characters; the limit is {MAX_EDIT_CHARS}.")
+        else:
+            edited_text = None
+
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute("SELECT state, final_text FROM review_items WHERE id = ?", (item_id,))
+            row = await cursor.fetchone()
+            if row is None:
+                raise ReviewError(f"Review item {item_id} does not exist.")
+            state = ReviewState(row["state"])
+            if state.closed:
+                await conn.execute(
+                    "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, ?, 'ignored', ?, ?)",
+                    (item_id, actor.label, f"{action.value} on closed item ({state.value})", now()),
+                )
+                return DecisionOutcome(item_id, state, False, False, row["final_text"],
+                                       f"This reply was already {state.value}; nothing changed.")
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO review_decisions (item_id, reviewer_platform, reviewer_id, reviewer_name,"
+                " action, edited_text, accuracy, appropriateness, empathy, comment, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (item_id, actor.platform, actor.user_id, actor.display_name, action.value, edited_text,
+                 rubric.accuracy, rubric.appropriateness, rubric.empathy, comment, now()),
+            )
+            if cursor.rowcount == 0:
+                return DecisionOutcome(item_id, state, False, False, None,
+                                       "You have already reviewed this reply; your first decision stands.")
+            await conn.execute(
+                "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+                (item_id, actor.label, action.value, dumps(rubric.__dict__), now()),
+            )
+            cursor = await conn.execute(
+                "SELECT action, edited_text FROM review_decisions WHERE item_id = ? ORDER BY id", (item_id,)
+            )
+            decisions = list(await cursor.fetchall())
+            if len(decisions) < self.quorum:
+                return DecisionOutcome(item_id, state, True, False, None,
+                                       f"Recorded ({len(decisions)} of {self.quorum} reviews needed).")
+            final_state, final_text = _resolve(decisions)
+            if final_text is None and final_state is ReviewState.APPROVED:
+                cursor = await conn.execute(
+                    "SELECT r.text FROM replies r JOIN review_items i ON i.reply_id = r.id WHERE i.id = ?", (item_id,)
+                )
+                final_text = (await cursor.fetchone())[0]
+            await conn.execute(
+                "UPDATE review_items SET state = ?, final_text = ?, closed_at = ? WHERE id = ?",
+                (final_state.value, final_text, now(), item_id),
+            )
+            await conn.execute(
+                "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, 'system', 'closed', ?, ?)",
+                (item_id, final_state.value, now()),
+            )
+        return DecisionOutcome(item_id, final_state, True, True, final_text, f"Recorded: {final_state.value}.")
+
+    async def expire_old(self, older_than_s: float) -> int:
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE review_items SET state = 'expired', closed_at = ? WHERE state = 'pending' AND created_at < ?",
+                (now(), now() - older_than_s),
+            )
+            return cursor.rowcount
+
+    async def pending(self, limit: int = 50) -> list[dict]:
+        rows = await self.db.fetchall(
+            "SELECT i.id AS item_id, i.priority, i.state, i.created_at, r.id AS reply_id, r.text AS reply_text,"
+            " r.task, r.risk_flags, r.adapter_version, r.model, m.text AS patient_text"
+            " FROM review_items i JOIN replies r ON r.id = i.reply_id JOIN messages m ON m.id = r.message_id"
+            " WHERE i.state = 'pending' ORDER BY (i.priority = 'high') DESC, i.id LIMIT ?",
+            (limit,),
+        )
+        return [dict(row) for row in rows]
+
+    async def item(self, item_id: int) -> dict | None:
+        row = await self.db.fetchone(
+            "SELECT i.*, r.text AS reply_text, r.task, r.risk_flags, r.adapter_version, r.conversation_id,"
+            " m.text AS patient_text, m.id AS message_id"
+            " FROM review_items i JOIN replies r ON r.id = i.reply_id JOIN messages m ON m.id = r.message_id"
+            " WHERE i.id = ?",
+            (item_id,),
+        )
+        return dict(row) if row else None
+
+    async def decisions(self, item_id: int) -> list[dict]:
+        rows = await self.db.fetchall("SELECT * FROM review_decisions WHERE item_id = ? ORDER BY id", (item_id,))
+        return [dict(row) for row in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.db.fetchall("SELECT state, COUNT(*) FROM review_items GROUP BY state")
+        return {row[0]: row[1] for row in rows}
+
+
+def _resolve(decisions: list) -> tuple[ReviewState, str | None]:
+    votes = Counter(row["action"] for row in decisions)
+    if votes[Action.REJECT.value] > len(decisions) - votes[Action.REJECT.value]:
+        return ReviewState.REJECTED, None
+    edits = [row["edited_text"] for row in decisions if row["action"] == Action.EDIT.value]
+    if edits:
+        return ReviewState.EDITED, edits[-1]
+    return ReviewState.APPROVED, None
