@@ -1,0 +1,304 @@
+"""The ``llm4sweat`` command: one console script with a subcommand per job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bot.settings import Settings, SettingsError, load_settings
+from bot.storage import Database, StorageError
+
+app = typer.Typer(help="LLM4Sweat: a reviewed AI support service for rare conditions.", no_args_is_help=True)
+db_app = typer.Typer(help="The SQLite database.")
+pack_app = typer.Typer(help="Condition packs.")
+dataset_app = typer.Typer(help="The training dataset.")
+adapters_app = typer.Typer(help="The adapter registry.")
+reviews_app = typer.Typer(help="Expert reviews.")
+model_app = typer.Typer(help="The base model.")
+app.add_typer(db_app, name="db")
+app.add_typer(pack_app, name="pack")
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(reviews_app, name="reviews")
+app.add_typer(model_app, name="model")
+
+console = Console()
+err = Console(stderr=True)
+log = logging.getLogger("llm4sweat")
+
+_state: dict[str, Any] = {"config": None}
+
+
+@app.callback()
+def main(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML settings file.")) -> None:
+    _state["config"] = config
+
+
+def settings() -> Settings:
+    """Load settings or stop with one clear line."""
+    try:
+        loaded = load_settings(_state["config"])
+    except SettingsError as exc:
+        err.print(f"[red]llm4sweat: invalid settings:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    from bot.logs import setup_logging
+
+    setup_logging(loaded.log_level, loaded.secret_values())
+    return loaded
+
+
+def run_async(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except StorageError as exc:
+        err.print(f"[red]llm4sweat: storage error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+
+
+async def _open_db(cfg: Settings) -> Database:
+    return await Database(cfg.db_path).open()
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def resolve_model(cfg: Settings, demo: bool) -> tuple[str | None, bool]:
+    """The model path to serve and whether it is the demo model.
+
+    With the local backend, a base model that is neither a local directory nor already in the
+    Hugging Face cache falls back to the offline demo model, loudly."""
+    if cfg.inference.backend != "local":
+        return None, False
+    if not demo:
+        if Path(cfg.inference.base_model).is_dir():
+            return cfg.inference.base_model, False
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(cfg.inference.base_model, local_files_only=True), False
+        except Exception:
+            err.print(
+                f"[yellow]The base model {cfg.inference.base_model} is not on this machine. "
+                "Run `llm4sweat model download` to fetch it (needs internet and, for Llama, a Hugging Face token). "
+                "Starting the offline DEMO model instead: it gives no medical advice.[/yellow]"
+            )
+    from pipeline.demo import build_demo_model
+    from pipeline.packs import load_pack
+
+    pack = load_pack(cfg.pack_path)
+    with console.status("Building the offline demo model (first run only, about a minute)…"):
+        path = build_demo_model(cfg.data_dir, pack.seed_conversations())
+    return str(path), True
+
+
+async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enabled: bool) -> None:
+    from bot.local.platform import LocalPlatform
+    from bot.service import Service
+
+    model_path, is_demo = resolve_model(cfg, demo)
+    service = Service(cfg, demo=is_demo, model_path=model_path)
+    service.add_platform(LocalPlatform())
+    runners: list[Any] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    try:
+        if cfg.discord.token is not None:
+            from bot.discord_platform import start_discord
+
+            runners.append(await start_discord(service))
+        if cfg.slack.bot_token is not None:
+            from bot.slack_platform import start_slack
+
+            runners.append(await start_slack(service))
+        if console_enabled:
+            from bot.local.web import start_console
+
+            runner, url = await start_console(service, host, port)
+            runners.append(runner)
+            label = " (DEMO model — not medical advice)" if is_demo else ""
+            console.print(f"[bold green]LLM4Sweat is running{label}.[/bold green] Open {url}")
+            console.print(f"  patient chat {url}#patient · reviewer queue {url}#reviewer · moderator panel {url}#moderator")
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            try:
+                await runner.cleanup()
+            except Exception:
+                log.exception("shutting down %s failed", runner)
+        await service.stop()
+
+
+@app.command()
+def run(
+    demo: bool = typer.Option(False, help="Serve the offline demo model."),
+    host: Optional[str] = typer.Option(None, help="Console host (default from settings: 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Console port (default from settings)."),
+    no_console: bool = typer.Option(False, "--no-console", help="Do not serve the local console."),
+) -> None:
+    """Run the service: the local console, plus Discord and Slack when their tokens are set."""
+    cfg = settings()
+    run_async(_serve(cfg, demo, host or cfg.local.host, port if port is not None else cfg.local.port, not no_console))
+
+
+@app.command("demo")
+def demo_cmd(
+    host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None)
+) -> None:
+    """Run the service on the offline demo model (no downloads, no GPU)."""
+    cfg = settings()
+    run_async(_serve(cfg, True, host or cfg.local.host, port if port is not None else cfg.local.port, True))
+
+
+# ---------------------------------------------------------------------------- db, settings, model
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending database migrations."""
+    cfg = settings()
+
+    async def go() -> list[Any]:
+        db = Database(cfg.db_path)
+        await db.open(migrate=False)
+        try:
+            return await db.upgrade()
+        finally:
+            await db.close()
+
+    applied = run_async(go())
+    if applied:
+        for m in applied:
+            console.print(f"applied {m.package}/{m.version:03d} {m.name}")
+    else:
+        console.print(f"{cfg.db_path}: up to date")
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the effective settings (secrets shown only as set / not set)."""
+    console.print_json(json.dumps(settings().redacted(), default=str))
+
+
+@model_app.command("download")
+def model_download() -> None:
+    """Download the configured base model into the Hugging Face cache (needs internet)."""
+    cfg = settings()
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(cfg.inference.base_model)
+    except Exception as exc:
+        err.print(f"[red]Could not download {cfg.inference.base_model}:[/red] {exc}")
+        raise typer.Exit(1)
+    console.print(f"{cfg.inference.base_model} is in {path}")
+
+
+# ---------------------------------------------------------------------------- pack, dataset
+
+
+@pack_app.command("check")
+def pack_check(path: Path = typer.Argument(..., help="The pack folder.")) -> None:
+    """Validate a condition pack."""
+    from pipeline.packs import pack_check_report
+
+    ok, report = pack_check_report(path)
+    console.print(report, highlight=False)
+    raise typer.Exit(0 if ok else 1)
+
+
+@dataset_app.command("stats")
+def dataset_stats() -> None:
+    """Examples per task and source."""
+    cfg = settings()
+    from pipeline import dataset
+
+    async def go() -> dict[str, dict[str, int]]:
+        db = await _open_db(cfg)
+        try:
+            return await dataset.counts(db)
+        finally:
+            await db.close()
+
+    counts = run_async(go())
+    table = Table("task", "seed", "synthetic", "expert_approved", "expert_edited", "total")
+    for task, by in sorted(counts.items()):
+        row = [by.get(s, 0) for s in ("seed", "synthetic", "expert_approved", "expert_edited")]
+        table.add_row(task, *map(str, row), str(sum(row)))
+    console.print(table)
+
+
+@dataset_app.command("export")
+def dataset_export(out: Path = typer.Argument(..., help="JSONL file to write.")) -> None:
+    """Export the dataset as chat-format JSONL; prints the snapshot hash."""
+    cfg = settings()
+    from pipeline import dataset
+
+    async def go() -> tuple[int, str]:
+        db = await _open_db(cfg)
+        try:
+            return await dataset.export_jsonl(db, out)
+        finally:
+            await db.close()
+
+    count, digest = run_async(go())
+    console.print(f"wrote {count} examples to {out}; snapshot {digest}")
+
+
+# ---------------------------------------------------------------------------- adapters, reviews
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """Every adapter version with its status."""
+    cfg = settings()
+    from pipeline import registry
+
+    async def go() -> list[dict[str, Any]]:
+        db = await _open_db(cfg)
+        try:
+            return await registry.all_versions(db)
+        finally:
+            await db.close()
+
+    table = Table("version", "status", "base model", "overall accuracy", "created")
+    for row in run_async(go()):
+        acc = (row["evaluation"] or {}).get("overall", {}).get("accuracy") if row["evaluation"] else None
+        table.add_row(row["version"], row["status"], row["base_model"], f"{acc:.3f}" if acc is not None else "-",
+                      str(row["created_at"]))
+    console.print(table)
+
+
+@reviews_app.command("agreement")
+def reviews_agreement() -> None:
+    """Cohen's and Fleiss' kappa over items that several reviewers scored."""
+    cfg = settings()
+    from reviewers.agreement import agreement_report
+
+    async def go() -> dict[str, Any]:
+        db = await _open_db(cfg)
+        try:
+            return await agreement_report(db)
+        finally:
+            await db.close()
+
+    table = Table("criterion", "items", "Cohen's kappa", "Fleiss' kappa")
+    for name, row in run_async(go()).items():
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(name, str(row["items"]), fmt(row["cohen_kappa"]), fmt(row["fleiss_kappa"]))
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,164 @@
+"""The moderator command layer: one implementation behind Discord and Slack slash commands
+and the local console's moderator panel. Each call checks the moderator role first."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline import dataset, jobs, registry
+from reviewers.models import MODERATOR_ROLE, Actor, PermissionDenied
+
+if TYPE_CHECKING:
+    from bot.service import Service
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("status", "retrain", "rollback", "eval", "dataset", "pause", "resume")
+
+
+@dataclass
+class CommandReply:
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+    ok: bool = True
+
+
+class Commands:
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    @property
+    def db(self):
+        return self.service.db
+
+    async def _require(self, actor: Actor, command: str) -> None:
+        if not actor.has(MODERATOR_ROLE):
+            log.warning("command /%s refused: %s lacks the moderator role", command, actor.label)
+            await self.service.reviews.audit(None, actor.label, "command_refused", command)
+            raise PermissionDenied("Only moderators can use this command.")
+        await self.service.reviews.audit(None, actor.label, "command", command)
+
+    async def run(self, actor: Actor, command: str, argument: str | None = None) -> CommandReply:
+        """Dispatch by name (for platforms that route every command through one handler)."""
+        handlers = {
+            "status": lambda: self.status(actor),
+            "retrain": lambda: self.retrain(actor),
+            "rollback": lambda: self.rollback(actor, argument or None),
+            "eval": lambda: self.evaluation(actor),
+            "dataset": lambda: self.dataset(actor),
+            "pause": lambda: self.pause(actor),
+            "resume": lambda: self.resume(actor),
+        }
+        if command not in handlers:
+            return CommandReply(f"Unknown command {command!r}. Commands: {', '.join(COMMANDS)}.", ok=False)
+        return await handlers[command]()
+
+    async def status(self, actor: Actor) -> CommandReply:
+        await self._require(actor, "status")
+        backend = self.service.backend.status()
+        live = await registry.live(self.db)
+        queue = await self.service.reviews.counts()
+        waiting = await self.db.fetchval(
+            "SELECT COUNT(*) FROM messages WHERE status IN ('queued_retry', 'paused', 'received')"
+        )
+        incidents = await self.db.fetchall(
+            "SELECT kind, detail, created_at FROM incidents WHERE resolved_at IS NULL ORDER BY id DESC LIMIT 5"
+        )
+        last_job = await jobs.latest(self.db)
+        data = {
+            "model": backend.model,
+            "backend": backend.backend,
+            "healthy": backend.healthy,
+            "adapter": backend.adapter_version or "base model",
+            "registry_live": live["version"] if live else None,
+            "demo": self.service.demo,
+            "paused": await self.service.core.is_paused(),
+            "review_queue": queue,
+            "messages_waiting": waiting,
+            "open_incidents": [dict(r) for r in incidents],
+            "last_job": last_job,
+        }
+        job_text = (
+            f"#{last_job['id']} {last_job['kind']} {last_job['status']} {last_job['progress'] or ''}".strip()
+            if last_job else "none"
+        )
+        text = (
+            f"Model: {data['model']} ({data['backend']}{', DEMO' if data['demo'] else ''}), "
+            f"{'healthy' if backend.healthy else 'FAILING'}\n"
+            f"Live adapter: {data['adapter']}\n"
+            f"Answering: {'paused' if data['paused'] else 'yes'}\n"
+            f"Review queue: {queue.get('pending', 0)} pending, {queue.get('approved', 0)} approved, "
+            f"{queue.get('edited', 0)} edited, {queue.get('rejected', 0)} rejected\n"
+            f"Messages waiting for the model: {waiting}\n"
+            f"Open incidents: {len(incidents)}\n"
+            f"Last job: {job_text}"
+        )
+        return CommandReply(text, data)
+
+    async def retrain(self, actor: Actor) -> CommandReply:
+        await self._require(actor, "retrain")
+        req = await jobs.request(self.db, "retrain", actor.label)
+        if not req.created:
+            return CommandReply(
+                f"A retraining job (#{req.job_id}) is already {req.status}"
+                f"{', started ' + _ago(req.started_at) if req.started_at else ''}.",
+                {"job_id": req.job_id, "created": False},
+            )
+        self.service.start_retrain(req.job_id)
+        return CommandReply(f"Retraining job #{req.job_id} started. Progress is shown in /status.",
+                            {"job_id": req.job_id, "created": True})
+
+    async def rollback(self, actor: Actor, version: str | None = None) -> CommandReply:
+        await self._require(actor, "rollback")
+        try:
+            target = await registry.rollback_target(self.db, version)
+        except registry.RegistryError as exc:
+            return CommandReply(str(exc), ok=False)
+        if target is None:
+            return CommandReply("There is no earlier adapter to roll back to.", ok=False)
+        try:
+            seconds = await self.service.activate_adapter(target["version"])
+        except Exception as exc:
+            return CommandReply(f"Rollback to {target['version']} failed: {exc}. The live adapter is unchanged.", ok=False)
+        return CommandReply(f"Rolled back: {target['version']} is live (switched in {seconds:.2f} s).",
+                            {"version": target["version"]})
+
+    async def evaluation(self, actor: Actor) -> CommandReply:
+        await self._require(actor, "eval")
+        versions = [v for v in await registry.all_versions(self.db) if v["evaluation"]]
+        if not versions:
+            return CommandReply("No evaluation has been run yet.")
+        latest = versions[0]
+        table = latest["evaluation"].get("table") or str(latest["evaluation"])
+        return CommandReply(f"Evaluation of {latest['version']} ({latest['status']}):\n{table}", latest["evaluation"])
+
+    async def dataset(self, actor: Actor) -> CommandReply:
+        await self._require(actor, "dataset")
+        counts = await dataset.counts(self.db)
+        lines = [f"{task}: " + ", ".join(f"{src} {n}" for src, n in sorted(by.items())) for task, by in sorted(counts.items())]
+        total = sum(n for by in counts.values() for n in by.values())
+        return CommandReply(f"Dataset: {total} examples\n" + "\n".join(lines), {"counts": counts, "total": total})
+
+    async def pause(self, actor: Actor) -> CommandReply:
+        await self._require(actor, "pause")
+        await self.service.core.set_paused(True)
+        log.warning("answering paused by %s", actor.label)
+        return CommandReply("Answering is paused. Patients are told their messages are saved.")
+
+    async def resume(self, actor: Actor) -> CommandReply:
+        await self._require(actor, "resume")
+        await self.service.core.set_paused(False)
+        answered = await self.service.core.retry_queued()
+        log.warning("answering resumed by %s", actor.label)
+        return CommandReply(f"Answering resumed; {answered} saved message(s) answered.", {"answered": answered})
+
+
+def _ago(ts: float | None) -> str:
+    import time
+
+    if ts is None:
+        return ""
+    minutes = int((time.time() - ts) // 60)
+    return f"{minutes} min ago" if minutes else "just now"

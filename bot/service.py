@@ -1,0 +1,136 @@
+"""The running service: settings, database, model backend, pack, review queue, platforms.
+
+One object wires the parts together so the CLI, the local console, the chat platforms and the
+tests all start the same product the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from bot.commands import Commands
+from bot.core import ConversationCore
+from bot.inference import InferenceBackend, make_backend
+from bot.inference.base import AdapterLoadError
+from bot.platform import Platform
+from bot.settings import Settings
+from bot.storage import Database, now
+from pipeline import dataset, jobs, registry
+from reviewers.service import ReviewService
+
+log = logging.getLogger(__name__)
+
+RETRY_INTERVAL_S = 15.0
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: InferenceBackend | None = None,
+        *,
+        demo: bool = False,
+        model_path: str | None = None,
+        pack: Any = None,
+    ):
+        from pipeline.packs import load_pack
+
+        self.settings = settings
+        self.db = Database(settings.db_path)
+        self.pack = pack or load_pack(settings.pack_path)
+        self.demo = demo
+        self.backend = backend or make_backend(settings, model_path=model_path)
+        self.reviews = ReviewService(self.db, quorum=settings.review.quorum)
+        self.core = ConversationCore(settings, self.db, self.backend, self.pack, self.reviews, demo=demo)
+        self.commands = Commands(self)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retry_task: asyncio.Task[Any] | None = None
+        self._swap_lock = asyncio.Lock()
+
+    def add_platform(self, platform: Platform) -> None:
+        self.core.platforms[platform.name] = platform
+
+    async def start(self, retry_loop: bool = True) -> None:
+        await self.db.open()
+        await jobs.mark_interrupted(self.db)
+        added = await dataset.import_seeds(self.db, self.pack)
+        if added:
+            log.info("imported %d seed examples from the %s pack", added, self.pack.name)
+        await self.backend.start()
+        await self._load_live_adapter()
+        if retry_loop:
+            self._retry_task = asyncio.create_task(self._retry_forever(), name="retry-queued")
+
+    async def _load_live_adapter(self) -> None:
+        live = await registry.live(self.db)
+        if live is None:
+            return
+        problem = registry.adapter_problem(Path(live["path"]))
+        if problem is None:
+            try:
+                await self.backend.swap_adapter(live["version"], Path(live["path"]))
+                log.info("live adapter %s loaded", live["version"])
+                return
+            except AdapterLoadError as exc:
+                problem = str(exc)
+        message = f"live adapter {live['version']} cannot be loaded ({problem}); SERVING THE BASE MODEL"
+        log.error(message)
+        await self.db.execute(
+            "INSERT INTO incidents (kind, detail, created_at) VALUES ('adapter_load_failed', ?, ?)", (message, now())
+        )
+
+    async def activate_adapter(self, version: str | None) -> float:
+        """Hot-swap the serving adapter and record it live; the old one keeps serving on failure."""
+        async with self._swap_lock:
+            path = None
+            if version is not None:
+                row = await registry.get(self.db, version)
+                if row is None:
+                    raise registry.RegistryError(f"no adapter version {version!r}")
+                path = Path(row["path"])
+                problem = registry.adapter_problem(path)
+                if problem:
+                    raise AdapterLoadError(problem)
+            seconds = await self.backend.swap_adapter(version, path)
+            await registry.mark_live(self.db, version)
+            log.info("adapter %s is live (swap %.3f s)", version or "base", seconds)
+            return seconds
+
+    def start_retrain(self, job_id: int) -> None:
+        """Run a retraining job in the background; the job itself runs training in a subprocess."""
+        task = asyncio.create_task(self._run_retrain(job_id), name=f"retrain-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_retrain(self, job_id: int) -> None:
+        try:
+            from pipeline.retrain import run_retrain_job
+        except ImportError:
+            await jobs.finish(self.db, job_id, "failed", error="the training pipeline is not available in this install")
+            return
+        try:
+            await run_retrain_job(self, job_id)
+        except Exception as exc:  # the job row must never stay 'running' after a crash
+            log.exception("retraining job %s failed", job_id)
+            await jobs.finish(self.db, job_id, "failed", error=str(exc)[:1000])
+
+    async def _retry_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_INTERVAL_S)
+            try:
+                if not await self.core.is_paused():
+                    await self.core.retry_queued()
+                await self.reviews.expire_old(self.settings.review.expire_after_hours * 3600)
+            except Exception:
+                log.exception("retry loop iteration failed")
+
+    async def stop(self) -> None:
+        if self._retry_task:
+            self._retry_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.backend.close()
+        await self.db.close()
