@@ -1,0 +1,355 @@
+// LLM4Sweat local console: three views on the same service. Plain JS, no build step,
+// nothing loaded from elsewhere. Every text from the server is set with textContent.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const VIEWS = ["patient", "reviewer", "moderator"];
+  let current = "patient";
+
+  // ------------------------------------------------------------------ helpers
+
+  async function api(method, path, body) {
+    const options = { method, headers: {} };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (e) {
+      return { ok: false, status: 0, data: { error: "The console server cannot be reached. Is llm4sweat still running?" } };
+    }
+    let data = {};
+    try {
+      data = await response.json();
+    } catch (e) {
+      data = { error: `Unexpected answer from the server (HTTP ${response.status}).` };
+    }
+    return { ok: response.ok, status: response.status, data };
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key === "testid") node.dataset.testid = value;
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function setStatus(node, text, isError) {
+    node.textContent = text || "";
+    node.classList.toggle("error", Boolean(isError));
+  }
+
+  function remember(input, key) {
+    const stored = localStorage.getItem(key);
+    if (stored && !input.value) input.value = stored;
+    input.addEventListener("change", () => localStorage.setItem(key, input.value.trim()));
+  }
+
+  function timeOf(seconds) {
+    if (!seconds) return "";
+    return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  // ------------------------------------------------------------------ views / routing
+
+  function show(view) {
+    if (!VIEWS.includes(view)) view = "patient";
+    current = view;
+    for (const name of VIEWS) $("view-" + name).hidden = name !== view;
+    for (const link of document.querySelectorAll("nav a")) {
+      if (link.dataset.view === view) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    if (view === "patient") refreshThread();
+    if (view === "reviewer") refreshQueue();
+    if (view === "moderator") refreshAlerts();
+  }
+
+  window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+
+  // ------------------------------------------------------------------ patient
+
+  const patientName = $("patient-name");
+  const patientText = $("patient-text");
+  const patientStatus = $("patient-status");
+  const thread = $("thread");
+  let lastThread = "";
+  let sending = 0;
+
+  function renderEntry(entry) {
+    if (entry.type === "message") {
+      return el("li", { class: "message", testid: "patient-message", "data-status": entry.status },
+        entry.text,
+        el("span", { class: "meta", text: [timeOf(entry.at), entry.status_text].filter(Boolean).join(" · ") }));
+    }
+    if (entry.type === "notice") {
+      return el("li", { class: "notice " + entry.kind, testid: "notice", "data-kind": entry.kind }, entry.text);
+    }
+    const reviewed = entry.kind === "reviewed";
+    return el("li", { class: "reply " + entry.kind.replace("_", "-") + (reviewed ? " reviewed" : ""),
+                      testid: "reply", "data-kind": entry.kind, "data-state": entry.state || "" },
+      entry.label ? el("span", { class: "label", testid: "reply-label", text: entry.label }) : null,
+      el("span", { class: "text", testid: "reply-text", text: entry.text }),
+      entry.disclaimer ? el("span", { class: "disclaimer", testid: "reply-disclaimer", text: entry.disclaimer }) : null);
+  }
+
+  async function refreshThread() {
+    const user = patientName.value.trim();
+    if (!user) {
+      if (lastThread !== "") { thread.replaceChildren(); lastThread = ""; }
+      return;
+    }
+    const result = await api("GET", "/api/patient/conversation?user=" + encodeURIComponent(user));
+    if (!result.ok) return;
+    const key = JSON.stringify(result.data.entries);
+    if (key === lastThread) return;
+    lastThread = key;
+    const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
+    thread.replaceChildren(...result.data.entries.map(renderEntry));
+    if (atBottom) window.scrollTo(0, document.body.scrollHeight);
+  }
+
+  $("patient-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const user = patientName.value.trim();
+    if (!user) { setStatus(patientStatus, "Please enter your name first.", true); patientName.focus(); return; }
+    localStorage.setItem("llm4sweat.patient", user);
+    const text = patientText.value;
+    patientText.value = "";
+    sending += 1;
+    setStatus(patientStatus, "Sent. The assistant is writing an answer…");
+    setTimeout(refreshThread, 150);
+    const result = await api("POST", "/api/patient/messages", { user, text });
+    sending -= 1;
+    if (!result.ok) {
+      patientText.value = text;
+      setStatus(patientStatus, result.data.error, true);
+      return;
+    }
+    if (result.data.status === "empty") {
+      setStatus(patientStatus, result.data.views.map((v) => v.text).join(" "), true);
+    } else if (sending === 0) {
+      setStatus(patientStatus, "");
+    }
+    refreshThread();
+  });
+
+  patientText.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("patient-form").requestSubmit();
+  });
+
+  patientName.addEventListener("input", () => { lastThread = null; refreshThread(); });
+
+  $("patient-forget").addEventListener("click", async () => {
+    const user = patientName.value.trim();
+    if (!user) { setStatus(patientStatus, "Please enter your name first.", true); return; }
+    if (!window.confirm(`Delete everything stored for "${user}"? This cannot be undone.`)) return;
+    const result = await api("POST", "/api/patient/forget", { user });
+    setStatus(patientStatus, result.ok ? result.data.text : result.data.error, !result.ok);
+    lastThread = null;
+    refreshThread();
+  });
+
+  // ------------------------------------------------------------------ reviewer
+
+  const reviewerName = $("reviewer-name");
+  const reviewerStatus = $("reviewer-status");
+  const queue = $("review-queue");
+  const cards = new Map(); // item id -> card element (kept while a reviewer works on it)
+
+  function scoreSelect(itemId, criterion, title) {
+    const id = `score-${itemId}-${criterion}`;
+    const select = el("select", { id, name: criterion, testid: "rubric-" + criterion },
+      el("option", { value: "", text: "–" }),
+      ...[1, 2, 3, 4, 5].map((n) => el("option", { value: String(n), text: String(n) })));
+    return el("label", { for: id }, title, select);
+  }
+
+  function renderCard(item) {
+    const id = item.item_id;
+    const result = el("p", { class: "result", testid: "review-result", role: "status" });
+    const editorId = `edit-${id}`;
+    const editText = el("textarea", { id: editorId, rows: "5", testid: "edit-text" });
+    editText.value = item.reply_text;
+    const editor = el("div", { class: "editor", hidden: true },
+      el("label", { for: editorId, text: "Corrected reply" }), editText,
+      el("div", { class: "buttons" },
+        el("button", { type: "button", testid: "save-edit", "data-action": "edit", text: "Save edit" }),
+        el("button", { type: "button", class: "quiet", testid: "cancel-edit", text: "Cancel" })));
+    const flags = (item.risk_flags || []).map((f) => el("span", { class: "tag flag", text: f }));
+    const card = el("article", { class: "card" + (item.priority === "high" ? " high" : ""), testid: "review-card",
+                                 "data-item-id": String(id), "aria-label": `Review item ${id}` },
+      el("div", { class: "head" },
+        el("span", { class: "tag", text: `#${id}` }),
+        el("span", { class: "tag", testid: "review-task", text: `task: ${item.task}` }),
+        item.priority === "high" ? el("span", { class: "tag flag", text: "high priority" }) : null,
+        ...flags,
+        el("span", { text: `adapter: ${item.adapter_version || "base model"} · ${item.model || ""}` })),
+      el("h4", { text: "Patient wrote" }),
+      el("p", { class: "quote", testid: "review-patient-text", text: item.patient_text }),
+      el("h4", { text: "AI reply" }),
+      el("p", { class: "quote", testid: "review-reply-text", text: item.reply_text }),
+      el("div", { class: "rubric", role: "group", "aria-label": "Rubric scores, 1 to 5" },
+        scoreSelect(id, "accuracy", "Accuracy"),
+        scoreSelect(id, "appropriateness", "Appropriateness"),
+        scoreSelect(id, "empathy", "Empathy")),
+      el("div", { class: "buttons" },
+        el("button", { type: "button", testid: "approve", "data-action": "approve", text: "Approve" }),
+        el("button", { type: "button", class: "quiet", testid: "edit", text: "Edit" }),
+        el("button", { type: "button", class: "danger", testid: "reject", "data-action": "reject", text: "Reject" })),
+      editor, result);
+
+    card.querySelector('[data-testid="edit"]').addEventListener("click", () => {
+      editor.hidden = false;
+      editText.focus();
+    });
+    card.querySelector('[data-testid="cancel-edit"]').addEventListener("click", () => {
+      editor.hidden = true;
+      editText.value = item.reply_text;
+    });
+    for (const button of card.querySelectorAll("button[data-action]")) {
+      button.addEventListener("click", () => decide(card, id, button.dataset.action, editText.value, result));
+    }
+    return card;
+  }
+
+  async function decide(card, id, action, text, resultNode) {
+    const reviewer = reviewerName.value.trim();
+    if (!reviewer) { setStatus(resultNode, "Please enter your reviewer name first.", true); reviewerName.focus(); return; }
+    localStorage.setItem("llm4sweat.reviewer", reviewer);
+    const body = { reviewer, action };
+    if (action === "edit") body.text = text;
+    for (const select of card.querySelectorAll("select")) body[select.name] = select.value ? Number(select.value) : null;
+    const buttons = card.querySelectorAll("button");
+    buttons.forEach((b) => (b.disabled = true));
+    const result = await api("POST", `/api/reviews/${id}/decision`, body);
+    if (!result.ok) {
+      buttons.forEach((b) => (b.disabled = false));
+      setStatus(resultNode, result.data.error, true);
+      return;
+    }
+    setStatus(resultNode, result.data.message);
+    if (result.data.state !== "pending" || !result.data.recorded) {
+      card.classList.add("done");
+      card.dataset.state = result.data.state;
+      setTimeout(() => { card.remove(); cards.delete(id); updateEmpty(); }, 4000);
+    } else {
+      buttons.forEach((b) => (b.disabled = false));
+    }
+  }
+
+  function updateEmpty() {
+    $("queue-empty").hidden = cards.size > 0;
+  }
+
+  async function refreshQueue() {
+    const result = await api("GET", "/api/reviews");
+    if (!result.ok) { setStatus(reviewerStatus, result.data.error, true); return; }
+    setStatus(reviewerStatus, "");
+    const items = result.data.items;
+    const ids = new Set(items.map((i) => i.item_id));
+    for (const [id, card] of cards) {
+      if (!ids.has(id) && !card.classList.contains("done")) { card.remove(); cards.delete(id); }
+    }
+    for (const item of items) {
+      if (!cards.has(item.item_id)) cards.set(item.item_id, renderCard(item));
+    }
+    // Keep the server's order (high priority first), moving only cards that are out of place.
+    let previous = null;
+    for (const item of items) {
+      const card = cards.get(item.item_id);
+      const expected = previous ? previous.nextElementSibling : queue.firstElementChild;
+      if (card !== expected) queue.insertBefore(card, expected);
+      previous = card;
+    }
+    updateEmpty();
+  }
+
+  $("reviews-refresh").addEventListener("click", refreshQueue);
+
+  $("agreement-button").addEventListener("click", async () => {
+    const out = $("agreement-output");
+    const result = await api("GET", "/api/reviews/agreement");
+    out.hidden = false;
+    if (!result.ok) { setStatus(out, result.data.error, true); return; }
+    const fmt = (v) => (v === null || v === undefined ? "n/a" : Number(v).toFixed(2));
+    const lines = ["Agreement over items with two or more reviewers"];
+    for (const [field, r] of Object.entries(result.data.agreement)) {
+      lines.push(`${field.padEnd(16)} items ${String(r.items).padStart(3)}   Cohen's κ ${fmt(r.cohen_kappa)}   Fleiss' κ ${fmt(r.fleiss_kappa)}`);
+    }
+    setStatus(out, lines.join("\n"));
+  });
+
+  // ------------------------------------------------------------------ moderator
+
+  const moderatorName = $("moderator-name");
+  const moderatorOutput = $("moderator-output");
+
+  async function runCommand(command) {
+    const moderator = moderatorName.value.trim();
+    if (!moderator) { setStatus(moderatorOutput, "Please enter your moderator name first.", true); moderatorName.focus(); return; }
+    localStorage.setItem("llm4sweat.moderator", moderator);
+    const body = { moderator, command };
+    if (command === "rollback") body.argument = $("moderator-argument").value.trim();
+    setStatus(moderatorOutput, `Running ${command}…`);
+    const buttons = document.querySelectorAll(".commands button");
+    buttons.forEach((b) => (b.disabled = true));
+    const result = await api("POST", "/api/moderator/command", body);
+    buttons.forEach((b) => (b.disabled = false));
+    if (!result.ok) { setStatus(moderatorOutput, result.data.error, true); return; }
+    setStatus(moderatorOutput, result.data.text, !result.data.ok);
+    refreshAlerts();
+  }
+
+  for (const button of document.querySelectorAll(".commands button")) {
+    button.addEventListener("click", () => runCommand(button.dataset.command));
+  }
+
+  async function refreshAlerts() {
+    const moderator = moderatorName.value.trim();
+    if (!moderator) return;
+    const result = await api("GET", "/api/moderator/alerts?moderator=" + encodeURIComponent(moderator));
+    if (!result.ok) return;
+    $("alerts").replaceChildren(...result.data.alerts.map((a) =>
+      el("li", { class: a.urgent ? "urgent" : "", testid: "alert" }, `${timeOf(a.at)} · ${a.text}`)));
+    $("alerts-empty").hidden = result.data.alerts.length > 0;
+    $("incidents").replaceChildren(...result.data.incidents.map((i) =>
+      el("li", { testid: "incident" }, `${timeOf(i.created_at)} · ${i.kind}: ${i.detail}`)));
+    $("incidents-empty").hidden = result.data.incidents.length > 0;
+  }
+
+  moderatorName.addEventListener("change", refreshAlerts);
+
+  // ------------------------------------------------------------------ start
+
+  remember(patientName, "llm4sweat.patient");
+  remember(reviewerName, "llm4sweat.reviewer");
+  remember(moderatorName, "llm4sweat.moderator");
+
+  api("GET", "/api/info").then((result) => {
+    if (!result.ok) return;
+    $("demo-banner").hidden = !result.data.demo;
+    if (result.data.title) $("condition-title").textContent = `local console · ${result.data.title}`;
+    document.body.dataset.ready = "1";
+  });
+
+  show(location.hash.slice(1) || "patient");
+  setInterval(() => {
+    if (document.hidden) return;
+    if (current === "patient") refreshThread();
+    else if (current === "reviewer") refreshQueue();
+  }, 1000);
+  setInterval(() => { if (!document.hidden && current === "moderator") refreshAlerts(); }, 5000);
+})();
