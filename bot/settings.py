@@ -97,6 +97,13 @@ class SlackSettings(Section):
     moderator_user_ids: list[str] = Field(default_factory=list)
     allow_dms: bool = False
     api_base_url: str | None = None
+    # HTTP mode: where the Events / Interactivity / Slash command Request URL is served.
+    http_host: str = "0.0.0.0"
+    http_path: str = "/slack/events"
+    # Slash commands are /<command_prefix><name> (/sweat-status …); command_names overrides single
+    # names, e.g. {"status" = "/clinic-status", "forget-me" = "/forget-me"}.
+    command_prefix: str = "sweat-"
+    command_names: dict[str, str] = Field(default_factory=dict)
 
 
 class TrainingSettings(Section):
