@@ -1,0 +1,83 @@
+"""Core overhead per patient message, excluding model time.
+
+How it is measured: a whole Service (SQLite file on disk, WAL, the local platform) on the
+``fixed`` backend, whose generation is an asyncio sleep of a known delay. N conversations
+send messages at once (each conversation sends its next message as soon as the previous one
+is answered), so N messages are in flight at every moment. For each message the wall time
+of ``handle_message`` is taken, and the time spent inside the backend's generate (measured,
+i.e. the known delay plus any oversleep) is subtracted: what is left is the core's own
+overhead — storing, triage, prompt building, review item, delivery, with all the waiting on
+the shared database that the load causes.
+
+Run: python bench/bench_core_overhead.py [--conversations 100] [--rounds 5] [--delay 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.inference.fixed import FixedBackend  # noqa: E402
+from bot.local.platform import LocalPlatform  # noqa: E402
+from bot.platform import IncomingMessage  # noqa: E402
+from bot.service import Service  # noqa: E402
+from bot.settings import load_settings  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def main(conversations: int, rounds: int, delay: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(data_dir=Path(tmp))
+        backend = FixedBackend(delay_s=delay)
+        service = Service(settings, backend)
+        service.add_platform(LocalPlatform())
+        await service.start(retry_loop=False)
+        overheads: list[float] = []
+        model_times: list[float] = []
+
+        async def conversation(i: int) -> None:
+            for r in range(rounds + 1):
+                text = f"Round {r}: my palms sweat a lot when I hold a pen, what can I do? (patient {i})"
+                started = time.perf_counter()
+                result = await service.core.handle_message(
+                    IncomingMessage("local", f"p{i}", "console", f"t{i}", text, display_name=f"p{i}")
+                )
+                total = time.perf_counter() - started
+                model = await service.db.fetchval("SELECT latency_ms FROM replies WHERE id = ?", (result.reply_id,)) / 1000
+                if r > 0:  # the first round includes first-contact work; measure steady state
+                    overheads.append(total - model)
+                    model_times.append(model)
+
+        wall = time.perf_counter()
+        await asyncio.gather(*(conversation(i) for i in range(conversations)))
+        wall = time.perf_counter() - wall
+        await service.stop()
+        ms = [o * 1000 for o in overheads]
+        print(f"core overhead per message, {conversations} conversations in flight, SQLite on disk ({settings.db_path})")
+        print(f"  messages measured : {len(ms)} (after 1 warm-up round per conversation)")
+        print(f"  model time (fixed): {delay*1000:.1f} ms set, {statistics.mean(model_times)*1000:.1f} ms measured mean")
+        print(f"  overhead p50      : {pct(ms, 50):.2f} ms   (target <= 5 ms)")
+        print(f"  overhead p99      : {pct(ms, 99):.2f} ms   (target <= 25 ms)")
+        print(f"  overhead mean/max : {statistics.mean(ms):.2f} / {max(ms):.2f} ms")
+        print(f"  throughput        : {len(ms) / wall:.0f} messages/s over {wall:.1f} s; cores: {os.cpu_count()}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--conversations", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--delay", type=float, default=0.05)
+    args = parser.parse_args()
+    asyncio.run(main(args.conversations, args.rounds, args.delay))

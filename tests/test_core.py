@@ -1,0 +1,264 @@
+"""The conversation core end to end on a fixed-reply backend and the local platform."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from bot.core import GATED_TEXT, LABEL_EDITED, LABEL_PENDING, NOTICE_UNAVAILABLE, WITHDRAWN_TEXT
+from bot.platform import IncomingMessage, ViewKind
+from reviewers.models import Action, Actor, PermissionDenied, ReviewError, Rubric
+
+REVIEWER = Actor("local", "rev1", "Dr Rev", frozenset({"reviewer"}))
+REVIEWER2 = Actor("local", "rev2", "Dr Two", frozenset({"reviewer"}))
+MODERATOR = Actor("local", "mod", "Mod", frozenset({"moderator"}))
+PATIENT_ACTOR = Actor("local", "pat", "Pat", frozenset())
+
+
+def msg(text: str, user: str = "pat", thread: str | None = None, attachments: int = 0) -> IncomingMessage:
+    return IncomingMessage("local", user, "console", thread or user, text, display_name=user, attachments=attachments)
+
+
+async def test_message_reply_review_item(service):
+    result = await service.core.handle_message(msg("My palms sweat every day since I was 12. Is this normal?"))
+    assert result.status == "shown"
+    kinds = [v.kind for v in result.views]
+    assert kinds[0] is ViewKind.NOTICE  # first contact: what is stored and why
+    reply_view = result.views[-1]
+    assert reply_view.kind is ViewKind.PENDING_REVIEW and reply_view.label == LABEL_PENDING
+    assert reply_view.disclaimer == service.pack.disclaimer
+    row = await service.db.fetchone("SELECT * FROM replies WHERE id = ?", (result.reply_id,))
+    assert row["model"] == "fixed-model" and row["latency_ms"] >= 0
+    prompt = json.loads(row["prompt"])
+    assert prompt[0]["role"] == "system" and service.pack.guidance.strip()[:40] in prompt[0]["content"]
+    assert prompt[-1] == {"role": "user", "content": "My palms sweat every day since I was 12. Is this normal?"}
+    pending = await service.reviews.pending()
+    assert [p["item_id"] for p in pending] == [result.item_id]
+
+
+async def test_message_is_committed_before_the_model_runs(service):
+    class Crash(RuntimeError):
+        pass
+
+    async def crashing(*args, **kwargs):
+        raise Crash("process died mid-generation")
+
+    original = service.backend.generate
+    service.backend.generate = crashing
+    with pytest.raises(Crash):
+        await service.core.handle_message(msg("Does iontophoresis work for feet?"))
+    rows = await service.db.fetchall("SELECT text, status FROM messages")
+    assert [(r["text"], r["status"]) for r in rows] == [("Does iontophoresis work for feet?", "received")]
+    service.backend.generate = original
+    assert await service.core.retry_queued() == 1
+    assert await service.db.fetchval("SELECT status FROM messages") == "answered"
+
+
+async def test_model_unavailable_queues_and_retries(service):
+    service.backend.fail_with = "connection refused"
+    result = await service.core.handle_message(msg("What is HDSS?"))
+    assert result.status == "queued_retry"
+    assert result.views[-1].text == NOTICE_UNAVAILABLE
+    assert await service.db.fetchval("SELECT status FROM messages") == "queued_retry"
+    incident = await service.db.fetchone("SELECT kind, resolved_at FROM incidents")
+    assert incident["kind"] == "model_unavailable" and incident["resolved_at"] is None
+    local = service.core.platforms["local"]
+    assert any("failing" in a["text"] for a in local.alerts)
+    status = await service.commands.status(MODERATOR)
+    assert "Messages waiting for the model: 1" in status.text and "FAILING" in status.text
+    # still down: nothing answered, no second notice
+    assert await service.core.retry_queued() == 0
+    service.backend.fail_with = None
+    assert await service.core.retry_queued() == 1
+    assert await service.db.fetchval("SELECT resolved_at FROM incidents") is not None
+    assert await service.db.fetchval("SELECT COUNT(*) FROM replies") == 1
+
+
+async def test_edit_reaches_patient_and_dataset(service):
+    result = await service.core.handle_message(msg("Should I try botox for my armpits? My name is Anna Berg."))
+    outcome = await service.core.decide(result.item_id, REVIEWER, Action.EDIT, "Botulinum toxin is an option.",
+                                        Rubric(4, 5, 3))
+    assert outcome.closed_now and outcome.state.value == "edited"
+    reply = await service.db.fetchone("SELECT * FROM replies WHERE id = ?", (result.reply_id,))
+    view = service.core.view_for(reply["text"], reply["delivery"], "edited", outcome.final_text)
+    assert view.text == "Botulinum toxin is an option." and view.label == LABEL_EDITED
+    assert reply["shown_text"] == "Botulinum toxin is an option."
+    rows = await service.db.fetchall("SELECT * FROM dataset_examples WHERE source = 'expert_edited'")
+    assert len(rows) == 1
+    messages = json.loads(rows[0]["messages"])
+    assert messages[-1]["content"] == "Botulinum toxin is an option."
+    assert "Anna" not in messages[1]["content"] and "[name]" in messages[1]["content"]
+    provenance = json.loads(rows[0]["provenance"])
+    assert provenance["original_reply"] == reply["text"] and provenance["reviewers"] == ["local:rev1"]
+    # deciding again, by the same or another reviewer, changes nothing and adds no example
+    again = await service.core.decide(result.item_id, REVIEWER, Action.APPROVE)
+    other = await service.core.decide(result.item_id, REVIEWER2, Action.REJECT)
+    assert not again.recorded and not other.recorded
+    assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE review_item_id IS NOT NULL") == 1
+    assert await service.db.fetchval("SELECT state FROM review_items WHERE id = ?", (result.item_id,)) == "edited"
+
+
+async def test_non_reviewer_refused_and_logged(service):
+    result = await service.core.handle_message(msg("Is sweating at night normal for me?"))
+    with pytest.raises(PermissionDenied):
+        await service.core.decide(result.item_id, PATIENT_ACTOR, Action.APPROVE)
+    assert await service.db.fetchval("SELECT state FROM review_items") == "pending"
+    assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
+    assert await service.db.fetchval("SELECT COUNT(*) FROM review_audit WHERE action = 'refused'") == 1
+
+
+async def test_empty_edit_and_unknown_item(service):
+    result = await service.core.handle_message(msg("What helps sweaty feet?"))
+    with pytest.raises(ReviewError):
+        await service.core.decide(result.item_id, REVIEWER, Action.EDIT, "   ")
+    with pytest.raises(ReviewError):
+        await service.core.decide(9999, REVIEWER, Action.APPROVE)
+    with pytest.raises(ValueError):
+        Rubric(accuracy=7)
+
+
+async def test_reject_withdraws(service):
+    result = await service.core.handle_message(msg("Can I cure this forever?"))
+    outcome = await service.core.decide(result.item_id, REVIEWER, Action.REJECT)
+    assert outcome.state.value == "rejected"
+    reply = await service.db.fetchone("SELECT * FROM replies")
+    assert reply["delivery"] == "withdrawn"
+    assert service.core.view_for(reply["text"], reply["delivery"], "rejected", None).text == WITHDRAWN_TEXT
+    assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE source LIKE 'expert%'") == 0
+
+
+async def test_gated_mode_holds_until_approved(service):
+    service.settings.review.mode = "gated"
+    result = await service.core.handle_message(msg("Do I need to see a doctor for sweaty hands?"))
+    assert result.status == "held" and result.views[-1].text == GATED_TEXT
+    outcome = await service.core.decide(result.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(5, 5, 5))
+    reply = await service.db.fetchone("SELECT * FROM replies")
+    view = service.core.view_for(reply["text"], reply["delivery"], outcome.state.value, outcome.final_text)
+    assert view.kind is ViewKind.REVIEWED and view.text == reply["text"]
+    assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE source = 'expert_approved'") == 1
+
+
+async def test_quorum_two(service):
+    service.reviews.quorum = 2
+    result = await service.core.handle_message(msg("Is glycopyrronium safe?"))
+    first = await service.core.decide(result.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 4, 4))
+    assert first.recorded and not first.closed_now and first.state.value == "pending"
+    second = await service.core.decide(result.item_id, REVIEWER2, Action.EDIT, "Better text.", Rubric(3, 4, 4))
+    assert second.closed_now and second.state.value == "edited" and second.final_text == "Better text."
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t  "])
+async def test_empty_messages_get_a_notice_and_store_nothing(service, text):
+    result = await service.core.handle_message(msg(text))
+    assert result.status == "empty" and "empty" in result.views[0].text.lower()
+    assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 0
+
+
+async def test_attachment_only_message(service):
+    result = await service.core.handle_message(msg("", attachments=1))
+    assert result.status == "unsupported" and "only read text" in result.views[-1].text
+    assert await service.db.fetchval("SELECT attachments FROM messages") == 1
+    assert service.backend.calls == []
+
+
+async def test_twenty_thousand_characters(service):
+    text = ("My hands sweat a lot and I worry about it. " * 500)[:20000]
+    result = await service.core.handle_message(msg(text))
+    assert result.status == "shown"
+    assert any("very long" in v.text for v in result.views)
+    assert await service.db.fetchval("SELECT LENGTH(text) FROM messages") == len(text.strip())
+    sent = service.backend.calls[-1][-1]["content"]
+    assert len(sent) <= service.settings.prompt.max_message_chars
+
+
+async def test_history_within_token_budget(service):
+    for i in range(6):
+        await service.core.handle_message(msg(f"Question number {i} about sweating " + "x" * 300))
+    last_prompt = service.backend.calls[-1]
+    assert [m["role"] for m in last_prompt[1:3]] == ["user", "assistant"]
+    assert last_prompt[-1]["content"].startswith("Question number 5")
+    service.settings.prompt.token_budget = service.backend.count_tokens(last_prompt[0]["content"]) + 300
+    await service.core.handle_message(msg("And one more question"))
+    small = service.backend.calls[-1]
+    assert small[0]["role"] == "system" and small[-1]["content"] == "And one more question"
+    total = sum(service.backend.count_tokens(m["content"]) + 4 for m in small)
+    assert total <= service.settings.prompt.token_budget + 8
+    assert len(small) < len(last_prompt)
+
+
+async def test_pause_and_resume(service):
+    reply = await service.commands.pause(MODERATOR)
+    assert "paused" in reply.text
+    result = await service.core.handle_message(msg("Hello, are you there?"))
+    assert result.status == "paused" and service.backend.calls == []
+    resumed = await service.commands.resume(MODERATOR)
+    assert resumed.data["answered"] == 1
+    assert await service.db.fetchval("SELECT status FROM messages") == "answered"
+
+
+async def test_crisis_never_reaches_the_model(service):
+    result = await service.core.handle_message(msg("I can't take this anymore, I want to kill myself"))
+    assert result.status == "crisis" and service.backend.calls == []
+    assert result.views[-1].kind is ViewKind.CRISIS and "988" in result.views[-1].text
+    assert any(a["urgent"] for a in service.core.platforms["local"].alerts)
+    assert await service.db.fetchval("SELECT status FROM conversations") == "crisis_hold"
+    follow = await service.core.handle_message(msg("ok. my hands sweat too"))
+    assert follow.status == "held"  # later messages gated until a human looked
+
+
+async def test_red_flag_gated_with_doctor_advice(service):
+    result = await service.core.handle_message(msg("I started soaking the sheets at night and lost weight without trying"))
+    assert result.status == "held"
+    item = await service.reviews.item(result.item_id)
+    assert item["priority"] == "high" and "red_flag" in item["risk_flags"]
+    system = service.backend.calls[-1][0]["content"]
+    assert "see a doctor" in system
+
+
+async def test_forget_patient_removes_everything(service):
+    result = await service.core.handle_message(msg("What is iontophoresis?", user="forgetme"))
+    await service.core.decide(result.item_id, REVIEWER, Action.APPROVE)
+    assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE patient_id IS NOT NULL") == 1
+    assert await service.core.forget_patient("local", "forgetme") == 1
+    for table in ("patients", "conversations", "messages", "replies", "review_items"):
+        assert await service.db.fetchval(f"SELECT COUNT(*) FROM {table}") == 0
+    assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE patient_id IS NOT NULL") == 0
+    assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE source = 'seed'") > 0
+
+
+async def test_commands_require_moderator_and_one_retrain_job(service):
+    with pytest.raises(PermissionDenied):
+        await service.commands.run(PATIENT_ACTOR, "retrain")
+    assert await service.db.fetchval("SELECT COUNT(*) FROM jobs") == 0
+    first, second = await asyncio.gather(
+        service.commands.run(MODERATOR, "retrain"), service.commands.run(MODERATOR, "retrain")
+    )
+    assert sorted([first.data["created"], second.data["created"]]) == [False, True]
+    assert "already" in (first.text if not first.data["created"] else second.text)
+    counts = await service.commands.run(MODERATOR, "dataset")
+    assert counts.data["total"] == len(service.pack.seeds)
+    unknown = await service.commands.run(MODERATOR, "explode")
+    assert not unknown.ok
+
+
+async def test_many_conversations_at_once(service):
+    service.backend.delay_s = 0.01
+    results = await asyncio.gather(*(service.core.handle_message(msg(f"question {i}", user=f"u{i}")) for i in range(60)))
+    assert all(r.status == "shown" for r in results)
+    assert await service.db.fetchval("SELECT COUNT(*) FROM replies") == 60
+    assert await service.db.fetchval("SELECT COUNT(*) FROM review_items WHERE state = 'pending'") == 60
+
+
+async def test_agreement_report(service):
+    from reviewers.agreement import agreement_report
+
+    service.reviews.quorum = 2
+    for i in range(4):
+        r = await service.core.handle_message(msg(f"q{i}", user=f"a{i}"))
+        await service.core.decide(r.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 4, 4 if i % 2 else 3))
+        await service.core.decide(r.item_id, REVIEWER2, Action.APPROVE, rubric=Rubric(4, 4, 3))
+    report = await agreement_report(service.db)
+    assert report["action"]["items"] == 4
+    assert report["empathy"]["cohen_kappa"] is not None

@@ -1,0 +1,37 @@
+import pytest
+
+from bot.text import split_message
+
+
+def test_short_text_untouched():
+    assert split_message("Hello there.", 2000) == ["Hello there."]
+    assert split_message("   ", 2000) == []
+
+
+def test_never_splits_mid_word_and_keeps_everything():
+    words = [f"word{i}" for i in range(3000)]
+    text = " ".join(words)
+    parts = split_message(text, 2000)
+    assert all(len(p) <= 2000 for p in parts)
+    assert " ".join(parts).split() == words
+
+
+def test_prefers_paragraphs():
+    text = ("a" * 900 + "\n\n") * 3
+    parts = split_message(text, 2000)
+    assert all(p.strip("a") == "" or "\n\n" in p for p in parts)
+    assert len(parts) == 2
+
+
+def test_code_fence_closed_and_reopened():
+    text = "Intro\n```python\n" + "\n".join(f"x = {i}" for i in range(600)) + "\n```\nEnd."
+    parts = split_message(text, 500)
+    assert len(parts) > 2
+    for part in parts:
+        assert len(part) <= 500
+        assert part.count("```") % 2 == 0
+
+
+def test_limit_too_small():
+    with pytest.raises(ValueError):
+        split_message("x", 5)
