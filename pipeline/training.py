@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +38,8 @@ from typing import Any
 from bot.settings import TrainingSettings
 
 logger = logging.getLogger(__name__)
+# transformers 5 warns about its own deprecated call when peft wraps a model: noise, not ours.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 IGNORE_INDEX = -100
 MANIFEST_NAME = "manifest.json"

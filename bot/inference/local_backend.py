@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from bot.inference.base import (
 from bot.settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
+# transformers 5 warns about its own deprecated call when peft wraps a model: noise, not ours.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 _STOP = object()
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
