@@ -78,10 +78,21 @@ class DiscordSettings(Section):
     token: SecretStr | None = None
     guild_ids: list[int] = Field(default_factory=list)
     support_channel_ids: list[int] = Field(default_factory=list)
+    # Categories whose text channels all count as support channels.
+    support_category_ids: list[int] = Field(default_factory=list)
     reviewer_channel_id: int | None = None
+    # Where alerts go (crisis, model outage); default: the reviewer channel.
+    alert_channel_id: int | None = None
+    # Role names (or role ids) that grant the reviewer / moderator roles.
     reviewer_role: str = "reviewer"
     moderator_role: str = "moderator"
     allow_dms: bool = False
+    # Minimum seconds between two edits of review cards in one channel (Discord rate limits).
+    card_edit_interval_s: float = Field(1.0, ge=0)
+    # How often a long job's progress message is refreshed.
+    progress_interval_s: float = Field(15.0, gt=0)
+    # Patient threads archive after this many minutes without activity (60, 1440, 4320 or 10080).
+    thread_archive_minutes: Literal[60, 1440, 4320, 10080] = 1440
 
 
 class SlackSettings(Section):
