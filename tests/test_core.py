@@ -262,3 +262,32 @@ async def test_agreement_report(service):
     report = await agreement_report(service.db)
     assert report["action"]["items"] == 4
     assert report["empathy"]["cohen_kappa"] is not None
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt_config", "empty_weights"])
+async def test_bad_live_adapter_starts_on_base_model_loudly(settings, caplog, damage):
+    from bot.inference.fixed import FixedBackend
+    from bot.service import Service
+    from bot.storage import Database
+    from pipeline import registry
+
+    path = settings.data_dir / "adapters" / "v1"
+    if damage != "missing":
+        path.mkdir(parents=True)
+        (path / "adapter_config.json").write_text("{not json" if damage == "corrupt_config" else "{}")
+        (path / "adapter_model.safetensors").write_bytes(b"" if damage == "empty_weights" else b"x")
+    db = await Database(settings.db_path).open()
+    await registry.register(db, "v1", path, "base", status="live")
+    await db.close()
+    svc = Service(settings, FixedBackend())
+    with caplog.at_level("ERROR"):
+        await svc.start(retry_loop=False)
+    try:
+        assert svc.backend.adapter_version is None
+        assert "SERVING THE BASE MODEL" in caplog.text
+        incident = await svc.db.fetchval("SELECT detail FROM incidents WHERE kind = 'adapter_load_failed'")
+        assert "v1" in incident
+        result = await svc.core.handle_message(msg("still answering?"))
+        assert result.status == "shown"
+    finally:
+        await svc.stop()
