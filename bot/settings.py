@@ -141,6 +141,21 @@ class GenerationSettings(Section):
     concurrency: int = Field(4, ge=1, le=256)
 
 
+class SafetySettings(Section):
+    """Abuse limits and language support of the safety layer (bot/safety.py, bot/ratelimit.py)."""
+
+    # Per-patient rate limit: at most rate_limit_messages within rate_limit_window_s seconds.
+    rate_limit_messages: int = Field(8, ge=1, le=10_000)
+    rate_limit_window_s: float = Field(60.0, gt=0)
+    # Model calls one patient may have in flight at once (fairness: a flood cannot starve others).
+    per_patient_concurrency: int = Field(1, ge=1, le=64)
+    # Languages the model may answer in besides the pack's own language (ISO 639-1 codes);
+    # messages in other languages get a clear statement, in their language, of what is supported.
+    reply_languages: list[str] = Field(default_factory=list)
+    # Crisis classifier threshold on its probability (rules fire regardless); lower = more recall.
+    crisis_threshold: float = Field(0.35, gt=0, lt=1)
+
+
 SECRET_KEYS = {
     ("inference", "openai_api_key"),
     ("discord", "token"),
@@ -180,6 +195,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
 
     _toml_file: Path | None = None
 
