@@ -1,0 +1,245 @@
+"""Block Kit rendering for Slack: patient replies, review cards, the edit modal.
+
+Pure functions from the core's neutral objects to Slack payloads; no I/O and no rules about
+what is shown when (that is the core's job).
+
+Slack's limits that shape this module: a section block's text is at most 3,000 characters,
+a context element's text 3,000, a header 150, a modal title 24, a plain-text input 3,000, and a
+message should stay well under 4,000 characters of text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bot.platform import PatientView, ReviewCard, ViewKind
+from bot.text import split_message
+from reviewers.models import RUBRIC_CRITERIA, Rubric
+
+SECTION_LIMIT = 3000
+PART_LIMIT = 2800  # raw text per message part, leaving room for escaping (& < > grow)
+CARD_PATIENT_LIMIT = 1200
+CARD_REPLY_LIMIT = 2600
+MODAL_INPUT_LIMIT = 3000  # Slack's maximum for plain_text_input
+
+ACTION_APPROVE = "review_approve"
+ACTION_EDIT = "review_edit"
+ACTION_REJECT = "review_reject"
+RUBRIC_ACTION_PREFIX = "rubric_"
+ACTION_FORGET_CONFIRM = "forget_me_confirm"
+ACTION_FORGET_CANCEL = "forget_me_cancel"
+EDIT_CALLBACK = "review_edit_modal"
+EDIT_BLOCK = "edit_text"
+EDIT_INPUT = "text"
+RUBRIC_BLOCK_PREFIX = "rubric:"
+
+_KIND_ICON = {
+    ViewKind.PENDING_REVIEW: ":robot_face:",
+    ViewKind.REVIEWED: ":white_check_mark:",
+    ViewKind.UNDER_REVIEW: ":hourglass_flowing_sand:",
+    ViewKind.WITHDRAWN: ":no_entry_sign:",
+    ViewKind.NOTICE: ":information_source:",
+    ViewKind.CRISIS: ":rotating_light:",
+}
+
+_STATE_TEXT = {
+    "pending": ":hourglass_flowing_sand: Pending review",
+    "approved": ":white_check_mark: Approved",
+    "edited": ":pencil2: Edited",
+    "rejected": ":x: Rejected",
+    "expired": ":zzz: Expired",
+}
+
+
+def escape(text: str) -> str:
+    """Slack's control characters: without this a model or a patient could write <!channel>."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + "…"
+
+
+def _chunks(text: str) -> list[str]:
+    """Escaped parts of ``text`` that each fit one section block."""
+    parts: list[str] = []
+    for raw in split_message(text, PART_LIMIT) or [""]:
+        escaped = escape(raw)
+        if len(escaped) <= SECTION_LIMIT:
+            parts.append(escaped)
+        else:  # a part dense with & < >: split the escaped text again
+            parts.extend(split_message(escaped, SECTION_LIMIT))
+    return parts
+
+
+def patient_messages(view: PatientView) -> list[dict[str, Any]]:
+    """One dict (``text`` fallback + ``blocks``) per Slack message showing ``view``.
+
+    Long text is split into several messages; the label and disclaimer go, as a context block,
+    under the last one so the patient reads them right after the answer."""
+    parts = _chunks(view.text)
+    messages: list[dict[str, Any]] = []
+    for index, part in enumerate(parts):
+        blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": part or " "}}]
+        if len(parts) > 1:
+            blocks.append(_context([f"Part {index + 1} of {len(parts)}"]))
+        if index == len(parts) - 1:
+            context = []
+            if view.label:
+                context.append(f"{_KIND_ICON.get(view.kind, '')} *{escape(view.label)}*".strip())
+            if view.disclaimer:
+                context.append(f"_{clip(escape(view.disclaimer), SECTION_LIMIT - 2)}_")
+            if context:
+                blocks.append(_context(context))
+        messages.append({"text": part or " ", "blocks": blocks})
+    return messages
+
+
+def _context(texts: list[str]) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": t} for t in texts]}
+
+
+def _quote(text: str) -> str:
+    # A literal ">" starts a quote; the text itself is already escaped, so it cannot add its own.
+    return "\n".join("> " + line if line else ">" for line in text.split("\n"))
+
+
+def _rubric_select(criterion: str, initial: int | None = None) -> dict[str, Any]:
+    select: dict[str, Any] = {
+        "type": "static_select",
+        "action_id": f"{RUBRIC_ACTION_PREFIX}{criterion}",
+        "placeholder": {"type": "plain_text", "text": f"{criterion.capitalize()} 1–5"},
+        "options": [_option(criterion, score) for score in range(1, 6)],
+    }
+    if initial is not None:
+        select["initial_option"] = _option(criterion, initial)
+    return select
+
+
+def _option(criterion: str, score: int) -> dict[str, Any]:
+    return {"text": {"type": "plain_text", "text": f"{criterion.capitalize()}: {score}"}, "value": str(score)}
+
+
+def review_card(card: ReviewCard) -> dict[str, Any]:
+    """The reviewer channel's card for one reply: question, answer, facts, and the controls."""
+    title = f"Review #{card.item_id}"
+    if card.priority == "high":
+        title += " · HIGH PRIORITY"
+    facts = [
+        f"Task: *{escape(card.task)}*",
+        f"Adapter: {escape(card.adapter_version or 'base model')}",
+        f"Risk flags: {escape(', '.join(card.risk_flags)) if card.risk_flags else 'none'}",
+        _STATE_TEXT.get(card.state, escape(card.state)),
+    ]
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title}},
+        {"type": "section", "text": {"type": "mrkdwn",
+                                     "text": "*Patient asked*\n" + _quote(escape(clip(card.patient_text, CARD_PATIENT_LIMIT)))}},
+        {"type": "section", "text": {"type": "mrkdwn",
+                                     "text": "*Reply*\n" + escape(clip(card.reply_text, CARD_REPLY_LIMIT))}},
+        _context(facts),
+    ]
+    if card.decided_by:
+        blocks.append(_context(["Decided by " + escape("; ".join(card.decided_by))]))
+    if card.state == "pending":
+        blocks.append({
+            "type": "actions",
+            "block_id": f"review_rubric:{card.item_id}",
+            "elements": [_rubric_select(criterion) for criterion in RUBRIC_CRITERIA],
+        })
+        value = str(card.item_id)
+        blocks.append({
+            "type": "actions",
+            "block_id": f"review_actions:{card.item_id}",
+            "elements": [
+                {"type": "button", "action_id": ACTION_APPROVE, "style": "primary", "value": value,
+                 "text": {"type": "plain_text", "text": "Approve"}},
+                {"type": "button", "action_id": ACTION_EDIT, "value": value,
+                 "text": {"type": "plain_text", "text": "Edit"}},
+                {"type": "button", "action_id": ACTION_REJECT, "style": "danger", "value": value,
+                 "text": {"type": "plain_text", "text": "Reject"},
+                 "confirm": {
+                     "title": {"type": "plain_text", "text": "Reject this reply?"},
+                     "text": {"type": "mrkdwn", "text": "The patient will see that a specialist withdrew it."},
+                     "confirm": {"type": "plain_text", "text": "Reject"},
+                     "deny": {"type": "plain_text", "text": "Cancel"},
+                 }},
+            ],
+        })
+        blocks.append(_context(["Or react with :white_check_mark: to approve or :x: to reject."]))
+    text = f"{title}: {_STATE_TEXT.get(card.state, card.state)} — {clip(card.reply_text, 200)}"
+    return {"text": escape(text), "blocks": blocks}
+
+
+def rubric_from_values(values: dict[str, Any]) -> Rubric:
+    """Scores chosen in the card's or the modal's selects (``state.values``); invalid ones are dropped."""
+    scores: dict[str, int] = {}
+    for block in (values or {}).values():
+        for action_id, element in (block or {}).items():
+            if not action_id.startswith(RUBRIC_ACTION_PREFIX):
+                continue
+            criterion = action_id[len(RUBRIC_ACTION_PREFIX):]
+            selected = (element or {}).get("selected_option") or {}
+            try:
+                score = int(selected.get("value", ""))
+            except (TypeError, ValueError):
+                continue
+            if criterion in RUBRIC_CRITERIA and 1 <= score <= 5:
+                scores[criterion] = score
+    return Rubric(**scores)
+
+
+def edit_modal(card: ReviewCard, metadata: dict[str, Any], rubric: Rubric) -> dict[str, Any]:
+    """The Edit modal: the reply prefilled, the rubric, validated by the app on submit."""
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn",
+                                     "text": "*Patient asked*\n" + _quote(escape(clip(card.patient_text, 600)))}},
+        {
+            "type": "input",
+            "block_id": EDIT_BLOCK,
+            "label": {"type": "plain_text", "text": "Corrected reply"},
+            "element": {
+                "type": "plain_text_input",
+                "action_id": EDIT_INPUT,
+                "multiline": True,
+                "initial_value": card.reply_text[:MODAL_INPUT_LIMIT],
+                "max_length": MODAL_INPUT_LIMIT,
+            },
+            "hint": {"type": "plain_text", "text": "The patient's message is updated in place with this text."},
+        },
+    ]
+    for criterion in RUBRIC_CRITERIA:
+        blocks.append({
+            "type": "input",
+            "block_id": f"{RUBRIC_BLOCK_PREFIX}{criterion}",
+            "optional": True,
+            "label": {"type": "plain_text", "text": criterion.capitalize()},
+            "element": _rubric_select(criterion, getattr(rubric, criterion)),
+        })
+    return {
+        "type": "modal",
+        "callback_id": EDIT_CALLBACK,
+        "private_metadata": json.dumps(metadata),
+        "title": {"type": "plain_text", "text": clip(f"Edit reply #{card.item_id}", 24)},
+        "submit": {"type": "plain_text", "text": "Save edit"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": blocks,
+    }
+
+
+def forget_me_prompt() -> list[dict[str, Any]]:
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": (
+            "This deletes everything this service stored about you on Slack: your messages, the replies, "
+            "and any examples made from them. It cannot be undone."
+        )}},
+        {"type": "actions", "elements": [
+            {"type": "button", "action_id": ACTION_FORGET_CONFIRM, "style": "danger", "value": "confirm",
+             "text": {"type": "plain_text", "text": "Delete everything"}},
+            {"type": "button", "action_id": ACTION_FORGET_CANCEL, "value": "cancel",
+             "text": {"type": "plain_text", "text": "Cancel"}},
+        ]},
+    ]

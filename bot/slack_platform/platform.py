@@ -1,0 +1,587 @@
+"""Slack as a platform of the conversation core: bolt listeners in, Web API calls out.
+
+Everything here translates. Slack events become ``IncomingMessage`` / ``Actor`` objects for the
+core, and what the core hands back (``PatientView``, ``ReviewCard``, alerts) becomes Block Kit.
+Who may review or moderate is decided by the core; this module only looks up, on every action,
+which roles the Slack user holds (reviewer user group or listed ids; listed moderator ids).
+
+The same listeners serve Socket Mode and HTTP mode (see ``bot.slack_platform.runner``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.commands import COMMANDS
+from bot.platform import ConversationRef, IncomingMessage, PatientView, ReviewCard
+from bot.settings import SlackSettings
+from bot.slack_platform import blocks
+from pipeline import jobs
+from reviewers.models import MODERATOR_ROLE, REVIEWER_ROLE, Action, Actor, PermissionDenied, ReviewError, Rubric
+from reviewers.service import MAX_EDIT_CHARS
+
+if TYPE_CHECKING:
+    from bot.service import Service
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "slack"
+FORGET_COMMAND = "forget-me"
+APPROVE_REACTIONS = frozenset({"white_check_mark", "heavy_check_mark", "+1"})
+REJECT_REACTIONS = frozenset({"x", "no_entry", "no_entry_sign"})
+# Message subtypes that are a person writing; edits, joins, deletions and bot posts are not.
+PATIENT_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+ACK_BUDGET_S = 2.0  # a slash command result faster than this goes in the ack itself (Slack allows 3 s)
+EDIT_LIMIT = min(MAX_EDIT_CHARS, blocks.MODAL_INPUT_LIMIT)
+_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(\|[^>]*)?>")
+
+
+class _Seen:
+    """A bounded, time-limited set: Slack retries an event for about five minutes."""
+
+    def __init__(self, ttl_s: float = 3600.0, max_items: int = 20_000):
+        self.ttl_s = ttl_s
+        self.max_items = max_items
+        self._items: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, key: str) -> bool:
+        """Remember ``key``; False when it was already there (a duplicate)."""
+        now = time.monotonic()
+        while self._items:
+            oldest, at = next(iter(self._items.items()))
+            if now - at < self.ttl_s and len(self._items) < self.max_items:
+                break
+            self._items.popitem(last=False)
+        if key in self._items:
+            return False
+        self._items[key] = now
+        return True
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+
+def command_names(cfg: SlackSettings) -> dict[str, str]:
+    """Slash command for each moderator command and the patient's forget-me, with overrides."""
+    names = {name: f"/{cfg.command_prefix}{name}" for name in COMMANDS}
+    names[FORGET_COMMAND] = "/forget-me"
+    unknown = set(cfg.command_names) - set(names)
+    if unknown:
+        raise ValueError(
+            f"setting slack.command_names: unknown command(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(names)}"
+        )
+    for name, slash in cfg.command_names.items():
+        names[name] = slash if slash.startswith("/") else "/" + slash
+    return names
+
+
+class SlackPlatform:
+    """The ``Platform`` the core talks to, plus the bolt listeners that feed the core."""
+
+    name = PLATFORM
+    max_message_chars = blocks.SECTION_LIMIT
+
+    def __init__(self, service: "Service", client: AsyncWebClient, cfg: SlackSettings):
+        self.service = service
+        self.client = client
+        self.cfg = cfg
+        self.commands = command_names(cfg)
+        self.bot_user_id: str | None = None
+        self.ack_budget_s = ACK_BUDGET_S
+        self.job_poll_s = 10.0  # how often a /retrain watcher looks at its job
+        self.job_watch_limit_s = 30 * 60.0  # a response_url is valid for 30 minutes
+        self._events = _Seen()
+        self._messages = _Seen()
+        self._card_items: dict[str, int] = {}  # "channel:ts" of a card -> review item id
+        self._names: dict[str, tuple[str, float]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ================================================================== out: Platform protocol
+
+    async def send_to_patient(self, conv: ConversationRef, view: PatientView) -> list[str]:
+        posted: list[str] = []
+        for message in blocks.patient_messages(view):
+            try:
+                response = await self.client.chat_postMessage(
+                    channel=conv.channel_id, thread_ts=conv.thread_id, text=message["text"],
+                    blocks=message["blocks"], unfurl_links=False, unfurl_media=False,
+                )
+            except SlackApiError as exc:
+                if not posted:
+                    raise
+                log.error("slack: part %d of a reply to conversation %s failed: %s",
+                          len(posted) + 1, conv.id, _error(exc))
+                break
+            posted.append(response["ts"])
+        return posted
+
+    async def update_patient_message(self, conv: ConversationRef, message_ids: list[str], view: PatientView) -> list[str]:
+        showing: list[str] = []
+        messages = blocks.patient_messages(view)
+        for index, message in enumerate(messages):
+            if index < len(message_ids):
+                try:
+                    await self.client.chat_update(channel=conv.channel_id, ts=message_ids[index],
+                                                  text=message["text"], blocks=message["blocks"])
+                    showing.append(message_ids[index])
+                    continue
+                except SlackApiError as exc:
+                    if _error(exc) not in ("message_not_found", "cant_update_message", "edit_window_closed"):
+                        raise
+                    log.warning("slack: reply %s cannot be updated (%s); posting it again", message_ids[index], _error(exc))
+            response = await self.client.chat_postMessage(
+                channel=conv.channel_id, thread_ts=conv.thread_id, text=message["text"],
+                blocks=message["blocks"], unfurl_links=False, unfurl_media=False,
+            )
+            showing.append(response["ts"])
+        for ts in message_ids[len(messages):]:  # the new text needs fewer parts than the old one
+            try:
+                await self.client.chat_delete(channel=conv.channel_id, ts=ts)
+            except SlackApiError as exc:
+                log.warning("slack: could not delete the extra part %s: %s", ts, _error(exc))
+        return showing
+
+    async def post_review_card(self, card: ReviewCard) -> str | None:
+        channel = self.cfg.reviewer_channel_id
+        if not channel:
+            log.warning("slack: no reviewer channel is set (slack.reviewer_channel_id); review card %s not posted",
+                        card.item_id)
+            return None
+        rendered = blocks.review_card(card)
+        response = await self.client.chat_postMessage(channel=channel, text=rendered["text"],
+                                                      blocks=rendered["blocks"], unfurl_links=False, unfurl_media=False)
+        ref = f"{response['channel'] or channel}:{response['ts']}"
+        self._card_items[ref] = card.item_id
+        return ref
+
+    async def update_review_card(self, card: ReviewCard) -> None:
+        if not card.card_ref or ":" not in card.card_ref:
+            return
+        channel, ts = card.card_ref.split(":", 1)
+        rendered = blocks.review_card(card)
+        await self.client.chat_update(channel=channel, ts=ts, text=rendered["text"], blocks=rendered["blocks"])
+
+    async def alert(self, text: str, urgent: bool = False) -> None:
+        channel = self.cfg.reviewer_channel_id
+        if not channel:
+            log.warning("slack: alert not posted, no reviewer channel is set")
+            return
+        prefix = ":rotating_light: " if urgent else ":warning: "
+        if urgent:
+            mentions = [f"<@{uid}>" for uid in self.cfg.moderator_user_ids]
+            mentions.append(f"<!subteam^{self.cfg.reviewer_usergroup_id}>" if self.cfg.reviewer_usergroup_id else "<!here>")
+            prefix += " ".join(mentions) + " "
+        await self.client.chat_postMessage(channel=channel, text=prefix + blocks.escape(text))
+
+    # ================================================================== roles
+
+    async def actor(self, user_id: str, display_name: str = "") -> Actor:
+        """The user with the roles they hold right now (looked up on every action, never cached)."""
+        roles: set[str] = set()
+        if user_id in self.cfg.reviewer_user_ids or await self._in_reviewer_group(user_id):
+            roles.add(REVIEWER_ROLE)
+        if user_id in self.cfg.moderator_user_ids:
+            roles.add(MODERATOR_ROLE)
+        return Actor(PLATFORM, user_id, display_name or await self._display_name(user_id), frozenset(roles))
+
+    async def _in_reviewer_group(self, user_id: str) -> bool:
+        group = self.cfg.reviewer_usergroup_id
+        if not group:
+            return False
+        try:
+            response = await self.client.usergroups_users_list(usergroup=group)
+        except SlackApiError as exc:
+            log.error("slack: cannot read the reviewer user group %s (%s); only listed reviewer ids count",
+                      group, _error(exc))
+            return False
+        return user_id in (response.get("users") or [])
+
+    async def _display_name(self, user_id: str) -> str:
+        """A name for audit trails and cards (cached an hour; names are not permissions)."""
+        cached = self._names.get(user_id)
+        if cached and time.monotonic() - cached[1] < 3600:
+            return cached[0]
+        name = user_id
+        try:
+            user = (await self.client.users_info(user=user_id)).get("user") or {}
+            profile = user.get("profile") or {}
+            name = profile.get("display_name") or user.get("real_name") or user.get("name") or user_id
+        except SlackApiError as exc:
+            log.info("slack: users.info for %s failed (%s)", user_id, _error(exc))
+        self._names[user_id] = (name, time.monotonic())
+        return name
+
+    # ================================================================== in: bolt listeners
+
+    def register(self, app: AsyncApp) -> None:
+        app.middleware(self._dedup_events)
+        app.event("message")(self._on_message)
+        app.event("app_mention")(self._on_mention)
+        app.event("reaction_added")(self._on_reaction)
+        app.action(blocks.ACTION_APPROVE)(self._on_approve)
+        app.action(blocks.ACTION_REJECT)(self._on_reject)
+        app.action(blocks.ACTION_EDIT)(self._on_edit)
+        app.action(re.compile(f"^{blocks.RUBRIC_ACTION_PREFIX}"))(self._ack_only)
+        app.view(blocks.EDIT_CALLBACK)(self._on_edit_submit)
+        app.action(blocks.ACTION_FORGET_CONFIRM)(self._on_forget_confirm)
+        app.action(blocks.ACTION_FORGET_CANCEL)(self._on_forget_cancel)
+        for name, slash in self.commands.items():
+            if name == FORGET_COMMAND:
+                app.command(slash)(self._on_forget_command)
+            else:
+                app.command(slash)(self._command_handler(name))
+
+    async def _dedup_events(self, body: dict, req: Any, context: Any, next: Any) -> BoltResponse | None:
+        """Slack redelivers an event it thinks was not acknowledged in time; answer it only once."""
+        if isinstance(body, dict) and body.get("type") == "event_callback":
+            if context.get("bot_user_id") and not self.bot_user_id:
+                self.bot_user_id = context.get("bot_user_id")
+            event_id = body.get("event_id")
+            if event_id and not self._events.add(event_id):
+                retry = (req.headers.get("x-slack-retry-num") or ["?"])[0]
+                reason = (req.headers.get("x-slack-retry-reason") or ["?"])[0]
+                log.info("slack: event %s redelivered (retry %s, %s); already handled", event_id, retry, reason)
+                return BoltResponse(status=200, body="")
+        await next()
+        return None
+
+    async def _ack_only(self, ack: Any) -> None:
+        await ack()
+
+    # ------------------------------------------------------------------ patients
+
+    async def _on_message(self, event: dict, context: Any) -> None:
+        if event.get("subtype") not in PATIENT_SUBTYPES or event.get("bot_id") or not event.get("user"):
+            return
+        channel = event.get("channel", "")
+        if channel == self.cfg.reviewer_channel_id:
+            return
+        thread_ts = event.get("thread_ts") or event["ts"]
+        if event.get("channel_type") == "im":
+            if not self.cfg.allow_dms:
+                await self._dm_not_enabled(event)
+                return
+        elif channel not in self.cfg.support_channel_ids:
+            # Elsewhere only follow-ups in a thread the patient started by mentioning the bot;
+            # new mentions arrive as app_mention.
+            if not event.get("thread_ts") or self._mentions_bot(event.get("text", "")):
+                return
+            if await self._thread_owner(channel, thread_ts) is None:
+                return
+        await self._patient_message(event, thread_ts, context, explicit=event.get("channel_type") == "im")
+
+    async def _on_mention(self, event: dict, context: Any) -> None:
+        if event.get("bot_id") or not event.get("user") or event.get("channel") == self.cfg.reviewer_channel_id:
+            return
+        if event.get("channel_type") == "im" and not self.cfg.allow_dms:
+            return
+        await self._patient_message(event, event.get("thread_ts") or event["ts"], context, explicit=True)
+
+    def _mentions_bot(self, text: str) -> bool:
+        return bool(self.bot_user_id) and f"<@{self.bot_user_id}" in text
+
+    async def _patient_message(self, event: dict, thread_ts: str, context: Any, explicit: bool) -> None:
+        """Hand one patient message to the core. ``explicit``: addressed to the bot (mention, DM)."""
+        channel, user, ts = event["channel"], event["user"], event["ts"]
+        # A message mentioning the bot arrives twice (message + app_mention) under two event
+        # ids, and a retry may arrive after a restart: the message itself is the key.
+        if not self._messages.add(f"{channel}:{ts}") or await self._already_stored(channel, ts):
+            return
+        if event.get("thread_ts"):
+            owner = await self._thread_owner(channel, thread_ts)
+            if owner is not None and owner != user:
+                if not explicit:  # people talking to each other in a patient's thread
+                    return
+                await self._ephemeral(channel, user, "This thread is another person's conversation with the assistant. "
+                                      "To ask your own question, post a new message.", thread_ts=thread_ts)
+                return
+        bot_user = context.get("bot_user_id") or self.bot_user_id
+        text = event.get("text") or ""
+        if bot_user:
+            text = re.sub(rf"<@{bot_user}(\|[^>]*)?>", "", text)
+        incoming = IncomingMessage(
+            platform=PLATFORM,
+            user_id=user,
+            channel_id=channel,
+            thread_id=thread_ts,
+            text=text.strip(),
+            attachments=len(event.get("files") or []),
+            platform_message_id=ts,
+        )
+        try:
+            await self.service.core.handle_message(incoming)
+        except Exception:
+            log.exception("slack: handling message %s in %s failed", ts, channel)
+
+    async def _already_stored(self, channel: str, ts: str) -> bool:
+        row = await self.service.db.fetchone(
+            "SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+            " WHERE c.platform = ? AND c.channel_id = ? AND m.platform_message_id = ? LIMIT 1",
+            (PLATFORM, channel, ts),
+        )
+        return row is not None
+
+    async def _thread_owner(self, channel: str, thread_ts: str) -> str | None:
+        row = await self.service.db.fetchone(
+            "SELECT p.platform_user_id FROM conversations c JOIN patients p ON p.id = c.patient_id"
+            " WHERE c.platform = ? AND c.channel_id = ? AND c.thread_id = ?",
+            (PLATFORM, channel, thread_ts),
+        )
+        return row[0] if row else None
+
+    async def _dm_not_enabled(self, event: dict) -> None:
+        channels = ", ".join(f"<#{c}>" for c in self.cfg.support_channel_ids)
+        text = "I don't answer direct messages here." + (f" Please ask in {channels}." if channels else "")
+        try:
+            await self.client.chat_postMessage(channel=event["channel"], thread_ts=event["ts"], text=text)
+        except SlackApiError as exc:
+            log.warning("slack: DM notice failed: %s", _error(exc))
+
+    # ------------------------------------------------------------------ experts
+
+    async def _on_approve(self, ack: Any, body: dict, action: dict) -> None:
+        await ack()
+        await self._button_decision(body, action, Action.APPROVE)
+
+    async def _on_reject(self, ack: Any, body: dict, action: dict) -> None:
+        await ack()
+        await self._button_decision(body, action, Action.REJECT)
+
+    async def _button_decision(self, body: dict, action: dict, decision: Action) -> None:
+        user = body.get("user") or {}
+        channel = (body.get("channel") or {}).get("id") or self.cfg.reviewer_channel_id or ""
+        rubric = blocks.rubric_from_values((body.get("state") or {}).get("values") or {})
+        await self._decide(_int(action.get("value")), user.get("id", ""), _user_name(user), channel, decision,
+                           rubric=rubric)
+
+    async def _on_reaction(self, event: dict) -> None:
+        item = event.get("item") or {}
+        name = (event.get("reaction") or "").split("::")[0]  # skin tones: "+1::skin-tone-3"
+        if item.get("type") != "message" or item.get("channel") != self.cfg.reviewer_channel_id:
+            return
+        if name in APPROVE_REACTIONS:
+            decision = Action.APPROVE
+        elif name in REJECT_REACTIONS:
+            decision = Action.REJECT
+        else:
+            return
+        item_id = await self._card_item(item["channel"], item.get("ts", ""))
+        if item_id is None:
+            return
+        await self._decide(item_id, event.get("user", ""), "", item["channel"], decision)
+
+    async def _card_item(self, channel: str, ts: str) -> int | None:
+        ref = f"{channel}:{ts}"
+        if ref in self._card_items:
+            return self._card_items[ref]
+        row = await self.service.db.fetchone(
+            "SELECT id FROM review_items WHERE json_extract(card_ref, '$.slack') = ?", (ref,)
+        )
+        if row is None:
+            return None
+        self._card_items[ref] = int(row[0])
+        return int(row[0])
+
+    async def _decide(self, item_id: int | None, user_id: str, name: str, channel: str, decision: Action,
+                      edited_text: str | None = None, rubric: Rubric | None = None) -> None:
+        if item_id is None or not user_id:
+            return
+        actor = await self.actor(user_id, name)
+        try:
+            outcome = await self.service.core.decide(item_id, actor, decision, edited_text=edited_text, rubric=rubric)
+        except (PermissionDenied, ReviewError) as exc:
+            await self._ephemeral(channel, user_id, str(exc))
+            return
+        if not outcome.closed_now:
+            await self._ephemeral(channel, user_id, outcome.message)
+
+    async def _on_edit(self, ack: Any, body: dict, action: dict, client: AsyncWebClient) -> None:
+        await ack()
+        trigger_id = body.get("trigger_id")
+        user = body.get("user") or {}
+        channel = (body.get("channel") or {}).get("id") or self.cfg.reviewer_channel_id or ""
+        item_id = _int(action.get("value"))
+        if item_id is None:
+            return
+        card = await self.service.core.review_card(item_id)
+        if card is None:
+            await self._ephemeral(channel, user.get("id", ""), f"Review item {item_id} no longer exists.")
+            return
+        try:  # no edit window for non-reviewers; a slow lookup must not outlive the trigger_id
+            actor = await asyncio.wait_for(self.actor(user.get("id", ""), _user_name(user)), timeout=1.2)
+        except asyncio.TimeoutError:
+            actor = None  # open it anyway: the submission is checked again
+        if actor is not None and not actor.has(REVIEWER_ROLE):
+            await self.service.reviews.audit(item_id, actor.label, "refused", "edit: lacks the reviewer role")
+            await self._ephemeral(channel, actor.user_id, "Only members of the reviewer group can review replies.")
+            return
+        rubric = blocks.rubric_from_values((body.get("state") or {}).get("values") or {})
+        metadata = {"item_id": item_id, "channel": channel}
+        try:
+            # A trigger_id lives 3 seconds: the modal opens before anything slow happens.
+            await self.client.views_open(trigger_id=trigger_id, view=blocks.edit_modal(card, metadata, rubric))
+        except SlackApiError as exc:
+            log.warning("slack: the edit modal for item %s did not open: %s", item_id, _error(exc))
+            await self._ephemeral(channel, user.get("id", ""),
+                                  "The edit window could not be opened (Slack said: "
+                                  f"{_error(exc)}). Please press Edit again.")
+
+    async def _on_edit_submit(self, ack: Any, body: dict, view: dict) -> None:
+        values = (view.get("state") or {}).get("values") or {}
+        text = (((values.get(blocks.EDIT_BLOCK) or {}).get(blocks.EDIT_INPUT) or {}).get("value") or "").strip()
+        if not text:
+            await ack(response_action="errors",
+                      errors={blocks.EDIT_BLOCK: "The corrected reply is empty. Write the text the patient should see."})
+            return
+        if len(text) > EDIT_LIMIT:
+            await ack(response_action="errors",
+                      errors={blocks.EDIT_BLOCK: f"The reply is {len(text)} characters; the limit is {EDIT_LIMIT}."})
+            return
+        user = body.get("user") or {}
+        actor = await self.actor(user.get("id", ""), _user_name(user))
+        if not actor.has(REVIEWER_ROLE):
+            await ack(response_action="errors",
+                      errors={blocks.EDIT_BLOCK: "Only members of the reviewer group can review replies."})
+            return
+        await ack()
+        try:
+            metadata = json.loads(view.get("private_metadata") or "{}")
+        except ValueError:
+            metadata = {}
+        channel = metadata.get("channel") or self.cfg.reviewer_channel_id or ""
+        await self._decide(_int(metadata.get("item_id")), actor.user_id, actor.display_name, channel, Action.EDIT,
+                           edited_text=text, rubric=blocks.rubric_from_values(values))
+
+    async def _ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
+        if not channel or not user:
+            return
+        try:
+            await self.client.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread_ts)
+        except SlackApiError as exc:
+            log.warning("slack: ephemeral message to %s failed: %s", user, _error(exc))
+
+    # ------------------------------------------------------------------ moderators
+
+    def _command_handler(self, name: str):
+        async def handle(ack: Any, command: dict, respond: Any) -> None:
+            await self._run_command(name, ack, command, respond)
+
+        handle.__name__ = f"slash_{name}"
+        return handle
+
+    async def _run_command(self, name: str, ack: Any, command: dict, respond: Any) -> None:
+        slash = self.commands[name]
+        actor = await self.actor(command.get("user_id", ""), command.get("user_name", ""))
+        argument = (command.get("text") or "").strip() or None
+        task = asyncio.ensure_future(self.service.commands.run(actor, name, argument))
+        done, _ = await asyncio.wait({task}, timeout=self.ack_budget_s)
+        if task in done:
+            await ack(text=self._command_text(name, task), response_type="ephemeral")
+        else:  # long work: acknowledge now (Slack's 3 s), report through the response_url
+            await ack(text=f":hourglass_flowing_sand: Working on `{slash}`…", response_type="ephemeral")
+            await asyncio.wait({task})
+            await self._respond(respond, self._command_text(name, task))
+        if not task.cancelled() and task.exception() is None:
+            reply = task.result()
+            if name == "retrain" and reply.data.get("created"):
+                self._spawn(self._watch_job(int(reply.data["job_id"]), respond))
+
+    def _command_text(self, name: str, task: asyncio.Future) -> str:
+        exc = task.exception()
+        if isinstance(exc, PermissionDenied):
+            return f":no_entry: {exc}"
+        if exc is not None:
+            log.error("slack: /%s failed", name, exc_info=exc)
+            return f":x: `{self.commands[name]}` failed: {blocks.escape(str(exc))[:500]}"
+        reply = task.result()
+        text = blocks.escape(reply.text)
+        if name == "eval" and "\n" in text:
+            first, rest = text.split("\n", 1)
+            text = f"{first}\n```{rest}```"
+        return blocks.clip(("" if reply.ok else ":warning: ") + text, blocks.SECTION_LIMIT)
+
+    async def _watch_job(self, job_id: int, respond: Any) -> None:
+        """Tell the moderator how a retraining job ended (the response_url lives 30 minutes)."""
+        started = time.monotonic()
+        while time.monotonic() - started < self.job_watch_limit_s:
+            await asyncio.sleep(self.job_poll_s)
+            job = await jobs.get(self.service.db, job_id)
+            if job is None:
+                return
+            if job["status"] not in ("queued", "running"):
+                detail = job.get("error") or job.get("progress") or ""
+                await self._respond(respond, f"Retraining job #{job_id} {job['status']}"
+                                             f"{': ' + blocks.escape(str(detail))[:1500] if detail else '.'}")
+                return
+
+    async def _respond(self, respond: Any, text: str) -> None:
+        try:
+            await respond(text=text, response_type="ephemeral", replace_original=False)
+        except Exception as exc:  # the response_url expired or Slack is unreachable
+            log.warning("slack: could not report a command result: %s", exc)
+
+    # ------------------------------------------------------------------ patients' own commands
+
+    async def _on_forget_command(self, ack: Any) -> None:
+        await ack(text="Delete everything stored about you?", blocks=blocks.forget_me_prompt())
+
+    async def _on_forget_confirm(self, ack: Any, body: dict, respond: Any) -> None:
+        await ack()
+        user = (body.get("user") or {}).get("id", "")
+        removed = await self.service.core.forget_patient(PLATFORM, user) if user else 0
+        text = ("Done. Everything stored about you has been deleted." if removed
+                else "There was nothing stored about you.")
+        try:
+            await respond(text=text, replace_original=True)
+        except Exception as exc:
+            log.warning("slack: forget-me confirmation could not be shown: %s", exc)
+
+    async def _on_forget_cancel(self, ack: Any, respond: Any) -> None:
+        await ack()
+        try:
+            await respond(text="Nothing was deleted.", replace_original=True)
+        except Exception as exc:
+            log.warning("slack: forget-me cancel could not be shown: %s", exc)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _error(exc: SlackApiError) -> str:
+    try:
+        return str(exc.response.get("error") or exc)
+    except Exception:
+        return str(exc)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _user_name(user: dict) -> str:
+    return user.get("name") or user.get("username") or ""
