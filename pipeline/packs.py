@@ -1,0 +1,889 @@
+"""Condition packs: everything specific to one condition, as data in one folder.
+
+A pack is data, not code: supporting another rare disease means writing a new folder next to
+``pipeline/packs/hyperhidrosis`` (the format is documented field by field in
+``pipeline/packs/README.md``). This module reads a pack into pydantic models
+(:func:`load_pack`), and checks one before it is used or shipped (:func:`check_pack`,
+:func:`pack_check_report`, the engine of ``llm4sweat pack check PATH``).
+
+Two kinds of trouble are kept apart:
+
+* **Malformed data** (a line that is not JSON, a missing or mistyped field, a regex that does
+  not compile, an id with spaces) makes :func:`load_pack` raise :class:`PackError`, whose
+  message names the file and the line.
+* **Content problems** (a fact without a source, a question without exactly one correct
+  option, a duplicate id, an unknown fact id, an evaluation question that leaks into the
+  training data, too few evaluation questions) are listed by :func:`check_pack`, which also
+  reports every malformed line instead of stopping at the first.
+
+Leak detection (an evaluation question that appears, or nearly appears, in training text) uses
+character shingles. Both texts are normalized (Unicode NFKC, case-folded, every run of
+punctuation and spacing collapsed to one space) and cut into overlapping ``SHINGLE_SIZE``
+(5)-character substrings. A question *nearly appears* in a text when some stretch of the text
+as long as the question has a shingle-set Jaccard similarity of at least
+``NEAR_DUPLICATE_THRESHOLD`` (0.6) with the question's stem. Comparing against a window of the
+question's length, rather than the whole text, catches a question pasted inside a long
+conversation while ignoring a long text that merely shares the topic's vocabulary (plain
+containment would flag most on-topic texts against short questions). Case, punctuation and
+a changed word or two keep a copied question well above 0.6; distinct questions on the same
+topic stay below about 0.5 against the shipped seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+__all__ = [
+    "PACKS_DIR",
+    "MIN_EVAL_PER_TASK",
+    "NEAR_DUPLICATE_THRESHOLD",
+    "SHINGLE_SIZE",
+    "PackError",
+    "PackMeta",
+    "Fact",
+    "RedFlag",
+    "Profile",
+    "SeedVignette",
+    "EvalQuestion",
+    "CrisisResource",
+    "CrisisRegion",
+    "CrisisResources",
+    "ConditionPack",
+    "Leak",
+    "load_pack",
+    "check_pack",
+    "pack_check_report",
+    "find_eval_leaks",
+    "shingles",
+    "jaccard",
+    "resolve_pack_path",
+]
+
+PACKS_DIR = Path(__file__).resolve().parent / "packs"
+
+# File names inside a pack folder.
+PACK_TOML = "pack.toml"
+SYSTEM_PROMPT_MD = "system_prompt.md"
+GUIDANCE_MD = "guidance.md"
+FACTS_JSONL = "facts.jsonl"
+RED_FLAGS_JSONL = "red_flags.jsonl"
+SEEDS_JSONL = "seed_vignettes.jsonl"
+EVAL_JSONL = "eval.jsonl"
+CRISIS_TOML = "crisis_resources.toml"
+
+MIN_EVAL_PER_TASK = 40
+OPTIONS_PER_QUESTION = 4
+NEAR_DUPLICATE_THRESHOLD = 0.6
+SHINGLE_SIZE = 5
+# guidance.md goes into every prompt: keep it short (the prompt budget is small).
+GUIDANCE_MAX_WORDS = 350
+
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
+# A seed answer to a question that trips a red flag must send the patient to a clinician.
+DOCTOR_ADVICE_RE = re.compile(
+    r"\b(doctor|gp|physician|clinician|dermatologist|nurse practitioner|health ?care (professional|provider)"
+    r"|medical (review|attention|advice|check|assessment|appointment)|urgent care|emergency)",
+    re.IGNORECASE,
+)
+
+
+class PackError(ValueError):
+    """A pack folder that cannot be read: the message names the file (and line) at fault."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        self.detail = message
+        where = file or ""
+        if file and line:
+            where = f"{file} line {line}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def _check_id(value: str) -> str:
+    if not ID_RE.match(value):
+        raise ValueError(
+            f"id {value!r} must be lower-case letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )
+    return value
+
+
+class _Record(BaseModel):
+    """A record read from one line of a JSONL file; remembers where it came from."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    _file: str = PrivateAttr(default="")
+    _line: int = PrivateAttr(default=0)
+
+    @property
+    def location(self) -> str:
+        """``file line N`` for messages."""
+        return f"{self._file} line {self._line}" if self._file else "(in memory)"
+
+
+class PackMeta(BaseModel):
+    """``pack.toml``. Unknown top-level keys and tables are kept (other components may add
+    their own sections) and available as ``model_extra``."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+
+    name: str
+    title: str
+    version: str
+    language: str = "en"
+    tasks: list[str] = Field(min_length=1)
+    disclaimer: str = Field(min_length=1)
+    demo_disclaimer: str = Field(min_length=1)
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def valid_name(cls, value: str) -> str:
+        return _check_id(value)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_are_ids(cls, value: list[str]) -> list[str]:
+        for task in value:
+            _check_id(task)
+        if len(set(value)) != len(value):
+            raise ValueError("tasks are listed twice")
+        return value
+
+
+class Fact(_Record):
+    """One short piece of curated knowledge, in our own words, with its public source."""
+
+    id: str
+    task: str
+    text: str = Field(min_length=1)
+    # Required for a shippable pack; an empty source is reported by check_pack, not load_pack.
+    source: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def valid_id(cls, value: str) -> str:
+        return _check_id(value)
+
+
+class RedFlag(_Record):
+    """A sign that points away from the benign primary condition and to a doctor.
+
+    ``patterns`` are regular expressions matched case-insensitively against the patient's own
+    text; the flag fires when one of them matches. ``negations`` are optional regular
+    expressions for negated phrasing ("no fever"): a pattern match that overlaps a negation
+    match is ignored, but another match elsewhere in the text still fires the flag.
+    """
+
+    id: str
+    name: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    patterns: list[str] = Field(min_length=1)
+    negations: list[str] = Field(default_factory=list)
+    advice: str = Field(min_length=1)
+    source: str = ""
+
+    _compiled: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
+    _compiled_negations: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def valid_id(cls, value: str) -> str:
+        return _check_id(value)
+
+    @field_validator("patterns", "negations")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern, re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        self._compiled = [re.compile(p, re.IGNORECASE) for p in self.patterns]
+        self._compiled_negations = [re.compile(p, re.IGNORECASE) for p in self.negations]
+
+    def find(self, text: str) -> list[re.Match[str]]:
+        """Every pattern match in ``text`` that is not inside a negated phrase."""
+        negated = [m.span() for n in self._compiled_negations for m in n.finditer(text)]
+        found = []
+        for pattern in self._compiled:
+            for match in pattern.finditer(text):
+                start, end = match.span()
+                if any(start < n_end and n_start < end for n_start, n_end in negated):
+                    continue
+                found.append(match)
+        return found
+
+    def matches(self, text: str) -> bool:
+        return bool(self.find(text))
+
+
+class Profile(BaseModel):
+    """The patient behind a seed vignette."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    age: int = Field(ge=0, le=120)
+    sex: Literal["female", "male", "other", "unknown"]
+    sites: list[str] = Field(min_length=1)
+    hdss: int = Field(ge=1, le=4)
+    onset_age: int | None = Field(default=None, ge=0, le=120)
+    family_history: bool | None = None
+    kind: Literal["primary", "secondary"]
+
+
+class SeedVignette(_Record):
+    """A hand-written example: a patient's question in their own voice and a good answer."""
+
+    id: str
+    task: str
+    profile: Profile
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    fact_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def valid_id(cls, value: str) -> str:
+        return _check_id(value)
+
+
+class EvalQuestion(_Record):
+    """A multiple-choice evaluation question; ``answer`` is the index of the correct option.
+
+    Option count, answer range and duplicate options are checked by :func:`check_pack` so that
+    the validator can name every problem at once.
+    """
+
+    id: str
+    task: str
+    question: str = Field(min_length=1)
+    options: list[str]
+    answer: int
+    fact_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def valid_id(cls, value: str) -> str:
+        return _check_id(value)
+
+    @property
+    def correct_option(self) -> str:
+        return self.options[self.answer]
+
+
+class CrisisResource(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1)
+    contact: str = Field(min_length=1)
+    url: str = ""
+    hours: str = ""
+    source: str = ""
+
+
+class CrisisRegion(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    label: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    resources: list[CrisisResource] = Field(min_length=1)
+
+
+class CrisisResources(BaseModel):
+    """``crisis_resources.toml``: a warm message template and resources per region.
+
+    Regions are looked up case-insensitively by key or alias (``"gb"`` → ``UK``, ``"de"`` →
+    ``EU``); anything unknown gets ``default``. Unknown top-level tables (for example a
+    ``[safety]`` section owned by the triage component) are kept in ``model_extra``.
+    """
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+
+    template: str = Field(min_length=1)
+    resource_line: str = "- {name}: {contact}"
+    regions: dict[str, CrisisRegion]
+
+    def region(self, code: str | None) -> tuple[str, CrisisRegion]:
+        """The region entry for ``code`` (key or alias, any case), else ``default``."""
+        if code:
+            wanted = code.strip().casefold()
+            for key, region in self.regions.items():
+                if key.casefold() == wanted or wanted in (a.casefold() for a in region.aliases):
+                    return key, region
+        if "default" not in self.regions:
+            raise PackError(f"no [regions.default] entry for region {code!r}", file=CRISIS_TOML)
+        return "default", self.regions["default"]
+
+    def render(self, code: str | None) -> str:
+        _, region = self.region(code)
+        lines = []
+        for res in region.resources:
+            line = self.resource_line.format(
+                name=res.name, contact=res.contact, url=res.url, hours=res.hours
+            )
+            lines.append(line.rstrip())
+        return self.template.format(resources="\n".join(lines), region=region.label).strip()
+
+
+class ConditionPack(BaseModel):
+    """Everything specific to one condition, read from a pack folder."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    path: Path
+    meta: PackMeta
+    system_prompt: str
+    guidance: str
+    facts: list[Fact]
+    red_flags: list[RedFlag]
+    seeds: list[SeedVignette]
+    eval_questions: list[EvalQuestion]
+    crisis: CrisisResources
+
+    _facts_by_id: dict[str, Fact] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, __context: Any) -> None:
+        self._facts_by_id = {f.id: f for f in self.facts}
+
+    # -- identity and standing texts -------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def title(self) -> str:
+        return self.meta.title
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def language(self) -> str:
+        return self.meta.language
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.meta.tasks)
+
+    @property
+    def disclaimer(self) -> str:
+        return self.meta.disclaimer
+
+    @property
+    def demo_disclaimer(self) -> str:
+        return self.meta.demo_disclaimer
+
+    def system_message(self) -> str:
+        """The system prompt followed by the core guidance: what every conversation starts
+        with, at inference and in training examples alike."""
+        return f"{self.system_prompt.strip()}\n\n{self.guidance.strip()}"
+
+    # -- knowledge -------------------------------------------------------------------------
+    def fact(self, fact_id: str) -> Fact:
+        """The fact with this id; ``KeyError`` naming the id when there is none."""
+        try:
+            return self._facts_by_id[fact_id]
+        except KeyError:
+            raise KeyError(f"pack {self.name!r} has no fact {fact_id!r}") from None
+
+    def facts_for(self, task: str) -> list[Fact]:
+        return [f for f in self.facts if f.task == task]
+
+    def find_red_flags(self, text: str) -> list[RedFlag]:
+        """The red flags whose patterns match the patient's text (pack order)."""
+        return [flag for flag in self.red_flags if flag.matches(text)]
+
+    def crisis_message(self, region: str | None = None) -> str:
+        """The warm crisis message with the resources for ``region`` (default if unknown)."""
+        return self.crisis.render(region)
+
+    # -- data for training and evaluation -------------------------------------------------
+    def seed_conversations(self) -> list[list[dict[str, str]]]:
+        """One chat (system, user, assistant) per seed vignette, in the ``messages`` format."""
+        system = self.system_message()
+        return [
+            [
+                {"role": "system", "content": system},
+                {"role": "user", "content": seed.question},
+                {"role": "assistant", "content": seed.answer},
+            ]
+            for seed in self.seeds
+        ]
+
+    def eval_by_task(self) -> dict[str, list[EvalQuestion]]:
+        grouped: dict[str, list[EvalQuestion]] = {t: [] for t in self.tasks}
+        for q in self.eval_questions:
+            grouped.setdefault(q.task, []).append(q)
+        return grouped
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the pack's files, so a dataset or adapter can name the pack it used."""
+        digest = hashlib.sha256()
+        for name in sorted(_ALL_FILES):
+            file = self.path / name
+            if file.is_file():
+                digest.update(name.encode())
+                digest.update(b"\0")
+                digest.update(file.read_bytes())
+                digest.update(b"\0")
+        return digest.hexdigest()
+
+
+_ALL_FILES = (
+    PACK_TOML,
+    SYSTEM_PROMPT_MD,
+    GUIDANCE_MD,
+    FACTS_JSONL,
+    RED_FLAGS_JSONL,
+    SEEDS_JSONL,
+    EVAL_JSONL,
+    CRISIS_TOML,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_pack_path(path_or_name: Path | str) -> Path:
+    """A pack folder: an existing directory as given, else a pack name under ``PACKS_DIR``."""
+    candidate = Path(path_or_name)
+    if candidate.is_dir():
+        return candidate
+    if isinstance(path_or_name, str) and "/" not in path_or_name and (PACKS_DIR / path_or_name).is_dir():
+        return PACKS_DIR / path_or_name
+    raise PackError(f"no pack folder at {str(path_or_name)!r}")
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(record)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class _Collector:
+    """Raise at the first error (load_pack) or collect them all (check_pack)."""
+
+    def __init__(self, collect: bool) -> None:
+        self.collect = collect
+        self.errors: list[PackError] = []
+
+    def add(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        error = PackError(message, file=file, line=line)
+        if not self.collect:
+            raise error
+        self.errors.append(error)
+
+
+def _read_text(root: Path, name: str, errors: _Collector) -> str:
+    file = root / name
+    if not file.is_file():
+        errors.add("file is missing", file=name)
+        return ""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        errors.add(f"not UTF-8 text ({exc})", file=name)
+        return ""
+    if not text.strip():
+        errors.add("file is empty", file=name)
+    return text
+
+
+def _read_toml(root: Path, name: str, errors: _Collector) -> dict[str, Any] | None:
+    text = _read_text(root, name, errors)
+    if not text:
+        return None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib messages end with "(at line N, column M)".
+        match = re.search(r"at line (\d+)", str(exc))
+        errors.add(f"invalid TOML: {exc}", file=name, line=int(match.group(1)) if match else None)
+        return None
+
+
+def _read_jsonl(root: Path, name: str, model: type[_Record], tasks: Sequence[str], errors: _Collector) -> list:
+    text = _read_text(root, name, errors)
+    records = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("//"):
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.add(f"not valid JSON: {exc.msg} (column {exc.colno})", file=name, line=number)
+            continue
+        if not isinstance(data, dict):
+            errors.add("each line must be a JSON object", file=name, line=number)
+            continue
+        try:
+            record = model.model_validate(data)
+        except ValidationError as exc:
+            errors.add(_format_validation(exc), file=name, line=number)
+            continue
+        record._file = name
+        record._line = number
+        task = getattr(record, "task", None)
+        if task is not None and tasks and task not in tasks:
+            errors.add(f"task {task!r} is not one of the pack's tasks {list(tasks)}", file=name, line=number)
+            continue
+        records.append(record)
+    return records
+
+
+def _load(path: Path | str, errors: _Collector) -> ConditionPack | None:
+    root = resolve_pack_path(path)
+    meta_data = _read_toml(root, PACK_TOML, errors)
+    meta: PackMeta | None = None
+    if meta_data is not None:
+        try:
+            meta = PackMeta.model_validate(meta_data)
+        except ValidationError as exc:
+            errors.add(_format_validation(exc), file=PACK_TOML)
+    tasks = meta.tasks if meta else []
+    system_prompt = _read_text(root, SYSTEM_PROMPT_MD, errors)
+    guidance = _read_text(root, GUIDANCE_MD, errors)
+    facts = _read_jsonl(root, FACTS_JSONL, Fact, tasks, errors)
+    red_flags = _read_jsonl(root, RED_FLAGS_JSONL, RedFlag, tasks, errors)
+    seeds = _read_jsonl(root, SEEDS_JSONL, SeedVignette, tasks, errors)
+    eval_questions = _read_jsonl(root, EVAL_JSONL, EvalQuestion, tasks, errors)
+    crisis_data = _read_toml(root, CRISIS_TOML, errors)
+    crisis: CrisisResources | None = None
+    if crisis_data is not None:
+        try:
+            crisis = CrisisResources.model_validate(crisis_data)
+        except ValidationError as exc:
+            errors.add(_format_validation(exc), file=CRISIS_TOML)
+    if meta is None or crisis is None or errors.errors:
+        return None
+    return ConditionPack(
+        path=root,
+        meta=meta,
+        system_prompt=system_prompt,
+        guidance=guidance,
+        facts=facts,
+        red_flags=red_flags,
+        seeds=seeds,
+        eval_questions=eval_questions,
+        crisis=crisis,
+    )
+
+
+def load_pack(path: Path | str) -> ConditionPack:
+    """Read a pack folder (or a pack name under ``PACKS_DIR``).
+
+    Raises :class:`PackError` naming the file and line of the first malformed record. A pack
+    that loads may still have content problems: run :func:`check_pack` before shipping it.
+    """
+    pack = _load(path, _Collector(collect=False))
+    assert pack is not None  # a non-collecting loader raises instead
+    return pack
+
+
+# ---------------------------------------------------------------------------------------------
+# Near-duplicate detection
+
+
+def _normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = re.sub(r"[^\w]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def shingles(text: str, size: int = SHINGLE_SIZE) -> set[str]:
+    """The set of overlapping ``size``-character substrings of the normalized text."""
+    norm = _normalize(text)
+    if len(norm) <= size:
+        return {norm} if norm else set()
+    return {norm[i : i + size] for i in range(len(norm) - size + 1)}
+
+
+def jaccard(a: str | set[str], b: str | set[str]) -> float:
+    """Jaccard similarity of two texts' shingle sets (0 when both are empty)."""
+    sa = a if isinstance(a, set) else shingles(a)
+    sb = b if isinstance(b, set) else shingles(b)
+    union = len(sa | sb)
+    return len(sa & sb) / union if union else 0.0
+
+
+@dataclass(frozen=True)
+class Leak:
+    """An evaluation question found (or nearly found) in a training text."""
+
+    question_id: str
+    text_index: int
+    score: float
+
+
+class _QuestionIndex:
+    """Shingles of the evaluation questions, indexed for one pass over each training text."""
+
+    def __init__(self, questions: Sequence[EvalQuestion], size: int) -> None:
+        self.size = size
+        self.questions = list(questions)
+        self.index: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self.distinct: list[int] = []  # distinct shingles per question
+        self.width: list[int] = []  # shingle positions per question (its length in shingles)
+        for qi, question in enumerate(self.questions):
+            norm = _normalize(question.question)
+            grams = [norm[i : i + size] for i in range(max(1, len(norm) - size + 1))] if norm else []
+            ids: dict[str, int] = {}
+            for gram in grams:
+                ids.setdefault(gram, len(ids))
+            for gram, sid in ids.items():
+                self.index[gram].append((qi, sid))
+            self.distinct.append(len(ids))
+            self.width.append(len(grams))
+
+    def scores(self, text: str, threshold: float) -> dict[int, float]:
+        """Best windowed Jaccard per question that could reach ``threshold`` in ``text``."""
+        norm = _normalize(text)
+        size = self.size
+        hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        index = self.index
+        for i in range(len(norm) - size + 1):
+            found = index.get(norm[i : i + size])
+            if found:
+                for qi, sid in found:
+                    hits[qi].append((i, sid))
+        result = {}
+        for qi, positions in hits.items():
+            q_size, width = self.distinct[qi], self.width[qi]
+            if not q_size:
+                continue
+            # J = inter / (q_size + width - inter) >= t  needs  inter >= t (q_size + width) / (1 + t).
+            needed = threshold * (q_size + width) / (1 + threshold)
+            if len({sid for _, sid in positions}) < needed:
+                continue
+            best = 0
+            window: Counter[int] = Counter()
+            left = 0
+            for pos, sid in positions:
+                window[sid] += 1
+                while positions[left][0] <= pos - width:
+                    old = positions[left][1]
+                    window[old] -= 1
+                    if not window[old]:
+                        del window[old]
+                    left += 1
+                best = max(best, len(window))
+            result[qi] = best / (q_size + width - best)
+        return result
+
+
+def find_eval_leaks(
+    questions: Iterable[EvalQuestion],
+    texts: Iterable[str],
+    threshold: float = NEAR_DUPLICATE_THRESHOLD,
+) -> list[Leak]:
+    """Every (question, text) pair where the question's stem nearly appears in the text.
+
+    The score of a pair is the best Jaccard similarity between the question's shingles and
+    the shingles of any stretch of the text as long as the question (see the module
+    docstring); pairs scoring at least ``threshold`` are returned, best first. The texts are
+    streamed once each against an index of the questions' shingles, so large datasets are
+    fine.
+    """
+    index = _QuestionIndex(list(questions), SHINGLE_SIZE)
+    leaks = []
+    for ti, text in enumerate(texts):
+        for qi, score in index.scores(text, threshold).items():
+            if score >= threshold:
+                leaks.append(Leak(index.questions[qi].id, ti, round(score, 3)))
+    leaks.sort(key=lambda leak: -leak.score)
+    return leaks
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking
+
+
+def check_pack(path: Path | str, training_texts: Iterable[str] = ()) -> list[str]:
+    """Every problem that should stop this pack from shipping; an empty list means it passes.
+
+    Reports malformed data (all of it, with file and line), then: facts, red flags or crisis
+    resources without a source; evaluation questions that do not have exactly four distinct
+    options with one valid answer index; duplicate ids anywhere in the pack; unknown fact ids;
+    fewer than ``MIN_EVAL_PER_TASK`` evaluation questions for a task; an evaluation question
+    that appears or nearly appears in the seed vignettes or in ``training_texts`` (see
+    :func:`find_eval_leaks`); a seed whose question trips a red flag but whose answer does
+    not send the patient to a clinician.
+    """
+    collector = _Collector(collect=True)
+    try:
+        pack = _load(path, collector)
+    except PackError as exc:  # no folder at all
+        return [str(exc)]
+    problems = [str(e) for e in collector.errors]
+    if pack is None:
+        return problems
+
+    # Standing texts.
+    if not pack.system_prompt.strip():
+        problems.append(f"{SYSTEM_PROMPT_MD}: empty")
+    words = len(pack.guidance.split())
+    if words > GUIDANCE_MAX_WORDS:
+        problems.append(
+            f"{GUIDANCE_MD}: {words} words; it goes into every prompt, keep it under {GUIDANCE_MAX_WORDS}"
+        )
+
+    # Duplicate ids, across every file.
+    seen: dict[str, str] = {}
+    for record in [*pack.facts, *pack.red_flags, *pack.seeds, *pack.eval_questions]:
+        if record.id in seen:
+            problems.append(f"{record.location}: duplicate id {record.id!r} (first at {seen[record.id]})")
+        else:
+            seen[record.id] = record.location
+
+    fact_ids = {f.id for f in pack.facts}
+
+    for fact in pack.facts:
+        if not fact.source:
+            problems.append(f"{fact.location}: fact {fact.id!r} has no source")
+    for flag in pack.red_flags:
+        if not flag.source:
+            problems.append(f"{flag.location}: red flag {flag.id!r} has no source")
+
+    def check_refs(record: SeedVignette | EvalQuestion, what: str) -> None:
+        if not record.fact_ids:
+            problems.append(f"{record.location}: {what} {record.id!r} is tied to no fact (fact_ids is empty)")
+        for fid in record.fact_ids:
+            if fid not in fact_ids:
+                problems.append(f"{record.location}: {what} {record.id!r} refers to unknown fact id {fid!r}")
+
+    for seed in pack.seeds:
+        check_refs(seed, "seed")
+        tripped = [flag.id for flag in pack.red_flags if flag.matches(seed.question)]
+        if tripped and not DOCTOR_ADVICE_RE.search(seed.answer):
+            problems.append(
+                f"{seed.location}: seed {seed.id!r} trips red flag(s) {', '.join(tripped)} "
+                "but its answer does not advise seeing a doctor"
+            )
+
+    seen_questions: dict[str, str] = {}
+    for q in pack.eval_questions:
+        check_refs(q, "question")
+        if len(q.options) != OPTIONS_PER_QUESTION:
+            problems.append(
+                f"{q.location}: question {q.id!r} has {len(q.options)} options, needs exactly {OPTIONS_PER_QUESTION}"
+            )
+        if not 0 <= q.answer < len(q.options):
+            problems.append(
+                f"{q.location}: question {q.id!r} answer index {q.answer} is out of range "
+                f"(0..{len(q.options) - 1}): no correct option"
+            )
+        normalized = [_normalize(o) for o in q.options]
+        if any(not o for o in normalized):
+            problems.append(f"{q.location}: question {q.id!r} has an empty option")
+        dupes = sorted({o for o in normalized if o and normalized.count(o) > 1})
+        if dupes:
+            correct = _normalize(q.options[q.answer]) if 0 <= q.answer < len(q.options) else None
+            extra = " (so more than one option is correct)" if correct in dupes else ""
+            problems.append(f"{q.location}: question {q.id!r} repeats option(s) {dupes}{extra}")
+        key = _normalize(q.question)
+        if key in seen_questions:
+            problems.append(f"{q.location}: question {q.id!r} repeats the text of {seen_questions[key]}")
+        else:
+            seen_questions[key] = q.id
+
+    counts = Counter(q.task for q in pack.eval_questions)
+    for task in pack.tasks:
+        if counts[task] < MIN_EVAL_PER_TASK:
+            problems.append(
+                f"{EVAL_JSONL}: task {task!r} has {counts[task]} evaluation questions, needs at least {MIN_EVAL_PER_TASK}"
+            )
+
+    # The evaluation set must never be (nearly) in the training data: seeds, then given texts.
+    seed_texts = [f"{s.question}\n{s.answer}" for s in pack.seeds]
+    by_id = {q.id: q for q in pack.eval_questions}
+    for leak in find_eval_leaks(pack.eval_questions, seed_texts):
+        seed = pack.seeds[leak.text_index]
+        problems.append(
+            f"{by_id[leak.question_id].location}: question {leak.question_id!r} nearly appears in seed "
+            f"{seed.id!r} ({seed.location}; shingle similarity {leak.score:.2f} >= {NEAR_DUPLICATE_THRESHOLD})"
+        )
+    for leak in find_eval_leaks(pack.eval_questions, training_texts):
+        problems.append(
+            f"{by_id[leak.question_id].location}: question {leak.question_id!r} nearly appears in training text "
+            f"#{leak.text_index} (shingle similarity {leak.score:.2f} >= {NEAR_DUPLICATE_THRESHOLD}); "
+            "evaluation questions must never be trained on"
+        )
+
+    # Crisis resources.
+    if "default" not in pack.crisis.regions:
+        problems.append(f"{CRISIS_TOML}: no [regions.default]: patients with an unknown region would get nothing")
+    if "{resources}" not in pack.crisis.template:
+        problems.append(f"{CRISIS_TOML}: template does not contain {{resources}}")
+    aliases: dict[str, str] = {}
+    for key, region in pack.crisis.regions.items():
+        for name in [key, *region.aliases]:
+            folded = name.casefold()
+            if folded in aliases and aliases[folded] != key:
+                problems.append(f"{CRISIS_TOML}: region name {name!r} is used by both {aliases[folded]} and {key}")
+            aliases[folded] = key
+        for res in region.resources:
+            if not res.source:
+                problems.append(f"{CRISIS_TOML}: regions.{key}: resource {res.name!r} has no source")
+    try:
+        pack.crisis.render(None)
+    except (KeyError, IndexError, ValueError) as exc:
+        problems.append(f"{CRISIS_TOML}: template or resource_line does not format: {exc}")
+    return problems
+
+
+def _summary(pack: ConditionPack) -> str:
+    def per_task(items: Iterable[Any]) -> str:
+        counts = Counter(i.task for i in items)
+        return ", ".join(f"{t} {counts[t]}" for t in pack.tasks)
+
+    return "\n".join(
+        [
+            f"Pack {pack.name} {pack.version} ({pack.title}, {pack.language}) at {pack.path}",
+            f"  facts:          {len(pack.facts)} ({per_task(pack.facts)})",
+            f"  red flags:      {len(pack.red_flags)}",
+            f"  seed vignettes: {len(pack.seeds)} ({per_task(pack.seeds)})",
+            f"  eval questions: {len(pack.eval_questions)} ({per_task(pack.eval_questions)})",
+            f"  crisis regions: {', '.join(pack.crisis.regions)}",
+        ]
+    )
+
+
+def pack_check_report(path: Path | str, training_texts: Iterable[str] = ()) -> tuple[bool, str]:
+    """``(ok, text)`` for ``llm4sweat pack check PATH``: a summary and every problem found."""
+    problems = check_pack(path, training_texts)
+    lines = []
+    try:
+        lines.append(_summary(load_pack(path)))
+    except PackError:
+        lines.append(f"Pack at {path}")
+    if problems:
+        lines.append(f"FAILED: {len(problems)} problem(s)")
+        lines.extend(f"  - {p}" for p in problems)
+    else:
+        lines.append("OK: no problems found")
+    return not problems, "\n".join(lines)
