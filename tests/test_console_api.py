@@ -1,0 +1,346 @@
+"""The local console's JSON API over real HTTP on 127.0.0.1, on a fixed-reply backend.
+
+The server is the real ``start_console`` (port 0) running in the test's event loop; requests
+go through an aiohttp client session, so routing, body parsing, error mapping and headers
+are all exercised as the page uses them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.core import LABEL_EDITED, LABEL_PENDING, NOTICE_EMPTY, NOTICE_PAUSED, NOTICE_UNAVAILABLE
+from bot.local.web import MAX_BODY_BYTES, STATIC_DIR, start_console
+
+# The service fixture's loop is the session loop; the server must run in the same one.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PATIENT = "alex"
+REVIEWER = "reviewer"  # in settings.local.reviewer_ids by default
+MODERATOR = "moderator"  # in settings.local.moderator_ids by default
+
+
+class Console:
+    def __init__(self, url: str, session: aiohttp.ClientSession):
+        self.url = url.rstrip("/")
+        self.session = session
+
+    async def get(self, path: str, **params) -> tuple[int, dict]:
+        async with self.session.get(self.url + path, params=params) as resp:
+            return resp.status, await resp.json()
+
+    async def post(self, path: str, body=None, *, data: bytes | None = None,
+                   content_type: str = "application/json") -> tuple[int, dict]:
+        payload = data if data is not None else json.dumps(body).encode()
+        async with self.session.post(self.url + path, data=payload, headers={"Content-Type": content_type}) as resp:
+            assert resp.content_type == "application/json", await resp.text()
+            return resp.status, await resp.json()
+
+    async def say(self, text: str, user: str = PATIENT) -> dict:
+        status, body = await self.post("/api/patient/messages", {"user": user, "text": text})
+        assert status == 200, body
+        return body
+
+    async def thread(self, user: str = PATIENT) -> list[dict]:
+        status, body = await self.get("/api/patient/conversation", user=user)
+        assert status == 200, body
+        return body["entries"]
+
+    async def decide(self, item_id: int, reviewer: str = REVIEWER, action: str = "approve", **extra) -> tuple[int, dict]:
+        return await self.post(f"/api/reviews/{item_id}/decision", {"reviewer": reviewer, "action": action, **extra})
+
+    async def pending(self) -> list[dict]:
+        status, body = await self.get("/api/reviews")
+        assert status == 200, body
+        return body["items"]
+
+
+@pytest.fixture
+async def console(service):
+    runner, url = await start_console(service, "127.0.0.1", 0)
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/")
+    async with aiohttp.ClientSession() as session:
+        yield Console(url, session)
+    await runner.cleanup()
+
+
+def replies(entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e["type"] == "reply"]
+
+
+async def dataset_rows(service, source: str | None = None) -> list:
+    if source is None:
+        return await service.db.fetchall("SELECT * FROM dataset_examples WHERE source LIKE 'expert%'")
+    return await service.db.fetchall("SELECT * FROM dataset_examples WHERE source = ?", (source,))
+
+
+# ---------------------------------------------------------------------------- the whole loop
+
+
+async def test_message_reply_review_edit_dataset(console, service):
+    sent = await console.say("My hands drip with sweat in every exam. What can I do?")
+    assert sent["status"] == "shown" and sent["item_id"] and sent["reply_id"]
+    assert sent["views"][-1]["label"] == LABEL_PENDING
+
+    entries = await console.thread()
+    assert [e["type"] for e in entries] == ["message", "notice", "reply"]  # the notice: consent on first contact
+    assert entries[0]["text"].startswith("My hands drip") and entries[0]["status"] == "answered"
+    reply = entries[-1]
+    assert reply["kind"] == "pending_review" and reply["label"] == LABEL_PENDING
+    assert reply["disclaimer"] == service.pack.disclaimer and reply["text"]
+
+    pending = await console.pending()
+    assert len(pending) == 1
+    card = pending[0]
+    assert card["item_id"] == sent["item_id"]
+    assert card["patient_text"].startswith("My hands drip") and card["reply_text"] == reply["text"]
+    assert card["task"] and isinstance(card["risk_flags"], list) and "adapter_version" in card
+
+    edited = "Exam sweating is common with hyperhidrosis. Aluminium chloride at night helps many people; a doctor can advise."
+    status, outcome = await console.decide(card["item_id"], action="edit", text=edited,
+                                           accuracy=4, appropriateness=5, empathy="3")
+    assert status == 200, outcome
+    assert outcome["state"] == "edited" and outcome["closed_now"] and outcome["final_text"] == edited
+
+    reply = replies(await console.thread())[-1]
+    assert reply["kind"] == "reviewed" and reply["text"] == edited and reply["label"] == LABEL_EDITED
+    assert await console.pending() == []
+
+    status, counts = await console.get("/api/dataset")
+    assert status == 200 and counts["by_source"].get("expert_edited") == 1
+    rows = await dataset_rows(service, "expert_edited")
+    assert len(rows) == 1
+    messages = json.loads(rows[0]["messages"])
+    assert messages[-1] == {"role": "assistant", "content": edited}
+    decision = await service.db.fetchone("SELECT * FROM review_decisions WHERE item_id = ?", (card["item_id"],))
+    assert (decision["reviewer_id"], decision["accuracy"], decision["appropriateness"], decision["empathy"]) == (
+        REVIEWER, 4, 5, 3)
+
+    status, agreement = await console.get("/api/reviews/agreement")
+    assert status == 200 and set(agreement["agreement"]) >= {"action", "accuracy", "appropriateness", "empathy"}
+
+
+async def test_non_reviewer_is_refused_and_nothing_changes(console, service):
+    sent = await console.say("Is it normal that my feet sweat so much my shoes are wet?")
+    status, body = await console.decide(sent["item_id"], reviewer="mallory", action="edit", text="Anything")
+    assert status == 403
+    assert "reviewer" in body["error"] and "Traceback" not in body["error"]
+    assert [p["item_id"] for p in await console.pending()] == [sent["item_id"]]
+    assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
+    assert await dataset_rows(service) == []
+    assert replies(await console.thread())[-1]["kind"] == "pending_review"
+    refused = await service.db.fetchval("SELECT COUNT(*) FROM review_audit WHERE action = 'refused'")
+    assert refused == 1  # the refusal is on the audit trail
+
+
+async def test_deciding_twice_is_idempotent(console, service):
+    sent = await console.say("Does botox help with underarm sweating?")
+    status, first = await console.decide(sent["item_id"], action="approve", accuracy=5, appropriateness=5, empathy=4)
+    assert status == 200 and first["state"] == "approved" and first["recorded"]
+    for action, extra in (("approve", {}), ("edit", {"text": "A different text"}), ("reject", {})):
+        status, again = await console.decide(sent["item_id"], action=action, **extra)
+        assert status == 200 and again["recorded"] is False and again["state"] == "approved"
+    assert len(await dataset_rows(service)) == 1
+    reply = replies(await console.thread())[-1]
+    assert reply["kind"] == "reviewed" and reply["text"] == sent["views"][-1]["text"]
+
+
+async def test_reject_withdraws_the_reply(console, service):
+    sent = await console.say("Can I cure sweating with a special diet?")
+    status, outcome = await console.decide(sent["item_id"], action="reject", accuracy=1)
+    assert status == 200 and outcome["state"] == "rejected"
+    reply = replies(await console.thread())[-1]
+    assert reply["kind"] == "withdrawn" and reply["text"] != sent["views"][-1]["text"]
+    assert await dataset_rows(service) == []
+
+
+async def test_review_errors_are_400(console, service):
+    sent = await console.say("What is iontophoresis?")
+    item = sent["item_id"]
+    for body, needle in (
+        ({"action": "edit", "text": "   "}, "empty"),
+        ({"action": "maybe"}, "Unknown action"),
+        ({"action": "approve", "accuracy": 6}, "accuracy"),
+        ({"action": "approve", "empathy": "lots"}, "empathy"),
+        ({"action": "approve", "empathy": True}, "empathy"),
+    ):
+        status, error = await console.decide(item, **body)
+        assert status == 400 and needle in error["error"], (body, error)
+    status, error = await console.decide(999_999)
+    assert status == 400 and "does not exist" in error["error"]
+    status, error = await console.post("/api/reviews/abc/decision", {"reviewer": REVIEWER, "action": "approve"})
+    assert status == 404 and "error" in error
+    assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
+    assert [p["item_id"] for p in await console.pending()] == [item]
+
+
+async def test_pending_list_high_priority_first(console, service):
+    first = await console.say("First question about sweating.", user="p1")
+    second = await console.say("Second question about sweating.", user="p2")
+    await service.db.execute("UPDATE review_items SET priority = 'high' WHERE id = ?", (second["item_id"],))
+    assert [p["item_id"] for p in await console.pending()] == [second["item_id"], first["item_id"]]
+
+
+# ---------------------------------------------------------------------------- bad patient input
+
+
+async def test_empty_and_whitespace_messages_get_a_notice(console, service):
+    for text in ("", "   \n\t  "):
+        body = await console.say(text)
+        assert body["status"] == "empty" and body["message_id"] is None
+        assert [v["text"] for v in body["views"]] == [NOTICE_EMPTY]
+    assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 0
+    assert await console.thread() == []
+
+
+async def test_very_long_message_is_saved_whole_and_answered(console, service):
+    text = ("My hands sweat all the time. " * 800)[:20_000]
+    body = await console.say(text)
+    assert body["status"] == "shown"
+    assert any("very long" in v["text"] for v in body["views"])
+    stored = await service.db.fetchval("SELECT text FROM messages WHERE id = ?", (body["message_id"],))
+    assert len(stored) == len(text.strip())
+    entries = await console.thread()
+    assert entries[0]["type"] == "message" and len(entries[0]["text"]) == len(text.strip())
+    assert replies(entries)
+
+
+async def test_bad_requests_are_clear_400s(console, service):
+    path = "/api/patient/messages"
+    cases = [
+        (dict(data=b"{not json"), 400, "not valid JSON"),
+        (dict(data=b"[1, 2]"), 400, "JSON object"),
+        (dict(data=b'"text"'), 400, "JSON object"),
+        (dict(data=b""), 400, "not valid JSON"),
+        (dict(data=b'{"user": "a", "text": "\xff\xfe"}'), 400, "UTF-8"),
+        (dict(body={"text": "hello"}), 400, "'user'"),
+        (dict(body={"user": "a"}), 400, "'text'"),
+        (dict(body={"user": "   ", "text": "hi"}), 400, "'user'"),
+        (dict(body={"user": "a" * 65, "text": "hi"}), 400, "64"),
+        (dict(body={"user": "a", "text": 42}), 400, "string"),
+        (dict(body={"user": ["a"], "text": "hi"}), 400, "string"),
+        (dict(body={"user": "a", "text": "hi"}, content_type="text/plain"), 415, "JSON"),
+        (dict(data=b'{"user": "a", "text": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'), 413, "too large"),
+    ]
+    for kwargs, expected, needle in cases:
+        status, body = await console.post(path, **kwargs)
+        assert status == expected and needle in body["error"], (kwargs.get("body"), status, body)
+        assert "Traceback" not in body["error"]
+    assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 0
+    status, body = await console.get("/api/patient/conversation")
+    assert status == 400 and "'user'" in body["error"]
+    status, body = await console.get("/api/nothing-here")
+    assert status == 404 and "error" in body
+
+
+async def test_unexpected_failure_is_a_json_500_without_traceback(console, service, monkeypatch, caplog):
+    async def broken(msg):
+        raise RuntimeError("database exploded")
+
+    monkeypatch.setattr(service.core, "handle_message", broken)
+    status, body = await console.post("/api/patient/messages", {"user": "a", "text": "hi"})
+    assert status == 500
+    assert "logged" in body["error"] and "exploded" not in body["error"] and "Traceback" not in body["error"]
+    assert any("console POST /api/patient/messages failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_model_outage_shows_saved_notice_and_alerts_moderators(console, service):
+    service.backend.fail_with = "connection refused"
+    body = await console.say("Why do I sweat at night?")
+    assert body["status"] == "queued_retry"
+    entries = await console.thread()
+    message = entries[0]
+    assert message["status"] == "queued_retry" and "saved" in message["status_text"]
+    assert NOTICE_UNAVAILABLE in [e["text"] for e in entries if e["type"] == "notice"]
+    status, alerts = await console.get("/api/moderator/alerts", moderator=MODERATOR)
+    assert status == 200
+    assert any("failing" in a["text"] for a in alerts["alerts"])
+    assert any(i["kind"] == "model_unavailable" for i in alerts["incidents"])
+
+    service.backend.fail_with = None
+    status, reply = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "resume"})
+    assert status == 200 and reply["data"]["answered"] == 1
+    entries = await console.thread()
+    assert entries[0]["status"] == "answered" and replies(entries)
+
+
+async def test_forget_deletes_the_patient(console, service):
+    await console.say("Please remember that my armpits sweat.")
+    status, body = await console.post("/api/patient/forget", {"user": PATIENT})
+    assert status == 200 and body["deleted"] is True
+    assert await console.thread() == []
+    assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 0
+    status, body = await console.post("/api/patient/forget", {"user": PATIENT})
+    assert status == 200 and body["deleted"] is False
+
+
+# ---------------------------------------------------------------------------- moderator
+
+
+async def test_moderator_commands_need_the_role(console, service):
+    status, body = await console.post("/api/moderator/command", {"moderator": "mallory", "command": "pause"})
+    assert status == 403 and "moderator" in body["error"]
+    assert not await service.core.is_paused()
+    status, body = await console.get("/api/moderator/status", moderator="mallory")
+    assert status == 403
+    status, body = await console.get("/api/moderator/alerts", moderator="mallory")
+    assert status == 403
+    status, body = await console.get("/api/moderator/status")
+    assert status == 400 and "'moderator'" in body["error"]
+    refused = await service.db.fetchval("SELECT COUNT(*) FROM review_audit WHERE action = 'command_refused'")
+    assert refused == 2
+
+
+async def test_moderator_status_pause_resume_dataset(console, service):
+    status, body = await console.get("/api/moderator/status", moderator=MODERATOR)
+    assert status == 200 and "Live adapter" in body["text"] and body["data"]["model"] == "fixed-model"
+
+    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "/Pause"})
+    assert status == 200 and body["ok"] and await service.core.is_paused()
+    sent = await console.say("Is anyone there?")
+    assert sent["status"] == "paused" and NOTICE_PAUSED in [v["text"] for v in sent["views"]]
+
+    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "resume"})
+    assert status == 200 and not await service.core.is_paused()
+
+    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "dataset"})
+    assert status == 200 and body["text"].startswith("Dataset:")
+    status, counts = await console.get("/api/dataset")
+    assert status == 200 and counts["total"] == body["data"]["total"]
+
+    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "rollback"})
+    assert status == 200 and body["ok"] is False and body["text"]  # nothing to roll back to: said plainly
+    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "launch"})
+    assert status == 200 and body["ok"] is False and "Unknown command" in body["text"]
+    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR})
+    assert status == 400 and "'command'" in body["error"]
+
+
+# ---------------------------------------------------------------------------- the page itself
+
+
+async def test_page_is_served_and_loads_nothing_external(console, service):
+    async with console.session.get(console.url + "/") as resp:
+        assert resp.status == 200 and "text/html" in resp.content_type
+        html = await resp.text()
+        assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    for name in ("app.js", "style.css"):
+        async with console.session.get(f"{console.url}/static/{name}") as resp:
+            assert resp.status == 200
+    for path in Path(STATIC_DIR).iterdir():
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, path.name
+    for testid in ("patient-send", "review-queue", "cmd-status", "demo-banner"):
+        assert f'data-testid="{testid}"' in html
+    status, info = await console.get("/api/info")
+    assert status == 200 and info["demo"] is False and info["title"] == service.pack.title
+
+
+async def test_foreign_host_header_is_refused(console):
+    async with console.session.get(console.url + "/api/info", headers={"Host": "evil.example:80"}) as resp:
+        assert resp.status == 403
+        assert "not served here" in (await resp.json())["error"]
