@@ -471,8 +471,8 @@ def resolve_pack_path(path_or_name: Path | str) -> Path:
     candidate = Path(path_or_name)
     if candidate.is_dir():
         return candidate
-    if isinstance(path_or_name, str) and "/" not in path_or_name and (PACKS_DIR / path_or_name).is_dir():
-        return PACKS_DIR / path_or_name
+    if len(candidate.parts) == 1 and (PACKS_DIR / candidate).is_dir():
+        return PACKS_DIR / candidate
     raise PackError(f"no pack folder at {str(path_or_name)!r}")
 
 
