@@ -810,6 +810,14 @@ async def test_socket_mode_full_loop(tmp_path, fake):
         await fake.wait_for(lambda: section_texts(fake.thread(SUPPORT, ts2)[-1])[0] == WITHDRAWN_TEXT)
         assert len(fake.thread(SUPPORT, event["ts"])) == 2
         assert len(service.backend.calls) == 2
+        # Slack refreshes Socket Mode connections: a new URL is fetched and events keep flowing
+        await fake.ws.send_str(json.dumps({"type": "disconnect", "reason": "refresh_requested"}))
+        await fake.wait_for(lambda: fake.socket_connections == 2 and not fake.ws.closed)
+        assert len(fake.calls_to("apps.connections.open")) == 2
+        ts3 = new_ts()
+        await fake.send_envelope("events_api", event_body(message("after the reconnect", ts=ts3, user=PATIENT2)))
+        await fake.wait_for(lambda: len(cards(fake)) == 3)
+        assert len(fake.thread(SUPPORT, ts3)) == 1  # PATIENT2 already had the first-contact notice
 
 
 # ====================================================================== the app manifest

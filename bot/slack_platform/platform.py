@@ -11,6 +11,7 @@ The same listeners serve Socket Mode and HTTP mode (see ``bot.slack_platform.run
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -107,6 +108,9 @@ class SlackPlatform:
         self._card_items: dict[str, int] = {}  # "channel:ts" of a card -> review item id
         self._names: dict[str, tuple[str, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # ================================================================== out: Platform protocol
 
@@ -226,22 +230,46 @@ class SlackPlatform:
     # ================================================================== in: bolt listeners
 
     def register(self, app: AsyncApp) -> None:
+        track = self._tracked
         app.middleware(self._dedup_events)
-        app.event("message")(self._on_message)
-        app.event("app_mention")(self._on_mention)
-        app.event("reaction_added")(self._on_reaction)
-        app.action(blocks.ACTION_APPROVE)(self._on_approve)
-        app.action(blocks.ACTION_REJECT)(self._on_reject)
-        app.action(blocks.ACTION_EDIT)(self._on_edit)
+        app.event("message")(track(self._on_message))
+        app.event("app_mention")(track(self._on_mention))
+        app.event("reaction_added")(track(self._on_reaction))
+        app.action(blocks.ACTION_APPROVE)(track(self._on_approve))
+        app.action(blocks.ACTION_REJECT)(track(self._on_reject))
+        app.action(blocks.ACTION_EDIT)(track(self._on_edit))
         app.action(re.compile(f"^{blocks.RUBRIC_ACTION_PREFIX}"))(self._ack_only)
-        app.view(blocks.EDIT_CALLBACK)(self._on_edit_submit)
-        app.action(blocks.ACTION_FORGET_CONFIRM)(self._on_forget_confirm)
+        app.view(blocks.EDIT_CALLBACK)(track(self._on_edit_submit))
+        app.action(blocks.ACTION_FORGET_CONFIRM)(track(self._on_forget_confirm))
         app.action(blocks.ACTION_FORGET_CANCEL)(self._on_forget_cancel)
         for name, slash in self.commands.items():
             if name == FORGET_COMMAND:
                 app.command(slash)(self._on_forget_command)
             else:
-                app.command(slash)(self._command_handler(name))
+                app.command(slash)(track(self._command_handler(name)))
+
+    def _tracked(self, func: Any) -> Any:
+        """Count a listener while it runs (bolt runs them after the ack), so shutdown can wait."""
+
+        @functools.wraps(func)
+        async def listener(*args: Any, **kwargs: Any) -> Any:
+            self._inflight += 1
+            self._idle.clear()
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._idle.set()
+
+        return listener
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for listeners still working on acknowledged requests (replies being posted)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("slack: %d request(s) still in progress at shutdown", self._inflight)
 
     async def _dedup_events(self, body: dict, req: Any, context: Any, next: Any) -> BoltResponse | None:
         """Slack redelivers an event it thinks was not acknowledged in time; answer it only once."""

@@ -68,6 +68,7 @@ class SlackRunner:
         if self.web_runner is not None:
             await self.web_runner.cleanup()
             self.web_runner = None
+        await self.platform.drain()  # acknowledged requests finish before the database closes
         await self.platform.close()
         log.info("slack: disconnected")
 
