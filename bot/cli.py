@@ -31,8 +31,8 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(reviews_app, name="reviews")
 app.add_typer(model_app, name="model")
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("llm4sweat")
 
 _state: dict[str, Any] = {"config": None}

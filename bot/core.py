@@ -195,7 +195,7 @@ class ConversationCore:
     async def answer(self, message_id: int) -> HandleResult:
         """Answer a stored message. Safe to call again for a message that is queued for retry."""
         row = await self.db.fetchone(
-            "SELECT m.*, c.platform, c.channel_id, c.thread_id, c.status AS conv_status, p.platform_user_id"
+            "SELECT m.*, c.platform, c.channel_id, c.thread_id, c.status AS conv_status, p.platform_user_id, p.region"
             " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
             " JOIN patients p ON p.id = c.patient_id WHERE m.id = ?",
             (message_id,),
@@ -259,7 +259,7 @@ class ConversationCore:
         return result
 
     async def _crisis(self, row: Any, conv: ConversationRef, verdict: Triage, result: HandleResult) -> HandleResult:
-        message = self.pack.crisis_message(None)
+        message = self.pack.crisis_message(row["region"])
         async with self.db.transaction() as conn:
             await conn.execute("UPDATE messages SET status = 'crisis' WHERE id = ?", (row["id"],))
             await conn.execute("UPDATE conversations SET status = 'crisis_hold' WHERE id = ?", (conv.id,))

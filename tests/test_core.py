@@ -17,8 +17,10 @@ MODERATOR = Actor("local", "mod", "Mod", frozenset({"moderator"}))
 PATIENT_ACTOR = Actor("local", "pat", "Pat", frozenset())
 
 
-def msg(text: str, user: str = "pat", thread: str | None = None, attachments: int = 0) -> IncomingMessage:
-    return IncomingMessage("local", user, "console", thread or user, text, display_name=user, attachments=attachments)
+def msg(text: str, user: str = "pat", thread: str | None = None, attachments: int = 0,
+        region: str | None = None) -> IncomingMessage:
+    return IncomingMessage("local", user, "console", thread or user, text, display_name=user, attachments=attachments,
+                           region=region)
 
 
 async def test_message_reply_review_item(service):
@@ -201,11 +203,13 @@ async def test_pause_and_resume(service):
 async def test_crisis_never_reaches_the_model(service):
     result = await service.core.handle_message(msg("I can't take this anymore, I want to kill myself"))
     assert result.status == "crisis" and service.backend.calls == []
-    assert result.views[-1].kind is ViewKind.CRISIS and "988" in result.views[-1].text
+    assert result.views[-1].kind is ViewKind.CRISIS and "emergency number" in result.views[-1].text
     assert any(a["urgent"] for a in service.core.platforms["local"].alerts)
     assert await service.db.fetchval("SELECT status FROM conversations") == "crisis_hold"
     follow = await service.core.handle_message(msg("ok. my hands sweat too"))
     assert follow.status == "held"  # later messages gated until a human looked
+    us = await service.core.handle_message(msg("i want to end my life", user="us-patient", region="US"))
+    assert "988" in us.views[-1].text
 
 
 async def test_red_flag_gated_with_doctor_advice(service):
