@@ -1,0 +1,160 @@
+"""A real click-through of the local console in headless Chromium (Debian's ``chromium``).
+
+patient asks → the reply shows, labelled AI-written → a reviewer edits it with rubric scores →
+the patient sees the edited reply marked reviewed → the dataset holds the example; and a
+moderator presses Status. The console server runs in the test's own event loop (the same
+loop as the service fixture); Playwright's async API drives the browser from that loop too.
+Every request the page makes to anything but the console is blocked and fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from bot.core import LABEL_EDITED, LABEL_PENDING
+from bot.local.web import start_console
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+
+CHROMIUM = os.environ.get("LLM4SWEAT_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+QUESTION = "My palms sweat so much that paper gets wet when I write. What can I do?"
+EDITED = ("Very sweaty palms are common in primary hyperhidrosis. Aluminium chloride applied at night is usually "
+          "tried first; iontophoresis with tap water helps many people. Your doctor can help you choose.")
+
+
+@pytest.fixture
+async def browser_page():
+    playwright_api = pytest.importorskip("playwright.async_api")
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = await browser.new_context(viewport={"width": 1100, "height": 900})
+        page = await context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+        await context.close()
+        await browser.close()
+
+
+async def test_click_through_patient_reviewer_moderator(service, browser_page, tmp_path):
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    page = browser_page
+    runner, url = await start_console(service, "127.0.0.1", 0)
+    external: list[str] = []
+    page_errors: list[str] = []
+
+    async def only_local(route):
+        if route.request.url.startswith(url):
+            await route.continue_()
+        else:
+            external.append(route.request.url)
+            await route.abort()
+
+    await page.route("**/*", only_local)
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    try:
+        # ---------------------------------------------------------------- the patient asks
+        await page.goto(url + "#patient")
+        await expect(page.get_by_test_id("patient-view")).to_be_visible()
+        await expect(page.get_by_test_id("demo-banner")).to_be_hidden()
+        await page.get_by_label("Your name").fill("alex")
+        await page.get_by_label("Your message").fill(QUESTION)
+        await page.get_by_role("button", name="Send").click()
+
+        reply = page.get_by_test_id("reply").last
+        await expect(reply).to_have_attribute("data-kind", "pending_review")
+        await expect(reply.get_by_test_id("reply-label")).to_have_text(LABEL_PENDING)
+        await expect(reply.get_by_test_id("reply-disclaimer")).to_have_text(service.pack.disclaimer.strip())
+        await expect(page.get_by_test_id("patient-message").first).to_contain_text(QUESTION)
+        original = await reply.get_by_test_id("reply-text").inner_text()
+        assert original.strip()
+        await page.screenshot(path=str(tmp_path / "1-patient-pending.png"), full_page=True)
+
+        # ---------------------------------------------------------------- a reviewer edits it
+        await page.get_by_test_id("tab-reviewer").click()
+        await expect(page).to_have_url(url + "#reviewer")
+        card = page.get_by_test_id("review-card").first
+        await expect(card.get_by_test_id("review-patient-text")).to_have_text(QUESTION)
+        await expect(card.get_by_test_id("review-reply-text")).to_have_text(original)
+        await expect(card.get_by_test_id("review-task")).to_contain_text("task:")
+
+        # Someone without the reviewer role is refused, visibly, and nothing changes.
+        await page.get_by_label("Reviewer name").fill("mallory")
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.get_by_test_id("review-result")).to_contain_text("reviewer role")
+        assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
+
+        await page.get_by_label("Reviewer name").fill("reviewer")
+        await card.get_by_label("Accuracy").select_option("4")
+        await card.get_by_label("Appropriateness").select_option("5")
+        await card.get_by_label("Empathy").select_option("3")
+        await card.get_by_role("button", name="Edit").click()
+        editor = card.get_by_label("Corrected reply")
+        await expect(editor).to_have_value(original)  # prefilled with the AI's reply
+        await editor.fill(EDITED)
+        await page.screenshot(path=str(tmp_path / "2-reviewer-editing.png"), full_page=True)
+        await card.get_by_role("button", name="Save edit").click()
+        await expect(card.get_by_test_id("review-result")).to_contain_text("edited")
+        await expect(page.get_by_test_id("queue-empty")).to_be_visible()
+
+        # ---------------------------------------------------------------- the patient sees the edit
+        await page.get_by_test_id("tab-patient").click()
+        reply = page.get_by_test_id("reply").last
+        await expect(reply).to_have_attribute("data-kind", "reviewed")
+        await expect(reply.get_by_test_id("reply-text")).to_have_text(EDITED)
+        await expect(reply.get_by_test_id("reply-label")).to_have_text(LABEL_EDITED)
+        await page.screenshot(path=str(tmp_path / "3-patient-reviewed.png"), full_page=True)
+
+        # ---------------------------------------------------------------- the dataset holds it
+        rows = await service.db.fetchall("SELECT * FROM dataset_examples WHERE source = 'expert_edited'")
+        assert len(rows) == 1
+        assert json.loads(rows[0]["messages"])[-1] == {"role": "assistant", "content": EDITED}
+        assert json.loads(rows[0]["messages"])[1]["content"] == QUESTION
+        decision = await service.db.fetchone("SELECT * FROM review_decisions")
+        assert (decision["reviewer_id"], decision["action"], decision["accuracy"], decision["appropriateness"],
+                decision["empathy"]) == ("reviewer", "edit", 4, 5, 3)
+        response = await page.request.get(url + "api/dataset")
+        assert (await response.json())["by_source"]["expert_edited"] == 1
+
+        # ---------------------------------------------------------------- a moderator presses Status
+        await page.get_by_test_id("tab-moderator").click()
+        await page.get_by_label("Moderator name").fill("moderator")
+        await page.get_by_role("button", name="Status").click()
+        output = page.get_by_test_id("moderator-output")
+        await expect(output).to_contain_text("Live adapter")
+        await expect(output).to_contain_text("Review queue: 0 pending")
+        await expect(output).to_contain_text("1 edited")
+        await page.get_by_role("button", name="Dataset").click()
+        await expect(output).to_contain_text("expert_edited 1")
+        await page.screenshot(path=str(tmp_path / "4-moderator-status.png"), full_page=True)
+
+        # A non-moderator pressing a button is refused on the page, and answering is not paused.
+        await page.get_by_label("Moderator name").fill("mallory")
+        await page.get_by_role("button", name="Pause").click()
+        await expect(output).to_contain_text("Only moderators")
+        assert not await service.core.is_paused()
+
+        # ---------------------------------------------------------------- demo banner
+        service.demo = True
+        await page.reload()
+        await expect(page.get_by_test_id("demo-banner")).to_be_visible()
+        await expect(page.get_by_test_id("demo-banner")).to_contain_text("DEMO")
+        await page.screenshot(path=str(tmp_path / "5-demo-banner.png"))
+    finally:
+        await runner.cleanup()
+
+    assert external == [], f"the page tried to load something external: {external}"
+    assert page_errors == [], f"JavaScript errors on the page: {page_errors}"
