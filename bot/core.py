@@ -95,6 +95,7 @@ class ConversationCore:
         self.demo = demo
         self._conversation_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_outage_alert = 0.0
+        self._paused: bool | None = None  # cached; the database holds it across restarts
 
     # ------------------------------------------------------------------ patients in
 
@@ -150,36 +151,22 @@ class ConversationCore:
         """Patient, conversation and message in one committed transaction."""
         t = now()
         async with self.db.transaction() as conn:
+            # Consent is given by continuing after the notice shown on first contact.
             cursor = await conn.execute(
-                "SELECT id FROM patients WHERE platform = ? AND platform_user_id = ?", (msg.platform, msg.user_id)
+                "INSERT INTO patients (platform, platform_user_id, display_name, consent, consent_at, region, created_at)"
+                " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (platform, platform_user_id)"
+                " DO UPDATE SET region = COALESCE(excluded.region, region) RETURNING id, created_at",
+                (msg.platform, msg.user_id, msg.display_name, t, msg.region, t),
             )
-            row = await cursor.fetchone()
-            first_contact = row is None
-            if first_contact:
-                # Consent is given by continuing after the notice shown on first contact.
-                cursor = await conn.execute(
-                    "INSERT INTO patients (platform, platform_user_id, display_name, consent, consent_at, region,"
-                    " created_at) VALUES (?, ?, ?, 1, ?, ?, ?)",
-                    (msg.platform, msg.user_id, msg.display_name, t, msg.region, t),
-                )
-                patient_id = cursor.lastrowid
-            else:
-                patient_id = row[0]
+            patient_id, created_at = await cursor.fetchone()
+            first_contact = created_at == t
             cursor = await conn.execute(
-                "SELECT id FROM conversations WHERE platform = ? AND channel_id = ? AND thread_id = ?",
-                (msg.platform, msg.channel_id, msg.thread_id),
+                "INSERT INTO conversations (patient_id, platform, channel_id, thread_id, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, channel_id, thread_id)"
+                " DO UPDATE SET updated_at = excluded.updated_at RETURNING id",
+                (patient_id, msg.platform, msg.channel_id, msg.thread_id, t, t),
             )
-            row = await cursor.fetchone()
-            if row is None:
-                cursor = await conn.execute(
-                    "INSERT INTO conversations (patient_id, platform, channel_id, thread_id, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (patient_id, msg.platform, msg.channel_id, msg.thread_id, t, t),
-                )
-                conversation_id = cursor.lastrowid
-            else:
-                conversation_id = row[0]
-                await conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (t, conversation_id))
+            (conversation_id,) = await cursor.fetchone()
             cursor = await conn.execute(
                 "INSERT INTO messages (conversation_id, text, attachments, platform_message_id, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -247,13 +234,20 @@ class ConversationCore:
                 "UPDATE messages SET status = 'answered', attempts = attempts + 1, last_error = NULL WHERE id = ?",
                 (message_id,),
             )
-            await conn.execute("UPDATE incidents SET resolved_at = ? WHERE message_id = ? AND resolved_at IS NULL",
-                               (now(), message_id))
-        item_id = await self.reviews.create_item(reply_id, priority)
+            if row["attempts"]:
+                await conn.execute("UPDATE incidents SET resolved_at = ? WHERE message_id = ? AND resolved_at IS NULL",
+                                   (now(), message_id))
+            item_id = await self.reviews.create_item(reply_id, priority, conn=conn)
         view = self._gated_view() if gated else self._pending_view(reply_text)
         ids = await self._deliver(conv, view)
-        await self.db.execute("UPDATE replies SET platform_message_ids = ? WHERE id = ?", (dumps(ids), reply_id))
-        await self._post_card(item_id)
+        if ids:
+            await self.db.execute("UPDATE replies SET platform_message_ids = ? WHERE id = ?", (dumps(ids), reply_id))
+        card = ReviewCard(
+            item_id=item_id, reply_id=reply_id, patient_text=text, reply_text=reply_text, task=task,
+            risk_flags=verdict.risk_flags, adapter_version=generation.adapter_version, state="pending",
+            priority=priority,
+        )
+        await self._post_card(card)
         result.reply_id, result.item_id, result.status = reply_id, item_id, "held" if gated else "shown"
         result.views.append(view)
         return result
@@ -466,10 +460,7 @@ class ConversationCore:
     def _review_platforms(self) -> list[Platform]:
         return list(self.platforms.values())
 
-    async def _post_card(self, item_id: int) -> None:
-        card = await self.review_card(item_id)
-        if card is None:
-            return
+    async def _post_card(self, card: ReviewCard) -> None:
         refs = {}
         for platform in self._review_platforms():
             try:
@@ -480,7 +471,7 @@ class ConversationCore:
             if ref:
                 refs[platform.name] = ref
         if refs:
-            await self.db.execute("UPDATE review_items SET card_ref = ? WHERE id = ?", (dumps(refs), item_id))
+            await self.db.execute("UPDATE review_items SET card_ref = ? WHERE id = ?", (dumps(refs), card.item_id))
 
     async def _update_card(self, item_id: int) -> None:
         card = await self.review_card(item_id)
@@ -509,7 +500,9 @@ class ConversationCore:
     # ------------------------------------------------------------------ service state
 
     async def is_paused(self) -> bool:
-        return await self.db.fetchval("SELECT value FROM service_state WHERE key = 'paused'") == "1"
+        if self._paused is None:
+            self._paused = await self.db.fetchval("SELECT value FROM service_state WHERE key = 'paused'") == "1"
+        return self._paused
 
     async def set_paused(self, paused: bool) -> None:
         await self.db.execute(
@@ -517,6 +510,7 @@ class ConversationCore:
             " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             ("1" if paused else "0", now()),
         )
+        self._paused = paused
 
     async def forget_patient(self, platform: str, user_id: str) -> int:
         """Delete a patient and everything derived from them (cascades to dataset examples)."""

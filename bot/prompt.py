@@ -48,4 +48,6 @@ def build_prompt(
         kept.append({"role": role, "content": text})
         remaining -= cost
     kept.reverse()
+    while kept and kept[0]["role"] != "user":  # never open the history mid-exchange
+        kept.pop(0)
     return [{"role": "system", "content": system}, *kept, {"role": "user", "content": message}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 from bot.storage import Database, dumps, now
 from reviewers.models import (
@@ -33,18 +34,13 @@ class ReviewService:
         self.db = db
         self.quorum = quorum
 
-    async def create_item(self, reply_id: int, priority: str = "normal") -> int:
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "INSERT INTO review_items (reply_id, priority, created_at) VALUES (?, ?, ?)",
-                (reply_id, priority, now()),
-            )
-            item_id = cursor.lastrowid
-            await conn.execute(
-                "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, 'system', 'created', ?, ?)",
-                (item_id, priority, now()),
-            )
-        return int(item_id)
+    async def create_item(self, reply_id: int, priority: str = "normal", conn: Any = None) -> int:
+        """A pending item for a reply; pass ``conn`` to create it inside the caller's transaction."""
+        sql = "INSERT INTO review_items (reply_id, priority, created_at) VALUES (?, ?, ?)"
+        if conn is not None:
+            cursor = await conn.execute(sql, (reply_id, priority, now()))
+            return int(cursor.lastrowid)
+        return await self.db.execute(sql, (reply_id, priority, now()))
 
     async def audit(self, item_id: int | None, actor: str, action: str, detail: str = "") -> None:
         await self.db.execute(

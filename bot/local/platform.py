@@ -5,7 +5,6 @@ assigns message ids and keeps recent alerts and notices for the page to poll."""
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
 
@@ -19,20 +18,19 @@ class LocalPlatform:
     max_message_chars = 100_000
 
     def __init__(self) -> None:
-        self._ids = itertools.count(1)
         self.alerts: deque[dict] = deque(maxlen=100)
         self.notices: dict[int, list[dict]] = {}  # conversation id -> service notices shown to the patient
 
     async def send_to_patient(self, conv: ConversationRef, view: PatientView) -> list[str]:
         if view.kind.value in ("notice", "crisis"):
             self.notices.setdefault(conv.id, []).append({"kind": view.kind.value, "text": view.text, "at": time.time()})
-        return [f"local-{next(self._ids)}"]
+        return []  # the console renders replies from the database; there is nothing to address later
 
     async def update_patient_message(self, conv: ConversationRef, message_ids: list[str], view: PatientView) -> list[str]:
         return message_ids
 
     async def post_review_card(self, card: ReviewCard) -> str | None:
-        return f"card-{card.item_id}"
+        return None  # the reviewer view lists pending items from the database
 
     async def update_review_card(self, card: ReviewCard) -> None:
         return None
