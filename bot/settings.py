@@ -152,8 +152,10 @@ class SafetySettings(Section):
     # Languages the model may answer in besides the pack's own language (ISO 639-1 codes);
     # messages in other languages get a clear statement, in their language, of what is supported.
     reply_languages: list[str] = Field(default_factory=list)
-    # Crisis classifier threshold on its probability (rules fire regardless); lower = more recall.
-    crisis_threshold: float = Field(0.35, gt=0, lt=1)
+    # Crisis classifier thresholds on its probability (rules fire regardless); lower = more recall.
+    # At or above crisis_threshold: crisis. Between the two: the reply is held for a human first.
+    crisis_threshold: float = Field(0.5, gt=0, lt=1)
+    possible_crisis_threshold: float = Field(0.3, gt=0, lt=1)
 
 
 SECRET_KEYS = {
