@@ -50,6 +50,7 @@ __all__ = [
     "NEAR_DUPLICATE_THRESHOLD",
     "SHINGLE_SIZE",
     "PackError",
+    "DOCTOR_ADVICE_RE",
     "PackMeta",
     "Fact",
     "RedFlag",
@@ -101,13 +102,16 @@ DOCTOR_ADVICE_RE = re.compile(
 class PackError(ValueError):
     """A pack folder that cannot be read: the message names the file (and line) at fault."""
 
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
-        self.file = file
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None, pack: Path | None = None
+    ) -> None:
+        self.file = file  # the file's name inside the pack folder
         self.line = line
+        self.pack = pack  # the pack folder, when known
         self.detail = message
-        where = file or ""
-        if file and line:
-            where = f"{file} line {line}"
+        where = str(pack / file) if pack and file else (file or "")
+        if where and line:
+            where = f"{where} line {line}"
         super().__init__(f"{where}: {message}" if where else message)
 
 
@@ -489,13 +493,13 @@ class _Collector:
 
     def __init__(self, collect: bool) -> None:
         self.collect = collect
+        self.root: Path | None = None
         self.errors: list[PackError] = []
 
     def add(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
-        error = PackError(message, file=file, line=line)
-        if not self.collect:
-            raise error
-        self.errors.append(error)
+        if not self.collect:  # load_pack: one error, naming the pack folder too
+            raise PackError(message, file=file, line=line, pack=self.root)
+        self.errors.append(PackError(message, file=file, line=line))
 
 
 def _read_text(root: Path, name: str, errors: _Collector) -> str:
@@ -558,6 +562,7 @@ def _read_jsonl(root: Path, name: str, model: type[_Record], tasks: Sequence[str
 
 def _load(path: Path | str, errors: _Collector) -> ConditionPack | None:
     root = resolve_pack_path(path)
+    errors.root = root
     meta_data = _read_toml(root, PACK_TOML, errors)
     meta: PackMeta | None = None
     if meta_data is not None:
@@ -849,10 +854,12 @@ def check_pack(path: Path | str, training_texts: Iterable[str] = ()) -> list[str
         for res in region.resources:
             if not res.source:
                 problems.append(f"{CRISIS_TOML}: regions.{key}: resource {res.name!r} has no source")
-    try:
-        pack.crisis.render(None)
-    except (KeyError, IndexError, ValueError) as exc:
-        problems.append(f"{CRISIS_TOML}: template or resource_line does not format: {exc}")
+    for key in pack.crisis.regions:
+        try:
+            pack.crisis.render(key)
+        except (KeyError, IndexError, ValueError) as exc:
+            problems.append(f"{CRISIS_TOML}: template or resource_line does not format for {key}: {exc!r}")
+            break
     return problems
 
 
