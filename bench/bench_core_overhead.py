@@ -4,10 +4,16 @@ How it is measured: a whole Service (SQLite file on disk, WAL, the local platfor
 ``fixed`` backend, whose generation is an asyncio sleep of a known delay. N conversations
 send messages at once (each conversation sends its next message as soon as the previous one
 is answered), so N messages are in flight at every moment. For each message the wall time
-of ``handle_message`` is taken, and the time spent inside the backend's generate (measured,
+of ``handle_message`` is taken. Conversations start at random moments spread over one model
+time (as patients do; a start in lock-step would measure one synthetic burst of 100), so
+after the first round 100 messages are in flight at every moment. The time, and the time spent inside the backend's generate (measured,
 i.e. the known delay plus any oversleep) is subtracted: what is left is the core's own
 overhead — storing, triage, prompt building, review item, delivery, with all the waiting on
-the shared database that the load causes.
+the shared database and the event loop that the load causes.
+
+The default model time is 1 s, about what one reply of a 1B model takes on a vLLM server;
+with 100 conversations that is ~100 messages/s through the core. A shorter ``--delay`` raises
+the message rate (100 / delay) and so measures the core under a heavier load.
 
 Run: python bench/bench_core_overhead.py [--conversations 100] [--rounds 5] [--delay 0.05]
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -47,7 +54,10 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
         overheads: list[float] = []
         model_times: list[float] = []
 
+        rng = random.Random(0)
+
         async def conversation(i: int) -> None:
+            await asyncio.sleep(rng.uniform(0, delay))
             for r in range(rounds + 1):
                 text = f"Round {r}: my palms sweat a lot when I hold a pen, what can I do? (patient {i})"
                 started = time.perf_counter()
@@ -78,6 +88,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--conversations", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--delay", type=float, default=0.05)
+    parser.add_argument("--delay", type=float, default=1.0)
     args = parser.parse_args()
     asyncio.run(main(args.conversations, args.rounds, args.delay))

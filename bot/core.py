@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from bot.storage import Database, dumps, now
 from bot.tasks import classify_task
 from pipeline import dataset
 from reviewers.models import Action, Actor, DecisionOutcome, ReviewState, Rubric
-from reviewers.service import ReviewService
+from reviewers.service import ReviewService, insert_review_item
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,12 @@ LABEL_PENDING = "AI-written · pending review by a specialist"
 LABEL_APPROVED = "AI-written · reviewed by a specialist"
 LABEL_EDITED = "Reviewed and edited by a specialist"
 LABEL_DEMO = "DEMO MODEL — not medical advice"
+
+_ANSWER_ROW_SQL = (
+    "SELECT m.*, c.platform, c.channel_id, c.thread_id, c.status AS conv_status, p.platform_user_id, p.region"
+    " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+    " JOIN patients p ON p.id = c.patient_id WHERE m.id = ?"
+)
 
 
 @dataclass
@@ -150,29 +157,29 @@ class ConversationCore:
     async def _store_incoming(self, msg: IncomingMessage, text: str) -> tuple[ConversationRef, int, bool]:
         """Patient, conversation and message in one committed transaction."""
         t = now()
-        async with self.db.transaction() as conn:
+
+        def store(conn: sqlite3.Connection) -> tuple[int, int, bool]:
             # Consent is given by continuing after the notice shown on first contact.
-            cursor = await conn.execute(
+            patient_id, created_at = conn.execute(
                 "INSERT INTO patients (platform, platform_user_id, display_name, consent, consent_at, region, created_at)"
                 " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (platform, platform_user_id)"
                 " DO UPDATE SET region = COALESCE(excluded.region, region) RETURNING id, created_at",
                 (msg.platform, msg.user_id, msg.display_name, t, msg.region, t),
-            )
-            patient_id, created_at = await cursor.fetchone()
-            first_contact = created_at == t
-            cursor = await conn.execute(
+            ).fetchone()
+            (conversation_id,) = conn.execute(
                 "INSERT INTO conversations (patient_id, platform, channel_id, thread_id, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, channel_id, thread_id)"
                 " DO UPDATE SET updated_at = excluded.updated_at RETURNING id",
                 (patient_id, msg.platform, msg.channel_id, msg.thread_id, t, t),
-            )
-            (conversation_id,) = await cursor.fetchone()
-            cursor = await conn.execute(
+            ).fetchone()
+            message_id = conn.execute(
                 "INSERT INTO messages (conversation_id, text, attachments, platform_message_id, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (conversation_id, text, msg.attachments, msg.platform_message_id, t),
-            )
-            message_id = cursor.lastrowid
+            ).lastrowid
+            return conversation_id, message_id, created_at == t
+
+        conversation_id, message_id, first_contact = await self.db.run(store)
         conv = ConversationRef(int(conversation_id), msg.platform, msg.channel_id, msg.thread_id, msg.user_id)
         log.info("message %s stored (conversation %s, %d chars)", message_id, conversation_id, len(text))
         return conv, int(message_id), first_contact
@@ -181,12 +188,7 @@ class ConversationCore:
 
     async def answer(self, message_id: int) -> HandleResult:
         """Answer a stored message. Safe to call again for a message that is queued for retry."""
-        row = await self.db.fetchone(
-            "SELECT m.*, c.platform, c.channel_id, c.thread_id, c.status AS conv_status, p.platform_user_id, p.region"
-            " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-            " JOIN patients p ON p.id = c.patient_id WHERE m.id = ?",
-            (message_id,),
-        )
+        row = await self.db.fetchone(_ANSWER_ROW_SQL, (message_id,))
         if row is None:
             return HandleResult(None, None, status="missing")
         conv = ConversationRef(row["conversation_id"], row["platform"], row["channel_id"], row["thread_id"],
@@ -222,22 +224,25 @@ class ConversationCore:
         gated = self.settings.review.mode == "gated" or bool(verdict.red_flags) or row["conv_status"] == "crisis_hold"
         task = classify_task(text)
         priority = "high" if verdict.red_flags or row["conv_status"] == "crisis_hold" else "normal"
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
+        delivery = "held" if gated else "shown"
+
+        def store(conn: sqlite3.Connection) -> tuple[int, int]:
+            reply_id = conn.execute(
                 "INSERT INTO replies (message_id, conversation_id, prompt, text, task, model, adapter_version,"
                 " latency_ms, risk_flags, delivery, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (message_id, conv.id, dumps(messages), reply_text, task, generation.model, generation.adapter_version,
-                 generation.latency_s * 1000, dumps(verdict.risk_flags), "held" if gated else "shown", now(), now()),
-            )
-            reply_id = int(cursor.lastrowid)
-            await conn.execute(
+                 generation.latency_s * 1000, dumps(verdict.risk_flags), delivery, now(), now()),
+            ).lastrowid
+            conn.execute(
                 "UPDATE messages SET status = 'answered', attempts = attempts + 1, last_error = NULL WHERE id = ?",
                 (message_id,),
             )
             if row["attempts"]:
-                await conn.execute("UPDATE incidents SET resolved_at = ? WHERE message_id = ? AND resolved_at IS NULL",
-                                   (now(), message_id))
-            item_id = await self.reviews.create_item(reply_id, priority, conn=conn)
+                conn.execute("UPDATE incidents SET resolved_at = ? WHERE message_id = ? AND resolved_at IS NULL",
+                             (now(), message_id))
+            return reply_id, insert_review_item(conn, reply_id, priority)
+
+        reply_id, item_id = await self.db.run(store)
         view = self._gated_view() if gated else self._pending_view(reply_text)
         ids = await self._deliver(conv, view)
         if ids:

@@ -14,11 +14,14 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+import sqlite3
+from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
 import aiosqlite
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,21 +117,39 @@ class Database:
             else:
                 await self.conn.execute("COMMIT")
 
+    async def run(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
+        """Run ``fn(connection)`` in the connection's own thread, as one transaction if ``write``.
+
+        One hop to the database thread for a whole unit of work instead of one per statement:
+        on a busy 2-core machine each hop costs a thread switch, and the hot path (storing a
+        message, storing a reply with its review item) would otherwise pay it a dozen times.
+        Uses aiosqlite's own work queue, so it stays ordered with every other statement."""
+
+        def unit() -> T:
+            raw = self.conn._conn  # aiosqlite's sqlite3 connection, used only inside its thread
+            if not write:
+                return fn(raw)
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(raw)
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+            raw.execute("COMMIT")
+            return result
+
+        async with self._lock:
+            return await self.conn._execute(unit)
+
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         """One statement in its own transaction; returns lastrowid."""
-        async with self.transaction() as conn:
-            cursor = await conn.execute(sql, tuple(params))
-            return cursor.lastrowid or 0
+        return await self.run(lambda conn: conn.execute(sql, tuple(params)).lastrowid or 0)
 
-    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self._lock:
-            cursor = await self.conn.execute(sql, tuple(params))
-            return await cursor.fetchone()
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        return await self.run(lambda conn: conn.execute(sql, tuple(params)).fetchone(), write=False)
 
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._lock:
-            cursor = await self.conn.execute(sql, tuple(params))
-            return list(await cursor.fetchall())
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return await self.run(lambda conn: conn.execute(sql, tuple(params)).fetchall(), write=False)
 
     async def fetchval(self, sql: str, params: Iterable[Any] = ()) -> Any:
         row = await self.fetchone(sql, params)
@@ -167,6 +188,4 @@ def _split_sql(sql: str) -> list[str]:
 
 
 def sqlite_errors() -> tuple[type[BaseException], ...]:
-    import sqlite3
-
     return (sqlite3.Error, OSError, ValueError)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections import Counter
-from typing import Any
 
 from bot.storage import Database, dumps, now
 from reviewers.models import (
@@ -34,13 +34,8 @@ class ReviewService:
         self.db = db
         self.quorum = quorum
 
-    async def create_item(self, reply_id: int, priority: str = "normal", conn: Any = None) -> int:
-        """A pending item for a reply; pass ``conn`` to create it inside the caller's transaction."""
-        sql = "INSERT INTO review_items (reply_id, priority, created_at) VALUES (?, ?, ?)"
-        if conn is not None:
-            cursor = await conn.execute(sql, (reply_id, priority, now()))
-            return int(cursor.lastrowid)
-        return await self.db.execute(sql, (reply_id, priority, now()))
+    async def create_item(self, reply_id: int, priority: str = "normal") -> int:
+        return await self.db.run(lambda conn: insert_review_item(conn, reply_id, priority))
 
     async def audit(self, item_id: int | None, actor: str, action: str, detail: str = "") -> None:
         await self.db.execute(
@@ -158,6 +153,13 @@ class ReviewService:
     async def counts(self) -> dict[str, int]:
         rows = await self.db.fetchall("SELECT state, COUNT(*) FROM review_items GROUP BY state")
         return {row[0]: row[1] for row in rows}
+
+
+def insert_review_item(conn: sqlite3.Connection, reply_id: int, priority: str = "normal") -> int:
+    """A pending item for a reply, inside the caller's transaction (the one place items are made)."""
+    return int(conn.execute(
+        "INSERT INTO review_items (reply_id, priority, created_at) VALUES (?, ?, ?)", (reply_id, priority, now())
+    ).lastrowid)
 
 
 def _resolve(decisions: list) -> tuple[ReviewState, str | None]:
