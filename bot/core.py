@@ -20,7 +20,8 @@ from typing import Any
 from bot.inference.base import InferenceBackend, ModelUnavailable
 from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, ViewKind
 from bot.prompt import build_prompt
-from bot.safety import Triage, triage
+from bot.safety import Triage
+from bot.safety_layer import SafetyLayer
 from bot.settings import Settings
 from bot.storage import Database, dumps, now
 from bot.tasks import classify_task
@@ -103,12 +104,19 @@ class ConversationCore:
         self._conversation_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_outage_alert = 0.0
         self._paused: bool | None = None  # cached; the database holds it across restarts
+        self.safety = SafetyLayer(self)  # triage options, rate limit, fair model slots, reply checks
 
     # ------------------------------------------------------------------ patients in
 
     async def handle_message(self, msg: IncomingMessage) -> HandleResult:
         """Store a patient's message, then answer it (or say clearly why not)."""
         text = msg.text.strip() if msg.text else ""
+        # --- safety layer (bot/safety_layer.py): /forget-me on any platform, per-patient rate limit
+        if self.safety.is_forget_command(text):
+            return await self.safety.forget_me(msg)
+        if text and self.safety.over_limit(msg):
+            return await self.safety.rate_limited(msg, text)
+        # --- end safety layer
         if not text and not msg.attachments:
             log.info("empty message from %s:%s ignored", msg.platform, msg.user_id)
             return await self._notice_only(msg, NOTICE_EMPTY, "empty")
@@ -202,9 +210,14 @@ class ConversationCore:
         message_id = row["id"]
         text = row["text"]
         result = HandleResult(message_id, conv.id)
-        verdict = triage(text, self.pack)
+        verdict = self.safety.triage(text)
         if verdict.crisis:
             return await self._crisis(row, conv, verdict, result)
+        # --- safety layer: unsupported language / out of scope get a fixed answer, the model is not asked
+        early = await self.safety.before_model(row, conv, verdict, result)
+        if early is not None:
+            return early
+        # --- end safety layer
         history = await self._history(conv.id, before_message_id=message_id)
         advice = [flag.advice for flag in self.pack.red_flags if flag.id in verdict.red_flags]
         messages = build_prompt(
@@ -214,16 +227,22 @@ class ConversationCore:
             count_tokens=self.backend.count_tokens,
             budget=self.settings.prompt.token_budget,
             red_flag_advice=advice,
-            extra_system=self.settings.prompt.system_prompt_extra,
+            extra_system=self.safety.extra_system(verdict),
         )
         try:
-            generation = await self.backend.generate(messages)
+            async with self.safety.model_slot(conv):  # fair: one patient's flood cannot starve others
+                generation = await self.backend.generate(messages)
         except ModelUnavailable as exc:
             return await self._model_failed(message_id, conv, str(exc), result)
         reply_text = generation.text.strip() or "I'm sorry, I could not put an answer together. A specialist will look at your question."
-        gated = self.settings.review.mode == "gated" or bool(verdict.red_flags) or row["conv_status"] == "crisis_hold"
+        # --- safety layer: a reply failing the checks is not posted; it goes to review marked blocked
+        checked = self.safety.check_reply(reply_text, verdict)
+        risk_flags = verdict.risk_flags + checked.flags
+        review_first = verdict.review_first or not checked.ok
+        # --- end safety layer
+        gated = self.settings.review.mode == "gated" or review_first or row["conv_status"] == "crisis_hold"
         task = classify_task(text)
-        priority = "high" if verdict.red_flags or row["conv_status"] == "crisis_hold" else "normal"
+        priority = "high" if review_first or row["conv_status"] == "crisis_hold" else "normal"
         delivery = "held" if gated else "shown"
 
         def store(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -231,7 +250,7 @@ class ConversationCore:
                 "INSERT INTO replies (message_id, conversation_id, prompt, text, task, model, adapter_version,"
                 " latency_ms, risk_flags, delivery, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (message_id, conv.id, dumps(messages), reply_text, task, generation.model, generation.adapter_version,
-                 generation.latency_s * 1000, dumps(verdict.risk_flags), delivery, now(), now()),
+                 generation.latency_s * 1000, dumps(risk_flags), delivery, now(), now()),
             ).lastrowid
             conn.execute(
                 "UPDATE messages SET status = 'answered', attempts = attempts + 1, last_error = NULL WHERE id = ?",
@@ -249,7 +268,7 @@ class ConversationCore:
             await self.db.execute("UPDATE replies SET platform_message_ids = ? WHERE id = ?", (dumps(ids), reply_id))
         card = ReviewCard(
             item_id=item_id, reply_id=reply_id, patient_text=text, reply_text=reply_text, task=task,
-            risk_flags=verdict.risk_flags, adapter_version=generation.adapter_version, state="pending",
+            risk_flags=risk_flags, adapter_version=generation.adapter_version, state="pending",
             priority=priority,
         )
         await self._post_card(card)
@@ -519,8 +538,19 @@ class ConversationCore:
 
     async def forget_patient(self, platform: str, user_id: str) -> int:
         """Delete a patient and everything derived from them (cascades to dataset examples)."""
+        cards = await self.safety.cards_of(platform, user_id)  # posted review cards, redacted below
         async with self.db.transaction() as conn:
+            # Dataset examples made from the patient's review items, even if one lost its patient_id.
+            await conn.execute(
+                "DELETE FROM dataset_examples WHERE review_item_id IN (SELECT i.id FROM review_items i"
+                " JOIN replies r ON r.id = i.reply_id JOIN conversations c ON c.id = r.conversation_id"
+                " JOIN patients p ON p.id = c.patient_id WHERE p.platform = ? AND p.platform_user_id = ?)",
+                (platform, user_id),
+            )
             cursor = await conn.execute(
                 "DELETE FROM patients WHERE platform = ? AND platform_user_id = ?", (platform, user_id)
             )
-            return cursor.rowcount
+            removed = cursor.rowcount
+        await self.safety.redact_cards(cards)
+        self.safety.forget_state(platform, user_id)
+        return removed

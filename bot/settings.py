@@ -155,7 +155,7 @@ class SafetySettings(Section):
     # Crisis classifier thresholds on its probability (rules fire regardless); lower = more recall.
     # At or above crisis_threshold: crisis. Between the two: the reply is held for a human first.
     crisis_threshold: float = Field(0.5, gt=0, lt=1)
-    possible_crisis_threshold: float = Field(0.3, gt=0, lt=1)
+    possible_crisis_threshold: float = Field(0.4, gt=0, lt=1)
 
 
 SECRET_KEYS = {

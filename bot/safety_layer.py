@@ -1,0 +1,199 @@
+"""The safety layer's hooks in the conversation core, kept out of ``bot/core.py``.
+
+The core calls these at a few well-marked points:
+
+* top of ``handle_message``: :meth:`SafetyLayer.is_forget_command` / :meth:`forget_me`
+  (a patient typing ``/forget-me`` on any platform) and :meth:`over_limit` /
+  :meth:`rate_limited` (the per-patient rate limit; a crisis is still handled);
+* ``_answer_locked`` before the model: :meth:`triage`, then :meth:`before_model` (a message
+  in an unsupported language or out of scope gets its fixed answer and the model is not
+  asked), :meth:`extra_system` (the prompt-injection guard) and :meth:`model_slot` (fair
+  access to the model);
+* after the model: :meth:`check_reply` (a failing reply is held and marked blocked);
+* ``forget_patient``: :meth:`cards_of` / :meth:`redact_cards` (review cards already posted
+  on a platform are replaced by a placeholder) and :meth:`forget_state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from bot.platform import IncomingMessage, PatientView, ReviewCard, ViewKind
+from bot.ratelimit import FairGate, RateLimiter
+from bot.reply_checks import ReplyCheck, check_reply
+from bot.safety import BOUNDARY, INJECTION_GUARD, Triage, language_notice, triage
+
+if TYPE_CHECKING:
+    from bot.core import ConversationCore, HandleResult
+
+log = logging.getLogger(__name__)
+
+FORGET_COMMAND = re.compile(r"^\s*[/!]\s*forget[\s_-]?me\s*[.!]*\s*$", re.IGNORECASE)
+
+NOTICE_RATE_LIMITED = (
+    "You're sending messages faster than I can answer them well. Your message is saved, but I won't answer "
+    "it; please wait about {seconds} seconds and send your question again. If you are in danger, please "
+    "call your local emergency number now."
+)
+NOTICE_FORGOTTEN = (
+    "Done: everything stored about you has been deleted — your messages, my replies, their reviews and any "
+    "training example made from them. If you write again, we start fresh."
+)
+NOTICE_NOTHING_TO_FORGET = "There was nothing stored about you, so there was nothing to delete."
+REDACTED = "[deleted at the patient's request]"
+
+
+def patient_key(platform: str, user_id: str) -> str:
+    return f"{platform}:{user_id}"
+
+
+class SafetyLayer:
+    def __init__(self, core: "ConversationCore"):
+        self.core = core
+        cfg = core.settings.safety
+        self.cfg = cfg
+        self.limiter = RateLimiter(cfg.rate_limit_messages, cfg.rate_limit_window_s)
+        self.gate = FairGate(per_key=cfg.per_patient_concurrency)
+
+    # ------------------------------------------------------------------ triage
+
+    def triage(self, text: str) -> Triage:
+        return triage(
+            text,
+            self.core.pack,
+            reply_languages=self.cfg.reply_languages,
+            threshold=self.cfg.crisis_threshold,
+            possible_threshold=self.cfg.possible_crisis_threshold,
+        )
+
+    def supported_languages(self) -> list[str]:
+        pack_language = getattr(self.core.pack, "language", None) or "en"
+        return list(dict.fromkeys([pack_language, *self.cfg.reply_languages]))
+
+    # ------------------------------------------------------------------ /forget-me
+
+    @staticmethod
+    def is_forget_command(text: str) -> bool:
+        return bool(FORGET_COMMAND.match(text or ""))
+
+    async def forget_me(self, msg: IncomingMessage) -> "HandleResult":
+        """Delete everything about the patient, then confirm (nothing of the command is stored)."""
+        from bot.core import HandleResult
+
+        conv = await self.core._find_conversation(msg)
+        removed = await self.core.forget_patient(msg.platform, msg.user_id)
+        view = PatientView(ViewKind.NOTICE, NOTICE_FORGOTTEN if removed else NOTICE_NOTHING_TO_FORGET)
+        await self._send_raw(msg, view)
+        log.info("forget-me on %s: %d patient record(s) deleted", msg.platform, removed)
+        return HandleResult(None, None, views=[view], status="forgotten" if removed else "nothing_to_forget")
+
+    async def _send_raw(self, msg: IncomingMessage, view: PatientView) -> None:
+        from bot.platform import ConversationRef
+
+        platform = self.core.platforms.get(msg.platform)
+        if platform is None:
+            return
+        ref = ConversationRef(0, msg.platform, msg.channel_id, msg.thread_id, msg.user_id)
+        try:
+            await platform.send_to_patient(ref, view)
+        except Exception:
+            log.exception("delivery of a safety notice on %s failed", msg.platform)
+
+    async def cards_of(self, platform: str, user_id: str) -> list[tuple[int, str]]:
+        """(item id, card refs) of the patient's review items that were posted on a platform."""
+        rows = await self.core.db.fetchall(
+            "SELECT i.id, i.card_ref FROM review_items i JOIN replies r ON r.id = i.reply_id"
+            " JOIN conversations c ON c.id = r.conversation_id JOIN patients p ON p.id = c.patient_id"
+            " WHERE p.platform = ? AND p.platform_user_id = ? AND i.card_ref IS NOT NULL",
+            (platform, user_id),
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def redact_cards(self, cards: list[tuple[int, str]]) -> None:
+        """Replace posted review cards of a forgotten patient with a placeholder."""
+        import json
+
+        for item_id, card_ref in cards:
+            try:
+                refs = json.loads(card_ref) if card_ref else {}
+            except ValueError:
+                continue
+            for platform in self.core.platforms.values():
+                ref = refs.get(platform.name) if isinstance(refs, dict) else None
+                if ref is None:
+                    continue
+                card = ReviewCard(
+                    item_id=item_id, reply_id=0, patient_text=REDACTED, reply_text=REDACTED, task="",
+                    risk_flags=[], adapter_version=None, state="rejected", card_ref=ref,
+                )
+                try:
+                    await platform.update_review_card(card)
+                except Exception:
+                    log.exception("redacting review card %s on %s failed", item_id, platform.name)
+
+    def forget_state(self, platform: str, user_id: str) -> None:
+        self.limiter.forget(patient_key(platform, user_id))
+
+    # ------------------------------------------------------------------ rate limit
+
+    def over_limit(self, msg: IncomingMessage) -> bool:
+        return not self.limiter.hit(patient_key(msg.platform, msg.user_id))
+
+    async def rate_limited(self, msg: IncomingMessage, text: str) -> "HandleResult":
+        """Store the message (nothing received is lost); answer only a crisis; say so politely once."""
+        from bot.core import MAX_STORED_CHARS, HandleResult
+
+        verdict = self.triage(text)
+        conv, message_id, _ = await self.core._store_incoming(msg, text[:MAX_STORED_CHARS])
+        if verdict.crisis:  # a crisis is never rate limited
+            answered = await self.core.answer(message_id)
+            answered.views = list(answered.views)
+            return answered
+        await self.core._set_message_status(message_id, "rate_limited")
+        result = HandleResult(message_id, conv.id, status="rate_limited")
+        key = patient_key(msg.platform, msg.user_id)
+        if self.limiter.notify_due(key):
+            seconds = max(5, int(self.limiter.retry_after(key)) + 1)
+            view = PatientView(ViewKind.NOTICE, NOTICE_RATE_LIMITED.format(seconds=seconds))
+            result.views.append(await self.core._send(conv, view))
+        log.info("rate limit: message %s from %s not answered", message_id, msg.platform)
+        return result
+
+    # ------------------------------------------------------------------ before the model
+
+    async def before_model(self, row: Any, conv: Any, verdict: Triage, result: "HandleResult") -> "HandleResult | None":
+        """A fixed answer for an unsupported language or an out-of-scope question (model not asked)."""
+        if not verdict.language_supported:
+            text, status = language_notice(verdict.language, self.supported_languages()), "language_unsupported"
+        elif verdict.out_of_scope and not verdict.red_flags:
+            text, status = BOUNDARY[verdict.out_of_scope], "out_of_scope"
+        else:
+            return None
+        await self.core._set_message_status(row["id"], status)
+        view = PatientView(ViewKind.NOTICE, text)
+        result.views.append(await self.core._send(conv, view))
+        result.status = status
+        log.info("message %s: %s", row["id"], status)
+        return result
+
+    def extra_system(self, verdict: Triage) -> str:
+        extra = self.core.settings.prompt.system_prompt_extra
+        if verdict.injection:
+            extra = (extra + "\n\n" + INJECTION_GUARD).strip()
+        return extra
+
+    @asynccontextmanager
+    async def model_slot(self, conv: Any) -> AsyncIterator[None]:
+        async with self.gate.slot(patient_key(conv.platform, conv.patient_user_id)):
+            yield
+
+    # ------------------------------------------------------------------ after the model
+
+    def check_reply(self, reply_text: str, verdict: Triage) -> ReplyCheck:
+        checked = check_reply(reply_text, self.core.pack, red_flags=verdict.red_flags)
+        if not checked.ok:
+            log.warning("reply blocked by checks: %s", ", ".join(checked.checks_failed))
+        return checked
