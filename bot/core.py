@@ -210,7 +210,7 @@ class ConversationCore:
         message_id = row["id"]
         text = row["text"]
         result = HandleResult(message_id, conv.id)
-        verdict = self.safety.triage(text)
+        verdict = await self.safety.triage_async(text)
         if verdict.crisis:
             return await self._crisis(row, conv, verdict, result)
         # --- safety layer: unsupported language / out of scope get a fixed answer, the model is not asked

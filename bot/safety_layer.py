@@ -16,6 +16,7 @@ The core calls these at a few well-marked points:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LONG_MESSAGE_CHARS = 1500
 FORGET_COMMAND = re.compile(r"^\s*[/!]\s*forget[\s_-]?me\s*[.!]*\s*$", re.IGNORECASE)
 
 NOTICE_RATE_LIMITED = (
@@ -68,6 +70,12 @@ class SafetyLayer:
             threshold=self.cfg.crisis_threshold,
             possible_threshold=self.cfg.possible_crisis_threshold,
         )
+
+    async def triage_async(self, text: str) -> Triage:
+        """:meth:`triage`, off the event loop for long messages (about 10 ms per 1,000 characters)."""
+        if len(text) > LONG_MESSAGE_CHARS:
+            return await asyncio.to_thread(self.triage, text)
+        return self.triage(text)
 
     def supported_languages(self) -> list[str]:
         pack_language = getattr(self.core.pack, "language", None) or "en"
@@ -146,12 +154,10 @@ class SafetyLayer:
         """Store the message (nothing received is lost); answer only a crisis; say so politely once."""
         from bot.core import MAX_STORED_CHARS, HandleResult
 
-        verdict = self.triage(text)
+        verdict = await self.triage_async(text)
         conv, message_id, _ = await self.core._store_incoming(msg, text[:MAX_STORED_CHARS])
         if verdict.crisis:  # a crisis is never rate limited
-            answered = await self.core.answer(message_id)
-            answered.views = list(answered.views)
-            return answered
+            return await self.core.answer(message_id)
         await self.core._set_message_status(message_id, "rate_limited")
         result = HandleResult(message_id, conv.id, status="rate_limited")
         key = patient_key(msg.platform, msg.user_id)
