@@ -1,0 +1,158 @@
+"""How the core's views and review cards look on Discord (pure functions, no I/O).
+
+Patient messages: the reply text as Markdown, then one small grey line (Discord's ``-#``
+subtext) with the label and the disclaimer, only on the last part of a split reply. Every part
+is at most 2,000 characters and is cut by :func:`bot.text.split_message` (never mid-word,
+fenced code closed and reopened).
+
+Review cards: one embed (patient message, reply, task, risk flags, adapter, state, who decided)
+and persistent components whose custom ids carry the review item id, so they keep working
+after a restart:
+
+    l4s:approve:<item>   l4s:edit:<item>   l4s:reject:<item>   l4s:rate:<criterion>:<item>
+
+The Edit form (modal) is ``l4s:editform:<item>`` with one paragraph input ``l4s:edittext``.
+"""
+
+from __future__ import annotations
+
+import discord
+
+from bot.platform import PatientView, ReviewCard, ViewKind
+from bot.text import split_message
+from reviewers.models import RUBRIC_CRITERIA
+
+MAX_MESSAGE_CHARS = 2000
+EMBED_DESCRIPTION_CHARS = 4096
+EMBED_FIELD_CHARS = 1024
+REPLY_IN_CARD_CHARS = 3500  # leaves room in the 6,000-character embed total for the other fields
+MAX_EDIT_CHARS = 4000
+
+ID_PREFIX = "l4s"
+APPROVE_TEMPLATE = r"l4s:approve:(?P<item>[0-9]+)"
+EDIT_TEMPLATE = r"l4s:edit:(?P<item>[0-9]+)"
+REJECT_TEMPLATE = r"l4s:reject:(?P<item>[0-9]+)"
+RATE_TEMPLATE = r"l4s:rate:(?P<criterion>accuracy|appropriateness|empathy):(?P<item>[0-9]+)"
+EDIT_FORM_PREFIX = "l4s:editform:"
+EDIT_TEXT_ID = "l4s:edittext"
+
+APPROVE_EMOJI = "\N{WHITE HEAVY CHECK MARK}"
+REJECT_EMOJI = "\N{CROSS MARK}"
+
+_KIND_ICON = {
+    ViewKind.PENDING_REVIEW: "\N{MANTELPIECE CLOCK}\ufe0f",
+    ViewKind.UNDER_REVIEW: "\N{MANTELPIECE CLOCK}\ufe0f",
+    ViewKind.REVIEWED: "\N{STETHOSCOPE}",
+}
+
+_STATE_COLOUR = {
+    "pending": discord.Colour.blurple(),
+    "approved": discord.Colour.green(),
+    "edited": discord.Colour.teal(),
+    "rejected": discord.Colour.red(),
+    "expired": discord.Colour.light_grey(),
+}
+
+CRITERION_LABEL = {
+    "accuracy": "Accuracy",
+    "appropriateness": "Appropriateness",
+    "empathy": "Empathy",
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def footer(view: PatientView) -> str:
+    """The small grey line under a reply: label and disclaimer, or nothing."""
+    bits = [b for b in (_one_line(view.label), _one_line(view.disclaimer)) if b]
+    if not bits:
+        return ""
+    icon = _KIND_ICON.get(view.kind)
+    line = " · ".join(bits)
+    return f"-# {icon} {line}" if icon else f"-# {line}"
+
+
+def patient_parts(view: PatientView, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
+    """The messages that show ``view`` to a patient, in order, each at most ``limit`` characters."""
+    foot = footer(view)
+    if len(foot) > limit // 2:  # an absurdly long disclaimer must not crowd out the answer
+        foot = foot[: limit // 2 - 1].rstrip() + "…"
+    parts = split_message(view.text, limit) if view.text.strip() else []
+    if not foot:
+        return parts or ["\u200b"]
+    if not parts:
+        return [foot]
+    room = limit - len(foot) - 2
+    if len(parts[-1]) > room:
+        parts = parts[:-1] + split_message(parts[-1], room)
+    parts[-1] = f"{parts[-1]}\n\n{foot}"
+    return parts
+
+
+def truncate(text: str, limit: int, note: str = "…") -> str:
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - len(note)]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip() + note
+
+
+def card_embed(card: ReviewCard) -> discord.Embed:
+    state = card.state
+    title = f"Review #{card.item_id} · {card.task}"
+    if card.priority == "high":
+        title = "\N{LARGE RED CIRCLE} " + title + " · high priority"
+    reply = truncate(card.reply_text, REPLY_IN_CARD_CHARS, " … (cut here; Edit shows the whole reply)")
+    embed = discord.Embed(
+        title=title,
+        description=f"**Reply**\n{reply}",
+        colour=discord.Colour.orange() if card.priority == "high" and state == "pending" else _STATE_COLOUR.get(state),
+    )
+    embed.add_field(name="Patient asked", value=truncate(card.patient_text, EMBED_FIELD_CHARS) or "(empty)", inline=False)
+    embed.add_field(name="Task", value=card.task or "unknown")
+    embed.add_field(name="Risk flags", value=", ".join(card.risk_flags) or "none")
+    embed.add_field(name="Adapter", value=card.adapter_version or "base model")
+    decided = "\n".join(card.decided_by) if card.decided_by else "nobody yet"
+    embed.add_field(name=f"State: {state}", value=truncate(decided, EMBED_FIELD_CHARS), inline=False)
+    if state == "pending":
+        embed.set_footer(text="Approve, Edit or Reject below (or react ✅ / ❌). Rubric scores chosen first are "
+                              "recorded with your decision.")
+    else:
+        embed.set_footer(text="Closed. The patient sees the outcome.")
+    return embed
+
+
+def card_components(item_id: int, open_: bool) -> discord.ui.View | None:
+    """Persistent components of a card; a closed card has none."""
+    if not open_:
+        return None
+    from bot.discord_platform.components import ApproveButton, EditButton, RateSelect, RejectButton
+
+    view = discord.ui.View(timeout=None)
+    view.add_item(ApproveButton(item_id))
+    view.add_item(EditButton(item_id))
+    view.add_item(RejectButton(item_id))
+    for row, criterion in enumerate(RUBRIC_CRITERIA, start=1):
+        view.add_item(RateSelect(item_id, criterion, row=row))
+    return view
+
+
+def edit_form(item_id: int, reply_text: str) -> discord.ui.Modal:
+    modal = discord.ui.Modal(title=f"Edit reply #{item_id}", custom_id=f"{EDIT_FORM_PREFIX}{item_id}", timeout=900)
+    text = discord.ui.TextInput(
+        style=discord.TextStyle.paragraph,
+        custom_id=EDIT_TEXT_ID,
+        default=reply_text[:MAX_EDIT_CHARS],
+        min_length=1,
+        max_length=MAX_EDIT_CHARS,
+        required=True,
+    )
+    modal.add_item(discord.ui.Label(text="Reply the patient will see",
+                                    description="Your edit replaces the AI reply and is recorded for training.",
+                                    component=text))
+    return modal

@@ -1,0 +1,686 @@
+"""A local stand-in for Discord's REST API and gateway, for testing the real discord.py code.
+
+Nothing here imitates our own code: the bot under test is a real ``discord.Client`` that talks
+HTTP and WebSocket to this server on 127.0.0.1 exactly as it would to Discord. The fake
+
+* serves the gateway: HELLO, IDENTIFY → READY (with ``application.id``) + GUILD_CREATE,
+  heartbeat ACKs, RESUME → replay of missed events + RESUMED, and can drop the connection;
+* serves the REST routes the bot uses: users/@me, oauth2/applications/@me, messages (create,
+  edit, delete, fetch), threads, typing, reactions, channels, command sync, interaction
+  callbacks and follow-up webhooks; anything else is answered 404 and recorded;
+* records every REST call (``calls``) and can answer the next matching call with a 429;
+* lets a test act as Discord users: post messages, add reactions, run slash commands, click
+  buttons, choose in selects and submit modals (``say``, ``react``, ``slash``, ``click``,
+  ``select``, ``submit_modal``), producing payloads shaped like the real gateway's.
+
+Facts this relies on (checked against discord.py 2.7): JSON must be served with the content
+type exactly ``application/json``; a 429 needs a ``Via`` header or discord.py treats it as a
+Cloudflare ban; the gateway accepts plain-text JSON frames even when zlib-stream is requested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import discord
+import discord.gateway
+import discord.http
+import yarl
+from aiohttp import WSMsgType, web
+
+DISCORD_EPOCH_MS = 1420070400000
+EPHEMERAL = 64
+
+
+def _iso(ts: float | None = None) -> str:
+    return datetime.fromtimestamp(ts or time.time(), tz=timezone.utc).isoformat()
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # discord.py parses JSON only when the content type is exactly "application/json" (no charset).
+    return web.Response(body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json",
+                                                                                  **(headers or {})})
+
+
+@dataclass
+class Call:
+    method: str
+    path: str  # without the /api/v10 prefix
+    query: dict[str, str]
+    body: Any
+    status: int = 0
+
+    def __repr__(self) -> str:
+        return f"<{self.method} {self.path} → {self.status}>"
+
+
+@dataclass
+class Interaction:
+    id: str
+    token: str
+    type: int
+    user_id: str
+    channel_id: str
+    data: dict[str, Any]
+    message_id: str | None = None
+    responses: list[dict[str, Any]] = field(default_factory=list)  # callback bodies
+    followups: list[dict[str, Any]] = field(default_factory=list)  # follow-up message payloads
+
+    @property
+    def texts(self) -> list[str]:
+        out = []
+        for r in self.responses:
+            content = (r.get("data") or {}).get("content")
+            if content:
+                out.append(content)
+        out.extend(m.get("content", "") for m in self.followups)
+        return out
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.texts)
+
+    @property
+    def modal(self) -> dict[str, Any] | None:
+        return next((r["data"] for r in self.responses if r.get("type") == 9), None)
+
+
+class FakeDiscord:
+    """One guild with support, reviewer and voice channels, a category, and reviewer/moderator roles."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self.app_id = self.snowflake()
+        self.bot_id = self.app_id
+        self.guild_id = self.snowflake()
+        self.everyone_role = self.guild_id
+        self.reviewer_role = self.snowflake()
+        self.moderator_role = self.snowflake()
+        self.category_id = self.snowflake()
+        self.support_id = self.snowflake()
+        self.category_channel_id = self.snowflake()  # a text channel inside the support category
+        self.reviewer_channel_id = self.snowflake()
+        self.mods_channel_id = self.snowflake()
+        self.voice_id = self.snowflake()
+        self.calls: list[Call] = []
+        self.users: dict[str, dict[str, Any]] = {}
+        self.members: dict[str, list[str]] = {}  # user id -> role ids
+        self.channels: dict[str, dict[str, Any]] = {}
+        self.threads: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.interactions: dict[str, Interaction] = {}
+        self.commands: dict[str, list[dict[str, Any]]] = {}  # guild id ("global") -> synced commands
+        self.reactions: list[tuple[str, str, str, str]] = []  # (op, message id, emoji, user)
+        self.deny_threads = False
+        self.refuse_identify_with: int | None = None  # a close code to answer IDENTIFY with (e.g. 4014)
+        self.identifies = 0
+        self.resumes: list[dict[str, Any]] = []
+        self._rate_limits: list[list[Any]] = []  # [method, regex, remaining, retry_after]
+        self._session_id: str | None = None
+        self._seq = 0
+        self._events: list[dict[str, Any]] = []  # every dispatch of the current session
+        self._ws: web.WebSocketResponse | None = None
+        self._ws_ready = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._patched: list[tuple[Any, str, Any]] = []
+        self.port = 0
+        self.bot_user = self._user_payload(self.bot_id, "LLM4Sweat", bot=True)
+        self.users[self.bot_id] = self.bot_user
+        self.members[self.bot_id] = []
+        self._build_guild()
+
+    # ------------------------------------------------------------------ set-up
+
+    def snowflake(self) -> str:
+        ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+        return str((ms << 22) + next(self._ids))
+
+    def _user_payload(self, user_id: str, name: str, bot: bool = False) -> dict[str, Any]:
+        return {"id": user_id, "username": name, "global_name": name, "discriminator": "0", "avatar": None,
+                "bot": bot, "public_flags": 0}
+
+    def _channel(self, cid: str, name: str, ctype: int, parent: str | None = None, position: int = 0) -> dict:
+        data = {"id": cid, "type": ctype, "guild_id": self.guild_id, "name": name, "position": position,
+                "permission_overwrites": [], "parent_id": parent, "nsfw": False, "topic": None,
+                "last_message_id": None, "rate_limit_per_user": 0, "flags": 0}
+        if ctype == 2:
+            data.update(bitrate=64000, user_limit=0, rtc_region=None)
+        self.channels[cid] = data
+        return data
+
+    def _build_guild(self) -> None:
+        self._channel(self.category_id, "Support", 4)
+        self._channel(self.support_id, "ask-the-bot", 0, parent=self.category_id, position=1)
+        self._channel(self.category_channel_id, "ask-here-too", 0, parent=self.category_id, position=2)
+        self._channel(self.reviewer_channel_id, "expert-review", 0, position=3)
+        self._channel(self.mods_channel_id, "moderators", 0, position=4)
+        self._channel(self.voice_id, "voice-lounge", 2, parent=self.category_id, position=5)
+
+    def add_member(self, name: str, roles: tuple[str, ...] = ()) -> str:
+        """A guild member; roles by name: 'reviewer', 'moderator'."""
+        uid = self.snowflake()
+        self.users[uid] = self._user_payload(uid, name)
+        role_ids = {"reviewer": self.reviewer_role, "moderator": self.moderator_role}
+        self.members[uid] = [role_ids[r] for r in roles]
+        return uid
+
+    def _role(self, rid: str, name: str, position: int, permissions: int) -> dict[str, Any]:
+        return {"id": rid, "name": name, "color": 0, "colors": {"primary_color": 0}, "hoist": False,
+                "position": position, "permissions": str(permissions), "managed": False, "mentionable": True,
+                "flags": 0}
+
+    def _member(self, uid: str, with_user: bool = True) -> dict[str, Any]:
+        data = {"roles": list(self.members.get(uid, [])), "joined_at": _iso(), "deaf": False, "mute": False,
+                "flags": 0, "nick": None, "avatar": None, "pending": False,
+                "permissions": str(discord.Permissions.all().value if self.moderator_role in self.members.get(uid, [])
+                                   else discord.Permissions.general().value)}
+        if with_user:
+            data["user"] = self.users[uid]
+        return data
+
+    def guild_payload(self) -> dict[str, Any]:
+        return {
+            "id": self.guild_id, "name": "Hyperhidrosis Community", "icon": None, "splash": None,
+            "discovery_splash": None, "owner_id": self.snowflake(), "afk_channel_id": None, "afk_timeout": 300,
+            "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
+            "roles": [self._role(self.everyone_role, "@everyone", 0, discord.Permissions.general().value),
+                      self._role(self.reviewer_role, "Reviewer", 1, 0),
+                      self._role(self.moderator_role, "Moderator", 2, discord.Permissions.all().value)],
+            "emojis": [], "stickers": [], "features": [], "mfa_level": 0, "application_id": None,
+            "system_channel_id": None, "system_channel_flags": 0, "rules_channel_id": None,
+            "vanity_url_code": None, "description": None, "banner": None, "premium_tier": 0,
+            "preferred_locale": "en-US", "public_updates_channel_id": None, "nsfw_level": 0,
+            "premium_progress_bar_enabled": False, "joined_at": _iso(), "large": False, "unavailable": False,
+            "member_count": len(self.members), "voice_states": [], "presences": [], "stage_instances": [],
+            "guild_scheduled_events": [], "soundboard_sounds": [],
+            "members": [self._member(self.bot_id)],
+            "channels": [{k: v for k, v in c.items() if k != "guild_id"} for c in self.channels.values()],
+            "threads": [t for t in self.threads.values() if not t["thread_metadata"]["archived"]],
+        }
+
+    # ------------------------------------------------------------------ server
+
+    async def start(self) -> "FakeDiscord":
+        app = web.Application(client_max_size=10 * 1024 * 1024)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    @property
+    def rest_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    def patch_library(self) -> None:
+        """Point discord.py at this server (undone by ``stop``)."""
+        for obj, attr, value in ((discord.http.Route, "BASE", self.rest_base),
+                                 (discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(self.gateway_url))):
+            self._patched.append((obj, attr, getattr(obj, attr)))
+            setattr(obj, attr, value)
+
+    async def stop(self) -> None:
+        for obj, attr, old in reversed(self._patched):
+            setattr(obj, attr, old)
+        self._patched.clear()
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ------------------------------------------------------------------ gateway
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._ws = ws
+        await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            payload = json.loads(msg.data)
+            op, d = payload.get("op"), payload.get("d")
+            if op == 1:
+                await ws.send_str(json.dumps({"op": 11, "d": None, "s": None, "t": None}))
+            elif op == 2:
+                await self._identify(ws, d)
+            elif op == 6:
+                await self._resume(ws, d)
+        if self._ws is ws:
+            self._ws = None
+            self._ws_ready.clear()
+        return ws
+
+    async def _identify(self, ws: web.WebSocketResponse, d: dict[str, Any]) -> None:
+        self.identifies += 1
+        if self.refuse_identify_with is not None:
+            await ws.close(code=self.refuse_identify_with, message=b"Disallowed intent(s).")
+            return
+        self.intents = d.get("intents")
+        self._session_id = f"session-{self.identifies}"
+        self._seq = 0
+        self._events = []
+        await self._send_dispatch("READY", {
+            "v": 10, "user": dict(self.bot_user, verified=True, mfa_enabled=False, flags=0),
+            "guilds": [{"id": self.guild_id, "unavailable": True}], "session_id": self._session_id,
+            "resume_gateway_url": self.gateway_url, "shard": [0, 1],
+            "application": {"id": self.app_id, "flags": 0}, "private_channels": [], "relationships": [],
+        }, force=True)
+        await self._send_dispatch("GUILD_CREATE", self.guild_payload(), force=True)
+        self._ws_ready.set()
+
+    async def _resume(self, ws: web.WebSocketResponse, d: dict[str, Any]) -> None:
+        self.resumes.append(d)
+        if d.get("session_id") != self._session_id:
+            await ws.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
+            return
+        for event in self._events:
+            if event["s"] > (d.get("seq") or 0):
+                await ws.send_str(json.dumps(event))
+        await self._send_dispatch("RESUMED", {}, force=True)
+        self._ws_ready.set()
+
+    async def _send_dispatch(self, event: str, data: dict[str, Any], force: bool = False) -> None:
+        self._seq += 1
+        frame = {"op": 0, "t": event, "s": self._seq, "d": data}
+        self._events.append(frame)
+        ws = self._ws
+        if ws is not None and not ws.closed and (force or self._ws_ready.is_set()):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_str(json.dumps(frame))
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send a gateway event (kept for replay if the bot is disconnected now)."""
+        await self._send_dispatch(event, data)
+
+    async def drop_connection(self, code: int = 4000) -> None:
+        """Close the bot's WebSocket as Discord does when a connection dies; the bot should RESUME."""
+        ws = self._ws
+        self._ws_ready.clear()
+        self._ws = None
+        if ws is not None:
+            await ws.close(code=code, message=b"dropped by the test")
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self._ws_ready.wait(), timeout)
+
+    # ------------------------------------------------------------------ REST
+
+    def rate_limit(self, method: str, path_regex: str, times: int = 1, retry_after: float = 0.05) -> None:
+        """Answer the next ``times`` matching calls with 429 (as Discord does, with a Via header)."""
+        self._rate_limits.append([method, re.compile(path_regex), times, retry_after])
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        body: Any = None
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                body = await request.json()
+            elif request.content_type.startswith("multipart/"):
+                form = await request.post()
+                body = json.loads(form["payload_json"]) if "payload_json" in form else dict(form)
+            else:
+                body = await request.text()
+        call = Call(request.method, path, dict(request.query), body)
+        self.calls.append(call)
+        for limit in self._rate_limits:
+            method, regex, remaining, retry_after = limit
+            if remaining > 0 and method == request.method and regex.fullmatch(path):
+                limit[2] -= 1
+                call.status = 429
+                return _json({"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
+                             429, {"Via": "1.1 google", "Retry-After": str(retry_after),
+                                   "X-RateLimit-Scope": "user"})
+        for method, pattern, handler in self._routes():
+            match = re.fullmatch(pattern, path)
+            if match and method == request.method:
+                response = await handler(call, *match.groups())
+                call.status = response.status
+                return response
+        call.status = 404
+        return _json({"message": "Unknown route in the fake", "code": 0}, 404)
+
+    def _routes(self) -> list[tuple[str, str, Callable[..., Any]]]:
+        s = r"([0-9]+)"
+        return [
+            ("GET", "/users/@me", self._get_me),
+            ("GET", "/oauth2/applications/@me", self._get_app),
+            ("POST", f"/channels/{s}/messages", self._create_message),
+            ("GET", f"/channels/{s}/messages/{s}", self._get_message),
+            ("PATCH", f"/channels/{s}/messages/{s}", self._edit_message),
+            ("DELETE", f"/channels/{s}/messages/{s}", self._delete_message),
+            ("POST", f"/channels/{s}/messages/{s}/threads", self._create_thread),
+            ("POST", f"/channels/{s}/typing", self._typing),
+            ("GET", f"/channels/{s}", self._get_channel),
+            ("PUT", f"/channels/{s}/messages/{s}/reactions/([^/]+)/@me", self._add_own_reaction),
+            ("DELETE", f"/channels/{s}/messages/{s}/reactions/([^/]+)/([^/]+)", self._remove_reaction),
+            ("PUT", f"/applications/{s}/guilds/{s}/commands", self._sync_guild_commands),
+            ("PUT", f"/applications/{s}/commands", self._sync_global_commands),
+            ("GET", f"/applications/{s}/guilds/{s}/commands", self._get_guild_commands),
+            ("POST", r"/interactions/([0-9]+)/([^/]+)/callback", self._interaction_callback),
+            ("POST", r"/webhooks/([0-9]+)/([^/]+)", self._followup),
+            ("PATCH", r"/webhooks/([0-9]+)/([^/]+)/messages/([^/]+)", self._edit_followup),
+            ("POST", "/users/@me/channels", self._open_dm),
+        ]
+
+    async def _get_me(self, call: Call) -> web.Response:
+        return _json(dict(self.bot_user, verified=True, mfa_enabled=False, flags=0))
+
+    async def _get_app(self, call: Call) -> web.Response:
+        return _json({"id": self.app_id, "name": "LLM4Sweat", "icon": None, "description": "", "rpc_origins": [],
+                      "bot_public": False, "bot_require_code_grant": False, "bot": self.bot_user,
+                      "owner": self._user_payload(self.snowflake(), "owner"), "summary": "", "verify_key": "00",
+                      "team": None, "flags": 0, "interactions_endpoint_url": None, "redirect_uris": [],
+                      "approximate_guild_count": 1})
+
+    def _message_payload(self, channel_id: str, author_id: str, content: str, **extra: Any) -> dict[str, Any]:
+        mid = extra.pop("id", None) or self.snowflake()
+        guild = self.guild_id if (channel_id in self.channels or channel_id in self.threads) else None
+        data = {
+            "id": mid, "channel_id": channel_id, "author": self.users[author_id], "content": content,
+            "timestamp": _iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
+            "mentions": [], "mention_roles": [], "attachments": [], "embeds": [], "pinned": False, "type": 0,
+            "flags": 0, "components": [],
+        }
+        if guild:
+            data["guild_id"] = guild
+            data["member"] = self._member(author_id, with_user=False)
+        data.update(extra)
+        return data
+
+    async def _create_message(self, call: Call, channel_id: str) -> web.Response:
+        if channel_id not in self.channels and channel_id not in self.threads:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        body = call.body or {}
+        extra: dict[str, Any] = {"embeds": body.get("embeds") or [], "components": body.get("components") or []}
+        if body.get("message_reference"):
+            ref_id = str(body["message_reference"]["message_id"])
+            extra["message_reference"] = {"message_id": ref_id, "channel_id": channel_id,
+                                          "guild_id": self.guild_id, "type": 0}
+            extra["type"] = 19
+            if ref_id in self.messages:
+                extra["referenced_message"] = self.messages[ref_id]
+        message = self._message_payload(channel_id, self.bot_id, body.get("content") or "", **extra)
+        self.messages[message["id"]] = message
+        await self.dispatch("MESSAGE_CREATE", message)
+        return _json(message)
+
+    async def _get_message(self, call: Call, channel_id: str, message_id: str) -> web.Response:
+        message = self.messages.get(message_id)
+        if message is None or message["channel_id"] != channel_id:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        return _json(message)
+
+    async def _edit_message(self, call: Call, channel_id: str, message_id: str) -> web.Response:
+        message = self.messages.get(message_id)
+        if message is None or message["channel_id"] != channel_id:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        body = call.body or {}
+        for key in ("content", "embeds", "components"):
+            if key in body:
+                message[key] = body[key] if body[key] is not None else ([] if key != "content" else "")
+        message["edited_timestamp"] = _iso()
+        return _json(message)
+
+    async def _delete_message(self, call: Call, channel_id: str, message_id: str) -> web.Response:
+        if self.messages.pop(message_id, None) is None:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        await self.dispatch("MESSAGE_DELETE", {"id": message_id, "channel_id": channel_id, "guild_id": self.guild_id})
+        return web.Response(status=204)
+
+    async def _create_thread(self, call: Call, channel_id: str, message_id: str) -> web.Response:
+        if self.deny_threads:
+            return _json({"message": "Missing Permissions", "code": 50013}, 403)
+        parent = self.channels.get(channel_id)
+        if parent is None or parent["type"] not in (0, 5):
+            return _json({"message": "Cannot execute action on this channel type", "code": 50024}, 400)
+        body = call.body or {}
+        thread = {
+            "id": message_id, "type": 11, "guild_id": self.guild_id, "parent_id": channel_id,
+            "owner_id": self.bot_id, "name": body.get("name", "thread"), "last_message_id": None,
+            "message_count": 0, "member_count": 1, "rate_limit_per_user": 0, "flags": 0, "total_message_sent": 0,
+            "thread_metadata": {"archived": False, "auto_archive_duration": body.get("auto_archive_duration", 1440),
+                                "archive_timestamp": _iso(), "locked": False},
+        }
+        self.threads[message_id] = thread
+        await self.dispatch("THREAD_CREATE", dict(thread, newly_created=True))
+        return _json(thread, 201)
+
+    async def _typing(self, call: Call, channel_id: str) -> web.Response:
+        return web.Response(status=204)
+
+    async def _get_channel(self, call: Call, channel_id: str) -> web.Response:
+        channel = self.channels.get(channel_id) or self.threads.get(channel_id)
+        if channel is None:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        return _json(channel)
+
+    async def _add_own_reaction(self, call: Call, channel_id: str, message_id: str, emoji: str) -> web.Response:
+        self.reactions.append(("add", message_id, emoji, "@me"))
+        return web.Response(status=204)
+
+    async def _remove_reaction(self, call: Call, channel_id: str, message_id: str, emoji: str, user: str) -> web.Response:
+        self.reactions.append(("remove", message_id, emoji, user))
+        return web.Response(status=204)
+
+    def _store_commands(self, key: str, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        stored = []
+        for command in commands:
+            stored.append(dict(command, id=self.snowflake(), application_id=self.app_id, version=self.snowflake(),
+                               guild_id=None if key == "global" else key))
+        self.commands[key] = stored
+        return stored
+
+    async def _sync_guild_commands(self, call: Call, app_id: str, guild_id: str) -> web.Response:
+        return _json(self._store_commands(guild_id, call.body or []))
+
+    async def _sync_global_commands(self, call: Call, app_id: str) -> web.Response:
+        return _json(self._store_commands("global", call.body or []))
+
+    async def _get_guild_commands(self, call: Call, app_id: str, guild_id: str) -> web.Response:
+        return _json(self.commands.get(guild_id, []))
+
+    async def _interaction_callback(self, call: Call, interaction_id: str, token: str) -> web.Response:
+        interaction = self.interactions.get(interaction_id)
+        if interaction is None or interaction.token != token:
+            return _json({"message": "Unknown interaction", "code": 10062}, 404)
+        if interaction.responses:
+            return _json({"message": "Interaction has already been acknowledged.", "code": 40060}, 400)
+        body = call.body or {}
+        interaction.responses.append(body)
+        rtype = body.get("type")
+        data = body.get("data") or {}
+        info = {"id": interaction_id, "type": interaction.type,
+                "response_message_loading": rtype == 5,
+                "response_message_ephemeral": bool(int(data.get("flags") or 0) & EPHEMERAL)}
+        resource: dict[str, Any] = {"type": rtype}
+        if rtype == 4:
+            message = self._message_payload(interaction.channel_id, self.bot_id, data.get("content") or "",
+                                            flags=int(data.get("flags") or 0), embeds=data.get("embeds") or [],
+                                            components=data.get("components") or [],
+                                            webhook_id=self.app_id, application_id=self.app_id)
+            info["response_message_id"] = message["id"]
+            resource["message"] = message
+        return _json({"interaction": info, "resource": resource})
+
+    async def _followup(self, call: Call, app_id: str, token: str) -> web.Response:
+        interaction = next((i for i in self.interactions.values() if i.token == token), None)
+        if interaction is None:
+            return _json({"message": "Unknown Webhook", "code": 10015}, 404)
+        body = call.body or {}
+        message = self._message_payload(interaction.channel_id, self.bot_id, body.get("content") or "",
+                                        flags=int(body.get("flags") or 0), embeds=body.get("embeds") or [],
+                                        webhook_id=self.app_id, application_id=self.app_id)
+        interaction.followups.append(message)
+        return _json(message)
+
+    async def _edit_followup(self, call: Call, app_id: str, token: str, message_id: str) -> web.Response:
+        interaction = next((i for i in self.interactions.values() if i.token == token), None)
+        if interaction is None:
+            return _json({"message": "Unknown Webhook", "code": 10015}, 404)
+        for message in interaction.followups:
+            if message["id"] == message_id or message_id == "@original":
+                message.update({k: v for k, v in (call.body or {}).items() if k in ("content", "embeds")})
+                return _json(message)
+        return _json({"message": "Unknown Message", "code": 10008}, 404)
+
+    async def _open_dm(self, call: Call) -> web.Response:
+        recipient = (call.body or {}).get("recipient_id")
+        cid = self.dm_channel(recipient)
+        return _json(self.channels[cid])
+
+    def dm_channel(self, user_id: str) -> str:
+        for cid, channel in self.channels.items():
+            if channel["type"] == 1 and channel["recipients"][0]["id"] == user_id:
+                return cid
+        cid = self.snowflake()
+        self.channels[cid] = {"id": cid, "type": 1, "last_message_id": None, "recipients": [self.users[user_id]]}
+        return cid
+
+    # ------------------------------------------------------------------ acting as users
+
+    async def say(self, user_id: str, channel_id: str, content: str, *, mention_bot: bool = False,
+                  reply_to: str | None = None, attachments: int = 0) -> dict[str, Any]:
+        """A member posts a message (MESSAGE_CREATE)."""
+        extra: dict[str, Any] = {}
+        if mention_bot:
+            content = f"<@{self.bot_id}> {content}"
+            extra["mentions"] = [self.bot_user]
+        if reply_to:
+            extra["type"] = 19
+            extra["message_reference"] = {"message_id": reply_to, "channel_id": channel_id, "type": 0}
+            if reply_to in self.messages:
+                extra["referenced_message"] = self.messages[reply_to]
+        if attachments:
+            extra["attachments"] = [{"id": self.snowflake(), "filename": f"photo{i}.png", "size": 1000,
+                                     "url": "https://cdn.example/x.png", "proxy_url": "https://cdn.example/x.png"}
+                                    for i in range(attachments)]
+        message = self._message_payload(channel_id, user_id, content, **extra)
+        if self.channels.get(channel_id, {}).get("type") == 1:
+            message.pop("guild_id", None)
+            message.pop("member", None)
+        self.messages[message["id"]] = message
+        await self.dispatch("MESSAGE_CREATE", message)
+        return message
+
+    async def react(self, user_id: str, channel_id: str, message_id: str, emoji: str) -> None:
+        """A member adds a unicode-emoji reaction (MESSAGE_REACTION_ADD)."""
+        await self.dispatch("MESSAGE_REACTION_ADD", {
+            "user_id": user_id, "channel_id": channel_id, "message_id": message_id, "guild_id": self.guild_id,
+            "member": self._member(user_id), "emoji": {"id": None, "name": emoji}, "burst": False, "type": 0,
+            "message_author_id": self.messages.get(message_id, {}).get("author", {}).get("id"),
+        })
+
+    def _interaction(self, itype: int, user_id: str, channel_id: str, data: dict[str, Any],
+                     message: dict[str, Any] | None = None) -> dict[str, Any]:
+        iid = self.snowflake()
+        token = f"token-{iid}"
+        channel = self.channels.get(channel_id) or self.threads.get(channel_id) or {"id": channel_id, "type": 0}
+        payload = {
+            "id": iid, "application_id": self.app_id, "type": itype, "token": token, "version": 1,
+            "guild_id": self.guild_id, "channel_id": channel_id, "channel": channel,
+            "member": self._member(user_id), "data": data, "locale": "en-US", "guild_locale": "en-US",
+            "app_permissions": str(discord.Permissions.all().value), "entitlements": [],
+            "authorizing_integration_owners": {"0": self.guild_id}, "context": 0,
+            "attachment_size_limit": 8 * 1024 * 1024,
+        }
+        if message is not None:
+            payload["message"] = message
+        self.interactions[iid] = Interaction(iid, token, itype, user_id, channel_id, data,
+                                             message["id"] if message is not None else None)
+        return payload
+
+    async def slash(self, user_id: str, name: str, options: dict[str, Any] | None = None,
+                    channel_id: str | None = None) -> Interaction:
+        """A member runs a slash command that was synced to the guild (INTERACTION_CREATE type 2)."""
+        command = next((c for c in self.commands.get(self.guild_id, []) if c["name"] == name), None)
+        if command is None:
+            raise AssertionError(f"/{name} was not synced to the guild")
+        data = {"id": command["id"], "name": name, "type": 1, "guild_id": self.guild_id,
+                "options": [{"name": k, "type": 3, "value": v} for k, v in (options or {}).items()]}
+        payload = self._interaction(2, user_id, channel_id or self.mods_channel_id, data)
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return self.interactions[payload["id"]]
+
+    def _component(self, message: dict[str, Any], custom_id: str) -> dict[str, Any]:
+        for row in message.get("components", []):
+            for component in row.get("components", []):
+                if component.get("custom_id") == custom_id:
+                    return component
+        raise AssertionError(f"no component {custom_id!r} on message {message['id']}")
+
+    async def click(self, user_id: str, message_id: str, custom_id: str) -> Interaction:
+        """A member clicks a button on a message (INTERACTION_CREATE type 3)."""
+        message = self.messages[message_id]
+        component = self._component(message, custom_id)
+        data = {"custom_id": custom_id, "component_type": component["type"]}
+        payload = self._interaction(3, user_id, message["channel_id"], data, message=message)
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return self.interactions[payload["id"]]
+
+    async def select(self, user_id: str, message_id: str, custom_id: str, values: list[str]) -> Interaction:
+        """A member chooses in a select menu on a message (INTERACTION_CREATE type 3)."""
+        message = self.messages[message_id]
+        component = self._component(message, custom_id)
+        data = {"custom_id": custom_id, "component_type": component["type"], "values": values}
+        payload = self._interaction(3, user_id, message["channel_id"], data, message=message)
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return self.interactions[payload["id"]]
+
+    async def submit_modal(self, user_id: str, opened_by: Interaction, values: dict[str, str]) -> Interaction:
+        """A member submits the modal the bot opened in answer to ``opened_by`` (INTERACTION_CREATE type 5).
+
+        The submission echoes the modal's own layout (labels wrapping inputs), with the values filled in."""
+        modal = opened_by.modal
+        if modal is None:
+            raise AssertionError("the bot did not open a modal")
+
+        def fill(component: dict[str, Any]) -> dict[str, Any]:
+            if component.get("type") == 18:
+                return {"type": 18, "id": component.get("id", 1), "component": fill(component["component"])}
+            if component.get("type") == 1:
+                return {"type": 1, "id": component.get("id", 1),
+                        "components": [fill(c) for c in component.get("components", [])]}
+            cid = component.get("custom_id")
+            return {"type": component["type"], "id": component.get("id", 2), "custom_id": cid,
+                    "value": values.get(cid, component.get("value", ""))}
+
+        data = {"custom_id": modal["custom_id"], "components": [fill(c) for c in modal["components"]]}
+        message = self.messages.get(opened_by.message_id or "")
+        payload = self._interaction(5, user_id, opened_by.channel_id, data, message=message)
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return self.interactions[payload["id"]]
+
+    # ------------------------------------------------------------------ assertions
+
+    def calls_to(self, method: str, path_regex: str) -> list[Call]:
+        regex = re.compile(path_regex)
+        return [c for c in self.calls if c.method == method and regex.fullmatch(c.path)]
+
+    def bot_messages(self, channel_id: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages.values() if m["channel_id"] == channel_id and m["author"]["id"] == self.bot_id]
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; last REST calls: {self.calls[-8:]}")
+            await asyncio.sleep(0.01)
