@@ -111,6 +111,7 @@ def build_demo_model(
             full_finetune=True,
             max_steps=TARGET_STEPS,
             max_seconds=TIME_BUDGET_S,
+            num_threads=1,  # a model this small gains nothing from more threads, and loses a lot under contention
         )
         marker = {
             "demo": True,

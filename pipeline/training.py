@@ -258,6 +258,7 @@ def train_lora(
     max_seconds: float | None = None,
     early_stopping_patience: int = 2,
     overwrite: bool = False,
+    num_threads: int | None = None,
 ) -> TrainResult:
     """Fine-tune ``base_model`` on chat ``examples``; write the result at ``out_dir``.
 
@@ -267,7 +268,48 @@ def train_lora(
     (the offline demo model). ``cancel`` is polled after every step (return True to stop:
     TrainingCancelled is raised); ``max_steps``/``max_seconds`` bound the run. Nothing
     appears at ``out_dir`` unless training finished.
+
+    ``num_threads`` sets torch's CPU threads for the run (restored afterwards). Pass 1 when
+    another process (the serving bot) shares a small CPU: OpenMP threads that compete for
+    cores with another process can make training tens of times slower.
     """
+    import torch
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; adapters are never overwritten in place")
+    if not examples:
+        raise ValueError("no training examples")
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(max(1, num_threads))
+    try:
+        return _train(
+            base_model, examples, out_dir, cfg, val_fraction=val_fraction, seed=seed, progress=progress,
+            full_finetune=full_finetune, cancel=cancel, max_steps=max_steps, max_seconds=max_seconds,
+            early_stopping_patience=early_stopping_patience, overwrite=overwrite,
+        )
+    finally:
+        if num_threads is not None:
+            torch.set_num_threads(previous_threads)
+
+
+def _train(
+    base_model: str | Path,
+    examples: list[Messages],
+    out_dir: Path,
+    cfg: TrainingSettings,
+    *,
+    val_fraction: float,
+    seed: int,
+    progress: Callable[[TrainProgress], None] | None,
+    full_finetune: bool,
+    cancel: Callable[[], bool] | None,
+    max_steps: int | None,
+    max_seconds: float | None,
+    early_stopping_patience: int,
+    overwrite: bool,
+) -> TrainResult:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -280,11 +322,6 @@ def train_lora(
         set_seed,
     )
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; adapters are never overwritten in place")
-    if not examples:
-        raise ValueError("no training examples")
     started = time.monotonic()
     device, use_bf16 = _device()
     set_seed(seed)

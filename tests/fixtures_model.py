@@ -19,8 +19,13 @@ ADAPTER_VARIANTS = {"v1": "Answer from version one.", "v2": "Version two speakin
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama model + tokenizer (head size 32, chat template) in a temp dir."""
+    import torch
+
     from pipeline.tinymodel import build_tiny_model
 
+    # One torch thread for the whole session: the tiny model gains nothing from two, and with
+    # two OpenMP threads per process, tests running beside other CPU work slow down tenfold.
+    torch.set_num_threads(1)
     corpus = corpus_from_conversations(sample_conversations(48))
     corpus += list(ADAPTER_VARIANTS.values())
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", corpus, seed=0)

@@ -127,12 +127,12 @@ def test_lora_training_lowers_validation_loss_and_adapter_loads(tiny_model_dir: 
 
 def test_early_stopping_stops_when_validation_loss_stops_improving(tiny_model_dir: Path, tmp_path: Path) -> None:
     # A learning rate this large makes validation loss blow up after the first epoch.
-    cfg = TrainingSettings(learning_rate=0.5, epochs=20, batch_size=8, max_length=256)
+    cfg = TrainingSettings(learning_rate=0.5, epochs=8, batch_size=8, max_length=256)
     result = train_lora(
         tiny_model_dir, sample_conversations(24), tmp_path / "a", cfg, val_fraction=0.25, early_stopping_patience=1
     )
     assert result.stopped_early
-    assert result.epochs_run < 20
+    assert result.epochs_run < 8
     assert result.best_val_loss == min(result.val_loss)
 
 

@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 _STOP = object()
+TINY_MODEL_PARAMS = 20_000_000
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -87,8 +88,13 @@ class LocalBackend:
         *,
         adapter_version: str | None = None,
         adapter_path: Path | str | None = None,
+        num_threads: int | None = None,
     ):
+        """``adapter_version``/``adapter_path``: the adapter to serve from start (falls back to
+        the base model with a warning). ``num_threads``: torch CPU threads (process-wide);
+        None = torch's default, except 1 for tiny models (see ``_load_model``)."""
         self.settings = settings
+        self._num_threads = num_threads
         self.model_path = str(model_path)
         self._initial_adapter = (adapter_version, Path(adapter_path) if adapter_path else None)
         self._executor: ThreadPoolExecutor | None = None
@@ -109,7 +115,8 @@ class LocalBackend:
         self._closed = False
         # Figures for status(), tests and benchmarks.
         self.batch_sizes: deque[int] = deque(maxlen=10_000)
-        self.swap_times: deque[float] = deque(maxlen=100)
+        self.swap_times: deque[float] = deque(maxlen=100)  # swap_adapter wall time (incl. waiting for the running batch)
+        self.load_times: deque[float] = deque(maxlen=100)  # time the worker spent loading the adapter itself
         self.requests_served = 0
         self.requests_failed = 0
         self.last_error: str | None = None
@@ -202,6 +209,14 @@ class LocalBackend:
             tokenizer.pad_token = tokenizer.eos_token
         model.to(self._device)
         model.eval()
+        threads = self._num_threads
+        if threads is None and self._device == "cpu" and model.num_parameters() < TINY_MODEL_PARAMS:
+            # A tiny model (the demo, the tests) gains nothing from a second thread, but OpenMP
+            # threads that compete for cores with another process (a training job) can make it
+            # many times slower.
+            threads = 1
+        if threads is not None:
+            torch.set_num_threads(max(1, threads))
         eos: list[int] = []
         configured = model.generation_config.eos_token_id
         for value in ([configured] if isinstance(configured, int) else list(configured or [])) + [tokenizer.eos_token_id]:
@@ -399,6 +414,7 @@ class LocalBackend:
         """Worker thread: load an adapter under a fresh name; undo everything if it fails."""
         from peft import PeftModel
 
+        started = time.perf_counter()
         _check_weights_readable(adapter)
         if self._peft is None:
             try:
@@ -416,6 +432,7 @@ class LocalBackend:
                     self._unload_adapter(adapter.name)
                 raise
         self._peft.eval()
+        self.load_times.append(time.perf_counter() - started)
 
     def _unload_adapter(self, name: str) -> None:
         """Worker thread: free one adapter; the last one removes the peft wrapper altogether
