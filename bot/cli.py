@@ -300,5 +300,42 @@ def reviews_agreement() -> None:
     console.print(table)
 
 
+
+
+# ---------------------------------------------------------------------------- triage
+
+
+@app.command("triage")
+def triage_cmd(
+    path: Optional[Path] = typer.Argument(
+        None, help="Messages: one per line, or JSONL with a `text` field. Omit or '-' for standard input."
+    ),
+    score: bool = typer.Option(False, "--score", help="Labelled input: print recall/precision to stderr at the end."),
+    show_text: bool = typer.Option(False, "--show-text", help="Echo each message's text in its JSON line."),
+) -> None:
+    """Triage messages as the bot would (crisis, red flags, out of scope, injection, action): one JSON line each."""
+    from bot.safety_eval import Score, run_triage
+    from pipeline.packs import load_pack
+
+    cfg = settings()
+    pack = load_pack(cfg.pack_path)
+    options = {
+        "reply_languages": cfg.safety.reply_languages,
+        "threshold": cfg.safety.crisis_threshold,
+        "possible_threshold": cfg.safety.possible_crisis_threshold,
+    }
+    scored = Score() if score else None
+    if path is None or str(path) == "-":
+        run_triage(sys.stdin, pack, score=scored, show_text=show_text, **options)
+    else:
+        if not path.is_file():
+            err.print(f"[red]llm4sweat triage: no file at {path}[/red]", highlight=False)
+            raise typer.Exit(2)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            run_triage(fh, pack, score=scored, show_text=show_text, **options)
+    if scored is not None:
+        print(scored.summary(), file=sys.stderr)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from bot.platform import IncomingMessage, PatientView, ReviewCard, ViewKind
 from bot.ratelimit import FairGate, RateLimiter
 from bot.reply_checks import ReplyCheck, check_reply
-from bot.safety import BOUNDARY, INJECTION_GUARD, Triage, language_notice, triage
+from bot.safety import BOUNDARY, INJECTION_GUARD, Triage, crisis_model, language_notice, triage
 
 if TYPE_CHECKING:
     from bot.core import ConversationCore, HandleResult
@@ -59,6 +59,7 @@ class SafetyLayer:
         self.cfg = cfg
         self.limiter = RateLimiter(cfg.rate_limit_messages, cfg.rate_limit_window_s)
         self.gate = FairGate(per_key=cfg.per_patient_concurrency)
+        crisis_model(core.pack)  # train the classifier now (a fraction of a second), not on a patient's message
 
     # ------------------------------------------------------------------ triage
 
