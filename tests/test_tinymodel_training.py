@@ -126,14 +126,23 @@ def test_lora_training_lowers_validation_loss_and_adapter_loads(tiny_model_dir: 
 
 
 def test_early_stopping_stops_when_validation_loss_stops_improving(tiny_model_dir: Path, tmp_path: Path) -> None:
-    # A learning rate this large makes validation loss blow up after the first epoch.
-    cfg = TrainingSettings(learning_rate=0.5, epochs=8, batch_size=8, max_length=256)
+    import random
+
+    # Answers are random word strings: whatever the model memorises about the training
+    # answers cannot help on the held-out ones, so validation loss soon turns upwards.
+    rng = random.Random(0)
+    words = "sweat hands feet doctor botox iontophoresis night skin calm help water cream".split()
+    examples = [
+        [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": " ".join(rng.choices(words, k=12))}]
+        for i in range(24)
+    ]
+    cfg = TrainingSettings(learning_rate=1e-2, epochs=30, batch_size=8, max_length=256)
     result = train_lora(
-        tiny_model_dir, sample_conversations(24), tmp_path / "a", cfg, val_fraction=0.25, early_stopping_patience=1
+        tiny_model_dir, examples, tmp_path / "m", cfg, val_fraction=0.25, early_stopping_patience=1, full_finetune=True
     )
-    assert result.stopped_early
-    assert result.epochs_run < 8
-    assert result.best_val_loss == min(result.val_loss)
+    assert result.stopped_early and result.epochs_run < 30
+    assert result.val_loss[-1] > result.best_val_loss == min(result.val_loss)
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["metrics"]["stopped_early"] is True
 
 
 @pytest.mark.parametrize("how", ["cancel", "ctrl-c"])
