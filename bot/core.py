@@ -538,7 +538,7 @@ class ConversationCore:
 
     async def forget_patient(self, platform: str, user_id: str) -> int:
         """Delete a patient and everything derived from them (cascades to dataset examples)."""
-        cards = await self.safety.cards_of(platform, user_id)  # posted review cards, redacted below
+        cards = await self.safety.prepare_forget(platform, user_id)  # secure delete on; cards to redact
         async with self.db.transaction() as conn:
             # Dataset examples made from the patient's review items, even if one lost its patient_id.
             await conn.execute(
@@ -551,6 +551,5 @@ class ConversationCore:
                 "DELETE FROM patients WHERE platform = ? AND platform_user_id = ?", (platform, user_id)
             )
             removed = cursor.rowcount
-        await self.safety.redact_cards(cards)
-        self.safety.forget_state(platform, user_id)
+        await self.safety.after_forget(platform, user_id, cards)  # redact cards, flush the WAL, drop limits
         return removed

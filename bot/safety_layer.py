@@ -111,6 +111,20 @@ class SafetyLayer:
         except Exception:
             log.exception("delivery of a safety notice on %s failed", msg.platform)
 
+    async def prepare_forget(self, platform: str, user_id: str) -> list[tuple[int, str]]:
+        """Before deleting: overwrite deleted content on disk, and note the posted review cards."""
+        await self.core.db.execute("PRAGMA secure_delete = ON")
+        return await self.cards_of(platform, user_id)
+
+    async def after_forget(self, platform: str, user_id: str, cards: list[tuple[int, str]]) -> None:
+        """After deleting: redact posted cards, move the WAL into the (zeroed) database file, drop limits."""
+        await self.redact_cards(cards)
+        self.forget_state(platform, user_id)
+        try:
+            await self.core.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception:  # a busy reader only delays the checkpoint; SQLite retries it later
+            log.warning("WAL checkpoint after forget-me did not complete; it will on the next checkpoint")
+
     async def cards_of(self, platform: str, user_id: str) -> list[tuple[int, str]]:
         """(item id, card refs) of the patient's review items that were posted on a platform."""
         rows = await self.core.db.fetchall(
