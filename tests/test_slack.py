@@ -716,7 +716,7 @@ async def test_long_reply_is_split_and_updated_in_place(tmp_path, fake):
     long_reply = "\n\n".join(paragraph * 6 for _ in range(16))  # about 9,000 characters
     async with running(tmp_path, fake, backend=FixedBackend(reply=long_reply)) as (service, runner):
         http = SignedHTTP(runner.url)
-        ts, card = await ask(http, fake, "tell me everything")
+        ts, card = await ask(http, fake, "tell me everything about the treatments for sweaty hands")
         parts = fake.thread(SUPPORT, ts)[1:]
         assert len(parts) >= 3
         assert all(len(section_texts(p)[0]) <= 3000 and len(p["text"]) < 4000 for p in parts)
@@ -795,6 +795,7 @@ async def test_socket_mode_full_loop(tmp_path, fake):
         assert "payload" not in ack or not ack["payload"]
         await fake.wait_for(
             lambda: section_texts(fake.thread(SUPPORT, event["ts"])[1])[0] == "After surgery they do not grow back.")
+        await fake.wait_for(lambda: "Edited" in json.dumps(fake.messages[card["ts"]]["blocks"]))  # decision done
         # a moderator's slash command: the result comes back in the ack payload
         ack = await fake.wait_ack(await fake.send_envelope(
             "slash_commands", command_body(fake, "/sweat-dataset", MODERATOR)))
@@ -804,7 +805,7 @@ async def test_socket_mode_full_loop(tmp_path, fake):
         assert "Only moderators" in ack["payload"]["text"]
         # a reaction decides too
         ts2 = new_ts()
-        await fake.send_envelope("events_api", event_body(message("second question", ts=ts2, user=PATIENT2)))
+        await fake.send_envelope("events_api", event_body(message("second question: does iontophoresis work for sweaty feet?", ts=ts2, user=PATIENT2)))
         await fake.wait_for(lambda: len(cards(fake)) == 2)
         await fake.send_envelope("events_api", event_body(reaction("x", LISTED, cards(fake)[1]["ts"])))
         await fake.wait_for(lambda: section_texts(fake.thread(SUPPORT, ts2)[-1])[0] == WITHDRAWN_TEXT)
@@ -815,7 +816,8 @@ async def test_socket_mode_full_loop(tmp_path, fake):
         await fake.wait_for(lambda: fake.socket_connections == 2 and not fake.ws.closed)
         assert len(fake.calls_to("apps.connections.open")) == 2
         ts3 = new_ts()
-        await fake.send_envelope("events_api", event_body(message("after the reconnect", ts=ts3, user=PATIENT2)))
+        later = message("after the reconnect: is sweating worse in summer?", ts=ts3, user=PATIENT2)
+        await fake.send_envelope("events_api", event_body(later))
         await fake.wait_for(lambda: len(cards(fake)) == 3)
         assert len(fake.thread(SUPPORT, ts3)) == 1  # PATIENT2 already had the first-contact notice
 

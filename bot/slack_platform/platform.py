@@ -410,17 +410,22 @@ class SlackPlatform:
             return
         await self._decide(item_id, event.get("user", ""), "", item["channel"], decision)
 
-    async def _card_item(self, channel: str, ts: str) -> int | None:
+    async def _card_item(self, channel: str, ts: str, attempts: int = 3) -> int | None:
+        """The review item of a card. A card is known a moment after Slack shows it, so a
+        reaction on an unknown message is looked up again briefly before it is ignored."""
         ref = f"{channel}:{ts}"
-        if ref in self._card_items:
-            return self._card_items[ref]
-        row = await self.service.db.fetchone(
-            "SELECT id FROM review_items WHERE json_extract(card_ref, '$.slack') = ?", (ref,)
-        )
-        if row is None:
-            return None
-        self._card_items[ref] = int(row[0])
-        return int(row[0])
+        for attempt in range(attempts):
+            if ref in self._card_items:
+                return self._card_items[ref]
+            row = await self.service.db.fetchone(
+                "SELECT id FROM review_items WHERE json_extract(card_ref, '$.slack') = ?", (ref,)
+            )
+            if row is not None:
+                self._card_items[ref] = int(row[0])
+                return int(row[0])
+            if attempt < attempts - 1:
+                await asyncio.sleep(0.5)
+        return None
 
     async def _decide(self, item_id: int | None, user_id: str, name: str, channel: str, decision: Action,
                       edited_text: str | None = None, rubric: Rubric | None = None) -> None:
