@@ -121,7 +121,7 @@ class FakeSlack:
     def channel_messages(self, channel: str) -> list[dict[str, Any]]:
         return [m for ts, m in sorted(self.messages.items(), key=lambda kv: float(kv[0])) if m["channel"] == channel]
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Wait until ``predicate()`` is truthy (re-checked whenever a call or ack arrives)."""
         deadline = time.monotonic() + timeout
         async with self._changed:
@@ -137,7 +137,7 @@ class FakeSlack:
                 except asyncio.TimeoutError:
                     pass
 
-    async def wait_calls(self, method: str, count: int = 1, timeout: float = 5.0,
+    async def wait_calls(self, method: str, count: int = 1, timeout: float = 10.0,
                          where: Callable[[Call], bool] | None = None) -> list[Call]:
         return await self.wait_for(lambda: (found := self.calls_to(method, where)) and len(found) >= count and found,
                                    timeout)
@@ -245,8 +245,11 @@ class FakeSlack:
     def _m_users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         user = args.get("user", "")
         info = self.users.get(user, {"name": user.lower(), "real_name": f"User {user}"})
-        return {"ok": True, "user": {"id": user, "name": info.get("name"), "real_name": info.get("real_name"),
-                                     "profile": {"display_name": info.get("display_name", "")}}}
+        answer = {"id": user, "name": info.get("name"), "real_name": info.get("real_name"), "tz": "Europe/London",
+                  "profile": {"display_name": info.get("display_name", "")}}
+        if str(args.get("include_locale", "")).lower() in ("true", "1"):
+            answer["locale"] = info.get("locale", "en-US")
+        return {"ok": True, "user": answer}
 
     # ------------------------------------------------------------------ response_url
 
@@ -295,5 +298,5 @@ class FakeSlack:
         await self.ws.send_str(json.dumps(envelope))  # type: ignore[union-attr]
         return envelope_id
 
-    async def wait_ack(self, envelope_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def wait_ack(self, envelope_id: str, timeout: float = 10.0) -> dict[str, Any]:
         return await self.wait_for(lambda: self.acks.get(envelope_id), timeout)

@@ -367,12 +367,15 @@ async def test_attachment_only_message_gets_a_notice(http_slack, fake):
 
 async def test_crisis_message_gets_resources_and_alerts_the_reviewers(http_slack, fake):
     service, runner, http = http_slack
+    fake.users[PATIENT] = {"name": "pat", "locale": "en-GB"}  # crisis resources for the patient's country
     event = message("I can't cope with this any more, I want to die")
     await http.event(event)
     alert = await fake.wait_for(lambda: [m for m in fake.channel_messages(REVIEW) if "Crisis" in m["text"]])
     assert alert[0]["text"].startswith(f":rotating_light: <@{MODERATOR}> <!subteam^{GROUP}>")
     thread = fake.thread(SUPPORT, event["ts"])
-    assert section_texts(thread[-1])[0] == blocks_escape(service.pack.crisis_message(None).strip())
+    assert service.pack.crisis_message("GB") != service.pack.crisis_message(None)
+    assert section_texts(thread[-1])[0] == blocks_escape(service.pack.crisis_message("GB").strip())
+    assert await service.db.fetchval("SELECT region FROM patients") == "GB"
     assert not service.backend.calls  # the model is not asked
 
 

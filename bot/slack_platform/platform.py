@@ -107,6 +107,7 @@ class SlackPlatform:
         self._messages = _Seen()
         self._card_items: dict[str, int] = {}  # "channel:ts" of a card -> review item id
         self._names: dict[str, tuple[str, float]] = {}
+        self._regions: dict[str, tuple[str | None, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -226,6 +227,29 @@ class SlackPlatform:
             log.info("slack: users.info for %s failed (%s)", user_id, _error(exc))
         self._names[user_id] = (name, time.monotonic())
         return name
+
+    async def _region(self, user_id: str) -> str | None:
+        """The patient's country from their Slack locale ("en-GB" -> "GB"), for crisis resources."""
+        cached = self._regions.get(user_id)
+        if cached and time.monotonic() - cached[1] < 3600:
+            return cached[0]
+        region = None
+        try:
+            user = (await self.client.users_info(user=user_id, include_locale=True)).get("user") or {}
+            locale = str(user.get("locale") or "")
+            if "-" in locale:
+                region = locale.rsplit("-", 1)[1].upper() or None
+        except SlackApiError as exc:
+            log.info("slack: users.info for %s failed (%s)", user_id, _error(exc))
+        self._regions[user_id] = (region, time.monotonic())
+        return region
+
+    async def _region_soon(self, user_id: str) -> str | None:
+        """The region if Slack says it quickly: the message must be stored without delay."""
+        try:
+            return await asyncio.wait_for(self._region(user_id), timeout=1.5)
+        except asyncio.TimeoutError:
+            return None
 
     # ================================================================== in: bolt listeners
 
@@ -347,6 +371,7 @@ class SlackPlatform:
             text=text.strip(),
             attachments=len(event.get("files") or []),
             platform_message_id=ts,
+            region=await self._region_soon(user),
         )
         try:
             await self.service.core.handle_message(incoming)
