@@ -62,6 +62,7 @@ async def batching(model_dir: Path, rounds: int, max_new_tokens: int, window_ms:
     )
     backend = LocalBackend(settings, str(model_dir))
     await backend.start()
+    threads = _torch_threads()
     try:
         async def one_by_one() -> float:
             started = time.perf_counter()
@@ -87,7 +88,10 @@ async def batching(model_dir: Path, rounds: int, max_new_tokens: int, window_ms:
     finally:
         await backend.close()
     seq_rps, conc_rps = len(PROMPTS) / seq, len(PROMPTS) / conc
-    print(f"(a) batching, 8 requests, greedy, max_new_tokens = {max_new_tokens}, batch_window_ms = {window_ms:g}")
+    print(
+        f"(a) batching, 8 requests, greedy, max_new_tokens = {max_new_tokens}, "
+        f"batch_window_ms = {window_ms:g}, torch threads = {threads}"
+    )
     print(f"    one after another : {seq_rps:7.1f} req/s  ({seq * 1000:.0f} ms for 8)")
     print(f"    8 concurrent      : {conc_rps:7.1f} req/s  ({conc * 1000:.0f} ms for 8, batch sizes {sorted(set(sizes))})")
     print(f"    ratio             : {conc_rps / seq_rps:7.2f}x  (target >= 3x)")
@@ -148,7 +152,7 @@ async def main(rounds: int, max_new_tokens: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir = build_tiny_model(root / "model", corpus_from_conversations(sample_conversations(48)), seed=0)
-        print(f"tiny model, CPU cores: {os.cpu_count()}, torch threads: {_torch_threads()}")
+        print(f"tiny model, CPU cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
         # (a) before any training in this process: the service never trains in-process (the
         # retrain job is its own process), and a training run leaves the heap much larger.
         await batching(model_dir, rounds, max_new_tokens, window_ms=5.0)  # the default setting

@@ -179,6 +179,7 @@ class LocalBackend:
 
     def _load_model(self) -> None:
         """Worker thread: read model + tokenizer from a local directory or the local HF cache."""
+        import peft  # noqa: F401  (imported now so the first adapter swap does not pay for it)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -249,26 +250,23 @@ class LocalBackend:
         return await request.future
 
     async def _batch_loop(self) -> None:
-        """Collect up to max_batch_size requests within batch_window_ms, run them as one batch."""
+        """Collect up to max_batch_size requests within batch_window_ms, run them as one batch.
+
+        A full batch already waiting goes at once; otherwise the window gives requests that
+        arrive a moment apart the chance to share one generate call."""
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         window = self.settings.batch_window_ms / 1000.0
+        limit = self.settings.max_batch_size
         stopping = False
         while not stopping:
             first = await self._queue.get()
             if first is _STOP:
                 break
             batch: list[_Request] = [first]
-            deadline = loop.time() + window
-            while len(batch) < self.settings.max_batch_size:
-                remaining = deadline - loop.time()
-                try:
-                    if remaining <= 0:
-                        item = self._queue.get_nowait()
-                    else:
-                        item = await asyncio.wait_for(self._queue.get(), remaining)
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
+            if window > 0 and self._queue.qsize() < limit - 1:
+                await asyncio.sleep(window)
+            while len(batch) < limit and not self._queue.empty():
+                item = self._queue.get_nowait()
                 if item is _STOP:
                     stopping = True
                     break
