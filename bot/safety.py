@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SAFETY_DATA = Path(__file__).resolve().parent / "safety_data"
 CRISIS_TRAIN = SAFETY_DATA / "crisis_train.jsonl"
 DEFAULT_THRESHOLD = 0.5  # classifier probability for a crisis (rules fire regardless)
+MIN_CLASSIFIER_WORDS = 3
 POSSIBLE_THRESHOLD = 0.4  # below crisis but worth a human look: the reply is held for review
 
 # --------------------------------------------------------------------------------------------
@@ -346,6 +347,7 @@ _SCRIPTS = [
     ("th", re.compile(r"[\u0e00-\u0e7f]")),
 ]
 _TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
+_CJK = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af\u0e00-\u0e7f]")
 
 
 def detect_language(text: str, default: str = "en") -> str:
@@ -653,7 +655,11 @@ def triage(
     text = text or ""
     rule_hits = crisis_rule_hits(text)
     model = crisis_model(pack)
-    score = model.proba(text) if text.strip() else 0.0
+    # The classifier needs some words to go on: on one or two words it mostly echoes its prior,
+    # so very short messages are left to the rules (which cover the short explicit forms).
+    words = len(_TOKEN.findall(text))
+    enough = words >= MIN_CLASSIFIER_WORDS or bool(_CJK.search(text))
+    score = model.proba(text) if enough else 0.0
     cut = DEFAULT_THRESHOLD if threshold is None else threshold
     crisis = bool(rule_hits) or score >= cut
     maybe = POSSIBLE_THRESHOLD if possible_threshold is None else possible_threshold

@@ -185,13 +185,14 @@ def output_line(row: dict[str, Any], verdict: Triage, show_text: bool = False) -
 def run_triage(
     stream: Iterable[str],
     pack: Any,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     *,
     score: Score | None = None,
     show_text: bool = False,
     **options: Any,
 ) -> int:
     """Triage every message of ``stream``; one JSON line each to ``out``. Returns the count."""
+    out = out if out is not None else sys.stdout
     count = 0
     for row, verdict in triage_rows(read_messages(stream), pack, **options):
         out.write(json.dumps(output_line(row, verdict, show_text), ensure_ascii=False) + "\n")
