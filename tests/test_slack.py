@@ -857,3 +857,46 @@ async def test_manifest_matches_the_app(name):
         assert url.endswith(SlackSettings().http_path)
     else:
         assert manifest["settings"]["socket_mode_enabled"] is True
+
+
+# ====================================================================== the product's own command
+
+
+@pytest.mark.slow
+async def test_llm4sweat_run_connects_in_socket_mode(tmp_path, fake):
+    """`llm4sweat run` with Slack tokens in the environment connects (Socket Mode by default),
+    answers in the thread, posts the card, and disconnects cleanly on Ctrl-C."""
+    import signal
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}
+    env.update({
+        "LLM4SWEAT_DATA_DIR": str(tmp_path),
+        "LLM4SWEAT_INFERENCE__BACKEND": "fixed",
+        "LLM4SWEAT_SLACK__BOT_TOKEN": BOT_TOKEN,
+        "LLM4SWEAT_SLACK__APP_TOKEN": APP_TOKEN,
+        "LLM4SWEAT_SLACK__API_BASE_URL": fake.base_url,
+        "LLM4SWEAT_SLACK__SUPPORT_CHANNEL_IDS": json.dumps([SUPPORT]),
+        "LLM4SWEAT_SLACK__REVIEWER_CHANNEL_ID": REVIEW,
+        "LLM4SWEAT_SLACK__REVIEWER_USER_IDS": json.dumps([LISTED]),
+    })
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from bot.cli import app; app()", "run", "--no-console",
+        env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        await fake.wait_for(lambda: fake.socket_connections == 1 or proc.returncode is not None, timeout=90)
+        assert proc.returncode is None
+        event = message("Which antiperspirant works for sweaty hands?")
+        await fake.send_envelope("events_api", event_body(event))
+        card = (await fake.wait_for(lambda: cards(fake), timeout=30))[0]
+        assert len(fake.thread(SUPPORT, event["ts"])) == 2
+        await fake.send_envelope("interactive", block_action(fake, "review_approve", item_of(card), LISTED, card["ts"]))
+        await fake.wait_for(lambda: any(LABEL_APPROVED in t for t in context_texts(fake.thread(SUPPORT, event["ts"])[1])))
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        output = (await asyncio.wait_for(proc.communicate(), 60))[0].decode(errors="replace")
+    assert proc.returncode == 0, output[-2000:]
+    assert "connected in Socket Mode" in output and "slack: disconnected" in output
+    assert BOT_TOKEN not in output and APP_TOKEN not in output
