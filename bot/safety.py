@@ -40,6 +40,7 @@ SAFETY_DATA = Path(__file__).resolve().parent / "safety_data"
 CRISIS_TRAIN = SAFETY_DATA / "crisis_train.jsonl"
 DEFAULT_THRESHOLD = 0.5  # classifier probability for a crisis (rules fire regardless)
 MIN_CLASSIFIER_WORDS = 3
+RED_FLAG_THRESHOLD = 0.8  # classifier threshold when the message trips a pack red flag and no crisis rule
 POSSIBLE_THRESHOLD = 0.4  # below crisis but worth a human look: the reply is held for review
 
 # --------------------------------------------------------------------------------------------
@@ -661,6 +662,11 @@ def triage(
     enough = words >= MIN_CLASSIFIER_WORDS or bool(_CJK.search(text))
     score = model.proba(text) if enough else 0.0
     cut = DEFAULT_THRESHOLD if threshold is None else threshold
+    flags = red_flags_in(text, pack)
+    if flags and not rule_hits:
+        # A message describing red-flag symptoms ("I wake up drenched every night") shares words
+        # with medical emergencies; without a rule match the classifier needs to be very sure.
+        cut = max(cut, RED_FLAG_THRESHOLD)
     crisis = bool(rule_hits) or score >= cut
     maybe = POSSIBLE_THRESHOLD if possible_threshold is None else possible_threshold
     possible = not crisis and score >= min(maybe, cut)
@@ -669,7 +675,6 @@ def triage(
     pack_language = getattr(getattr(pack, "meta", None), "language", None) or getattr(pack, "language", None) or "en"
     language = detect_language(text, default=pack_language)
     supported = {pack_language, *reply_languages}
-    flags = red_flags_in(text, pack)
     scope = out_of_scope(text, policy_for(pack))
     injection = bool(injection_hits(text))
     verdict = Triage(
