@@ -280,6 +280,83 @@ def adapters_list() -> None:
     console.print(table)
 
 
+@adapters_app.command("promote")
+def adapters_promote(
+    version: str = typer.Argument(..., help="The adapter version, e.g. v3."),
+    force: bool = typer.Option(False, "--force", help="Skip the promotion gate (the adapter must still load)."),
+) -> None:
+    """Make VERSION live if it passes the promotion gate (hot swap when the service runs)."""
+    from pipeline import loop_cli
+
+    raise typer.Exit(_model_loop(loop_cli.promote, settings(), console, version, force=force))
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    version: Optional[str] = typer.Argument(None, help="A version to return to (default: the previous live one)."),
+) -> None:
+    """Return to the previously live adapter (hot swap when the service runs)."""
+    from pipeline import loop_cli
+
+    raise typer.Exit(_model_loop(loop_cli.rollback, settings(), console, version))
+
+
+@app.command("train")
+def train_cmd(
+    dataset_file: Optional[Path] = typer.Option(None, "--dataset", help="Chat JSONL to train on (default: a snapshot of the database)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Adapter folder (default: the adapters folder / next version)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Model folder (default: the one `run` serves)."),
+    register: bool = typer.Option(True, "--register/--no-register", help="Record the adapter as a candidate."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5, help="Held-out validation share."),
+) -> None:
+    """LoRA fine-tuning on the dataset (assistant turns only), with a validation split and early stopping."""
+    from pipeline import loop_cli
+
+    raise typer.Exit(_model_loop(loop_cli.train, settings(), console, base_model=base_model, dataset_file=dataset_file,
+                                 out=out, register=register, max_steps=max_steps, val_fraction=val_fraction))
+
+
+@app.command("eval")
+def eval_cmd(
+    adapter: list[str] = typer.Option([], "--adapter", "-a", help="A registry version or adapter folder; repeatable."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Model folder (default: the one `run` serves)."),
+    include_base: bool = typer.Option(True, "--base/--no-base", help="Evaluate the base model too (the baseline)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many questions per task."),
+    safety: bool = typer.Option(True, "--safety/--no-safety", help="Run the safety suite (crisis routing, red-flag replies)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for evaluation.json and evaluation.png."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Store results of registry versions in the registry."),
+) -> None:
+    """Multiple-choice accuracy per task with 95% CIs (base vs adapters), safety suite, table, JSON and PNG."""
+    from pipeline import loop_cli
+
+    raise typer.Exit(_model_loop(loop_cli.evaluate, settings(), console, base_model=base_model, adapters=adapter,
+                                 include_base=include_base, limit=limit, safety=safety, out=out, save=save))
+
+
+@app.command("retrain")
+def retrain_cmd(
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job in the running service to its end."),
+    here: bool = typer.Option(False, "--here", help="Run the job in this process even if the service is running."),
+) -> None:
+    """Retrain now: snapshot, train, evaluate, gate, and go live if better (in the running service when there is one)."""
+    from pipeline import loop_cli
+
+    raise typer.Exit(_model_loop(loop_cli.retrain, settings(), console, wait=wait, here=here))
+
+
+def _model_loop(command: Any, *args: Any, **kwargs: Any) -> int:
+    """Run a model-loop command; expected failures end with one clear line."""
+    from pipeline.packs import PackError
+    from pipeline.retrain import RetrainError
+
+    try:
+        return int(command(*args, **kwargs) or 0)
+    except (StorageError, RetrainError, PackError, FileExistsError, ValueError) as exc:
+        err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
+        return 2
+
+
 @reviews_app.command("agreement")
 def reviews_agreement() -> None:
     """Cohen's and Fleiss' kappa over items that several reviewers scored."""

@@ -1,0 +1,378 @@
+"""The model-loop subcommands of ``llm4sweat``: train, eval, retrain, adapters promote/rollback.
+
+``bot/cli.py`` holds thin typer wrappers; the work is here so it can be tested directly.
+
+When the service is running with its local console (``llm4sweat run``), ``retrain``,
+``adapters promote`` and ``adapters rollback`` go through the console's moderator API, so
+the running bot does the work and hot-swaps the adapter without a restart. When nothing is
+running they work on the database directly; a promoted or rolled-back adapter is then
+loaded when the service next starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from bot.settings import Settings
+from bot.storage import Database
+from pipeline import evaluate as ev
+from pipeline import jobs, registry
+from pipeline import retrain as rt
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def base_model_for(cfg: Settings, explicit: str | None) -> str:
+    """The model to train or evaluate on: the one ``llm4sweat run`` serves (or ``explicit``)."""
+    if explicit:
+        return explicit
+    if cfg.inference.backend == "local":
+        from bot.cli import resolve_model
+
+        path, _ = resolve_model(cfg, demo=False)
+        if path:
+            return path
+    return rt.resolve_base_model(_Shim(cfg))
+
+
+class _Shim:
+    def __init__(self, cfg: Settings):
+        self.settings = cfg
+
+
+# --------------------------------------------------------------------------------- train
+
+
+def train(cfg: Settings, console: Console, *, base_model: str | None, dataset_file: Path | None, out: Path | None,
+          register: bool, max_steps: int | None, val_fraction: float) -> int:
+    from pipeline.packs import load_pack
+    from pipeline.training import TrainProgress, TrainingCancelled, train_lora
+
+    base = base_model_for(cfg, base_model)
+    pack = load_pack(cfg.pack_path)
+
+    async def prepare() -> tuple[list, str, str | None]:
+        db = await Database(cfg.db_path).open()
+        try:
+            version = await rt.next_version(db, Path(cfg.adapters_path)) if out is None else None
+            if dataset_file is not None:
+                rows = [json.loads(line) for line in dataset_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+                examples = [r["messages"] if isinstance(r, dict) else r for r in rows]
+                from pipeline.packs import find_eval_leaks
+
+                texts = ["\n".join(m["content"] for m in ex if m.get("role") != "system") for ex in examples]
+                leaked = {leak.text_index for leak in find_eval_leaks(pack.eval_questions, texts)}
+                if leaked:
+                    console.print(f"[yellow]{len(leaked)} example(s) contain evaluation questions and are left out.[/yellow]")
+                examples = [ex for i, ex in enumerate(examples) if i not in leaked]
+                return examples, str(dataset_file), version
+            snap = await rt.export_snapshot(db, pack, Path(cfg.data_dir) / "jobs" / "cli-train" / "dataset.jsonl")
+            if snap.excluded:
+                console.print(f"[yellow]{len(snap.excluded)} example(s) contain evaluation questions and are left out.[/yellow]")
+            examples = [json.loads(line)["messages"] for line in snap.path.read_text().splitlines() if line.strip()]
+            return examples, f"database snapshot {snap.hash[:12]}", version
+        finally:
+            await db.close()
+
+    examples, source, version = asyncio.run(prepare())
+    target = out or Path(cfg.adapters_path) / str(version)
+    version = version or target.name
+    console.print(f"Training LoRA adapter {version} on {len(examples)} examples ({source}); base model {base}")
+    with _progress(console) as bar:
+        task = bar.add_task("training", total=None)
+
+        def on_progress(p: TrainProgress) -> None:
+            desc = f"training epoch {p.epoch:.1f}"
+            if p.train_loss is not None:
+                desc += f" loss {p.train_loss:.3f}"
+            if p.val_loss is not None:
+                desc += f" val {p.val_loss:.3f}"
+            bar.update(task, completed=p.step, total=p.total_steps, description=desc)
+
+        try:
+            result = train_lora(base, examples, target, cfg.training, val_fraction=val_fraction, progress=on_progress,
+                                max_steps=max_steps)
+        except KeyboardInterrupt:
+            console.print("[yellow]Interrupted: no adapter was written.[/yellow]")
+            return 130
+        except TrainingCancelled:
+            console.print("[yellow]Cancelled: no adapter was written.[/yellow]")
+            return 130
+    m = result.manifest["metrics"]
+    console.print(
+        f"Adapter written to {result.out_dir}: {result.steps} steps in {result.seconds:.1f} s "
+        f"({result.examples_per_second:.1f} examples/s); validation loss {m['initial_val_loss']} → {m['best_val_loss']}"
+    )
+    if register:
+        async def reg() -> None:
+            db = await Database(cfg.db_path).open()
+            try:
+                await registry.register(db, version, result.out_dir, base, result.manifest, status="candidate")
+            finally:
+                await db.close()
+
+        asyncio.run(reg())
+        console.print(f"Registered {version} as a candidate. Next: llm4sweat eval --adapter {version}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- eval
+
+
+def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapters: list[str], include_base: bool,
+             limit: int | None, safety: bool, out: Path | None, save: bool) -> int:
+    from pipeline.packs import load_pack
+
+    pack = load_pack(cfg.pack_path)
+    base = base_model_for(cfg, base_model)
+
+    async def lookup() -> tuple[list[ev.Subject], dict[str, Any] | None]:
+        db = await Database(cfg.db_path).open()
+        try:
+            subjects: list[ev.Subject] = []
+            for name in adapters:
+                row = await registry.get(db, name)
+                if row is not None:
+                    subjects.append(ev.Subject(row["version"], row["version"], Path(row["path"])))
+                elif Path(name).is_dir():
+                    subjects.append(ev.Subject(Path(name).name, None, Path(name)))
+                else:
+                    raise SystemExit(f"{name!r} is neither an adapter version in the registry nor a folder")
+            live = await registry.live(db)
+            return subjects, live
+        finally:
+            await db.close()
+
+    try:
+        subjects, live = asyncio.run(lookup())
+    except SystemExit as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    for s in subjects:
+        problem = registry.adapter_problem(s.path) if s.path else None
+        if problem:
+            console.print(f"[red]{s.label}: {problem}[/red]")
+            return 2
+    lead: list[ev.Subject] = []
+    if include_base:
+        lead.append(ev.Subject(ev.BASE_LABEL))
+    if live and adapters and live["version"] not in [s.label for s in subjects]:
+        lead.append(ev.Subject(live["version"], live["version"], Path(live["path"])))  # the reference for the gate
+    subjects = lead + subjects
+    if not subjects:
+        console.print("[red]Nothing to evaluate.[/red]")
+        return 2
+    cfg_eval = ev.EvalConfig(limit_per_task=limit, safety=safety, prompt_budget=cfg.prompt.token_budget)
+    console.print(f"Evaluating {', '.join(s.label for s in subjects)} on {base}")
+    with _progress(console) as bar:
+        task = bar.add_task("loading", total=None)
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=phase, completed=done, total=total)
+
+        report = ev.evaluate(base, subjects, pack, cfg_eval, progress=on_progress)
+    order = report["order"]
+    reference = live["version"] if live and live["version"] in order else (ev.BASE_LABEL if ev.BASE_LABEL in order else None)
+    delta = (reference, order[-1]) if reference and order[-1] != reference else None
+    out_dir = out or Path(cfg.data_dir) / "evaluations" / time.strftime("eval-%Y%m%d-%H%M%S")
+    paths = ev.write_outputs(report, out_dir, order, delta)
+    console.print(ev.default_title(report))
+    console.print(ev.rich_table(report, order, delta))
+    console.print(f"JSON: {paths['json']}\nChart: {paths['png']}")
+    if save and reference:
+        from pipeline import gate
+
+        async def store() -> None:
+            db = await Database(cfg.db_path).open()
+            try:
+                for s in subjects:
+                    if s.version is None or s.label == reference or await registry.get(db, s.version) is None:
+                        continue
+                    decision = gate.decide_from_settings(report["runs"][s.label], report["runs"][reference], cfg.training,
+                                                         candidate_name=s.label)
+                    record = rt.registry_record(report, s.label, decision, {k: str(v) for k, v in paths.items()})
+                    await registry.set_evaluation(db, s.version, record)
+                    console.print(decision.text())
+            finally:
+                await db.close()
+
+        asyncio.run(store())
+    return 0
+
+
+# --------------------------------------------------------------------------------- the running console
+
+
+async def _console_call(cfg: Settings, method: str, path: str, body: dict[str, Any] | None = None,
+                        params: dict[str, str] | None = None, timeout: float = 3.0) -> dict[str, Any] | None:
+    """A call to the running service's local console API, or None when none is running."""
+    import aiohttp
+
+    host = cfg.local.host if cfg.local.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    url = f"http://{host}:{cfg.local.port}{path}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.request(method, url, json=body, params=params) as resp:
+                if resp.content_type != "application/json":
+                    return None
+                return await resp.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return None
+
+
+async def console_command(cfg: Settings, command: str, argument: str | None = None) -> dict[str, Any] | None:
+    """Run a moderator command in the running service; None when no console answers."""
+    if await _console_call(cfg, "GET", "/api/info", timeout=1.0) is None:
+        return None
+    moderator = (cfg.local.moderator_ids or ["moderator"])[0]
+    return await _console_call(cfg, "POST", "/api/moderator/command",
+                               {"moderator": moderator, "command": command, "argument": argument or ""}, timeout=30.0)
+
+
+# --------------------------------------------------------------------------------- retrain
+
+
+def retrain(cfg: Settings, console: Console, *, wait: bool, here: bool) -> int:
+    if not here:
+        reply = asyncio.run(console_command(cfg, "retrain"))
+        if reply is not None:
+            console.print(f"(the running service) {reply.get('text') or reply.get('error')}")
+            if wait and reply.get("data", {}).get("job_id"):
+                return asyncio.run(_wait_for_job(cfg, console, int(reply["data"]["job_id"])))
+            return 0 if reply.get("ok", True) else 1
+    return asyncio.run(_retrain_here(cfg, console))
+
+
+async def _wait_for_job(cfg: Settings, console: Console, job_id: int) -> int:
+    db = await Database(cfg.db_path).open()
+    try:
+        last = ""
+        while True:
+            row = await jobs.get(db, job_id)
+            if row is None:
+                console.print(f"[red]job #{job_id} disappeared[/red]")
+                return 1
+            if row["progress"] and row["progress"] != last:
+                last = row["progress"]
+                console.print(f"  {last}")
+            if row["status"] not in ("queued", "running"):
+                break
+            await asyncio.sleep(1.0)
+        if row["status"] == "succeeded":
+            result = json.loads(row["result"] or "{}")
+            console.print(result.get("summary", "done"), highlight=False, markup=False)
+            return 0
+        console.print(f"[red]job #{job_id} {row['status']}: {row['error']}[/red]")
+        return 1
+    finally:
+        await db.close()
+
+
+async def _retrain_here(cfg: Settings, console: Console) -> int:
+    from pipeline.packs import load_pack
+
+    pack = load_pack(cfg.pack_path)
+    base = await asyncio.to_thread(base_model_for, cfg, None)
+    db = await Database(cfg.db_path).open()
+    try:
+        await jobs.mark_interrupted(db)
+        request = await jobs.request(db, "retrain", "cli")
+        if not request.created:
+            console.print(f"A retraining job (#{request.job_id}) is already {request.status}.")
+            return 1
+        service = rt.HeadlessService(cfg, db, pack, base)
+        console.print(f"Retraining job #{request.job_id} (no service is running: working here)")
+        last = [0.0]
+
+        def echo(text: str) -> None:
+            t = time.monotonic()
+            if "\n" in text or t - last[0] > 2.0:
+                last[0] = t
+                console.print(text if "\n" in text else f"  {text}", highlight=False, markup=False)
+
+        result = await rt.run_retrain_job(service, request.job_id, echo=echo)
+        if result.get("status") == "failed":
+            return 1
+        if result.get("promoted"):
+            console.print(f"{result['version']} is recorded as live; the service loads it when it next starts.")
+        return 0
+    finally:
+        await db.close()
+
+
+# --------------------------------------------------------------------------------- promote, rollback
+
+
+def promote(cfg: Settings, console: Console, version: str, *, force: bool) -> int:
+    async def go() -> int:
+        from pipeline.packs import load_pack
+
+        db = await Database(cfg.db_path).open()
+        try:
+            service = rt.HeadlessService(cfg, db, load_pack(cfg.pack_path), await asyncio.to_thread(_maybe_base, cfg))
+            check = await rt.check_promotion(service, version, force=force)
+            if not check.ok:
+                console.print(check.text, highlight=False, markup=False)
+                return 1
+            if check.text:
+                console.print(check.text, highlight=False, markup=False)
+            reply = await console_command(cfg, "rollback", version)  # "make VERSION live" in the running service
+            if reply is not None:
+                console.print(f"(the running service) {reply.get('text') or reply.get('error')}")
+                return 0 if reply.get("ok") else 1
+            outcome = await rt.promote(service, version, force=True)
+            console.print(outcome.text + ("" if not outcome.ok else " The service loads it when it next starts."))
+            return 0 if outcome.ok else 1
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def rollback(cfg: Settings, console: Console, version: str | None) -> int:
+    async def go() -> int:
+        reply = await console_command(cfg, "rollback", version)
+        if reply is not None:
+            console.print(f"(the running service) {reply.get('text') or reply.get('error')}")
+            return 0 if reply.get("ok") else 1
+        from pipeline.packs import load_pack
+
+        db = await Database(cfg.db_path).open()
+        try:
+            try:
+                target = await registry.rollback_target(db, version)
+            except registry.RegistryError as exc:
+                console.print(str(exc))
+                return 1
+            if target is None:
+                console.print("There is no earlier adapter to roll back to.")
+                return 1
+            service = rt.HeadlessService(cfg, db, load_pack(cfg.pack_path))
+            try:
+                await service.activate_adapter(target["version"])
+            except Exception as exc:
+                console.print(f"Rollback to {target['version']} failed: {exc}. The live adapter is unchanged.")
+                return 1
+            console.print(f"Rolled back: {target['version']} is recorded as live; the service loads it when it next starts.")
+            return 0
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def _maybe_base(cfg: Settings) -> str | None:
+    try:
+        return rt.resolve_base_model(_Shim(cfg))
+    except rt.RetrainError:
+        return None
