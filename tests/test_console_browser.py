@@ -72,7 +72,7 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         await expect(page.get_by_test_id("demo-banner")).to_be_hidden()
         await page.get_by_label("Your name").fill("alex")
         await page.get_by_label("Your message").fill(QUESTION)
-        await page.get_by_role("button", name="Send").click()
+        await page.get_by_role("button", name="Send", exact=True).click()
 
         reply = page.get_by_test_id("reply").last
         await expect(reply).to_have_attribute("data-kind", "pending_review")
@@ -93,7 +93,7 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
 
         # Someone without the reviewer role is refused, visibly, and nothing changes.
         await page.get_by_label("Reviewer name").fill("mallory")
-        await card.get_by_role("button", name="Approve").click()
+        await card.get_by_role("button", name="Approve", exact=True).click()
         await expect(card.get_by_test_id("review-result")).to_contain_text("reviewer role")
         assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
 
@@ -101,12 +101,12 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         await card.get_by_label("Accuracy").select_option("4")
         await card.get_by_label("Appropriateness").select_option("5")
         await card.get_by_label("Empathy").select_option("3")
-        await card.get_by_role("button", name="Edit").click()
+        await card.get_by_role("button", name="Edit", exact=True).click()
         editor = card.get_by_label("Corrected reply")
         await expect(editor).to_have_value(original)  # prefilled with the AI's reply
         await editor.fill(EDITED)
         await page.screenshot(path=str(tmp_path / "2-reviewer-editing.png"), full_page=True)
-        await card.get_by_role("button", name="Save edit").click()
+        await card.get_by_role("button", name="Save edit", exact=True).click()
         await expect(card.get_by_test_id("review-result")).to_contain_text("edited")
         await expect(page.get_by_test_id("queue-empty")).to_be_visible()
 
@@ -132,18 +132,18 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         # ---------------------------------------------------------------- a moderator presses Status
         await page.get_by_test_id("tab-moderator").click()
         await page.get_by_label("Moderator name").fill("moderator")
-        await page.get_by_role("button", name="Status").click()
+        await page.get_by_role("button", name="Status", exact=True).click()
         output = page.get_by_test_id("moderator-output")
         await expect(output).to_contain_text("Live adapter")
         await expect(output).to_contain_text("Review queue: 0 pending")
         await expect(output).to_contain_text("1 edited")
-        await page.get_by_role("button", name="Dataset").click()
+        await page.get_by_role("button", name="Dataset", exact=True).click()
         await expect(output).to_contain_text("expert_edited 1")
         await page.screenshot(path=str(tmp_path / "4-moderator-status.png"), full_page=True)
 
         # A non-moderator pressing a button is refused on the page, and answering is not paused.
         await page.get_by_label("Moderator name").fill("mallory")
-        await page.get_by_role("button", name="Pause").click()
+        await page.get_by_role("button", name="Pause", exact=True).click()
         await expect(output).to_contain_text("Only moderators")
         assert not await service.core.is_paused()
 
@@ -153,6 +153,15 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         await expect(page.get_by_test_id("demo-banner")).to_be_visible()
         await expect(page.get_by_test_id("demo-banner")).to_contain_text("DEMO")
         await page.screenshot(path=str(tmp_path / "5-demo-banner.png"))
+    except Exception:
+        # Leave evidence next to the screenshots: what the page showed and what went wrong in it.
+        await page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        (tmp_path / "failure.txt").write_text(
+            f"url: {page.url}\npage errors: {page_errors}\nexternal requests: {external}\n\n"
+            + await page.inner_text("body")
+        )
+        print(f"console click-through failed; see {tmp_path}/failure.png and failure.txt; page errors: {page_errors}")
+        raise
     finally:
         await runner.cleanup()
 
