@@ -714,6 +714,29 @@ async def test_message_of_20000_characters(http_slack, fake):
         assert sum(len(t) for t in section_texts(msg) + context_texts(msg)) < 4000
 
 
+async def test_block_kit_limits_hold_for_hostile_text():
+    """Text dense with Slack's control characters (& < > grow when escaped) and newlines stays
+    within every Block Kit limit on the patient's messages, the card and the modal."""
+    from bot.platform import PatientView, ReviewCard, ViewKind
+    from bot.slack_platform import blocks
+    from reviewers.models import Rubric
+
+    hostile = ("<!channel> & <@U123> >>> \n" * 900)[:20_000]
+    card = ReviewCard(item_id=7, reply_id=7, patient_text=hostile, reply_text=hostile, task="diagnosis",
+                      risk_flags=["red_flag:x"] * 50, adapter_version="v" * 500, state="pending",
+                      decided_by=["Dr & <b>"] * 200)
+    rendered = [blocks.review_card(card)]
+    rendered += blocks.patient_messages(PatientView(ViewKind.REVIEWED, hostile, "AI-written & <reviewed>", hostile))
+    for msg in rendered:
+        assert len(msg["text"]) < 4000 and len(msg["blocks"]) <= 50
+        assert all(len(t) <= 3000 for t in section_texts(msg) + context_texts(msg))
+        assert all("<!channel>" not in t and "<@U123>" not in t for t in section_texts(msg) + context_texts(msg))
+    modal = blocks.edit_modal(card, {"item_id": 7}, Rubric(accuracy=3))
+    field = next(b for b in modal["blocks"] if b.get("block_id") == "edit_text")
+    assert len(field["element"]["initial_value"]) <= 3000 and len(modal["title"]["text"]) <= 24
+    assert all(len(b["text"]["text"]) <= 3000 for b in modal["blocks"] if b["type"] == "section")
+
+
 async def test_long_reply_is_split_and_updated_in_place(tmp_path, fake):
     paragraph = "Sweating is controlled by the sympathetic nervous system, and treatments act at several points. "
     long_reply = "\n\n".join(paragraph * 6 for _ in range(16))  # about 9,000 characters

@@ -63,6 +63,24 @@ def clip(text: str, limit: int) -> str:
     return text[: limit - 1].rstrip() + "…"
 
 
+def fit(text: str, limit: int) -> str:
+    """``text`` escaped and, if needed, clipped so that the escaped form is at most ``limit``."""
+    escaped = escape(text)
+    cut = len(text)
+    while len(escaped) > limit:
+        cut = max(1, min(cut - 1, cut - (len(escaped) - limit)))
+        escaped = escape(clip(text, cut))
+    return escaped
+
+
+def _excerpt(text: str, limit: int, max_lines: int = 30) -> str:
+    """A quoted excerpt for a card: escaped, at most ``max_lines`` lines, within ``limit``."""
+    lines = [line for line in text.strip().split("\n") if line.strip()]
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + [" ".join(lines[max_lines - 1:])]
+    return _quote(fit("\n".join(lines), limit - 2 * len(lines)))
+
+
 def _chunks(text: str) -> list[str]:
     """Escaped parts of ``text`` that each fit one section block."""
     parts: list[str] = []
@@ -89,9 +107,9 @@ def patient_messages(view: PatientView) -> list[dict[str, Any]]:
         if index == len(parts) - 1:
             context = []
             if view.label:
-                context.append(f"{_KIND_ICON.get(view.kind, '')} *{escape(view.label)}*".strip())
+                context.append(f"{_KIND_ICON.get(view.kind, '')} *{fit(view.label, 500)}*".strip())
             if view.disclaimer:
-                context.append(f"_{clip(escape(view.disclaimer), SECTION_LIMIT - 2)}_")
+                context.append(f"_{fit(view.disclaimer, SECTION_LIMIT - 2)}_")
             if context:
                 blocks.append(_context(context))
         messages.append({"text": part or " ", "blocks": blocks})
@@ -129,21 +147,21 @@ def review_card(card: ReviewCard) -> dict[str, Any]:
     if card.priority == "high":
         title += " · HIGH PRIORITY"
     facts = [
-        f"Task: *{escape(card.task)}*",
-        f"Adapter: {escape(card.adapter_version or 'base model')}",
-        f"Risk flags: {escape(', '.join(card.risk_flags)) if card.risk_flags else 'none'}",
+        f"Task: *{fit(card.task, 200)}*",
+        f"Adapter: {fit(card.adapter_version or 'base model', 200)}",
+        f"Risk flags: {fit(', '.join(card.risk_flags), 1000) if card.risk_flags else 'none'}",
         _STATE_TEXT.get(card.state, escape(card.state)),
     ]
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title}},
         {"type": "section", "text": {"type": "mrkdwn",
-                                     "text": "*Patient asked*\n" + _quote(escape(clip(card.patient_text, CARD_PATIENT_LIMIT)))}},
+                                     "text": "*Patient asked*\n" + _excerpt(card.patient_text, CARD_PATIENT_LIMIT)}},
         {"type": "section", "text": {"type": "mrkdwn",
-                                     "text": "*Reply*\n" + escape(clip(card.reply_text, CARD_REPLY_LIMIT))}},
+                                     "text": "*Reply*\n" + (fit(card.reply_text, CARD_REPLY_LIMIT) or " ")}},
         _context(facts),
     ]
     if card.decided_by:
-        blocks.append(_context(["Decided by " + escape("; ".join(card.decided_by))]))
+        blocks.append(_context(["Decided by " + fit("; ".join(card.decided_by), 2000)]))
     if card.state == "pending":
         blocks.append({
             "type": "actions",
@@ -170,8 +188,8 @@ def review_card(card: ReviewCard) -> dict[str, Any]:
             ],
         })
         blocks.append(_context(["Or react with :white_check_mark: to approve or :x: to reject."]))
-    text = f"{title}: {_STATE_TEXT.get(card.state, card.state)} — {clip(card.reply_text, 200)}"
-    return {"text": escape(text), "blocks": blocks}
+    text = f"{title}: {_STATE_TEXT.get(card.state, card.state)} — {fit(card.reply_text, 200)}"
+    return {"text": text, "blocks": blocks}
 
 
 def rubric_from_values(values: dict[str, Any]) -> Rubric:
@@ -196,7 +214,7 @@ def edit_modal(card: ReviewCard, metadata: dict[str, Any], rubric: Rubric) -> di
     """The Edit modal: the reply prefilled, the rubric, validated by the app on submit."""
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn",
-                                     "text": "*Patient asked*\n" + _quote(escape(clip(card.patient_text, 600)))}},
+                                     "text": "*Patient asked*\n" + _excerpt(card.patient_text, 600)}},
         {
             "type": "input",
             "block_id": EDIT_BLOCK,

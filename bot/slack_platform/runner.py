@@ -189,6 +189,7 @@ async def _start_http(runner: SlackRunner, cfg: SlackSettings) -> None:
         await site.start()
     except OSError as exc:
         raise SlackStartError(f"Slack HTTP mode cannot listen on {cfg.http_host}:{cfg.http_port}: {exc}") from None
-    sockets = getattr(site._server, "sockets", None) or []  # the real port when http_port is 0
-    runner.host, runner.port, runner.path = cfg.http_host, (sockets[0].getsockname()[1] if sockets else cfg.http_port), cfg.http_path
+    addresses = web_runner.addresses  # the real port when http_port is 0
+    runner.host, runner.path = cfg.http_host, cfg.http_path
+    runner.port = addresses[0][1] if addresses else cfg.http_port
     log.info("slack: HTTP mode listening on %s:%s%s", cfg.http_host, runner.port, cfg.http_path)
