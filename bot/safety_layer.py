@@ -113,7 +113,7 @@ class SafetyLayer:
 
     async def prepare_forget(self, platform: str, user_id: str) -> list[tuple[int, str]]:
         """Before deleting: overwrite deleted content on disk, and note the posted review cards."""
-        await self.core.db.execute("PRAGMA secure_delete = ON")
+        await self.core.db.run(lambda conn: conn.execute("PRAGMA secure_delete = ON").fetchall(), write=False)
         return await self.cards_of(platform, user_id)
 
     async def after_forget(self, platform: str, user_id: str, cards: list[tuple[int, str]]) -> None:
@@ -121,8 +121,12 @@ class SafetyLayer:
         await self.redact_cards(cards)
         self.forget_state(platform, user_id)
         try:
-            await self.core.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except Exception:  # a busy reader only delays the checkpoint; SQLite retries it later
+            busy = await self.core.db.run(
+                lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone(), write=False
+            )
+        except Exception:
+            busy = (1,)
+        if busy and busy[0]:  # a busy reader only delays it: SQLite checkpoints again later
             log.warning("WAL checkpoint after forget-me did not complete; it will on the next checkpoint")
 
     async def cards_of(self, platform: str, user_id: str) -> list[tuple[int, str]]:
