@@ -278,6 +278,17 @@ async def test_forget_deletes_the_patient(console, service):
     assert status == 200 and body["deleted"] is False
 
 
+async def test_typed_forget_me_leaves_no_old_notices_behind(console, service):
+    await console.say("Something private about my sweating.")
+    body = await console.say("/forget-me")
+    assert body["message_id"] is None and body["views"]  # answered on the spot, not stored in a thread
+    assert await console.thread() == []
+    await console.say("A fresh start: does sweating get better with age?")
+    entries = await console.thread()
+    assert [e["type"] for e in entries] == ["message", "notice", "reply"]  # one consent notice, nothing older
+    assert all("private" not in e["text"] for e in entries)
+
+
 # ---------------------------------------------------------------------------- moderator
 
 

@@ -241,17 +241,18 @@ async def patient_message(request: web.Request) -> web.Response:
     })
 
 
-async def _conversation_id(service: "Service", user: str) -> int | None:
-    return await service.db.fetchval(
-        "SELECT id FROM conversations WHERE platform = ? AND channel_id = ? AND thread_id = ?",
+async def _conversation(service: "Service", user: str) -> tuple[int | None, float]:
+    row = await service.db.fetchone(
+        "SELECT id, created_at FROM conversations WHERE platform = ? AND channel_id = ? AND thread_id = ?",
         (PLATFORM, CHANNEL_ID, user),
     )
+    return (None, 0.0) if row is None else (int(row[0]), float(row[1]))
 
 
 async def patient_conversation(request: web.Request) -> web.Response:
     service = _service(request)
     user = _name(request.query.get("user"), "user")
-    conversation_id = await _conversation_id(service, user)
+    conversation_id, started = await _conversation(service, user)
     if conversation_id is None:
         return _ok({"user": user, "conversation_id": None, "entries": []})
     rows = await service.db.fetchall(
@@ -274,6 +275,8 @@ async def patient_conversation(request: web.Request) -> web.Response:
                             **_view_json(view)})
     platform: LocalPlatform = request.app[PLATFORM_KEY]
     for n, notice in enumerate(platform.notices.get(conversation_id, [])):
+        if notice["at"] < started:
+            continue  # from an earlier, deleted conversation that had the same id
         entries.append({"type": "notice", "id": n, "kind": notice["kind"], "text": notice["text"], "at": notice["at"]})
     # A message first, then what answered it (notices are sent just after their message is stored).
     order = {"message": 0, "notice": 1, "reply": 2}
@@ -285,7 +288,7 @@ async def patient_forget(request: web.Request) -> web.Response:
     service = _service(request)
     data = await _body(request)
     user = _name(data.get("user"), "user")
-    conversation_id = await _conversation_id(service, user)
+    conversation_id, _ = await _conversation(service, user)
     deleted = await service.core.forget_patient(PLATFORM, user)
     if conversation_id is not None:
         request.app[PLATFORM_KEY].notices.pop(conversation_id, None)

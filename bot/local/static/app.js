@@ -138,8 +138,9 @@
       setStatus(patientStatus, result.data.error, true);
       return;
     }
-    if (result.data.status === "empty") {
-      setStatus(patientStatus, result.data.views.map((v) => v.text).join(" "), true);
+    if (result.data.message_id === null && result.data.views.length) {
+      // Nothing was added to the thread (empty message, /forget-me …): show the answer here.
+      setStatus(patientStatus, result.data.views.map((v) => v.text).join(" "), result.data.status === "empty");
     } else if (sending === 0) {
       setStatus(patientStatus, "");
     }
