@@ -268,6 +268,19 @@ async def test_model_outage_shows_saved_notice_and_alerts_moderators(console, se
     assert entries[0]["status"] == "answered" and replies(entries)
 
 
+async def test_crisis_message_shows_resources_and_alerts_moderators(console, service):
+    body = await console.say("I can't take this sweating anymore, I want to kill myself.")
+    assert body["status"] == "crisis"
+    entries = await console.thread()
+    assert entries[0]["status"] == "crisis"
+    crisis = [e for e in entries if e["type"] == "notice" and e["kind"] == "crisis"]
+    assert len(crisis) == 1 and crisis[0]["text"]
+    assert replies(entries) == []  # never a model reply to a crisis message
+    status, alerts = await console.get("/api/moderator/alerts", moderator=MODERATOR)
+    assert status == 200 and any(a["urgent"] for a in alerts["alerts"])
+    assert any(i["kind"] == "crisis" for i in alerts["incidents"])
+
+
 async def test_forget_deletes_the_patient(console, service):
     await console.say("Please remember that my armpits sweat.")
     status, body = await console.post("/api/patient/forget", {"user": PATIENT})
