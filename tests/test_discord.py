@@ -548,6 +548,22 @@ async def test_second_decision_on_a_closed_item_changes_nothing(bot, fake, peopl
     assert (await bot.service.reviews.item(item))["state"] == "approved"
 
 
+async def test_an_internal_error_still_answers_the_reviewer(bot, fake, people, monkeypatch, caplog):
+    await bot.ask(people["patient"], "Can sweaty palms be cured?")
+    card = fake.bot_messages(fake.reviewer_channel_id)[0]
+    item = await bot.item_for_card(card)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("database is on fire")
+
+    monkeypatch.setattr(bot.service.core, "decide", broken)
+    click = await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
+    await fake.wait_for(lambda: click.followups, what="an answer despite the error")
+    assert "error on our side" in click.text and click.followups[0]["flags"] == EPHEMERAL
+    assert "database is on fire" not in click.text
+    assert any("failed" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+
+
 async def test_gated_mode_patient_sees_review_notice_that_becomes_the_answer(tmp_path, fake, people):
     harness = await Bot(tmp_path, fake, review={"mode": "gated"}).start()
     try:

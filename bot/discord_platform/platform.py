@@ -484,10 +484,11 @@ class DiscordPlatform:
         """Hand a decision to the core; returns the sentence to show the reviewer."""
         try:
             outcome = await self.service.core.decide(item_id, actor, action, edited_text, self._rubric(item_id, actor))
-        except PermissionDenied as exc:
+        except (PermissionDenied, ReviewError) as exc:
             return str(exc)
-        except ReviewError as exc:
-            return str(exc)
+        except Exception:
+            log.exception("Discord: %s on review item %s failed", action.value, item_id)
+            return "That did not work because of an error on our side; it has been logged. Please try again."
         if outcome.recorded:
             self._rubrics.pop((item_id, actor.user_id), None)
         message = outcome.message
@@ -588,6 +589,11 @@ class DiscordPlatform:
             reply = await self.service.commands.run(actor, command, argument)
         except PermissionDenied as exc:
             await interaction.followup.send(str(exc), ephemeral=True)
+            return
+        except Exception:
+            log.exception("Discord: /%s failed", command)
+            await interaction.followup.send("That did not work because of an error on our side; it has been logged.",
+                                            ephemeral=True)
             return
         text = reply.text
         if command == "eval" and reply.ok and "\n" in text:
