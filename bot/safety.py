@@ -693,6 +693,13 @@ def triage(
     return verdict
 
 
+def advises_doctor(reply: str) -> bool:
+    """Does a reply send the patient to a clinician? (The reply checks' own test; used by evaluation.)"""
+    from bot.reply_checks import advises_doctor as check
+
+    return check(reply)
+
+
 def loggable(text: str, settings: Any = None) -> str:
     """Message text for a log line: only when ``settings.log_message_text`` is on; else its length."""
     if settings is not None and getattr(settings, "log_message_text", False):

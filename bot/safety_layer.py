@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from bot.platform import IncomingMessage, PatientView, ReviewCard, ViewKind
 from bot.ratelimit import FairGate, RateLimiter
 from bot.reply_checks import ReplyCheck, check_reply
-from bot.safety import BOUNDARY, INJECTION_GUARD, Triage, crisis_model, language_notice, triage
+from bot.safety import BOUNDARY, INJECTION_GUARD, Triage, crisis_model, language_notice, loggable, triage
 
 if TYPE_CHECKING:
     from bot.core import ConversationCore, HandleResult
@@ -220,5 +220,8 @@ class SafetyLayer:
     def check_reply(self, reply_text: str, verdict: Triage) -> ReplyCheck:
         checked = check_reply(reply_text, self.core.pack, red_flags=verdict.red_flags)
         if not checked.ok:
-            log.warning("reply blocked by checks: %s", ", ".join(checked.checks_failed))
+            detail = ""
+            if self.core.settings.log_message_text:  # off by default: logs carry no patient or reply text
+                detail = " — " + "; ".join(loggable(f.detail, self.core.settings) for f in checked.failures)
+            log.warning("reply blocked by checks: %s%s", ", ".join(checked.checks_failed), detail)
         return checked
