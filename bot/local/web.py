@@ -69,6 +69,9 @@ STATUS_TEXT = {
     "paused": "the assistant is paused; your message is saved and will be answered",
     "crisis": "crisis resources sent; a person will look at this",
     "unsupported": "not answered (attachments only)",
+    "rate_limited": "saved, not answered: too many messages in a short time",
+    "out_of_scope": "answered with a fixed note (outside what this assistant covers)",
+    "language_unsupported": "answered with a fixed note (language not supported yet)",
 }
 
 SECURITY_HEADERS = {
@@ -266,7 +269,7 @@ async def patient_conversation(request: web.Request) -> web.Response:
     for row in rows:
         entries.append({
             "type": "message", "id": row["message_id"], "text": row["text"], "at": row["created_at"],
-            "status": row["status"], "status_text": STATUS_TEXT.get(row["status"], row["status"]),
+            "status": row["status"], "status_text": STATUS_TEXT.get(row["status"], row["status"].replace("_", " ")),
         })
         if row["reply_id"] is not None:
             view = service.core.view_for(row["reply_text"], row["delivery"], row["state"] or "pending", row["final_text"])
