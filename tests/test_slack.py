@@ -604,7 +604,8 @@ async def test_command_names_are_configurable(tmp_path, fake):
 
 async def test_forget_me(http_slack, fake):
     service, runner, http = http_slack
-    await ask(http, fake, "please remember my sweaty palms")
+    ts, card = await ask(http, fake, "please remember my sweaty palms")
+    assert "sweaty palms" in json.dumps(fake.messages[card["ts"]])
     status, body = await http.command(fake, "/forget-me", PATIENT)
     prompt = json.loads(body)
     assert prompt["blocks"][1]["elements"][0]["action_id"] == "forget_me_confirm"
@@ -616,6 +617,9 @@ async def test_forget_me(http_slack, fake):
     assert "deleted" in responses[0]["text"]
     assert await service.db.fetchval("SELECT COUNT(*) FROM patients") == 0
     assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 0
+    # the review card already posted in the reviewer channel no longer shows what they wrote
+    await fake.wait_for(lambda: "sweaty palms" not in json.dumps(fake.messages[card["ts"]]))
+    assert not [b for b in fake.messages[card["ts"]]["blocks"] if b["type"] == "actions"]
 
 
 # ====================================================================== the wire

@@ -147,7 +147,7 @@ def review_card(card: ReviewCard) -> dict[str, Any]:
     if card.priority == "high":
         title += " · HIGH PRIORITY"
     facts = [
-        f"Task: *{fit(card.task, 200)}*",
+        f"Task: *{fit(card.task, 200)}*" if card.task else "Task: —",
         f"Adapter: {fit(card.adapter_version or 'base model', 200)}",
         f"Risk flags: {fit(', '.join(card.risk_flags), 1000) if card.risk_flags else 'none'}",
         _STATE_TEXT.get(card.state, escape(card.state)),
