@@ -564,6 +564,29 @@ async def test_an_internal_error_still_answers_the_reviewer(bot, fake, people, m
     assert any("failed" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
 
 
+async def test_quorum_of_two_keeps_the_card_open_until_the_second_reviewer(tmp_path, fake, people):
+    harness = await Bot(tmp_path, fake, review={"quorum": 2}).start()
+    try:
+        thread = await harness.ask(people["patient"], "Are sweaty feet part of the same condition?")
+        card = fake.bot_messages(fake.reviewer_channel_id)[0]
+        item = await harness.item_for_card(card)
+        first = await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
+        await fake.wait_for(lambda: first.followups, what="first confirmation")
+        assert "1 of 2" in first.text
+        await harness.settle()
+        shown = fake.messages[card["id"]]
+        assert "dr_lee: approve" in json.dumps(shown["embeds"]) and shown["components"]  # still open
+        assert LABEL_PENDING in reply_message(fake, thread["id"])["content"]
+        second = await fake.click(people["reviewer2"], card["id"], f"l4s:approve:{item}")
+        await fake.wait_for(lambda: second.followups, what="second confirmation")
+        assert "approved" in second.text
+        assert LABEL_APPROVED in reply_message(fake, thread["id"])["content"]
+        await harness.settle()
+        assert fake.messages[card["id"]]["components"] == []
+    finally:
+        await harness.stop()
+
+
 async def test_gated_mode_patient_sees_review_notice_that_becomes_the_answer(tmp_path, fake, people):
     harness = await Bot(tmp_path, fake, review={"mode": "gated"}).start()
     try:
