@@ -515,6 +515,19 @@ async def test_non_reviewer_is_refused_with_an_ephemeral_message(http_slack, fak
     await fake.wait_for(lambda: any(LABEL_APPROVED in t for t in context_texts(fake.thread(SUPPORT, ts)[1])))
 
 
+async def test_an_unexpected_error_still_answers_the_reviewer(http_slack, fake, monkeypatch):
+    service, runner, http = http_slack
+    ts, card = await ask(http, fake, "Do sweaty hands run in families?")
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(service.core, "decide", broken)
+    await http.interact(block_action(fake, "review_approve", item_of(card), REVIEWER, card["ts"]))
+    replies = await fake.wait_for(lambda: ephemerals(fake, REVIEWER))
+    assert "Something went wrong" in replies[0] and "database" not in replies[0]
+
+
 async def test_gated_mode_holds_the_reply_until_approved(tmp_path, fake):
     async with running(tmp_path, fake, review_mode="gated") as (service, runner):
         http = SignedHTTP(runner.url)

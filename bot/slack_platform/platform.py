@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "slack"
 FORGET_COMMAND = "forget-me"
-APPROVE_REACTIONS = frozenset({"white_check_mark", "heavy_check_mark", "+1"})
-REJECT_REACTIONS = frozenset({"x", "no_entry", "no_entry_sign"})
+APPROVE_REACTIONS = frozenset({"white_check_mark", "heavy_check_mark"})  # ✅ ✔️
+REJECT_REACTIONS = frozenset({"x", "heavy_multiplication_x"})  # ❌ ✖️
 # Message subtypes that are a person writing; edits, joins, deletions and bot posts are not.
 PATIENT_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 ACK_BUDGET_S = 2.0  # a slash command result faster than this goes in the ack itself (Slack allows 3 s)
@@ -461,6 +461,11 @@ class SlackPlatform:
             outcome = await self.service.core.decide(item_id, actor, decision, edited_text=edited_text, rubric=rubric)
         except (PermissionDenied, ReviewError) as exc:
             await self._ephemeral(channel, user_id, str(exc))
+            return
+        except Exception:
+            log.exception("slack: %s on review item %s by %s failed", decision.value, item_id, actor.label)
+            await self._ephemeral(channel, user_id, "Something went wrong while recording your decision. "
+                                  "Please check the card and try again.")
             return
         if not outcome.closed_now:
             await self._ephemeral(channel, user_id, outcome.message)
