@@ -62,7 +62,7 @@ async def batching(model_dir: Path, rounds: int, max_new_tokens: int, window_ms:
     )
     backend = LocalBackend(settings, str(model_dir))
     await backend.start()
-    threads = _torch_threads()
+    threads = await asyncio.get_running_loop().run_in_executor(backend._executor, _torch_threads)  # the worker's
     try:
         async def one_by_one() -> float:
             started = time.perf_counter()

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 IGNORE_INDEX = -100
+TINY_MODEL_PARAMS = 20_000_000
 MANIFEST_NAME = "manifest.json"
 
 Messages = list[dict[str, str]]
@@ -269,9 +270,10 @@ def train_lora(
     TrainingCancelled is raised); ``max_steps``/``max_seconds`` bound the run. Nothing
     appears at ``out_dir`` unless training finished.
 
-    ``num_threads`` sets torch's CPU threads for the run (restored afterwards). Pass 1 when
-    another process (the serving bot) shares a small CPU: OpenMP threads that compete for
-    cores with another process can make training tens of times slower.
+    ``num_threads`` sets torch's CPU threads for the run (restored afterwards); None means
+    torch's default, except 1 for tiny models (< 20M parameters). Pass 1 when another
+    process (the serving bot) shares a small CPU: OpenMP threads that compete for cores with
+    another process can make training ten times slower (see bench/bench_training.py).
     """
     import torch
 
@@ -281,17 +283,14 @@ def train_lora(
     if not examples:
         raise ValueError("no training examples")
     previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(max(1, num_threads))
     try:
         return _train(
             base_model, examples, out_dir, cfg, val_fraction=val_fraction, seed=seed, progress=progress,
             full_finetune=full_finetune, cancel=cancel, max_steps=max_steps, max_seconds=max_seconds,
-            early_stopping_patience=early_stopping_patience, overwrite=overwrite,
+            early_stopping_patience=early_stopping_patience, overwrite=overwrite, num_threads=num_threads,
         )
     finally:
-        if num_threads is not None:
-            torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous_threads)
 
 
 def _train(
@@ -309,6 +308,7 @@ def _train(
     max_seconds: float | None,
     early_stopping_patience: int,
     overwrite: bool,
+    num_threads: int | None,
 ) -> TrainResult:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -344,6 +344,10 @@ def _train(
 
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(base_model), local_files_only=True, dtype=dtype)
+    if num_threads is None and device == "cpu" and model.num_parameters() < TINY_MODEL_PARAMS:
+        num_threads = 1  # a tiny model gains nothing from a second thread and loses a lot under contention
+    if num_threads is not None:
+        torch.set_num_threads(max(1, num_threads))
     if not full_finetune:
         lora = LoraConfig(
             r=cfg.lora_rank,
@@ -441,6 +445,7 @@ def _train(
             "training_seconds": round(train_seconds, 3),
             "examples_per_second": round(examples_seen, 3),
             "device": device,
+            "torch_threads": torch.get_num_threads(),
             "code_version": code_version(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
