@@ -24,6 +24,7 @@ import re
 import unicodedata
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -71,30 +72,36 @@ def _is_cjk(word: str) -> bool:
     return any("\u3040" <= c <= "\u30ff" or "\u4e00" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" for c in word)
 
 
+def _hash(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8")) & (DIM - 1)
+
+
+@lru_cache(maxsize=50_000)
+def _word_grams(word: str) -> tuple[tuple[int, float], ...]:
+    """Hashed word and character n-gram features of one word (cached: words repeat a lot)."""
+    grams: list[tuple[int, float]] = [(_hash("w:" + word), WORD_WEIGHT)]
+    padded = f" {word} "
+    sizes = (1, 2, 3) if _is_cjk(word) else (3, 4, 5)
+    for n in sizes:
+        for j in range(max(1, len(padded) - n + 1)):
+            gram = padded[j : j + n]
+            if gram.strip():
+                grams.append((_hash("c:" + gram), CHAR_WEIGHT))
+    return tuple(grams)
+
+
 def features(text: str) -> dict[int, float]:
     """Hashed feature counts (sublinear tf, L2-normalized) for one text."""
-    counts: dict[str, float] = {}
-
-    def add(key: str, weight: float = 1.0) -> None:
-        counts[key] = counts.get(key, 0.0) + weight
-
+    counts: dict[int, float] = {}
     for variant in _variants(text):
         words = _WORD_RE.findall(variant)
         for i, word in enumerate(words):
-            add("w:" + word, WORD_WEIGHT)
+            for h, weight in _word_grams(word):
+                counts[h] = counts.get(h, 0.0) + weight
             if i:
-                add("b:" + words[i - 1] + " " + word, WORD_WEIGHT)
-            padded = f" {word} "
-            sizes = (1, 2, 3) if _is_cjk(word) else (3, 4, 5)
-            for n in sizes:
-                for j in range(max(1, len(padded) - n + 1)):
-                    gram = padded[j : j + n]
-                    if gram.strip():
-                        add("c:" + gram, CHAR_WEIGHT)
-    vec: dict[int, float] = {}
-    for key, count in counts.items():
-        h = zlib.crc32(key.encode("utf-8")) & (DIM - 1)
-        vec[h] = vec.get(h, 0.0) + (1.0 + math.log(count) if count >= 1 else count)
+                h = _hash("b:" + words[i - 1] + " " + word)
+                counts[h] = counts.get(h, 0.0) + WORD_WEIGHT
+    vec = {h: (1.0 + math.log(c) if c >= 1 else c) for h, c in counts.items()}
     norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
     return {k: v / norm for k, v in vec.items()}
 

@@ -137,7 +137,27 @@ def doctor_claims(reply: str) -> list[str]:
     return out
 
 
+_PACK_CACHE: dict[int, tuple[Any, Any]] = {}
+
+
+def _cached(pack: Any, name: str, build: Any) -> Any:
+    """Per-pack derived data (sources, prompt shingles), computed once per pack object."""
+    key = id(pack)
+    entry = _PACK_CACHE.get(key)
+    if entry is None or entry[0] is not pack:
+        entry = (pack, {})
+        _PACK_CACHE[key] = entry
+    store = entry[1]
+    if name not in store:
+        store[name] = build(pack)
+    return store[name]
+
+
 def _pack_sources(pack: Any) -> tuple[str, set[str]]:
+    return _cached(pack, "sources", _build_pack_sources)
+
+
+def _build_pack_sources(pack: Any) -> tuple[str, set[str]]:
     """All source strings of the pack (lower-cased, joined) and the web domains they name."""
     texts = []
     for fact in getattr(pack, "facts", ()) or ():
@@ -238,18 +258,25 @@ def _shingles(text: str, size: int = 8) -> set[str]:
 
 def prompt_leaks(reply: str, pack: Any) -> list[str]:
     """Paragraphs of the system prompt or guidance that the reply repeats (containment >= 0.5)."""
-    reply_sh = _shingles(reply)
-    if not reply_sh:
+    if len(reply) < 60:
         return []
+    reply_sh = _shingles(reply)
+    out = []
+    for paragraph, sh in _cached(pack, "prompt_shingles", _prompt_paragraphs):
+        if len(sh & reply_sh) / len(sh) >= 0.5:
+            out.append(paragraph[:60] + "…")
+    return out
+
+
+def _prompt_paragraphs(pack: Any) -> list[tuple[str, set[str]]]:
     out = []
     for source in (getattr(pack, "system_prompt", "") or "", getattr(pack, "guidance", "") or ""):
         for paragraph in re.split(r"\n\s*\n|\n-\s", source):
             paragraph = paragraph.strip()
-            if len(paragraph) < 80:
-                continue
-            sh = _shingles(paragraph)
-            if sh and len(sh & reply_sh) / len(sh) >= 0.5:
-                out.append(paragraph[:60] + "…")
+            if len(paragraph) >= 80:
+                sh = _shingles(paragraph)
+                if sh:
+                    out.append((paragraph, sh))
     return out
 
 

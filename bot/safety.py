@@ -199,21 +199,32 @@ _OTHER_PERSON_PAST = re.compile(
 _SENTENCE = re.compile(r"[^.!?;\n]+[.!?;\n]*")
 
 
+def _combined(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
+    """One alternation over lower-case text: a single pass instead of one per rule (about 3x faster).
+
+    Every rule is written in lower case (escapes aside), so matching the lower-cased text
+    without IGNORECASE finds exactly what the separate case-insensitive rules find."""
+    return re.compile("|".join(f"(?:{p.pattern})" for p in patterns), re.UNICODE)
+
+
+_CRISIS_COMBINED = {kind: _combined(rules) for kind, rules in CRISIS_RULES.items()}
+_NEGATIONS_COMBINED = _combined([*CRISIS_NEGATIONS, _OTHER_PERSON_PAST])
+
+
 def crisis_rule_hits(text: str) -> list[tuple[str, str]]:
-    """``(kind, matched text)`` for every crisis rule that fires and is not negated."""
-    negated = [m.span() for n in CRISIS_NEGATIONS for m in n.finditer(text)]
-    negated += [m.span() for m in _OTHER_PERSON_PAST.finditer(text)]
-    if _RESOLVED.search(text):  # "I used to … years ago, I'm fine now": the past sentence does not count
-        negated += [m.span() for m in _SENTENCE.finditer(text) if _PAST.search(m.group(0))]
+    """``(kind, matched text)`` for every kind of crisis rule that fires and is not negated."""
+    low = text.lower()
+    negated = [m.span() for m in _NEGATIONS_COMBINED.finditer(low)]
+    if _RESOLVED.search(low):  # "I used to … years ago, I'm fine now": the past sentence does not count
+        negated += [m.span() for m in _SENTENCE.finditer(low) if _PAST.search(m.group(0))]
     hits = []
-    for kind, rules in CRISIS_RULES.items():
-        for rule in rules:
-            for match in rule.finditer(text):
-                start, end = match.span()
-                if any(start < n_end and n_start < end for n_start, n_end in negated):
-                    continue
-                hits.append((kind, match.group(0)))
-                break
+    for kind, combined in _CRISIS_COMBINED.items():
+        for match in combined.finditer(low):
+            start, end = match.span()
+            if any(start < n_end and n_start < end for n_start, n_end in negated):
+                continue
+            hits.append((kind, match.group(0)))
+            break
     return hits
 
 
@@ -222,6 +233,7 @@ def crisis_rule_hits(text: str) -> list[tuple[str, str]]:
 
 _model_lock = threading.Lock()
 _models: dict[tuple[str, ...], Any] = {}
+_pack_models: dict[int, tuple[Any, Any]] = {}  # per pack object: no file checks on the hot path
 
 
 def training_files(pack: Any = None) -> list[Path]:
@@ -238,6 +250,9 @@ def crisis_model(pack: Any = None):
     """The trained classifier for this pack (cached; about a tenth of a second to train)."""
     from bot.crisis_model import CrisisModel, read_examples
 
+    cached = _pack_models.get(id(pack))
+    if cached is not None and cached[0] is pack:
+        return cached[1]
     files = training_files(pack)
     key = tuple(f"{f}:{f.stat().st_mtime_ns}" for f in files)
     with _model_lock:
@@ -247,6 +262,8 @@ def crisis_model(pack: Any = None):
             model = CrisisModel.train([e.text for e in examples], [e.label for e in examples], threshold=DEFAULT_THRESHOLD)
             _models[key] = model
             log.info("crisis classifier trained on %d labelled messages", len(examples))
+        if pack is not None:
+            _pack_models[id(pack)] = (pack, model)
     return model
 
 
@@ -285,13 +302,12 @@ INJECTION_RULES = _rx(
 )
 
 
+_INJECTION_COMBINED = re.compile("|".join(f"(?:{r.pattern})" for r in INJECTION_RULES), re.UNICODE | re.MULTILINE)
+
+
 def injection_hits(text: str) -> list[str]:
-    out = []
-    for rule in INJECTION_RULES:
-        match = rule.search(text) if not rule.pattern.startswith("^") else re.search(rule.pattern, text, re.I | re.M)
-        if match:
-            out.append(match.group(0).strip()[:60])
-    return out
+    """The phrases that look like an attempt to override the assistant's instructions."""
+    return [m.group(0).strip()[:60] for m in _INJECTION_COMBINED.finditer(text.lower())]
 
 
 INJECTION_GUARD = (
@@ -537,8 +553,21 @@ def _load_policy(path: str, mtime: int) -> SafetyPolicy:
     )
 
 
+_pack_policies: dict[int, tuple[Any, SafetyPolicy]] = {}
+
+
 def policy_for(pack: Any) -> SafetyPolicy:
     """The pack's ``safety/policy.toml`` (an empty policy when the pack has none)."""
+    cached = _pack_policies.get(id(pack))
+    if cached is not None and cached[0] is pack:
+        return cached[1]
+    policy = _read_policy(pack)
+    if pack is not None:
+        _pack_policies[id(pack)] = (pack, policy)
+    return policy
+
+
+def _read_policy(pack: Any) -> SafetyPolicy:
     pack_path = getattr(pack, "path", None)
     if pack_path is None:
         return SafetyPolicy()
@@ -548,13 +577,25 @@ def policy_for(pack: Any) -> SafetyPolicy:
     return _load_policy(str(file), file.stat().st_mtime_ns)
 
 
+@lru_cache(maxsize=64)
+def _any_of(patterns: tuple[re.Pattern[str], ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p.pattern})" for p in patterns), re.IGNORECASE)
+
+
+def _found(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:
+    combined = _any_of(patterns)
+    return combined is not None and combined.search(text) is not None
+
+
 def out_of_scope(text: str, policy: SafetyPolicy) -> str | None:
     """``dosing``, ``someone_else``, ``other_condition`` or None."""
-    if any(p.search(text) for p in policy.dosing_questions):
+    if _found(policy.dosing_questions, text):
         return "dosing"
-    if any(p.search(text) for p in policy.someone_else):
+    if _found(policy.someone_else, text):
         return "someone_else"
-    if any(p.search(text) for p in policy.other_conditions) and not any(p.search(text) for p in policy.in_scope_words):
+    if _found(policy.other_conditions, text) and not _found(policy.in_scope_words, text):
         return "other_condition"
     return None
 
