@@ -661,7 +661,7 @@ def table_rows(runs: dict[str, dict[str, Any]], order: Sequence[str], tasks: Seq
     """Header and rows of the comparison table: one row per task, overall, safety."""
     header = ["task", *[_title(runs[label]) for label in order]]
     if delta:
-        header.append(f"Δ {_title(runs[delta[1]])} vs {_title(runs[delta[0]])}")
+        header.append(f"Δ vs {_title(runs[delta[0]])}")
     rows = []
     for task in [*tasks, "overall"]:
         entries = [runs[label]["overall"] if task == "overall" else runs[label]["tasks"].get(task) for label in order]
@@ -712,7 +712,7 @@ def rich_table(report: dict[str, Any], order: Sequence[str] | None = None, delta
     header, rows = table_rows(report["runs"], order, report["tasks"], delta)
     table = Table(title=title, box=box.ASCII2, title_justify="left")
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i > 0)
     for n, row in enumerate(rows):
         table.add_row(*row, end_section=(n == len(report["tasks"])))
     return table

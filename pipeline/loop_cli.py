@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from bot.settings import Settings
 from bot.storage import Database
 from pipeline import evaluate as ev
-from pipeline import jobs, registry
+from pipeline import dataset, jobs, registry
 from pipeline import retrain as rt
 
 
@@ -64,6 +65,7 @@ def train(cfg: Settings, console: Console, *, base_model: str | None, dataset_fi
     async def prepare() -> tuple[list, str, str | None]:
         db = await Database(cfg.db_path).open()
         try:
+            await dataset.import_seeds(db, pack)  # as the service does at start (idempotent)
             version = await rt.next_version(db, Path(cfg.adapters_path)) if out is None else None
             if dataset_file is not None:
                 rows = [json.loads(line) for line in dataset_file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -109,9 +111,11 @@ def train(cfg: Settings, console: Console, *, base_model: str | None, dataset_fi
             console.print("[yellow]Cancelled: no adapter was written.[/yellow]")
             return 130
     m = result.manifest["metrics"]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     console.print(
         f"Adapter written to {result.out_dir}: {result.steps} steps in {result.seconds:.1f} s "
-        f"({result.examples_per_second:.1f} examples/s); validation loss {m['initial_val_loss']} → {m['best_val_loss']}"
+        f"({result.examples_per_second:.1f} examples/s); validation loss {fmt(m['initial_val_loss'])} → "
+        f"{fmt(m['best_val_loss'])}"
     )
     if register:
         async def reg() -> None:
@@ -156,12 +160,12 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
     try:
         subjects, live = asyncio.run(lookup())
     except SystemExit as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
     for s in subjects:
         problem = registry.adapter_problem(s.path) if s.path else None
         if problem:
-            console.print(f"[red]{s.label}: {problem}[/red]")
+            console.print(f"[red]{escape(s.label)}: {escape(problem)}[/red]")
             return 2
     lead: list[ev.Subject] = []
     if include_base:
@@ -202,7 +206,7 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
                                                          candidate_name=s.label)
                     record = rt.registry_record(report, s.label, decision, {k: str(v) for k, v in paths.items()})
                     await registry.set_evaluation(db, s.version, record)
-                    console.print(decision.text())
+                    console.print(decision.text(), highlight=False, markup=False)
             finally:
                 await db.close()
 
@@ -246,7 +250,7 @@ def retrain(cfg: Settings, console: Console, *, wait: bool, here: bool) -> int:
     if not here:
         reply = asyncio.run(console_command(cfg, "retrain"))
         if reply is not None:
-            console.print(f"(the running service) {reply.get('text') or reply.get('error')}")
+            console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
             if wait and reply.get("data", {}).get("job_id"):
                 return asyncio.run(_wait_for_job(cfg, console, int(reply["data"]["job_id"])))
             return 0 if reply.get("ok", True) else 1
@@ -264,7 +268,7 @@ async def _wait_for_job(cfg: Settings, console: Console, job_id: int) -> int:
                 return 1
             if row["progress"] and row["progress"] != last:
                 last = row["progress"]
-                console.print(f"  {last}")
+                console.print(f"  {last}", highlight=False, markup=False)
             if row["status"] not in ("queued", "running"):
                 break
             await asyncio.sleep(1.0)
@@ -272,7 +276,7 @@ async def _wait_for_job(cfg: Settings, console: Console, job_id: int) -> int:
             result = json.loads(row["result"] or "{}")
             console.print(result.get("summary", "done"), highlight=False, markup=False)
             return 0
-        console.print(f"[red]job #{job_id} {row['status']}: {row['error']}[/red]")
+        console.print(f"[red]job #{job_id} {row['status']}: {escape(str(row['error']))}[/red]")
         return 1
     finally:
         await db.close()
@@ -285,6 +289,7 @@ async def _retrain_here(cfg: Settings, console: Console) -> int:
     base = await asyncio.to_thread(base_model_for, cfg, None)
     db = await Database(cfg.db_path).open()
     try:
+        await dataset.import_seeds(db, pack)  # as the service does at start (idempotent)
         await jobs.mark_interrupted(db)
         request = await jobs.request(db, "retrain", "cli")
         if not request.created:
@@ -301,11 +306,7 @@ async def _retrain_here(cfg: Settings, console: Console) -> int:
                 console.print(text if "\n" in text else f"  {text}", highlight=False, markup=False)
 
         result = await rt.run_retrain_job(service, request.job_id, echo=echo)
-        if result.get("status") == "failed":
-            return 1
-        if result.get("promoted"):
-            console.print(f"{result['version']} is recorded as live; the service loads it when it next starts.")
-        return 0
+        return 1 if result.get("status") == "failed" else 0
     finally:
         await db.close()
 
@@ -328,10 +329,12 @@ def promote(cfg: Settings, console: Console, version: str, *, force: bool) -> in
                 console.print(check.text, highlight=False, markup=False)
             reply = await console_command(cfg, "rollback", version)  # "make VERSION live" in the running service
             if reply is not None:
-                console.print(f"(the running service) {reply.get('text') or reply.get('error')}")
+                console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
                 return 0 if reply.get("ok") else 1
             outcome = await rt.promote(service, version, force=True)
-            console.print(outcome.text + ("" if not outcome.ok else " The service loads it when it next starts."))
+            text = (f"{version} is recorded as live; the service loads it when it next starts." if outcome.ok
+                    else outcome.text)
+            console.print(text, highlight=False, markup=False)
             return 0 if outcome.ok else 1
         finally:
             await db.close()
@@ -343,7 +346,7 @@ def rollback(cfg: Settings, console: Console, version: str | None) -> int:
     async def go() -> int:
         reply = await console_command(cfg, "rollback", version)
         if reply is not None:
-            console.print(f"(the running service) {reply.get('text') or reply.get('error')}")
+            console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
             return 0 if reply.get("ok") else 1
         from pipeline.packs import load_pack
 
@@ -352,7 +355,7 @@ def rollback(cfg: Settings, console: Console, version: str | None) -> int:
             try:
                 target = await registry.rollback_target(db, version)
             except registry.RegistryError as exc:
-                console.print(str(exc))
+                console.print(str(exc), highlight=False, markup=False)
                 return 1
             if target is None:
                 console.print("There is no earlier adapter to roll back to.")
@@ -361,7 +364,8 @@ def rollback(cfg: Settings, console: Console, version: str | None) -> int:
             try:
                 await service.activate_adapter(target["version"])
             except Exception as exc:
-                console.print(f"Rollback to {target['version']} failed: {exc}. The live adapter is unchanged.")
+                console.print(f"Rollback to {target['version']} failed: {exc}. The live adapter is unchanged.",
+                              highlight=False, markup=False)
                 return 1
             console.print(f"Rolled back: {target['version']} is recorded as live; the service loads it when it next starts.")
             return 0

@@ -449,7 +449,10 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
         try:
             swap_seconds = await service.activate_adapter(version)
             promoted = True
-            outcome = f"{version} is now live (switched in {swap_seconds:.2f} s, no restart)."
+            if getattr(service, "hot_swaps", True):
+                outcome = f"{version} is now live (switched in {swap_seconds:.2f} s, no restart)."
+            else:
+                outcome = f"{version} is recorded as live; the service loads it when it next starts."
         except Exception as exc:
             await registry.set_status(db, version, "failed", note=f"could not be loaded: {exc}")
             outcome = (f"{version} passed the gate but could not be loaded ({exc}); "
@@ -611,15 +614,15 @@ class HeadlessService:
     """What the model loop needs from a service, for the CLI when no bot is running.
 
     Activating an adapter checks it and records it live in the registry; the service loads
-    it when it next starts. Moderator messages are printed (``echo``) and kept."""
+    it when it next starts. Moderator messages are kept in ``messages``."""
 
-    def __init__(self, settings: Any, db: Database, pack: Any, base_model: str | None = None,
-                 echo: Callable[[str], None] | None = None):
+    hot_swaps = False
+
+    def __init__(self, settings: Any, db: Database, pack: Any, base_model: str | None = None):
         self.settings = settings
         self.db = db
         self.pack = pack
         self.training_base_model = base_model
-        self.echo = echo
         self.messages: list[str] = []
         self.retrain_options: RetrainOptions | None = None
 

@@ -181,7 +181,7 @@ def test_evaluation_base_vs_adapter(comparison: dict, mc_questions: list, tmp_pa
     assert saved["eval_hash"] == comparison["eval_hash"] and saved["runs"]["v2"]["overall"] == runs["v2"]["overall"]
     table = saved["table"]
     for text in ("diagnosis", "treatment", "psychological support", "overall", "base model", "v2", "crisis routing",
-                 "red flag", "Δ v2 vs base model"):
+                 "red flag", "Δ vs base model"):
         assert text in table, text
     assert f"{runs['v2']['overall']['accuracy']:.3f}" in table
 
