@@ -20,7 +20,7 @@ from typing import Any
 from bot.inference.base import InferenceBackend, ModelUnavailable
 from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, ViewKind
 from bot.prompt import build_prompt
-from bot.safety import Triage
+from bot.safety import Triage, crisis_text
 from bot.safety_layer import SafetyLayer
 from bot.settings import Settings
 from bot.storage import Database, dumps, now
@@ -277,7 +277,7 @@ class ConversationCore:
         return result
 
     async def _crisis(self, row: Any, conv: ConversationRef, verdict: Triage, result: HandleResult) -> HandleResult:
-        message = self.pack.crisis_message(row["region"])
+        message = crisis_text(self.pack.crisis_message(row["region"]), verdict.language)  # preface in their language
         async with self.db.transaction() as conn:
             await conn.execute("UPDATE messages SET status = 'crisis' WHERE id = ?", (row["id"],))
             await conn.execute("UPDATE conversations SET status = 'crisis_hold' WHERE id = ?", (conv.id,))

@@ -476,6 +476,33 @@ LANGUAGE_NOTICES = {
 }
 
 
+# Put before the (English) crisis message when the patient wrote in another language.
+CRISIS_PREFACES = {
+    "es": "No estás solo/a. Por favor, contacta ahora con uno de estos servicios o llama al número de emergencias de tu país:",
+    "fr": "Vous n'êtes pas seul·e. Contactez dès maintenant l'un de ces services, ou appelez le numéro d'urgence de votre pays :",
+    "de": "Sie sind nicht allein. Bitte wenden Sie sich jetzt an einen dieser Dienste oder rufen Sie den Notruf Ihres Landes an:",
+    "it": "Non sei solo/a. Contatta subito uno di questi servizi o chiama il numero di emergenza del tuo paese:",
+    "pt": "Não está sozinho/a. Contacte agora um destes serviços ou ligue para o número de emergência do seu país:",
+    "nl": "Je staat er niet alleen voor. Neem nu contact op met een van deze diensten of bel het alarmnummer van je land:",
+    "pl": "Nie jesteś sam/sama. Skontaktuj się teraz z jedną z tych usług albo zadzwoń pod numer alarmowy 112:",
+    "tr": "Yalnız değilsiniz. Lütfen hemen bu hizmetlerden birine ulaşın ya da acil yardım numarasını (112) arayın:",
+    "sv": "Du är inte ensam. Kontakta någon av de här tjänsterna nu, eller ring 112:",
+    "ru": "Вы не одни. Пожалуйста, прямо сейчас обратитесь в одну из этих служб или позвоните в экстренную службу:",
+    "uk": "Ви не самі. Будь ласка, просто зараз зверніться до однієї з цих служб або зателефонуйте на номер екстреної допомоги:",
+    "ar": "لست وحدك. يرجى التواصل الآن مع إحدى هذه الخدمات أو الاتصال برقم الطوارئ في بلدك:",
+    "zh": "你并不孤单。请现在就联系以下服务之一，或拨打当地的紧急电话：",
+    "ja": "あなたは一人ではありません。今すぐ次の窓口のいずれかに連絡するか、お住まいの国の緊急通報番号に電話してください：",
+    "ko": "당신은 혼자가 아닙니다. 지금 바로 아래 기관 중 한 곳에 연락하거나 응급 번호로 전화하세요:",
+    "hi": "आप अकेले नहीं हैं। कृपया अभी इनमें से किसी सेवा से संपर्क करें या अपने देश के आपातकालीन नंबर पर कॉल करें:",
+}
+
+
+def crisis_text(message: str, language: str) -> str:
+    """The pack's crisis message, with a preface in the patient's language when it is not English."""
+    preface = CRISIS_PREFACES.get(language)
+    return f"{preface}\n\n{message}" if preface else message
+
+
 def language_notice(language: str, supported: Iterable[str]) -> str:
     names = [LANGUAGE_NAMES.get(code, code) for code in supported] or ["English"]
     template = LANGUAGE_NOTICES.get(language, LANGUAGE_NOTICES["en"])

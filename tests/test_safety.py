@@ -349,3 +349,11 @@ async def test_logs_never_contain_message_text(service, caplog):
     await service.core.handle_message(msg(f"{secret} again", user="d"))
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "Zebrafinch" not in text and caplog.records
+
+
+async def test_crisis_in_another_language_gets_a_preface_in_it(service):
+    result = await service.core.handle_message(msg("ya no quiero vivir, pienso en el suicidio"))
+    assert result.status == "crisis" and service.backend.calls == []
+    text = result.views[-1].text
+    assert result.views[-1].kind is ViewKind.CRISIS and text.startswith("No estás solo")
+    assert service.pack.crisis_message(None) in text
