@@ -377,8 +377,6 @@ def reviews_agreement() -> None:
     console.print(table)
 
 
-
-
 # ---------------------------------------------------------------------------- triage
 
 
