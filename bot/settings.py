@@ -37,8 +37,11 @@ class InferenceSettings(Section):
     base_model: str = DEFAULT_BASE_MODEL
     # Served model name for the openai backend when no adapter is live (vLLM: the base model).
     openai_base_url: str = "http://127.0.0.1:8000/v1"
-    # Extra replica URLs for the openai backend (vLLM replicas).
+    # Extra replica URLs for the openai backend (vLLM replicas): requests go to the healthy
+    # ones; an adapter reload loads on all of them before switching.
     openai_replica_urls: list[str] = Field(default_factory=list)
+    # Seconds between health checks of each replica (0: no background checks).
+    openai_health_interval_s: float = Field(5.0, ge=0)
     openai_api_key: SecretStr | None = None
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
@@ -158,6 +161,33 @@ class SafetySettings(Section):
     possible_crisis_threshold: float = Field(0.4, gt=0, lt=1)
 
 
+class ServeSettings(Section):
+    """``llm4sweat serve``: a vLLM OpenAI-compatible server for the base model, LoRA enabled.
+
+    vLLM runs in its own environment (``scripts/install-vllm.sh`` makes ``.venv-vllm``)."""
+
+    # Python of the vLLM environment; default: ./.venv-vllm/bin/python, else this Python if
+    # it can import vllm.
+    python: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # The model to load (default: inference.base_model); served under inference.base_model.
+    model: str | None = None
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    # Highest LoRA rank accepted (must be >= training.lora_rank); adapters served at once.
+    max_lora_rank: int = Field(16, ge=1, le=512)
+    max_loras: int = Field(2, ge=1, le=64)
+    max_model_len: int | None = Field(None, ge=16)
+    dtype: str = "auto"
+    # GPU: fraction of memory vLLM may take. CPU build: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE).
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    cpu_kvcache_space_gb: int | None = Field(None, ge=1)
+    # More vLLM command-line arguments, passed as they are.
+    extra_args: list[str] = Field(default_factory=list)
+    # Seconds to wait for the server to answer /health.
+    startup_timeout_s: float = Field(900.0, gt=0)
+
+
 SECRET_KEYS = {
     ("inference", "openai_api_key"),
     ("discord", "token"),
@@ -198,6 +228,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     _toml_file: Path | None = None
 
