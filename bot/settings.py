@@ -138,10 +138,25 @@ class TrainingSettings(Section):
 
 
 class GenerationSettings(Section):
+    """Synthetic vignette generation (``llm4sweat generate``) against an OpenAI-compatible API."""
+
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4o"
     api_key: SecretStr | None = None
     concurrency: int = Field(4, ge=1, le=256)
+    # Seconds one request may take; a timed-out request is retried by the client like a 429/5xx.
+    timeout_s: float = Field(120.0, gt=0)
+    # Retries by the openai client itself (exponential backoff, honours Retry-After).
+    max_retries: int = Field(4, ge=0, le=20)
+    temperature: float = Field(0.9, ge=0.0, le=2.0)
+    max_tokens: int = Field(1200, ge=64, le=32768)
+    # json_schema: structured output; json_object: JSON mode; none: the prompt alone;
+    # auto: json_schema, falling back when the server refuses it. Replies are validated either way.
+    structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
+    # Requests per plan slot within one run when a vignette is rejected (a re-run tries again).
+    attempts_per_slot: int = Field(2, ge=1, le=10)
+    # Patient questions this similar (character-shingle Jaccard) to a stored one are near-duplicates.
+    near_duplicate_threshold: float = Field(0.7, gt=0.0, le=1.0)
 
 
 class SafetySettings(Section):

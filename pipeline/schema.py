@@ -48,4 +48,13 @@ MIGRATIONS = [
         CREATE UNIQUE INDEX jobs_one_active ON jobs (kind) WHERE status IN ('queued', 'running')
         """,
     ),
+    Migration(
+        "pipeline",
+        2,
+        "dataset_plan_key",
+        """
+        ALTER TABLE dataset_examples ADD COLUMN plan_key TEXT;
+        CREATE UNIQUE INDEX dataset_examples_plan_key ON dataset_examples (plan_key) WHERE plan_key IS NOT NULL
+        """,
+    ),
 ]
