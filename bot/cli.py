@@ -161,6 +161,25 @@ def demo_cmd(
     run_async(_serve(cfg, True, host or cfg.local.host, port if port is not None else cfg.local.port, True))
 
 
+@app.command("serve")
+def serve_cmd(
+    host: Optional[str] = typer.Option(None, help="Address vLLM listens on (default from settings: 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="vLLM port (default from settings: 8000)."),
+    no_adapter: bool = typer.Option(False, "--no-adapter", help="Do not load the live adapter from the registry."),
+    log_file: Optional[Path] = typer.Option(None, help="Write vLLM's output to this file instead of the terminal."),
+) -> None:
+    """Start a vLLM OpenAI-compatible server for the base model (LoRA on, live adapter loaded) and keep it running."""
+    cfg = settings()
+    from bot.vllm_server import serve_main
+
+    code = serve_main(
+        cfg, host=host, port=port, load_adapter=not no_adapter, log_path=log_file,
+        say=lambda text: console.print(text, highlight=False, markup=False),
+        warn=lambda text: err.print(text, highlight=False, markup=False, style="red"),
+    )
+    raise typer.Exit(code)
+
+
 # ---------------------------------------------------------------------------- db, settings, model
 
 
