@@ -288,7 +288,7 @@ async def run_worker_process(
                     await result
             code = await proc.wait()
         except asyncio.CancelledError:
-            await _stop(proc)
+            _terminate(proc)  # never wait here: the job row is written next, before the service closes
             raise
     if code != 0:
         tail = _tail(log_path)
@@ -296,17 +296,24 @@ async def run_worker_process(
     return json.loads(Path(spec["result"]).read_text())
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM now (the worker stops at its next step and leaves no adapter behind), SIGKILL
+    after a grace time if it is still there. A worker whose service is gone stops by itself."""
     if proc.returncode is not None:
         return
     try:
         proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_GRACE_S)
-    except (ProcessLookupError, asyncio.TimeoutError, asyncio.CancelledError):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
+    except ProcessLookupError:
+        return
+
+    def kill() -> None:
+        if proc.returncode is None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+
+    asyncio.get_running_loop().call_later(KILL_GRACE_S, kill)
 
 
 def _tail(path: Path, lines: int = 6) -> str:

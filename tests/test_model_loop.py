@@ -535,3 +535,44 @@ async def test_retrain_job_end_to_end(local_service) -> None:
         assert svc.backend.active_adapter == "v2"
     else:
         assert v2["status"] == "candidate" and v2["note"] and svc.backend.active_adapter == "v1"
+
+
+@session_loop
+@pytest.mark.slow
+async def test_stopping_the_service_cancels_a_running_job(settings, tiny_model_dir) -> None:
+    """The worker stops at its next step, nothing appears where the adapter would be, and the
+    job is recorded as cancelled (not left running)."""
+    from bot.service import Service
+
+    cfg = settings.model_copy(update={
+        "inference": settings.inference.model_copy(update={"backend": "local", "base_model": str(tiny_model_dir),
+                                                           "device": "cpu"}),
+        "training": settings.training.model_copy(update={"epochs": 50.0, "max_length": 2048}),
+    })
+    svc = Service(cfg, model_path=str(tiny_model_dir))
+    svc.add_platform(LocalPlatform())
+    await svc.start(retry_loop=False)
+    job_id = (await svc.commands.run(MODERATOR, "retrain")).data["job_id"]
+    for _ in range(240):
+        await asyncio.sleep(0.5)
+        job = await jobs.get(svc.db, job_id)
+        if "step" in job["progress"]:
+            break
+    assert job["status"] == "running" and "training v1" in job["progress"]
+    spec = json.loads((Path(cfg.data_dir) / "jobs" / f"retrain-{job_id}" / "spec.json").read_text())
+    await svc.stop()
+    await asyncio.sleep(0.2)
+    db = await Database(cfg.db_path).open()
+    try:
+        job = await jobs.get(db, job_id)
+    finally:
+        await db.close()
+    assert job["status"] == "cancelled"
+    for _ in range(60):  # the worker notices SIGTERM at its next training step
+        log = (Path(cfg.data_dir) / "jobs" / f"retrain-{job_id}" / "worker.log").read_text()
+        if "cancelled" in log:
+            break
+        await asyncio.sleep(0.5)
+    assert "training cancelled" in log
+    assert not Path(spec["out_dir"]).exists()
+    assert not any(p.name.startswith(".v1") for p in Path(spec["out_dir"]).parent.iterdir())
