@@ -156,7 +156,7 @@ class GenerationSettings(Section):
     # Requests per plan slot within one run when a vignette is rejected (a re-run tries again).
     attempts_per_slot: int = Field(2, ge=1, le=10)
     # Patient questions this similar (character-shingle Jaccard) to a stored one are near-duplicates.
-    near_duplicate_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    near_duplicate_threshold: float = Field(0.6, gt=0.0, le=1.0)
 
 
 class SafetySettings(Section):
