@@ -345,12 +345,15 @@ def eval_cmd(
     safety: bool = typer.Option(True, "--safety/--no-safety", help="Run the safety suite (crisis routing, red-flag replies)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for evaluation.json and evaluation.png."),
     save: bool = typer.Option(True, "--save/--no-save", help="Store results of registry versions in the registry."),
+    safety_set: list[Path] = typer.Option([], "--safety-set", help="JSONL file or folder of labelled messages "
+                                          "(text + label crisis|benign|red_flag) for the safety suite; repeatable."),
 ) -> None:
     """Multiple-choice accuracy per task with 95% CIs (base vs adapters), safety suite, table, JSON and PNG."""
     from pipeline import loop_cli
 
     raise typer.Exit(_model_loop(loop_cli.evaluate, settings(), console, base_model=base_model, adapters=adapter,
-                                 include_base=include_base, limit=limit, safety=safety, out=out, save=save))
+                                 include_base=include_base, limit=limit, safety=safety, out=out, save=save,
+                                 safety_sets=safety_set))
 
 
 @app.command("retrain")

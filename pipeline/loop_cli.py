@@ -133,11 +133,28 @@ def train(cfg: Settings, console: Console, *, base_model: str | None, dataset_fi
 # --------------------------------------------------------------------------------- eval
 
 
+def load_safety_sets(paths: list[Path]) -> list[ev.SafetyCase] | None:
+    """Safety cases from JSONL files or folders of them (``text`` + ``label``/``kind``)."""
+    if not paths:
+        return None
+    cases: list[ev.SafetyCase] = []
+    for path in paths:
+        files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+        for file in files:
+            cases += ev.load_safety_cases(file)
+    return cases
+
+
 def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapters: list[str], include_base: bool,
-             limit: int | None, safety: bool, out: Path | None, save: bool) -> int:
+             limit: int | None, safety: bool, out: Path | None, save: bool,
+             safety_sets: list[Path] | None = None) -> int:
     from pipeline.packs import load_pack
 
     pack = load_pack(cfg.pack_path)
+    cases = load_safety_sets(list(safety_sets or []))
+    if cases is not None:
+        kinds = {k: sum(c.kind == k for c in cases) for k in ("crisis", "benign", "red_flag")}
+        console.print(f"Safety set: {kinds['crisis']} crisis, {kinds['benign']} benign, {kinds['red_flag']} red-flag cases")
     base = base_model_for(cfg, base_model)
 
     async def lookup() -> tuple[list[ev.Subject], dict[str, Any] | None]:
@@ -184,7 +201,7 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
         def on_progress(phase: str, done: int, total: int) -> None:
             bar.update(task, description=phase, completed=done, total=total)
 
-        report = ev.evaluate(base, subjects, pack, cfg_eval, progress=on_progress)
+        report = ev.evaluate(base, subjects, pack, cfg_eval, progress=on_progress, safety_cases=cases)
     order = report["order"]
     reference = live["version"] if live and live["version"] in order else (ev.BASE_LABEL if ev.BASE_LABEL in order else None)
     delta = (reference, order[-1]) if reference and order[-1] != reference else None
@@ -192,6 +209,11 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
     paths = ev.write_outputs(report, out_dir, order, delta)
     console.print(ev.default_title(report))
     console.print(ev.rich_table(report, order, delta))
+    first = report["runs"][order[0]].get("safety")
+    if first:
+        c = first["crisis"]
+        console.print(f"Crisis routing: {c['routed']}/{c['crisis_cases']} routed (recall {c['recall']:.3f}), "
+                      f"{len(c['false_alarms'])}/{c['benign_cases']} benign messages routed as crisis", highlight=False)
     console.print(f"JSON: {paths['json']}\nChart: {paths['png']}")
     if save and reference:
         from pipeline import gate
