@@ -33,11 +33,15 @@ logger = logging.getLogger(__name__)
 
 DEMO_DIRNAME = "demo-model"
 MARKER_NAME = "demo.json"
-RECIPE_VERSION = 1  # bump when the build below changes, so old demo models are rebuilt
+RECIPE_VERSION = 2  # bump when the build below changes, so old demo models are rebuilt
 DEMO_LABEL = "Demo model: tiny, trained offline on seed examples. It gives no medical advice."
 TARGET_STEPS = 300
 TIME_BUDGET_S = 45.0
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", MARKER_NAME)
+
+
+def _without_system(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [m for m in conversation if m.get("role") != "system"]
 
 
 def demo_model_dir(data_dir: Path) -> Path:
@@ -91,18 +95,25 @@ def build_demo_model(
     work.mkdir()
     try:
         logger.info("building the demo model from %d seed conversations", len(seed_conversations))
-        base = build_tiny_model(work / "base", corpus_from_conversations(seed_conversations), seed=0)
+        # The pack's system prompt is ~750 tokens for this tokenizer; training over it would
+        # cost ~10x more per step than the dialogue itself and the model could not learn
+        # anything on-topic within a minute. The demo model therefore learns (and, per the
+        # marker, is served) user and assistant turns only.
+        dialogues = [d for d in (_without_system(c) for c in seed_conversations) if d]
+        if not dialogues:
+            raise ValueError("the seed conversations hold no user/assistant turns")
+        base = build_tiny_model(work / "base", corpus_from_conversations(dialogues), seed=0)
         batch_size = 8
-        steps_per_epoch = math.ceil(len(seed_conversations) / batch_size)
+        steps_per_epoch = math.ceil(len(dialogues) / batch_size)
         cfg = TrainingSettings(
             learning_rate=3e-3,
             epochs=max(1.0, TARGET_STEPS / steps_per_epoch),
             batch_size=batch_size,
-            max_length=384,
+            max_length=512,
         )
         result = train_lora(
             base,
-            seed_conversations,
+            dialogues,
             work / "trained",
             cfg,
             val_fraction=0.0,
@@ -119,6 +130,8 @@ def build_demo_model(
             "recipe": RECIPE_VERSION,
             "seed_hash": seed_hash,
             "seed_conversations": len(seed_conversations),
+            # Read by the local backend: system messages are left out of this model's prompts.
+            "drop_system_messages": True,
             "train_steps": result.steps,
             "final_train_loss": result.train_loss[-1] if result.train_loss else None,
             "build_seconds": round(time.monotonic() - started, 1),

@@ -173,7 +173,7 @@ def test_interrupted_training_leaves_nothing_at_out_dir(tiny_model_dir: Path, tm
 
 
 @pytest.mark.slow
-def test_demo_model_builds_once_and_is_labelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_demo_model_builds_once_and_is_labelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.demo as demo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -190,6 +190,19 @@ def test_demo_model_builds_once_and_is_labelled(tmp_path: Path, monkeypatch: pyt
     assert demo.build_demo_model(tmp_path, seeds) == path  # second call: reused
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == ["demo-model"]
+    # Served by the local backend, which leaves out the system prompt the demo never learned.
+    from bot.inference.local_backend import LocalBackend
+    from bot.settings import InferenceSettings
+
+    backend = LocalBackend(InferenceSettings(max_new_tokens=8, temperature=0.0), str(path))
+    await backend.start()
+    try:
+        assert backend._drop_system
+        long_system = {"role": "system", "content": "Guidance. " * 300}
+        reply = await backend.generate([long_system, {"role": "user", "content": "My feet sweat."}])
+        assert reply.prompt_tokens < 40 and reply.completion_tokens > 0
+    finally:
+        await backend.close()
     # Different seed data: rebuilt in place.
     demo.build_demo_model(tmp_path, sample_conversations(8, seed=5))
     assert demo.read_marker(path)["seed_hash"] != marker["seed_hash"]

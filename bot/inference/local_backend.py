@@ -108,6 +108,7 @@ class LocalBackend:
         self._peft: Any = None
         self._device = "cpu"
         self._eos_ids: list[int] = []
+        self._drop_system = False  # the offline demo model was trained without system messages
         # The live adapter; read by the batcher once per batch, written only by swap_adapter.
         self._active: _Adapter | None = None
         self._names = itertools.count(1)
@@ -227,6 +228,9 @@ class LocalBackend:
         if isinstance(eot, int) and eot != tokenizer.unk_token_id and eot not in eos:
             eos.append(eot)
         self._tokenizer, self._base, self._eos_ids = tokenizer, model, eos
+        self._drop_system = _model_drops_system_messages(Path(self.model_path))
+        if self._drop_system:
+            logger.info("%s is the offline demo model: system messages are left out of its prompts", self.model_path)
         logger.info("local model %s loaded on %s", self.model_path, self._device)
 
     # --- generation ----------------------------------------------------------------------------
@@ -329,6 +333,12 @@ class LocalBackend:
                     outputs[i] = out
         return [o for o in outputs if o is not None]
 
+    def _prompt_messages(self, messages: ChatMessages) -> ChatMessages:
+        if self._drop_system:
+            kept = [m for m in messages if m.get("role") != "system"]
+            return kept or messages
+        return messages
+
     @contextlib.contextmanager
     def _select(self, adapter: _Adapter | None):
         """Worker thread: the model to generate with, set to ``adapter`` (None: base model)."""
@@ -345,7 +355,10 @@ class LocalBackend:
 
     def _generate_group(self, model: Any, group: list[_Request], temperature: float) -> list[_Output]:
         tok = self._tokenizer
-        prompts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in group]
+        prompts = [
+            tok.apply_chat_template(self._prompt_messages(r.messages), tokenize=False, add_generation_prompt=True)
+            for r in group
+        ]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max(r.max_tokens for r in group),
@@ -479,6 +492,15 @@ class LocalBackend:
                 "last_swap_s": self.swap_times[-1] if self.swap_times else None,
             },
         )
+
+
+def _model_drops_system_messages(model_dir: Path) -> bool:
+    """True for the offline demo model, whose marker says it learned without system messages."""
+    try:
+        marker = json.loads((model_dir / "demo.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("demo") is True and marker.get("drop_system_messages") is True
 
 
 def _check_adapter_dir(version: str, path: Path | str | None) -> Path:
