@@ -57,10 +57,20 @@ def settings() -> Settings:
 
 
 def run_async(coro: Any) -> Any:
+    """Run a coroutine; start-up problems end in one clear line, not a traceback."""
+    from bot.inference.base import ModelUnavailable
+    from bot.platform import PlatformStartError
+
     try:
         return asyncio.run(coro)
     except StorageError as exc:
         err.print(f"[red]llm4sweat: storage error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    except PlatformStartError as exc:
+        err.print(f"[red]llm4sweat: cannot connect:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    except ModelUnavailable as exc:
+        err.print(f"[red]llm4sweat: model unavailable:[/red] {exc}", highlight=False)
         raise typer.Exit(2)
 
 

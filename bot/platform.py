@@ -11,6 +11,10 @@ from enum import Enum
 from typing import Protocol
 
 
+class PlatformStartError(RuntimeError):
+    """A platform cannot start (bad token, missing intent, port in use); one line for the operator."""
+
+
 @dataclass(frozen=True)
 class IncomingMessage:
     platform: str

@@ -48,3 +48,11 @@ def test_dataset_stats_and_export(tmp_path):
     export = run_cli("dataset", "export", str(tmp_path / "d.jsonl"), tmp_path=tmp_path)
     assert export.returncode == 0, export.stderr
     assert "snapshot" in export.stdout
+
+
+def test_platform_start_error_is_one_line(tmp_path):
+    out = run_cli("run", "--port", "0", tmp_path=tmp_path, env_extra={
+        "LLM4SWEAT_INFERENCE__BACKEND": "fixed", "LLM4SWEAT_SLACK__BOT_TOKEN": "xoxb-not-shown"})
+    assert out.returncode == 2
+    assert "cannot connect" in out.stderr and "APP_TOKEN" in out.stderr
+    assert "Traceback" not in out.stderr and "xoxb-not-shown" not in out.stdout + out.stderr

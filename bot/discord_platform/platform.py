@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, TypeVar
 import discord
 from discord import app_commands
 
+from bot.platform import PlatformStartError
 from bot.discord_platform import render
 from bot.discord_platform.components import DYNAMIC_ITEMS
 from bot.discord_platform.throttle import CoalescingThrottle
@@ -51,7 +52,7 @@ THREAD_NAME_CHARS = 100
 _THREAD_CHANNEL_TYPES = (discord.ChannelType.text, discord.ChannelType.news)
 
 
-class DiscordStartError(RuntimeError):
+class DiscordStartError(PlatformStartError):
     """The bot could not join Discord; the message says why in one line for the operator."""
 
 

@@ -22,6 +22,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.platform import PlatformStartError
 from bot.settings import SlackSettings
 from bot.slack_platform.platform import SlackPlatform
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_API_BASE_URL = "https://slack.com/api/"
 
 
-class SlackStartError(RuntimeError):
+class SlackStartError(PlatformStartError):
     """Slack cannot start with these settings; the message is one line for the operator."""
 
 
