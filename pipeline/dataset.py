@@ -338,6 +338,36 @@ async def stats(db: Database, pack: Any = None) -> dict[str, Any]:
     }
 
 
+def pack_or_none(path: Any) -> Any:
+    """The condition pack at ``path``, or None when it cannot be read (stats and exports still
+    work without it: exports then check against the shipped packs' evaluation sets)."""
+    from pipeline.packs import PackError, load_pack
+
+    try:
+        return load_pack(path)
+    except (PackError, OSError) as exc:
+        log.warning("cannot read the pack at %s: %s", path, exc)
+        return None
+
+
+def stats_tables(stats: dict[str, Any]) -> list[Any]:
+    """``stats`` as rich tables for ``llm4sweat dataset stats``: task × source, then the profile
+    dimensions."""
+    from rich.table import Table
+
+    sources = [s for s in SOURCES]
+    by_task = Table("task", *sources, "total", title=f"{stats['total']} examples")
+    for task, by in stats["task_source"].items():
+        row = [by.get(s, 0) for s in sources]
+        by_task.add_row(task, *map(str, row), str(sum(row)))
+    by_task.add_row("all", *[str(stats["source"].get(s, 0)) for s in sources], str(stats["total"]))
+    profile = Table("dimension", "examples per value")
+    for key, label in (("site", "site"), ("severity", "severity"), ("age_band", "age band"),
+                       ("kind", "primary / secondary")):
+        profile.add_row(label, ", ".join(f"{k}: {v}" for k, v in stats[key].items()) or "-")
+    return [by_task, profile]
+
+
 # ------------------------------------------------------------------------------ export
 
 

@@ -1,0 +1,925 @@
+"""Synthetic vignette generation (``llm4sweat generate``).
+
+A frontier model behind any OpenAI-compatible endpoint writes patient vignettes from the
+condition pack: one vignette per request, each a patient's message in their own voice and a
+reference reply, tied to the pack's facts. Nothing it returns is trusted.
+
+**The plan.** :func:`build_plan` spreads the vignettes over task × site × severity (HDSS
+1-4) × age band × primary/secondary, so the set is not dominated by the most common case
+(the "mode collapse" the LLM4Sweat paper warns about). Sites come from the pack's seeds
+(``[generation] sites`` in ``pack.toml`` overrides), and only (site, kind) pairs the seeds use
+are planned (no "primary generalized"). The combinations are ordered greedily so that every
+prefix of the plan is as balanced as possible on each dimension and each pair of dimensions;
+a plan of N slots is the first N slots of the ordering, cycling through every combination
+before any repeats. Each slot has a deterministic key (``pack/task/site/hdssN/band/kind/#k``)
+stored with the example (``dataset_examples.plan_key``), so a re-run after a crash or
+Ctrl-C skips every slot already stored and continues where it stopped, and ``--count`` can
+grow a dataset without regenerating it.
+
+**A request** sends a constant system message (instructions, every pack fact with its id, the
+red flags: a long prefix that servers can cache) and a short user message with the slot as a
+JSON block and a seed as a style example. Structured output (``response_format`` with a JSON
+schema) is used where the server supports it: with ``structured_output = "auto"`` a server
+that refuses it is asked again in JSON mode, then with the prompt alone. The reply is
+validated with pydantic either way.
+
+**Rejected and counted, never stored** (reason in brackets): a reply that is not JSON
+(``invalid_json``) or not the schema (``invalid_schema``); a vignette for another slot than
+asked (``off_plan``); one citing no fact (``no_facts``) or an id the pack does not have
+(``unknown_fact``); one contradicting the red-flag rules: a secondary profile, or a patient
+message showing a red flag, whose reply does not send the patient to a doctor
+(``red_flag_no_doctor``), a "primary" patient whose message shows a red flag or whose onset
+was at 25 or later, or a "secondary" one whose message shows none (``kind_mismatch``); a patient message
+with personal identifiers (``personal_details``); one in which an evaluation question
+appears (``eval_leak``). Near-duplicates of a stored or seed question (MinHash LSH over
+character shingles, confirmed by the estimated Jaccard against ``near_duplicate_threshold``) and
+exact duplicates are counted as ``duplicates``. A rejected slot is asked again up to
+``attempts_per_slot`` times per run.
+
+**Transport.** ``concurrency`` requests at once (workers sharing a queue); the openai client
+retries 408/409/429/5xx, connection errors and timeouts with exponential backoff, honouring
+``Retry-After`` (``max_retries``), each attempt limited to ``timeout_s``. A request that still
+fails is counted under ``failed`` and its slot is left for the next run. A wrong key, an
+unknown model or a missing endpoint stops the run at once (:class:`GenerationError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bot.settings import GenerationSettings
+from bot.storage import Database
+from pipeline import dataset
+from pipeline.dataset import AGE_BANDS, age_band
+from pipeline.packs import DOCTOR_ADVICE_RE, ConditionPack, Profile, jaccard, shingles
+from pipeline.privacy import scrub
+
+log = logging.getLogger(__name__)
+
+# Bump when the prompt templates or the schema change: stored with every synthetic example.
+PROMPT_VERSION = "vignette-v1"
+
+PLAN_AGE_BANDS = ("teen", "young_adult", "adult", "older_adult")
+SEVERITIES = (1, 2, 3, 4)
+KINDS = ("primary", "secondary")
+PRIMARY_ONSET_LIMIT = 25  # primary focal hyperhidrosis starts before 25
+
+REJECT_REASONS = (
+    "invalid_json",
+    "invalid_schema",
+    "off_plan",
+    "no_facts",
+    "unknown_fact",
+    "red_flag_no_doctor",
+    "kind_mismatch",
+    "personal_details",
+    "eval_leak",
+)
+
+TASK_HINTS = {
+    "diagnosis": "the patient wonders whether what they have is hyperhidrosis, how it is recognised, "
+    "how bad it is, or whether something else could be behind it",
+    "treatment": "the patient asks what can be done, about a specific option, its side effects, "
+    "or what to try next after something did not work",
+    "psychological_support": "the patient describes how the sweating affects their feelings, "
+    "confidence, relationships, school or work, and needs support and coping ideas",
+}
+
+# Everyday situations and ways of writing, to keep vignettes varied (chosen per slot).
+SITUATIONS = (
+    "exams and handwriting at school or university",
+    "a new office job with a lot of handshakes",
+    "a trade or manual job that needs a firm grip on tools",
+    "playing a musical instrument",
+    "sport, climbing or the gym",
+    "dating and being close to someone",
+    "looking after a baby or small children",
+    "giving presentations or speaking in meetings",
+    "phones, touchscreens and laptops that stop working under wet fingers",
+    "driving and holding the steering wheel",
+    "choosing clothes and colours that hide marks",
+    "an upcoming wedding or big family event",
+    "a job in a kitchen, shop or hospital ward",
+    "drawing, painting or paperwork that gets smudged",
+    "hot weather, travel and holidays",
+    "gaming and typing for hours",
+)
+STYLES = (
+    "short and a little worried",
+    "a longer message that tells the whole story",
+    "asks about one option by name",
+    "sceptical, because earlier attempts did not help",
+    "embarrassed and apologetic about asking",
+    "practical and straight to the point",
+    "frustrated and tired of the problem",
+    "hopeful, has read a little about it online",
+)
+
+Failure = Literal["timeout", "rate_limited", "server_error", "connection", "api_error"]
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot go on (bad key, unknown model, no endpoint); the message says why."""
+
+    def __init__(self, message: str, summary: "GenerationSummary | None" = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One vignette to write: a point of the plan and its deterministic key."""
+
+    key: str
+    task: str
+    site: str
+    hdss: int
+    age_band: str
+    kind: str
+    occurrence: int
+
+    def _pick(self, salt: str, n: int) -> int:
+        return int.from_bytes(hashlib.sha256(f"{self.key}|{salt}".encode()).digest()[:8], "big") % n
+
+    @property
+    def age(self) -> int:
+        low, high = AGE_BANDS[self.age_band]
+        return low + self._pick("age", high - low + 1)
+
+    @property
+    def sex(self) -> str:
+        return ("female", "male")[self._pick("sex", 2)]
+
+    @property
+    def situation(self) -> str:
+        return SITUATIONS[self._pick("situation", len(SITUATIONS))]
+
+    @property
+    def style(self) -> str:
+        return STYLES[self._pick("style", len(STYLES))]
+
+    def spec(self, pack: ConditionPack, variant: int = 0) -> dict[str, Any]:
+        """What the user message asks for, as JSON-ready data."""
+        low, high = AGE_BANDS[self.age_band]
+        spec: dict[str, Any] = {
+            "task": self.task,
+            "kind": self.kind,
+            "site": self.site,
+            "hdss": self.hdss,
+            "age": self.age,
+            "age_range": [low, high],
+            "sex": self.sex,
+            "situation": self.situation,
+            "style": self.style,
+        }
+        if self.kind == "secondary" and pack.red_flags:
+            flag = pack.red_flags[self._pick("flag", len(pack.red_flags))]
+            spec["warning_sign"] = flag.name
+        if variant:
+            spec["variant"] = variant
+        return spec
+
+
+def plan_sites(pack: ConditionPack) -> tuple[list[str], set[tuple[str, str]]]:
+    """The sites to plan over and the allowed (site, kind) pairs, from ``pack.toml``
+    ``[generation] sites`` or else the pack's seeds."""
+    extra = (pack.meta.model_extra or {}).get("generation", {})
+    seen = {(site, seed.profile.kind) for seed in pack.seeds for site in seed.profile.sites}
+    sites = list(extra.get("sites") or sorted({site for site, _ in seen}))
+    if not sites:
+        raise GenerationError(f"pack {pack.name!r} names no sites (no seeds and no [generation] sites)")
+    allowed = {(s, k) for s in sites for k in KINDS if (s, k) in seen}
+    # A site the seeds never show for one kind is still allowed for it, unless the seeds show
+    # it only for the other kind (hyperhidrosis: "generalized" appears only in secondary seeds).
+    for site in sites:
+        kinds = {k for s, k in seen if s == site}
+        if not kinds:
+            allowed |= {(site, k) for k in KINDS}
+        elif kinds == {"primary"}:
+            allowed.add((site, "secondary"))
+    return sites, allowed
+
+
+def _stable_rank(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+@lru_cache(maxsize=16)
+def _ordering(dims: tuple[tuple[str, tuple[Any, ...]], ...], allowed: frozenset[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Every allowed combination once, ordered so each prefix is balanced: at each step the
+    combination whose values (and pairs of values) have been used least is taken next; ties
+    go to a fixed pseudo-random order."""
+    names = [name for name, _ in dims]
+    combos = [c for c in itertools.product(*(values for _, values in dims)) if c in allowed]
+    combos.sort(key=lambda c: _stable_rank("/".join(map(str, c))))
+    pairs = list(itertools.combinations(range(len(names)), 2))
+    single: Counter[tuple[int, Any]] = Counter()
+    double: Counter[tuple[int, int, Any, Any]] = Counter()
+    order: list[tuple[Any, ...]] = []
+    remaining = list(combos)
+    while remaining:
+        best_i, best_cost = 0, None
+        for i, combo in enumerate(remaining):
+            cost = (
+                sum(single[(d, combo[d])] for d in range(len(names))),
+                sum(double[(a, b, combo[a], combo[b])] for a, b in pairs),
+            )
+            if best_cost is None or cost < best_cost:
+                best_i, best_cost = i, cost
+        combo = remaining.pop(best_i)
+        order.append(combo)
+        for d in range(len(names)):
+            single[(d, combo[d])] += 1
+        for a, b in pairs:
+            double[(a, b, combo[a], combo[b])] += 1
+    return order
+
+
+def build_plan(
+    pack: ConditionPack,
+    count: int,
+    *,
+    tasks: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+    age_bands: Sequence[str] = PLAN_AGE_BANDS,
+    kinds: Sequence[str] = KINDS,
+) -> list[Slot]:
+    """The first ``count`` slots of the balanced plan (deterministic: the plan for N is a
+    prefix of the plan for any larger N, so keys stay the same when a dataset grows)."""
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    pack_sites, allowed_pairs = plan_sites(pack)
+    tasks = tuple(tasks or pack.tasks)
+    sites = tuple(sites or pack_sites)
+    for band in age_bands:
+        if band not in AGE_BANDS:
+            raise ValueError(f"unknown age band {band!r}; expected one of {list(AGE_BANDS)}")
+    dims = (("task", tasks), ("site", sites), ("hdss", tuple(severities)), ("age_band", tuple(age_bands)),
+            ("kind", tuple(kinds)))
+    allowed = frozenset(
+        c for c in itertools.product(*(v for _, v in dims)) if (c[1], c[4]) in allowed_pairs or c[1] not in pack_sites
+    )
+    order = _ordering(dims, allowed)
+    if not order:
+        raise GenerationError("the plan has no allowed combination")
+    slots = []
+    for i in range(count):
+        task, site, hdss, band, kind = order[i % len(order)]
+        occurrence = i // len(order)
+        key = f"{pack.name}/{task}/{site}/hdss{hdss}/{band}/{kind}/#{occurrence}"
+        slots.append(Slot(key, task, site, hdss, band, kind, occurrence))
+    return slots
+
+
+def plan_balance(slots: Sequence[Slot]) -> dict[str, dict[str, int]]:
+    """Counts per value of each plan dimension."""
+    out: dict[str, Counter[str]] = {d: Counter() for d in ("task", "site", "hdss", "age_band", "kind")}
+    for s in slots:
+        out["task"][s.task] += 1
+        out["site"][s.site] += 1
+        out["hdss"][f"HDSS {s.hdss}"] += 1
+        out["age_band"][s.age_band] += 1
+        out["kind"][s.kind] += 1
+    return {d: dict(sorted(c.items())) for d, c in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The vignette: schema and checks
+
+
+class Vignette(BaseModel):
+    """One generated vignette as the model must return it."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    task: str
+    profile: Profile
+    question: str = Field(min_length=15, max_length=3000)
+    answer: str = Field(min_length=30, max_length=5000)
+    fact_ids: list[str]
+
+
+def vignette_json_schema(pack: ConditionPack) -> dict[str, Any]:
+    """The JSON schema sent as structured output (strict: every key required, no extras)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "task": {"type": "string", "enum": pack.tasks},
+            "profile": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "age": {"type": "integer", "description": "age in years"},
+                    "sex": {"type": "string", "enum": ["female", "male", "other", "unknown"]},
+                    "sites": {"type": "array", "items": {"type": "string"}, "description": "affected body sites"},
+                    "hdss": {"type": "integer", "enum": [1, 2, 3, 4], "description": "severity, 1 to 4"},
+                    "onset_age": {"type": ["integer", "null"], "description": "age when it started"},
+                    "family_history": {"type": ["boolean", "null"]},
+                    "kind": {"type": "string", "enum": list(KINDS)},
+                },
+                "required": ["age", "sex", "sites", "hdss", "onset_age", "family_history", "kind"],
+            },
+            "question": {"type": "string", "description": "the patient's message, in their own words"},
+            "answer": {"type": "string", "description": "the reference reply"},
+            "fact_ids": {
+                "type": "array",
+                "items": {"type": "string", "enum": [f.id for f in pack.facts]},
+                "description": "ids of the knowledge facts the reply relies on",
+            },
+        },
+        "required": ["task", "profile", "question", "answer", "fact_ids"],
+    }
+
+
+_FENCE_RE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+
+
+def parse_vignette(content: str | None) -> tuple[Vignette | None, str | None]:
+    """``(vignette, None)`` or ``(None, reason)`` for a model reply (code fences tolerated)."""
+    text = (content or "").strip()
+    fenced = _FENCE_RE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None, "invalid_json"
+    if not isinstance(data, dict):
+        return None, "invalid_schema"
+    try:
+        return Vignette.model_validate(data), None
+    except ValidationError:
+        return None, "invalid_schema"
+
+
+def check_vignette(vignette: Vignette, slot: Slot, pack: ConditionPack, flags: list[Any] | None = None) -> str | None:
+    """Why the vignette cannot be used for ``slot`` (a ``REJECT_REASONS`` entry), or None.
+    ``flags``: the red flags of the question, when already computed."""
+    p = vignette.profile
+    if (vignette.task != slot.task or p.kind != slot.kind or p.hdss != slot.hdss
+            or slot.site not in p.sites or age_band(p.age) != slot.age_band):
+        return "off_plan"
+    if not vignette.fact_ids:
+        return "no_facts"
+    known = {f.id for f in pack.facts}
+    if any(fid not in known for fid in vignette.fact_ids):
+        return "unknown_fact"
+    if flags is None:
+        flags = pack.find_red_flags(vignette.question)
+    if (flags or p.kind == "secondary") and not DOCTOR_ADVICE_RE.search(vignette.answer):
+        return "red_flag_no_doctor"
+    if p.kind == "primary" and (flags or (p.onset_age is not None and p.onset_age >= PRIMARY_ONSET_LIMIT)):
+        return "kind_mismatch"
+    if p.kind == "secondary" and not flags:
+        return "kind_mismatch"
+    if scrub(vignette.question) != vignette.question:
+        return "personal_details"
+    # eval_leak is decided by the dataset's own guard when the vignette is stored.
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Near-duplicates
+
+
+class NearDuplicates:
+    """Patient questions seen so far, for near-duplicate checks.
+
+    MinHash LSH over the same character shingles as the pack's leak check: each text gets a
+    128-value MinHash signature (numpy), cut into bands; texts sharing a band are candidates,
+    and a candidate is a near-duplicate when the exact Jaccard similarity of the two texts'
+    shingle sets reaches ``threshold``. Deterministic (fixed hash seeds), about 1.5 KB per
+    text, and no pairwise comparison with every stored question."""
+
+    NUM_PERM = 128
+    _PRIME = (1 << 61) - 1
+
+    def __init__(self, threshold: float) -> None:
+        import numpy as np
+
+        self.threshold = threshold
+        rng = np.random.RandomState(1)
+        self._a = rng.randint(1, self._PRIME, size=self.NUM_PERM, dtype=np.uint64)
+        self._b = rng.randint(0, self._PRIME, size=self.NUM_PERM, dtype=np.uint64)
+        # The most rows per band whose threshold ((1/b)^(1/r)) stays well below ``threshold``:
+        # 32 bands of 4 rows for 0.6 (a pair at 0.6 becomes a candidate with probability 0.99).
+        self.rows = 1
+        for rows in (2, 4, 8, 16):
+            if (rows / self.NUM_PERM) ** (1 / rows) <= threshold - 0.15:
+                self.rows = rows
+        self.buckets: list[dict[bytes, list[str]]] = [{} for _ in range(self.NUM_PERM // self.rows)]
+        self.signatures: dict[str, Any] = {}
+        self.texts: dict[str, str] = {}
+
+    def signature(self, text: str) -> Any:
+        import numpy as np
+
+        grams = shingles(text) or {""}
+        values = np.fromiter((zlib.crc32(g.encode("utf-8")) for g in grams), dtype=np.uint64, count=len(grams))
+        with np.errstate(over="ignore"):
+            hashed = (np.outer(values, self._a) + self._b) % np.uint64(self._PRIME)
+        return (hashed & np.uint64(0xFFFFFFFF)).min(axis=0)
+
+    def _bands(self, sig: Any) -> list[bytes]:
+        return [sig[i * self.rows:(i + 1) * self.rows].tobytes() for i in range(len(self.buckets))]
+
+    def similarity(self, a: str, b: str) -> float:
+        """Estimated (MinHash) Jaccard similarity of two texts' shingle sets."""
+        return float((self.signature(a) == self.signature(b)).mean())
+
+    def match(self, text: str) -> tuple[str | None, Any]:
+        """The key of a stored near-duplicate of ``text`` (or None) and ``text``'s signature."""
+        sig = self.signature(text)
+        grams = shingles(text)
+        seen: set[str] = set()
+        for bucket, band in zip(self.buckets, self._bands(sig)):
+            for key in bucket.get(band, ()):
+                if key in seen:
+                    continue
+                seen.add(key)
+                if jaccard(grams, shingles(self.texts[key])) >= self.threshold:
+                    return key, sig
+        return None, sig
+
+    def add(self, key: str, text: str, sig: Any = None) -> None:
+        if key in self.signatures:
+            return
+        sig = sig if sig is not None else self.signature(text)
+        self.signatures[key] = sig
+        self.texts[key] = text
+        for bucket, band in zip(self.buckets, self._bands(sig)):
+            bucket.setdefault(band, []).append(key)
+
+    def check_and_add(self, key: str, text: str) -> str | None:
+        """Atomically (no await inside): the near-duplicate's key, or None after adding ``text``."""
+        found, sig = self.match(text)
+        if found is None:
+            self.add(key, text, sig)
+        return found
+
+    def remove(self, key: str) -> None:
+        sig = self.signatures.pop(key, None)
+        if sig is None:
+            return
+        del self.texts[key]
+        for bucket, band in zip(self.buckets, self._bands(sig)):
+            keys = bucket.get(band)
+            if keys and key in keys:
+                keys.remove(key)
+
+    def __len__(self) -> int:
+        return len(self.signatures)
+
+    @classmethod
+    async def from_dataset(cls, db: Database, pack: ConditionPack, threshold: float) -> "NearDuplicates":
+        index = cls(threshold)
+        for seed in pack.seeds:
+            index.add(f"seed:{seed.id}", seed.question)
+        for item in await dataset.examples(db):
+            user = next((m["content"] for m in item["messages"] if m["role"] == "user"), "")
+            if user:
+                index.add(f"example:{item['id']}", user)
+        return index
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts (written for this project)
+
+
+def system_prompt(pack: ConditionPack, with_schema: bool) -> str:
+    """The constant part of every request: instructions, the pack's facts and red flags."""
+    facts = []
+    for task in pack.tasks:
+        facts.append(f"### {task}")
+        facts.extend(f"[{f.id}] {f.text}" for f in pack.facts_for(task))
+    flags = [f"- {flag.name}: {flag.description} What to tell the patient: {flag.advice}" for flag in pack.red_flags]
+    tasks = "\n".join(f"- {t}: {TASK_HINTS.get(t, 'questions about ' + t.replace('_', ' '))}" for t in pack.tasks)
+    schema = ""
+    if with_schema:
+        schema = (
+            "\n\nReply with one JSON object and nothing else, with exactly these keys:\n"
+            '{"task": "<the task>", "profile": {"age": <int>, "sex": "female|male|other|unknown", '
+            '"sites": ["<site>", ...], "hdss": <1-4>, "onset_age": <int or null>, "family_history": <true, false or null>, '
+            '"kind": "primary|secondary"}, "question": "<the patient\'s message>", "answer": "<the reply>", '
+            '"fact_ids": ["<fact id>", ...]}'
+        )
+    return f"""You write training examples for an AI assistant that supports people living with {pack.title}.
+Each request describes one patient (the plan). Write ONE realistic vignette for it: the message
+that patient might send, and the reply a careful, kind assistant should give.
+
+The patient's message:
+- first person, everyday words, one to six sentences, in the style the plan asks for;
+- consistent with every field of the plan: task, age, sex, the body site, the severity (HDSS
+  1 = never noticeable and never interferes, 2 = tolerable and sometimes interferes,
+  3 = barely tolerable and often interferes, 4 = intolerable and always interferes), and
+  primary or secondary;
+- "primary": a story that fits primary focal sweating (usually started before 25, both sides,
+  not at night) and mentions none of the warning signs below;
+- "secondary": the message must clearly show the warning sign named in the plan (or another
+  from the list if that one cannot fit), described the way a patient would put it;
+- no names, contact details, addresses, exact dates or other identifying details.
+
+The reply:
+- warm and plain; acknowledge the feeling first; at most about 150 words; end with a concrete
+  next step;
+- rely only on the knowledge below and list the ids of the facts it uses in fact_ids (at least
+  one, only ids that appear below);
+- never claims to be a doctor, gives no doses or schedules, and does not diagnose;
+- when the profile is secondary or the message shows a warning sign, it says clearly that a
+  doctor should check this and how soon.
+
+Tasks:
+{tasks}
+
+Warning signs (red flags):
+{chr(10).join(flags)}
+
+Knowledge (cite by id):
+{chr(10).join(facts)}
+
+The profile you return must repeat the plan: the same task, kind and severity, an age in the
+plan's range, and the plan's site among the sites.{schema}"""
+
+
+def user_prompt(pack: ConditionPack, slot: Slot, variant: int = 0) -> str:
+    """The slot-specific part: the plan as JSON and one seed of the same task as a style example."""
+    spec = json.dumps(slot.spec(pack, variant), ensure_ascii=False)
+    same = [s for s in pack.seeds if s.task == slot.task and s.profile.kind == slot.kind] or \
+        [s for s in pack.seeds if s.task == slot.task]
+    example = ""
+    if same:
+        seed = same[slot._pick(f"seed{variant}", len(same))]
+        example = (
+            "\n\nAn example of the tone only (write something new; do not reuse its wording or situation):\n"
+            f"Patient: {seed.question}\nReply: {seed.answer}"
+        )
+    return f"Plan:\n```json\n{spec}\n```{example}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class GenerationSummary:
+    planned: int = 0
+    already_stored: int = 0
+    generated: int = 0
+    duplicates: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    elapsed_s: float = 0.0
+    structured_output: str = ""
+    slots_done: int = 0  # slots finished this run (stored or given up)
+    interrupted: bool = False
+
+    @property
+    def pending(self) -> int:
+        return self.planned - self.already_stored
+
+    @property
+    def remaining(self) -> int:
+        """Slots still without a stored vignette (a re-run asks for these)."""
+        return self.planned - self.already_stored - self.generated
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "already_stored": self.already_stored,
+            "generated": self.generated,
+            "rejected": dict(self.rejected),
+            "duplicates": self.duplicates,
+            "failed": dict(self.failed),
+            "remaining": self.remaining,
+            "requests": self.requests,
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "total": self.total_tokens},
+            "elapsed_s": round(self.elapsed_s, 3),
+            "structured_output": self.structured_output,
+            "interrupted": self.interrupted,
+        }
+
+    def lines(self) -> list[str]:
+        def reasons(counter: Counter) -> str:
+            return ", ".join(f"{k} {v}" for k, v in counter.most_common()) or "none"
+
+        rate = self.generated / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return [
+            f"planned {self.planned}: {self.already_stored} already stored, {self.generated} generated now, "
+            f"{self.remaining} still missing",
+            f"rejected {sum(self.rejected.values())} ({reasons(self.rejected)})",
+            f"duplicates {self.duplicates}",
+            f"failed requests {sum(self.failed.values())} ({reasons(self.failed)})",
+            f"tokens {self.total_tokens} ({self.prompt_tokens} prompt + {self.completion_tokens} completion) "
+            f"in {self.requests} requests",
+            f"{self.elapsed_s:.1f} s, {rate:.2f} vignettes/s, structured output: {self.structured_output or '-'}",
+        ]
+
+
+def make_client(settings: GenerationSettings) -> Any:
+    """An ``openai.AsyncOpenAI`` for the settings (its own retries and timeout)."""
+    import openai
+
+    key = settings.api_key.get_secret_value() if settings.api_key else os.environ.get("OPENAI_API_KEY")
+    if not key:
+        if "api.openai.com" in settings.base_url:
+            raise GenerationError("no API key: set LLM4SWEAT_GENERATION__API_KEY (or OPENAI_API_KEY)")
+        key = "not-needed"  # local OpenAI-compatible servers (vLLM) accept any key
+    return openai.AsyncOpenAI(base_url=settings.base_url, api_key=key, timeout=settings.timeout_s,
+                              max_retries=settings.max_retries)
+
+
+class _Run:
+    """One generation run: shared state of the workers."""
+
+    def __init__(self, db: Database, pack: ConditionPack, settings: GenerationSettings, client: Any,
+                 summary: GenerationSummary, dedup: NearDuplicates,
+                 on_progress: Callable[[GenerationSummary], None] | None) -> None:
+        self.db, self.pack, self.settings, self.client = db, pack, settings, client
+        self.summary, self.dedup, self.on_progress = summary, dedup, on_progress
+        self.mode = "json_schema" if settings.structured_output == "auto" else settings.structured_output
+        self.summary.structured_output = self.mode
+        self.system = {m: system_prompt(pack, with_schema=(m != "json_schema")) for m in ("json_schema", "json_object", "none")}
+        self.schema = vignette_json_schema(pack)
+        self.fingerprint = pack.fingerprint()
+
+    def _response_format(self, mode: str) -> dict[str, Any] | None:
+        if mode == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": "vignette", "strict": True, "schema": self.schema}}
+        if mode == "json_object":
+            return {"type": "json_object"}
+        return None
+
+    def _downgrade(self, mode: str) -> bool:
+        """After the server refused ``mode``: fall back one step (auto only). False if no step is left."""
+        if self.settings.structured_output != "auto" or mode == "none":
+            return False
+        if self.mode == mode:
+            self.mode = "json_object" if mode == "json_schema" else "none"
+            self.summary.structured_output = self.mode
+            log.warning("the server refused response_format %s; using %s from now on", mode, self.mode)
+        return True
+
+    async def _complete(self, slot: Slot, variant: int) -> tuple[str | None, Any] | Failure:
+        """One chat completion (the client retries on its own): the content and usage, or why it failed."""
+        import openai
+
+        while True:
+            mode = self.mode
+            kwargs: dict[str, Any] = {}
+            fmt = self._response_format(mode)
+            if fmt is not None:
+                kwargs["response_format"] = fmt
+            self.summary.requests += 1
+            try:
+                response = await self.client.chat.completions.create(
+                    model=self.settings.model,
+                    messages=[
+                        {"role": "system", "content": self.system[mode]},
+                        {"role": "user", "content": user_prompt(self.pack, slot, variant)},
+                    ],
+                    temperature=self.settings.temperature,
+                    max_tokens=self.settings.max_tokens,
+                    **kwargs,
+                )
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
+                raise GenerationError(
+                    f"the generation endpoint {self.settings.base_url} refused the request "
+                    f"(HTTP {exc.status_code}): check the model name ({self.settings.model}), the base URL and the API key"
+                ) from None
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                if fmt is not None and self._downgrade(mode):
+                    continue
+                log.warning("generation request for %s refused: HTTP %s", slot.key, exc.status_code)
+                return "api_error"
+            except openai.APITimeoutError:
+                return "timeout"
+            except openai.RateLimitError:
+                return "rate_limited"
+            except openai.InternalServerError:
+                return "server_error"
+            except openai.APIConnectionError:
+                return "connection"
+            except openai.APIError as exc:
+                log.warning("generation request for %s failed: %s", slot.key, type(exc).__name__)
+                return "api_error"
+            usage = getattr(response, "usage", None)
+            if usage is not None:
+                self.summary.prompt_tokens += usage.prompt_tokens or 0
+                self.summary.completion_tokens += usage.completion_tokens or 0
+            choice = response.choices[0] if response.choices else None
+            content = choice.message.content if choice is not None and choice.message else None
+            return content, response
+
+    async def fill(self, slot: Slot) -> None:
+        """Try to store one vignette for ``slot`` (up to ``attempts_per_slot`` requests)."""
+        s = self.summary
+        try:
+            for variant in range(self.settings.attempts_per_slot):
+                result = await self._complete(slot, variant)
+                if isinstance(result, str):
+                    s.failed[result] += 1
+                    return  # the client already retried; the slot waits for the next run
+                content, response = result
+                vignette, reason = parse_vignette(content)
+                flags: list[Any] = []
+                if vignette is not None:
+                    flags = self.pack.find_red_flags(vignette.question)
+                    reason = check_vignette(vignette, slot, self.pack, flags)
+                if reason is not None:
+                    s.rejected[reason] += 1
+                    log.debug("rejected a vignette for %s: %s", slot.key, reason)
+                    continue
+                assert vignette is not None
+                if self.dedup.check_and_add(slot.key, vignette.question) is not None:
+                    s.duplicates += 1
+                    continue
+                stored = await self._store(slot, vignette, response, flags)
+                if stored.stored:
+                    s.generated += 1
+                    return
+                self.dedup.remove(slot.key)
+                if stored.reason == "duplicate":
+                    s.duplicates += 1
+                    if await self.db.fetchval("SELECT 1 FROM dataset_examples WHERE plan_key = ?", (slot.key,)):
+                        return  # stored by another run meanwhile
+                else:
+                    s.rejected[stored.reason] += 1
+        finally:
+            s.slots_done += 1
+            if self.on_progress is not None:
+                self.on_progress(s)
+
+    async def _store(self, slot: Slot, vignette: Vignette, response: Any, flags: list[Any]) -> dataset.InsertResult:
+        messages = [
+            {"role": "system", "content": self.pack.system_message()},
+            {"role": "user", "content": vignette.question},
+            {"role": "assistant", "content": vignette.answer},
+        ]
+        usage = getattr(response, "usage", None)
+        provenance = {
+            "pack": self.pack.name,
+            "pack_version": self.pack.version,
+            "pack_fingerprint": self.fingerprint,
+            "generator": {"model": self.settings.model, "prompt_version": PROMPT_VERSION,
+                          "structured_output": self.mode, "response_id": getattr(response, "id", None)},
+            "plan": {"task": slot.task, "site": slot.site, "hdss": slot.hdss, "age_band": slot.age_band,
+                     "kind": slot.kind, "occurrence": slot.occurrence},
+            "profile": vignette.profile.model_dump(),
+            "fact_ids": vignette.fact_ids,
+            "red_flags": [flag.id for flag in flags],
+            "usage": {"prompt_tokens": getattr(usage, "prompt_tokens", None),
+                      "completion_tokens": getattr(usage, "completion_tokens", None)},
+        }
+        return await dataset.insert_example(self.db, slot.task, "synthetic", messages, provenance,
+                                            plan_key=slot.key, eval_questions=self.pack.eval_questions)
+
+
+async def generate(
+    db: Database,
+    pack: ConditionPack,
+    settings: GenerationSettings,
+    count: int,
+    *,
+    concurrency: int | None = None,
+    client: Any = None,
+    on_progress: Callable[[GenerationSummary], None] | None = None,
+    on_start: Callable[[GenerationSummary], None] | None = None,
+) -> GenerationSummary:
+    """Fill the first ``count`` slots of the plan, skipping those already stored.
+
+    ``client`` defaults to :func:`make_client` (closed at the end). Cancelling the task (Ctrl-C)
+    stops the workers; every vignette stored so far stays, and a re-run continues from there."""
+    started = time.monotonic()
+    plan = build_plan(pack, count)
+    stored = await dataset.stored_plan_keys(db)
+    pending = [slot for slot in plan if slot.key not in stored]
+    summary = GenerationSummary(planned=len(plan), already_stored=len(plan) - len(pending))
+    if on_start is not None:
+        on_start(summary)
+    if not pending:
+        summary.structured_output = "-"
+        return summary
+    own_client = client is None
+    client = client or make_client(settings)
+    dedup = await NearDuplicates.from_dataset(db, pack, settings.near_duplicate_threshold)
+    run = _Run(db, pack, settings, client, summary, dedup, on_progress)
+    queue = list(reversed(pending))
+
+    async def worker() -> None:
+        while queue:
+            await run.fill(queue.pop())
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency or settings.concurrency, len(pending)))]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException as exc:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        summary.interrupted = True
+        summary.elapsed_s = time.monotonic() - started
+        if isinstance(exc, GenerationError):
+            exc.summary = summary
+        raise
+    finally:
+        summary.elapsed_s = time.monotonic() - started
+        if own_client:
+            await client.close()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI command's body (bot/cli.py holds the typer wrapper)
+
+
+async def run_cli(cfg: Any, count: int, concurrency: int | None, dry_run: bool, console: Any) -> int:
+    """``llm4sweat generate``: import the seeds, fill the plan with a progress bar, print the
+    summary. Returns the exit code (0 done, 1 slots still missing, 2 stopped by an error)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from pipeline.packs import load_pack
+
+    pack = load_pack(cfg.pack_path)
+    gen = cfg.generation
+    if dry_run:
+        plan = build_plan(pack, count)
+        table = Table("dimension", "counts")
+        for dim, counts in plan_balance(plan).items():
+            table.add_row(dim, ", ".join(f"{k}: {v}" for k, v in counts.items()))
+        console.print(f"Plan for {count} vignettes ({pack.name} {pack.version}):")
+        console.print(table)
+        return 0
+    for name in ("httpx", "httpx2", "openai"):  # one log line per request would bury the progress bar
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).getEffectiveLevel()))
+    db = await Database(cfg.db_path).open()
+    try:
+        seeds = await dataset.import_seeds(db, pack)
+        if seeds:
+            console.print(f"imported {seeds} seed vignettes from pack {pack.name}")
+        stored = await dataset.stored_plan_keys(db)
+        missing = sum(1 for slot in build_plan(pack, count) if slot.key not in stored)
+        if not missing:
+            console.print(f"nothing to do: all {count} planned vignettes are already stored.")
+            return 0
+        console.print(f"generating {missing} of {count} planned vignettes with {gen.model} at {gen.base_url}, "
+                      f"concurrency {concurrency or gen.concurrency}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[status]}"), console=console) as progress:
+            bar = progress.add_task("vignettes", total=None, status="")
+
+            def start(summary: GenerationSummary) -> None:
+                progress.update(bar, total=summary.pending, completed=0)
+
+            def update(summary: GenerationSummary) -> None:
+                progress.update(
+                    bar, completed=summary.slots_done,
+                    status=f"stored {summary.generated} · rejected {sum(summary.rejected.values())} · "
+                           f"duplicates {summary.duplicates} · failed {sum(summary.failed.values())} · "
+                           f"tokens {summary.total_tokens}",
+                )
+
+            try:
+                summary = await generate(db, pack, gen, count, concurrency=concurrency, on_progress=update, on_start=start)
+            except GenerationError as exc:
+                console.print(f"[red]generation stopped:[/red] {exc}", highlight=False)
+                if exc.summary is not None:
+                    for line in exc.summary.lines():
+                        console.print("  " + line, highlight=False)
+                return 2
+        for line in summary.lines():
+            console.print(line, highlight=False)
+        if summary.remaining:
+            console.print(f"{summary.remaining} slot(s) still missing: run the same command again to continue.")
+            return 1
+        return 0
+    finally:
+        await db.close()
