@@ -248,41 +248,64 @@ def pack_check(path: Path = typer.Argument(..., help="The pack folder.")) -> Non
 
 
 @dataset_app.command("stats")
-def dataset_stats() -> None:
-    """Examples per task and source."""
+def dataset_stats(as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON.")) -> None:
+    """Examples per task and source, and per site, severity, age band and primary/secondary."""
     cfg = settings()
     from pipeline import dataset
 
-    async def go() -> dict[str, dict[str, int]]:
+    async def go() -> dict[str, Any]:
         db = await _open_db(cfg)
         try:
-            return await dataset.counts(db)
+            return await dataset.stats(db, dataset.pack_or_none(cfg.pack_path))
         finally:
             await db.close()
 
-    counts = run_async(go())
-    table = Table("task", "seed", "synthetic", "expert_approved", "expert_edited", "total")
-    for task, by in sorted(counts.items()):
-        row = [by.get(s, 0) for s in ("seed", "synthetic", "expert_approved", "expert_edited")]
-        table.add_row(task, *map(str, row), str(sum(row)))
-    console.print(table)
+    stats = run_async(go())
+    if as_json:
+        console.print_json(json.dumps(stats))
+        return
+    for table in dataset.stats_tables(stats):
+        console.print(table)
 
 
 @dataset_app.command("export")
 def dataset_export(out: Path = typer.Argument(..., help="JSONL file to write.")) -> None:
-    """Export the dataset as chat-format JSONL; prints the snapshot hash."""
+    """Export the dataset as chat-format JSONL (the `messages` format of Hugging Face datasets,
+    TRL and axolotl), without evaluation questions; prints the snapshot hash."""
     cfg = settings()
     from pipeline import dataset
 
-    async def go() -> tuple[int, str]:
+    async def go() -> Any:
         db = await _open_db(cfg)
         try:
-            return await dataset.export_jsonl(db, out)
+            return await dataset.export(db, out, dataset.pack_or_none(cfg.pack_path))
         finally:
             await db.close()
 
-    count, digest = run_async(go())
-    console.print(f"wrote {count} examples to {out}; snapshot {digest}")
+    result = run_async(go())
+    console.print(f"wrote {result.count} examples to {out}; snapshot {result.hash}")
+    if result.excluded:
+        console.print(f"left out {len(result.excluded)} example(s) that contain evaluation questions "
+                      f"(ids {', '.join(map(str, result.excluded[:20]))})")
+
+
+@app.command("generate")
+def generate_cmd(
+    count: int = typer.Option(..., "--count", "-n", min=1, help="Vignettes in the plan; a re-run skips those already stored."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", min=1, max=256,
+                                              help="Requests at once (default: generation.concurrency)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan's balance without calling the API."),
+) -> None:
+    """Generate synthetic vignettes through an OpenAI-compatible API (settings [generation])."""
+    cfg = settings()
+    from pipeline.generate import run_cli
+
+    try:
+        code = run_async(run_cli(cfg, count, concurrency, dry_run, console))
+    except KeyboardInterrupt:
+        err.print("interrupted: every vignette stored so far is kept; run the same command again to continue.")
+        raise typer.Exit(130)
+    raise typer.Exit(code)
 
 
 # ---------------------------------------------------------------------------- adapters, reviews
