@@ -129,34 +129,19 @@ class Snapshot:
 
 
 async def export_snapshot(db: Database, pack: Any, path: Path) -> Snapshot:
-    """Write the training snapshot (chat ``messages`` JSONL) without evaluation questions."""
-    from pipeline.packs import find_eval_leaks
-    from pipeline.training import dataset_hash
-
-    items = await dataset.examples(db)
-    texts = ["\n".join(m["content"] for m in item["messages"] if m.get("role") != "system") for item in items]
-    leaks = await asyncio.to_thread(lambda: find_eval_leaks(pack.eval_questions, texts))
-    leaked = {leak.text_index for leak in leaks}
-    kept = [item for i, item in enumerate(items) if i not in leaked]
-    excluded = sorted(items[i]["id"] for i in leaked)
-    if excluded:
-        log.warning("left %d example(s) out of the training snapshot: they contain evaluation questions", len(excluded))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    by_source: dict[str, int] = {}
-    with tmp.open("w", encoding="utf-8") as out:
-        for item in kept:
-            out.write(json.dumps({"messages": item["messages"], "task": item["task"], "source": item["source"]},
-                                 ensure_ascii=False) + "\n")
-            by_source[item["source"]] = by_source.get(item["source"], 0) + 1
-    tmp.replace(path)
+    """Write the training snapshot (chat ``messages`` JSONL) through the dataset's export,
+    which leaves out examples containing an evaluation question and examples of patients who
+    have not consented; its hash is the one the adapter's manifest will record."""
+    # Taken before the export: an example added meanwhile counts as new next time (never lost).
+    max_id = int(await db.fetchval("SELECT COALESCE(MAX(id), 0) FROM dataset_examples") or 0)
+    result = await dataset.export(db, path, pack)
     return Snapshot(
-        path=path,
-        examples=len(kept),
-        hash=dataset_hash([item["messages"] for item in kept]),
-        excluded=excluded,
-        max_example_id=max((item["id"] for item in items), default=0),
-        by_source=by_source,
+        path=result.path,
+        examples=result.count,
+        hash=result.hash,
+        excluded=list(result.excluded),
+        max_example_id=max_id,
+        by_source=dict(result.by_source),
     )
 
 

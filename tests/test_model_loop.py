@@ -137,6 +137,18 @@ def evaluation_record(subject: str, runs: dict[str, dict], eval_hash: str = "h1"
             "runs": runs, "overall": runs[subject]["overall"], "table": f"(table of {subject})"}
 
 
+async def consented_patient(db, user: str = "patient-1", consent: int = 1) -> int:
+    return await db.execute(
+        "INSERT INTO patients (platform, platform_user_id, consent, consent_at, created_at) VALUES ('local', ?, ?, ?, ?)",
+        (user, consent, now(), now()))
+
+
+async def expert_example(db, patient: int, task: str, question: str, answer: str,
+                         source: str = "expert_approved") -> int | None:
+    return await dataset.add_example(db, task, source, [
+        {"role": "user", "content": question}, {"role": "assistant", "content": answer}], patient_id=patient)
+
+
 async def register(svc, version: str, path: Path, evaluation: dict | None = None) -> None:
     await registry.register(svc.db, version, path, svc.backend.model_path, {"kind": "lora"})
     if evaluation is not None:
@@ -411,21 +423,30 @@ async def test_retrain_job_without_a_base_model_fails_cleanly(service) -> None:
 async def test_snapshot_leaves_out_evaluation_questions(service, tmp_path) -> None:
     from pipeline.training import dataset_hash
 
+    db = service.db
+    patient = await consented_patient(db)
     question = service.pack.eval_questions[0]
-    await dataset.add_example(service.db, question.task, "expert_edited", [
-        {"role": "user", "content": f"Hi. {question.question}"},
-        {"role": "assistant", "content": "An expert's answer."},
-    ])
-    await dataset.add_example(service.db, "treatment", "expert_approved", [
-        {"role": "user", "content": "Is there a cream for sweaty hands?"},
-        {"role": "assistant", "content": "Yes: glycopyrronium cream, ask a dermatologist."},
-    ])
-    snapshot = await rt.export_snapshot(service.db, service.pack, tmp_path / "snap.jsonl")
+    # The dataset refuses an example that contains an evaluation question...
+    assert await expert_example(db, patient, question.task, f"Hi. {question.question}", "An answer.") is None
+    # ...and one stored before the question joined the evaluation set is left out of the snapshot.
+    leaked = json.dumps([{"role": "user", "content": f"Hi. {question.question}"},
+                         {"role": "assistant", "content": "An expert's answer."}])
+    leaked_id = await db.execute(
+        "INSERT INTO dataset_examples (task, source, messages, content_hash, patient_id, created_at)"
+        " VALUES (?, 'expert_edited', ?, 'old-leak', ?, ?)", (question.task, leaked, patient, now()))
+    assert await expert_example(db, patient, "treatment", "Is there a cream for sweaty hands?",
+                                "Yes: glycopyrronium cream, ask a dermatologist.")
+    withdrawn = await consented_patient(db, "patient-2", consent=0)
+    assert await expert_example(db, withdrawn, "treatment", "Do wipes help?", "Some do.") is None
+
+    snapshot = await rt.export_snapshot(db, service.pack, tmp_path / "snap.jsonl")
     lines = [json.loads(line) for line in (tmp_path / "snap.jsonl").read_text().splitlines()]
-    assert len(snapshot.excluded) == 1 and snapshot.examples == len(lines) == len(service.pack.seeds) + 1
+    assert snapshot.excluded == [leaked_id]
+    assert snapshot.examples == len(lines) == len(service.pack.seeds) + 1
     assert not any(question.question in m["content"] for line in lines for m in line["messages"])
     assert snapshot.hash == dataset_hash([line["messages"] for line in lines])
     assert snapshot.by_source == {"seed": len(service.pack.seeds), "expert_approved": 1}
+    assert snapshot.max_example_id == await db.fetchval("SELECT MAX(id) FROM dataset_examples")
 
 
 @session_loop
@@ -435,9 +456,9 @@ async def test_scheduler_retrains_when_enough_new_expert_examples(service, monke
     monkeypatch.setattr(training, "retrain_interval_hours", 1.0)
     due, why = await rt.retrain_due(service)
     assert not due and "0 new expert examples" in why  # seeds do not count
+    patient = await consented_patient(service.db)
     for i in range(2):
-        await dataset.add_example(service.db, "treatment", "expert_approved", [
-            {"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}])
+        assert await expert_example(service.db, patient, "treatment", f"question {i}", f"answer {i}")
     assert (await rt.retrain_due(service))[0]
 
     started: list[int] = []
@@ -459,10 +480,8 @@ async def test_scheduler_retrains_when_enough_new_expert_examples(service, monke
     await service.db.execute("UPDATE jobs SET created_at = ?", (now() - 7200,))
     due, why = await rt.retrain_due(service)
     assert not due and "0 new expert examples" in why  # everything was in the last snapshot
-    await dataset.add_example(service.db, "diagnosis", "expert_edited", [
-        {"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3"}])
-    await dataset.add_example(service.db, "diagnosis", "expert_edited", [
-        {"role": "user", "content": "q4"}, {"role": "assistant", "content": "a4"}])
+    assert await expert_example(service.db, patient, "diagnosis", "q3", "a3", "expert_edited")
+    assert await expert_example(service.db, patient, "diagnosis", "q4", "a4", "expert_edited")
     assert (await rt.retrain_due(service))[0]
 
 
@@ -484,11 +503,11 @@ async def test_retrain_job_end_to_end(local_service) -> None:
     set_training(svc, epochs=1.0, batch_size=8, max_length=2048, learning_rate=1e-3,  # small and quick
                  gate_tolerance=1.0, gate_task_margin=1.0)
     svc.retrain_options = rt.RetrainOptions(max_steps=2, eval={"limit_per_task": 2, "max_new_tokens": 4}, nice=0)
-    await dataset.add_example(svc.db, "treatment", "expert_edited", [
+    assert await dataset.add_example(svc.db, "treatment", "expert_edited", [
         {"role": "system", "content": svc.pack.system_message()},
         {"role": "user", "content": "Is there a cream for sweaty hands?"},
         {"role": "assistant", "content": "Yes: glycopyrronium cream can help; a dermatologist can prescribe it."},
-    ])
+    ], patient_id=await consented_patient(svc.db))
     reply = await svc.commands.run(MODERATOR, "retrain")
     assert reply.data["created"]
     job_id = reply.data["job_id"]
@@ -568,7 +587,7 @@ async def test_stopping_the_service_cancels_a_running_job(settings, tiny_model_d
     finally:
         await db.close()
     assert job["status"] == "cancelled"
-    for _ in range(60):  # the worker notices SIGTERM at its next training step
+    for _ in range(360):  # the worker notices SIGTERM at its next training step (slow on a busy machine)
         log = (Path(cfg.data_dir) / "jobs" / f"retrain-{job_id}" / "worker.log").read_text()
         if "cancelled" in log:
             break
