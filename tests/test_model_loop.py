@@ -595,3 +595,68 @@ async def test_stopping_the_service_cancels_a_running_job(settings, tiny_model_d
     assert "training cancelled" in log
     assert not Path(spec["out_dir"]).exists()
     assert not any(p.name.startswith(".v1") for p in Path(spec["out_dir"]).parent.iterdir())
+
+
+# ------------------------------------------------------------------------------- the command line
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")} | env
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, env=full,
+                          timeout=300)
+
+
+def test_cli_promote_and_rollback_without_a_running_service(tmp_path, tiny_model_dir, tiny_adapter_dirs) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port where no console answers
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"LLM4SWEAT_DATA_DIR": str(tmp_path), "LLM4SWEAT_INFERENCE__BASE_MODEL": str(tiny_model_dir),
+           "LLM4SWEAT_LOCAL__PORT": str(port), "LLM4SWEAT_LOG_LEVEL": "WARNING"}
+
+    async def setup() -> None:
+        db = await Database(tmp_path / "llm4sweat.db").open()
+        try:
+            for version in ("v1", "v2"):
+                await registry.register(db, version, tiny_adapter_dirs[version], str(tiny_model_dir), {"kind": "lora"})
+            await registry.set_evaluation(db, "v1", evaluation_record(
+                "v1", {"base": run_record("base", 0.4), "v1": run_record("v1", 0.6)}))
+        finally:
+            await db.close()
+
+    async def statuses() -> dict[str, str]:
+        db = await Database(tmp_path / "llm4sweat.db").open()
+        try:
+            return {row["version"]: row["status"] for row in await registry.all_versions(db)}
+        finally:
+            await db.close()
+
+    asyncio.run(setup())
+    out = run_cli("adapters", "promote", "v1", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Gate PASSED" in out.stdout and "[ok] overall accuracy 0.600 vs 0.400" in out.stdout
+    assert "v1 is recorded as live" in out.stdout
+    out = run_cli("adapters", "promote", "v2", env=env)
+    assert out.returncode == 1 and "no evaluation" in out.stdout and "--force" in out.stdout
+    assert run_cli("adapters", "promote", "v2", "--force", env=env).returncode == 0
+    assert asyncio.run(statuses()) == {"v1": "retired", "v2": "live"}
+    out = run_cli("adapters", "rollback", env=env)
+    assert out.returncode == 0 and "Rolled back: v1" in out.stdout, out.stdout + out.stderr
+    assert asyncio.run(statuses()) == {"v1": "live", "v2": "retired"}
+
+
+@pytest.mark.slow
+def test_cli_train_and_eval(tmp_path, tiny_model_dir) -> None:
+    env = {"LLM4SWEAT_DATA_DIR": str(tmp_path), "LLM4SWEAT_INFERENCE__BASE_MODEL": str(tiny_model_dir),
+           "LLM4SWEAT_TRAINING__MAX_LENGTH": "2048", "LLM4SWEAT_LOG_LEVEL": "WARNING"}
+    out = run_cli("train", "--max-steps", "1", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Registered v1 as a candidate" in out.stdout and (tmp_path / "adapters" / "v1" / "manifest.json").is_file()
+    out = run_cli("eval", "--adapter", "v1", "--limit", "1", "--no-safety", "--out", str(tmp_path / "ev"), env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "overall" in out.stdout and "Gate" in out.stdout
+    report = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert report["order"] == ["base", "v1"] and (tmp_path / "ev" / "evaluation.png").is_file()
