@@ -8,10 +8,11 @@ reference reply, tied to the pack's facts. Nothing it returns is trusted.
 1-4) × age band × primary/secondary, so the set is not dominated by the most common case
 (the "mode collapse" the LLM4Sweat paper warns about). Sites come from the pack's seeds
 (``[generation] sites`` in ``pack.toml`` overrides), and only (site, kind) pairs the seeds use
-are planned (no "primary generalized"). The combinations are ordered greedily so that every
-prefix of the plan is as balanced as possible on each dimension and each pair of dimensions;
-a plan of N slots is the first N slots of the ordering, cycling through every combination
-before any repeats. Each slot has a deterministic key (``pack/task/site/hdssN/band/kind/#k``)
+are planned (no "primary generalized"). Slots are picked greedily so that every prefix of
+the plan is balanced on each dimension (counts of its values differ by at most two), then
+covers combinations before repeating them, then spreads pairs of dimensions; a plan of N
+slots is a prefix of any longer plan. Each slot has a deterministic key
+(``pack/task/site/hdssN/band/kind/#k``, k counting earlier slots of the same combination)
 stored with the example (``dataset_examples.plan_key``), so a re-run after a crash or
 Ctrl-C skips every slot already stored and continues where it stopped, and ``--count`` can
 grow a dataset without regenerating it.
@@ -57,7 +58,6 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -223,35 +223,51 @@ def _stable_rank(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
-@lru_cache(maxsize=16)
-def _ordering(dims: tuple[tuple[str, tuple[Any, ...]], ...], allowed: frozenset[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Every allowed combination once, ordered so each prefix is balanced: at each step the
-    combination whose values (and pairs of values) have been used least is taken next; ties
-    go to a fixed pseudo-random order."""
-    names = [name for name, _ in dims]
-    combos = [c for c in itertools.product(*(values for _, values in dims)) if c in allowed]
+_ORDER_CACHE: dict[Any, list[tuple[tuple[Any, ...], int]]] = {}
+
+
+def _ordering(dims: tuple[tuple[str, tuple[Any, ...]], ...], allowed: frozenset[tuple[Any, ...]],
+              count: int) -> list[tuple[tuple[Any, ...], int]]:
+    """The first ``count`` picks of the balanced sequence: ``(combination, occurrence)``.
+
+    Greedy and online, so a longer sequence extends a shorter one. Each pick minimises, in
+    order: how often its values have been used so far (each dimension weighted by its number
+    of values, i.e. relative to its fair share), how often the combination itself has been
+    used, and how often its pairs of values have been used; ties go to a fixed pseudo-random
+    order of the combinations. The result: every prefix is balanced on each dimension, and
+    combinations are covered before they repeat wherever the marginals allow."""
+    import numpy as np
+
+    key = (dims, allowed)
+    cached = _ORDER_CACHE.get(key)
+    if cached is not None and len(cached) >= count:
+        return cached[:count]
+    target = max(count, 2 * len(cached or ()), 64)
+    values = [vals for _, vals in dims]
+    sizes = [len(v) for v in values]
+    combos = [c for c in itertools.product(*values) if c in allowed]
     combos.sort(key=lambda c: _stable_rank("/".join(map(str, c))))
-    pairs = list(itertools.combinations(range(len(names)), 2))
-    single: Counter[tuple[int, Any]] = Counter()
-    double: Counter[tuple[int, int, Any, Any]] = Counter()
-    order: list[tuple[Any, ...]] = []
-    remaining = list(combos)
-    while remaining:
-        best_i, best_cost = 0, None
-        for i, combo in enumerate(remaining):
-            cost = (
-                sum(single[(d, combo[d])] for d in range(len(names))),
-                sum(double[(a, b, combo[a], combo[b])] for a, b in pairs),
-            )
-            if best_cost is None or cost < best_cost:
-                best_i, best_cost = i, cost
-        combo = remaining.pop(best_i)
-        order.append(combo)
-        for d in range(len(names)):
-            single[(d, combo[d])] += 1
+    if not combos:
+        return []
+    table = np.array([[values[d].index(c[d]) for d in range(len(dims))] for c in combos])
+    single = [np.zeros(n, dtype=np.int64) for n in sizes]
+    pairs = list(itertools.combinations(range(len(dims)), 2))
+    double = {p: np.zeros((sizes[p[0]], sizes[p[1]]), dtype=np.int64) for p in pairs}
+    uses = np.zeros(len(combos), dtype=np.int64)
+    rank = np.arange(len(combos))
+    order: list[tuple[tuple[Any, ...], int]] = []
+    for _ in range(target):
+        marginal = sum(single[d][table[:, d]] * sizes[d] for d in range(len(dims)))
+        joint = sum(double[(a, b)][table[:, a], table[:, b]] * sizes[a] * sizes[b] for a, b in pairs)
+        i = int(np.lexsort((rank, joint, uses, marginal))[0])  # last key sorts first
+        order.append((combos[i], int(uses[i])))
+        uses[i] += 1
+        for d in range(len(dims)):
+            single[d][table[i, d]] += 1
         for a, b in pairs:
-            double[(a, b, combo[a], combo[b])] += 1
-    return order
+            double[(a, b)][table[i, a], table[i, b]] += 1
+    _ORDER_CACHE[key] = order
+    return order[:count]
 
 
 def build_plan(
@@ -279,13 +295,10 @@ def build_plan(
     allowed = frozenset(
         c for c in itertools.product(*(v for _, v in dims)) if (c[1], c[4]) in allowed_pairs or c[1] not in pack_sites
     )
-    order = _ordering(dims, allowed)
-    if not order:
+    if not allowed:
         raise GenerationError("the plan has no allowed combination")
     slots = []
-    for i in range(count):
-        task, site, hdss, band, kind = order[i % len(order)]
-        occurrence = i // len(order)
+    for (task, site, hdss, band, kind), occurrence in _ordering(dims, allowed, count):
         key = f"{pack.name}/{task}/{site}/hdss{hdss}/{band}/{kind}/#{occurrence}"
         slots.append(Slot(key, task, site, hdss, band, kind, occurrence))
     return slots
