@@ -105,7 +105,7 @@ def resolve_model(cfg: Settings, demo: bool) -> tuple[str | None, bool]:
     from pipeline.packs import load_pack
 
     pack = load_pack(cfg.pack_path)
-    with console.status("Building the offline demo model (first run only, about a minute)…"):
+    with console.status("Building the offline demo model (first run only, one to two minutes)…"):
         path = build_demo_model(cfg.data_dir, pack.seed_conversations())
     return str(path), True
 

@@ -56,13 +56,14 @@ _BASE_TEXT = [
 ]
 
 
-def build_tiny_model(out_dir: Path, corpus: Iterable[str], seed: int = 0) -> Path:
+def build_tiny_model(out_dir: Path, corpus: Iterable[str], seed: int = 0, vocab_size: int = VOCAB_SIZE) -> Path:
     """Train a byte-level BPE tokenizer on ``corpus``, build a random tiny Llama, save both.
 
     Deterministic for a given corpus and seed (same bytes on disk), so test failures are
     reproducible. Returns ``out_dir``. The model is saved in float32 safetensors together
     with its tokenizer (chat template included) and a generation config whose end token is
-    ``<|eot_id|>``, like Llama-3.2-Instruct.
+    ``<|eot_id|>``, like Llama-3.2-Instruct. A larger ``vocab_size`` makes most tokens whole
+    words, so a model this small writes words rather than fragments (the demo uses it).
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -76,7 +77,7 @@ def build_tiny_model(out_dir: Path, corpus: Iterable[str], seed: int = 0) -> Pat
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
