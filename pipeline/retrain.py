@@ -399,6 +399,8 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
         "subjects": subjects,
         "reuse_runs": reuse,
         "order": order,
+        "titles": {ev.BASE_LABEL: "base model", **({live_label: f"{live_label} (live)"} if live_label else {}),
+                   version: f"{version} (candidate)"},
         "delta": [reference, version],
         "eval_dir": str(eval_dir),
         "result": str(job_dir / "result.json"),

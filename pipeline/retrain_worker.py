@@ -78,7 +78,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     training (TrainingSettings fields), val_fraction, seed, max_steps, max_seconds, pack
     (folder), eval (EvalConfig fields), subjects (extra models to evaluate: base and live,
     as {label, version, path}), reuse_runs (runs of an earlier evaluation on the same set,
-    by label), order and delta (table columns), eval_dir (JSON + PNG go there), result.
+    by label), order, titles and delta (table columns), eval_dir (JSON + PNG go there), result.
     """
     from bot.settings import TrainingSettings
     from pipeline import evaluate as ev
@@ -141,6 +141,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if reused:
         report["runs"] = {**reused, **report["runs"]}
         report["reused"] = sorted(reused)
+    for label, title in (spec.get("titles") or {}).items():  # column names: "v2 (live)", "v3 (candidate)"
+        if label in report["runs"]:
+            report["runs"][label] = {**report["runs"][label], "title": title}
     order = [label for label in spec.get("order") or report["runs"] if label in report["runs"]]
     report["order"] = order
     delta = tuple(spec["delta"]) if spec.get("delta") else None

@@ -549,7 +549,10 @@ async def test_retrain_job_end_to_end(local_service) -> None:
     assert second["status"] == "succeeded" and second["version"] == "v2" and second["reference"] == "v1"
     v2 = await registry.get(svc.db, "v2")
     assert v2["evaluation"]["order"] == ["base", "v1", "v2"]
-    assert v2["evaluation"]["runs"]["v1"] == evaluation["runs"]["v1"]  # reused
+    reused, first = v2["evaluation"]["runs"]["v1"], evaluation["runs"]["v1"]
+    assert reused["title"] == "v1 (live)" and first["title"] == "v1 (candidate)"
+    assert {**reused, "title": None} == {**first, "title": None}  # reused, not recomputed
+    assert "v1 (live)" in v2["evaluation"]["table"] and "v2 (candidate)" in v2["evaluation"]["table"]
     if second["promoted"]:
         assert svc.backend.active_adapter == "v2"
     else:
