@@ -300,6 +300,7 @@ class Evaluator:
         model.eval()
         self.base = model
         self.model: Any = model
+        self.use_prefix_cache = True  # turned off if the model's cache cannot be shared
         self._names: dict[str, str] = {}
         for i, subject in enumerate(s for s in adapters if s.path is not None):
             self.add_adapter(subject, f"eval_{i}")
@@ -375,10 +376,20 @@ class Evaluator:
             for prefix, prefix_ids in prefixes.items():
                 group = [it for it in items if it[2] == prefix]
                 group.sort(key=lambda it: len(it[3]) + len(it[4]))  # less padding per batch
-                cache = self._prefix_cache(model, prefix_ids) if prefix_ids else None
+                cache = self._prefix_cache(model, prefix_ids) if prefix_ids and self.use_prefix_cache else None
                 for start in range(0, len(group), batch_size):
                     batch = group[start : start + batch_size]
-                    values = self._score_batch(model, prefix_ids, cache, [(it[3], it[4]) for it in batch])
+                    rows = [(it[3], it[4]) for it in batch]
+                    if cache is not None:
+                        try:
+                            values = self._score_batch(model, prefix_ids, cache, rows)
+                        except (AttributeError, TypeError, NotImplementedError) as exc:
+                            # A cache type that cannot be copied or repeated: score whole sequences.
+                            logger.warning("shared-prefix scoring unavailable for this model (%s); "
+                                           "scoring whole sequences", exc)
+                            self.use_prefix_cache, cache = False, None
+                    if cache is None:
+                        values = self._score_batch(model, [], None, [(prefix_ids + s, o) for s, o in rows])
                     for (qi, oi, *_), value in zip(batch, values):
                         scores[qi][oi] = value
                         done_questions.add(qi)

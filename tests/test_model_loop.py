@@ -205,8 +205,11 @@ def test_scores_do_not_depend_on_batching(tiny_model_dir, tiny_adapter_dirs, mc_
     for subject in (ev.Subject("v1", "v1", tiny_adapter_dirs["v1"]), ev.Subject(ev.BASE_LABEL)):
         one = evaluator.score(subject, questions, SYSTEM, batch_size=1)
         many = evaluator.score(subject, questions, SYSTEM, batch_size=7)
-        for a, b in zip(one, many):
-            assert a == pytest.approx(b, abs=1e-4)
+        evaluator.use_prefix_cache = False  # whole sequences, as for a model whose cache cannot be shared
+        whole = evaluator.score(subject, questions, SYSTEM, batch_size=5)
+        evaluator.use_prefix_cache = True
+        for a, b, c in zip(one, many, whole):
+            assert a == pytest.approx(b, abs=1e-4) and a == pytest.approx(c, abs=1e-4)
     # ...and the same as a plain forward pass over the whole, unsplit sequence.
     import torch
 
