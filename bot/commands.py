@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("status", "retrain", "rollback", "eval", "dataset", "pause", "resume")
+COMMANDS = ("status", "retrain", "promote", "rollback", "eval", "dataset", "pause", "resume")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Commands:
         handlers = {
             "status": lambda: self.status(actor),
             "retrain": lambda: self.retrain(actor),
+            "promote": lambda: self.promote(actor, argument or ""),
             "rollback": lambda: self.rollback(actor, argument or None),
             "eval": lambda: self.evaluation(actor),
             "dataset": lambda: self.dataset(actor),
@@ -109,6 +110,16 @@ class Commands:
         self.service.start_retrain(req.job_id)
         return CommandReply(f"Retraining job #{req.job_id} started. Progress is shown in /status.",
                             {"job_id": req.job_id, "created": True})
+
+    async def promote(self, actor: Actor, version: str) -> CommandReply:
+        """Make a candidate live, through the promotion gate."""
+        await self._require(actor, "promote")
+        if not version:
+            return CommandReply("Name the adapter version to promote, e.g. promote v3.", ok=False)
+        from pipeline.retrain import promote
+
+        outcome = await promote(self.service, version)
+        return CommandReply(outcome.text, {"version": version}, ok=outcome.ok)
 
     async def rollback(self, actor: Actor, version: str | None = None) -> CommandReply:
         await self._require(actor, "rollback")

@@ -287,7 +287,7 @@ class ConversationCore:
             )
         view = PatientView(ViewKind.CRISIS, message)
         await self._deliver(conv, view)
-        await self._alert(
+        await self.alert_moderators(
             f"Crisis message in conversation {conv.id} ({conv.platform}). The patient was given crisis resources; "
             "please look at it now. Later messages in this conversation are held for review.",
             urgent=True,
@@ -319,7 +319,7 @@ class ConversationCore:
             result.views.append(view)
         if time.monotonic() - self._last_outage_alert > 300:
             self._last_outage_alert = time.monotonic()
-            await self._alert(f"The model is failing: {error}. Messages are queued and will be retried.")
+            await self.alert_moderators(f"The model is failing: {error}. Messages are queued and will be retried.")
         result.status = "queued_retry"
         return result
 
@@ -511,7 +511,8 @@ class ConversationCore:
             except Exception:
                 log.exception("updating review card %s on %s failed", item_id, platform.name)
 
-    async def _alert(self, text: str, urgent: bool = False) -> None:
+    async def alert_moderators(self, text: str, urgent: bool = False) -> None:
+        """Tell moderators and on-duty reviewers on every connected platform."""
         for platform in self.platforms.values():
             try:
                 await platform.alert(text, urgent)

@@ -48,6 +48,7 @@ class Service:
         self.commands = Commands(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_task: asyncio.Task[Any] | None = None
+        self._scheduler_task: asyncio.Task[Any] | None = None
         self._swap_lock = asyncio.Lock()
 
     def add_platform(self, platform: Platform) -> None:
@@ -62,7 +63,10 @@ class Service:
         await self.backend.start()
         await self._load_live_adapter()
         if retry_loop:
+            from pipeline.retrain import start_scheduler
+
             self._retry_task = asyncio.create_task(self._retry_forever(), name="retry-queued")
+            self._scheduler_task = start_scheduler(self)
 
     async def _load_live_adapter(self) -> None:
         live = await registry.live(self.db)
@@ -128,8 +132,9 @@ class Service:
                 log.exception("retry loop iteration failed")
 
     async def stop(self) -> None:
-        if self._retry_task:
-            self._retry_task.cancel()
+        for background in (self._retry_task, self._scheduler_task):
+            if background is not None:
+                background.cancel()
         for task in list(self._tasks):
             task.cancel()
         await self.backend.close()

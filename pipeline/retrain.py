@@ -146,20 +146,13 @@ async def export_snapshot(db: Database, pack: Any, path: Path) -> Snapshot:
 
 
 async def tell_moderators(service: Any, text: str, urgent: bool = False) -> None:
+    """Through the running bot's platforms, or into HeadlessService.messages for the CLI."""
     core = getattr(service, "core", None)
-    for name in ("alert_moderators", "_alert"):
-        method = getattr(core, name, None)
-        if method is not None:
-            try:
-                await method(text, urgent)
-            except Exception:
-                log.exception("telling moderators failed")
-            return
-    method = getattr(service, "alert_moderators", None)
-    if method is not None:
-        await method(text, urgent)
-        return
-    log.warning("moderator message (no platform to send it to): %s", text)
+    target = core.alert_moderators if core is not None else service.alert_moderators
+    try:
+        await target(text, urgent)
+    except Exception:
+        log.exception("telling moderators failed")
 
 
 def reusable_runs(report_or_record: dict[str, Any] | None, wanted_hash: str, labels: list[str]) -> dict[str, Any]:

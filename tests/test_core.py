@@ -295,3 +295,12 @@ async def test_bad_live_adapter_starts_on_base_model_loudly(settings, caplog, da
         assert result.status == "shown"
     finally:
         await svc.stop()
+
+
+async def test_promote_command_checks_role_and_names_a_version(service):
+    with pytest.raises(PermissionDenied):
+        await service.commands.run(PATIENT_ACTOR, "promote", "v1")
+    missing = await service.commands.run(MODERATOR, "promote", "")
+    assert not missing.ok and "Name the adapter version" in missing.text
+    unknown = await service.commands.run(MODERATOR, "promote", "v404")
+    assert not unknown.ok and "v404" in unknown.text
