@@ -303,7 +303,7 @@
     if (!moderator) { setStatus(moderatorOutput, "Please enter your moderator name first.", true); moderatorName.focus(); return; }
     localStorage.setItem("llm4sweat.moderator", moderator);
     const body = { moderator, command };
-    if (command === "rollback") body.argument = $("moderator-argument").value.trim();
+    if (command === "rollback" || command === "promote") body.argument = $("moderator-argument").value.trim();
     setStatus(moderatorOutput, `Running ${command}…`);
     const buttons = document.querySelectorAll(".commands button");
     buttons.forEach((b) => (b.disabled = true));
