@@ -464,13 +464,18 @@ class NearDuplicates:
     def match(self, text: str) -> tuple[str | None, Any]:
         """The key of a stored near-duplicate of ``text`` (or None) and ``text``'s signature."""
         sig = self.signature(text)
-        grams = shingles(text)
+        grams: set[str] | None = None
         seen: set[str] = set()
         for bucket, band in zip(self.buckets, self._bands(sig)):
             for key in bucket.get(band, ()):
                 if key in seen:
                     continue
                 seen.add(key)
+                # The signature estimate (±0.05) rules out most candidates cheaply; the exact
+                # Jaccard decides the rest.
+                if float((self.signatures[key] == sig).mean()) < self.threshold - 0.15:
+                    continue
+                grams = grams if grams is not None else shingles(text)
                 if jaccard(grams, shingles(self.texts[key])) >= self.threshold:
                     return key, sig
         return None, sig
@@ -893,6 +898,7 @@ async def run_cli(cfg: Any, count: int, concurrency: int | None, dry_run: bool, 
         return 0
     for name in ("httpx", "httpx2", "openai"):  # one log line per request would bury the progress bar
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).getEffectiveLevel()))
+    started = time.monotonic()
     db = await Database(cfg.db_path).open()
     try:
         seeds = await dataset.import_seeds(db, pack)
@@ -908,8 +914,10 @@ async def run_cli(cfg: Any, count: int, concurrency: int | None, dry_run: bool, 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.fields[status]}"), console=console) as progress:
             bar = progress.add_task("vignettes", total=None, status="")
+            current: list[GenerationSummary] = []
 
             def start(summary: GenerationSummary) -> None:
+                current.append(summary)
                 progress.update(bar, total=summary.pending, completed=0)
 
             def update(summary: GenerationSummary) -> None:
@@ -928,6 +936,12 @@ async def run_cli(cfg: Any, count: int, concurrency: int | None, dry_run: bool, 
                     for line in exc.summary.lines():
                         console.print("  " + line, highlight=False)
                 return 2
+            except asyncio.CancelledError:  # Ctrl-C: say what was done, then let the CLI exit
+                if current:
+                    current[0].elapsed_s = time.monotonic() - started
+                    for line in current[0].lines():
+                        console.print(line, highlight=False)
+                raise
         for line in summary.lines():
             console.print(line, highlight=False)
         if summary.remaining:
