@@ -24,7 +24,8 @@ schema) is used where the server supports it: with ``structured_output = "auto"`
 that refuses it is asked again in JSON mode, then with the prompt alone. The reply is
 validated with pydantic either way.
 
-**Rejected and counted, never stored** (reason in brackets): a reply that is not JSON
+**Rejected and counted, never stored** (reason in brackets): a model refusal (``refused``)
+or a reply cut off at ``max_tokens`` (``truncated``); a reply that is not JSON
 (``invalid_json``) or not the schema (``invalid_schema``); a vignette for another slot than
 asked (``off_plan``); one citing no fact (``no_facts``) or an id the pack does not have
 (``unknown_fact``); one contradicting the red-flag rules: a secondary profile, or a patient
@@ -36,6 +37,19 @@ appears (``eval_leak``). Near-duplicates of a stored or seed question (MinHash L
 character shingles, confirmed by the estimated Jaccard against ``near_duplicate_threshold``) and
 exact duplicates are counted as ``duplicates``. A rejected slot is asked again up to
 ``attempts_per_slot`` times per run.
+
+**Usage.** Settings live in ``[generation]`` (``base_url``, ``model``, ``concurrency``,
+``timeout_s``, ``max_retries``, ``temperature``, ``max_tokens``, ``structured_output``,
+``attempts_per_slot``, ``near_duplicate_threshold``); the key only in the environment::
+
+    export LLM4SWEAT_GENERATION__API_KEY=sk-...              # any OpenAI-compatible endpoint
+    export LLM4SWEAT_GENERATION__BASE_URL=https://api.openai.com/v1 LLM4SWEAT_GENERATION__MODEL=gpt-4o
+    llm4sweat generate --count 600 --dry-run                 # the plan's balance, no API calls
+    llm4sweat generate --count 600 --concurrency 8           # Ctrl-C any time; run again to continue
+    llm4sweat dataset stats && llm4sweat dataset export train.jsonl
+
+To try it without a model: ``python -m tests.openai_fake --port 8099 --delay 0.2`` serves
+valid vignettes, and ``LLM4SWEAT_GENERATION__BASE_URL=http://127.0.0.1:8099/v1`` points at it.
 
 **Transport.** ``concurrency`` requests at once (workers sharing a queue); the openai client
 retries 408/409/429/5xx, connection errors and timeouts with exponential backoff, honouring
@@ -80,6 +94,8 @@ KINDS = ("primary", "secondary")
 PRIMARY_ONSET_LIMIT = 25  # primary focal hyperhidrosis starts before 25
 
 REJECT_REASONS = (
+    "refused",
+    "truncated",
     "invalid_json",
     "invalid_schema",
     "off_plan",
@@ -766,8 +782,14 @@ class _Run:
                     s.failed[result] += 1
                     return  # the client already retried; the slot waits for the next run
                 content, response = result
-                vignette, reason = parse_vignette(content)
-                flags: list[Any] = []
+                choice = response.choices[0] if response.choices else None
+                vignette, flags = None, []
+                if choice is not None and getattr(choice.message, "refusal", None):
+                    reason = "refused"
+                elif choice is not None and choice.finish_reason == "length":
+                    reason = "truncated"  # max_tokens too small for a whole vignette
+                else:
+                    vignette, reason = parse_vignette(content)
                 if vignette is not None:
                     flags = self.pack.find_red_flags(vignette.question)
                     reason = check_vignette(vignette, slot, self.pack, flags)

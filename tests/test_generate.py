@@ -148,13 +148,14 @@ async def test_fenced_json_without_structured_output_support(db, pack):
 @session_loop
 async def test_malformed_json_is_rejected_and_counted(db, pack):
     replies = itertools.cycle(["{not json", "Sure! Here is a vignette about sweaty palms.", json.dumps(["a", "list"]),
-                               json.dumps({"task": "diagnosis", "question": "only this"})])
+                               json.dumps({"task": "diagnosis", "question": "only this"}),
+                               Reply(content='{"task": "diagnosis", "profile": {"age": 1', finish_reason="length")])
 
     async with FakeOpenAI(lambda body, i: next(replies)) as server:
-        summary = await gen.generate(db, pack, settings_for(server, attempts_per_slot=2), 4, concurrency=1)
-    assert summary.generated == 0 and summary.remaining == 4
-    assert summary.rejected == Counter({"invalid_json": 4, "invalid_schema": 4})
-    assert len(server.requests) == 8  # two attempts per slot
+        summary = await gen.generate(db, pack, settings_for(server, attempts_per_slot=2), 5, concurrency=1)
+    assert summary.generated == 0 and summary.remaining == 5
+    assert summary.rejected == Counter({"invalid_json": 4, "invalid_schema": 4, "truncated": 2})
+    assert len(server.requests) == 10  # two attempts per slot
     assert not await synthetic_rows(db)
 
 
