@@ -26,6 +26,7 @@ from bot.settings import Settings
 from bot.storage import Database, dumps, now
 from bot.tasks import classify_task
 from pipeline import dataset
+from pipeline.privacy import scrub
 from reviewers.models import Action, Actor, DecisionOutcome, ReviewState, Rubric
 from reviewers.service import ReviewService, insert_review_item
 
@@ -426,7 +427,7 @@ class ConversationCore:
         source = "expert_edited" if outcome.state is ReviewState.EDITED else "expert_approved"
         decisions = await self.reviews.decisions(item_id)
         messages = [
-            {"role": "system", "content": self.pack.system_prompt.strip()},
+            {"role": "system", "content": self.pack.system_message()},  # as in seeds, training and serving
             {"role": "user", "content": item["patient_text"]},
             {"role": "assistant", "content": outcome.final_text or reply["text"]},
         ]
@@ -437,9 +438,10 @@ class ConversationCore:
             "adapter_version": reply["adapter_version"],
         }
         if source == "expert_edited":
-            provenance["original_reply"] = reply["text"]
+            provenance["original_reply"] = scrub(reply["text"])  # the model may have echoed a name
         await dataset.add_example(self.db, reply["task"], source, messages, provenance,
-                                  patient_id=reply["patient_id"], review_item_id=item_id)
+                                  patient_id=reply["patient_id"], review_item_id=item_id,
+                                  eval_questions=self.pack.eval_questions)
 
     # ------------------------------------------------------------------ platform plumbing
 

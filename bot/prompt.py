@@ -24,7 +24,7 @@ def build_prompt(
     extra_system: str = "",
 ) -> ChatMessages:
     """Chat messages for the model. ``history`` is (role, text) pairs, oldest first."""
-    system = pack.system_prompt.strip() + "\n\n" + pack.guidance.strip()
+    system = pack.system_message()
     if extra_system:
         system += "\n\n" + extra_system.strip()
     if red_flag_advice:

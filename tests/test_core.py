@@ -9,6 +9,7 @@ import pytest
 
 from bot.core import GATED_TEXT, LABEL_EDITED, LABEL_PENDING, NOTICE_UNAVAILABLE, WITHDRAWN_TEXT
 from bot.platform import IncomingMessage, ViewKind
+from pipeline.privacy import scrub
 from reviewers.models import Action, Actor, PermissionDenied, ReviewError, Rubric
 
 REVIEWER = Actor("local", "rev1", "Dr Rev", frozenset({"reviewer"}))
@@ -93,7 +94,8 @@ async def test_edit_reaches_patient_and_dataset(service):
     assert messages[-1]["content"] == "Botulinum toxin is an option."
     assert "Anna" not in messages[1]["content"] and "[name]" in messages[1]["content"]
     provenance = json.loads(rows[0]["provenance"])
-    assert provenance["original_reply"] == reply["text"] and provenance["reviewers"] == ["local:rev1"]
+    assert provenance["original_reply"] == scrub(reply["text"]) and provenance["reviewers"] == ["local:rev1"]
+    assert messages[0]["content"] == service.pack.system_message()
     # deciding again, by the same or another reviewer, changes nothing and adds no example
     again = await service.core.decide(result.item_id, REVIEWER, Action.APPROVE)
     other = await service.core.decide(result.item_id, REVIEWER2, Action.REJECT)
