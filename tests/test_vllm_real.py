@@ -21,9 +21,11 @@ loudly.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -101,7 +103,7 @@ def _write_config(path: Path, data_dir: Path, model_dir: Path, port: int, python
         f"port = {port}\n"
         "max_lora_rank = 8\n"
         'dtype = "float32"\n'
-        "max_model_len = 256\n"
+        "max_model_len = 2048\n"
         "cpu_kvcache_space_gb = 1\n"
         "startup_timeout_s = 400\n",
         encoding="utf-8",
@@ -266,6 +268,14 @@ async def _vllm_ids(url: str, model: str, messages, max_new: int) -> list[int]:
             data = await resp.json()
     ids = data["choices"][0]["token_ids"]
     return ids[:-1] if data["choices"][0]["finish_reason"] == "stop" else ids
+
+
+async def _vllm_text(url: str, model: str, messages, max_new: int) -> str:
+    body = {"model": model, "messages": messages, "max_tokens": max_new, "temperature": 0}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url + "/chat/completions", json=body) as resp:
+            data = await resp.json()
+    return data["choices"][0]["message"]["content"].strip()
 
 
 async def test_greedy_output_equals_peft_in_process_token_for_token(vllm: Servers):
@@ -433,6 +443,65 @@ async def test_two_replicas_one_killed_mid_run_then_restarted(vllm: Servers):
     finally:
         await only_b.close()
         await backend.close()
+
+
+async def test_llm4sweat_run_answers_patients_through_vllm_and_hot_swaps(vllm: Servers):
+    """The full loop on the real server: `llm4sweat run` (openai backend) adopts the adapter
+    `llm4sweat serve` loaded, answers a patient with it, and a moderator's rollback to v2
+    hot-swaps on vLLM without a restart."""
+    port = free_port()
+    config = vllm.root / "run.toml"
+    text = vllm.config.read_text().replace("[inference]\n", "[inference]\nmax_new_tokens = 24\ntemperature = 0.0\n")
+    config.write_text(text + f"\n[local]\nport = {port}\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = vllm.root / "run.out"
+    with open(out, "wb") as fh:
+        bot = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "run"], cwd=REPO, env=env,
+                               stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 120
+            while True:
+                assert bot.poll() is None, out.read_text(errors="replace")[-3000:]
+                try:
+                    async with session.get(base + "/api/info") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, out.read_text(errors="replace")[-3000:]
+                await asyncio.sleep(0.5)
+
+            async def ask(user: str, text: str) -> tuple[str, str, str]:
+                """The reply the patient saw, the adapter that wrote it, and the same prompt
+                answered greedily by that adapter on vLLM directly."""
+                async with session.post(base + "/api/patient/messages", json={"user": user, "text": text}) as resp:
+                    data = await resp.json()
+                assert resp.status == 200 and data["reply_id"], data
+                shown = " ".join(v["text"] for v in data["views"] if v["kind"] != "notice")
+                with sqlite3.connect(f"file:{vllm.settings.db_path}?mode=ro", uri=True) as db:
+                    prompt, version = db.execute("SELECT prompt, adapter_version FROM replies WHERE id = ?",
+                                                 (data["reply_id"],)).fetchone()
+                names = [m for m, root in (await served_models(vllm.url_a)).items() if root == str(vllm.adapters[version])]
+                direct = await _vllm_text(vllm.url_a, names[0], json.loads(prompt), 24)
+                return shown, version, direct
+
+            shown, version, direct = await ask("patient-1", PROMPTS[0])
+            assert version == "v1" and direct and direct in shown
+            v1_names = [m for m in await served_models(vllm.url_a) if m.startswith("v1@")]
+            assert len(v1_names) == 1  # one copy: adopted if loaded already, else loaded once
+
+            body = {"moderator": "moderator", "command": "rollback", "argument": "v2"}
+            async with session.post(base + "/api/moderator/command", json=body) as resp:
+                reply = await resp.json()
+            assert reply.get("ok"), reply
+            shown2, version2, direct2 = await ask("patient-2", PROMPTS[0])
+            assert version2 == "v2" and direct2 and direct2 in shown2 and direct2 != direct
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        assert bot.wait(timeout=60) == 0, out.read_text(errors="replace")[-3000:]
 
 
 def test_serve_stops_cleanly(vllm: Servers):
