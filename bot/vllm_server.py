@@ -62,7 +62,8 @@ def find_vllm_python(settings: Settings) -> str:
         if not _has_vllm(configured):
             raise VLLMNotInstalled(f"{configured} cannot import vllm.\n{INSTALL_HINT}")
         return configured
-    candidates = [Path.cwd() / VENV_NAME / "bin" / "python", REPO_ROOT / VENV_NAME / "bin" / "python"]
+    venv = os.environ.get("LLM4SWEAT_VLLM_VENV", VENV_NAME)  # as in scripts/install-vllm.sh
+    candidates = [Path.cwd() / venv / "bin" / "python", REPO_ROOT / venv / "bin" / "python"]
     for candidate in dict.fromkeys(candidates):
         if candidate.exists() and _has_vllm(str(candidate)):
             return str(candidate)

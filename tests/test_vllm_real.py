@@ -21,6 +21,7 @@ loudly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import aiohttp
@@ -42,7 +44,8 @@ from tests.fixtures_model import ADAPTER_VARIANTS
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+# The venv scripts/install-vllm.sh makes (same variable as the script: LLM4SWEAT_VLLM_VENV).
+VENV_PYTHON = (REPO / os.environ.get("LLM4SWEAT_VLLM_VENV", ".venv-vllm")) / "bin" / "python"
 START_TIMEOUT_S = 420
 PROMPTS = [
     "My hands sweat so much that paper gets wet.",
@@ -61,12 +64,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _loud_skip(reason: str) -> None:
+def _loud_skip(config: pytest.Config, reason: str) -> None:
     banner = "!" * 100
     message = (f"\n{banner}\n!!! REAL vLLM TESTS SKIPPED: {reason}\n"
                f"!!! The vLLM serving path (tests/test_vllm_real.py) was NOT tested.\n{banner}\n")
-    sys.__stderr__.write(message)
-    sys.__stderr__.flush()
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        sys.stderr.write(message)
+        sys.stderr.flush()
+    warnings.warn(f"REAL vLLM TESTS SKIPPED: {reason}", stacklevel=1)
     pytest.skip(f"REAL vLLM TESTS SKIPPED — {reason}")
 
 
@@ -78,15 +84,15 @@ def _has_vllm(python: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def vllm_python() -> str:
+def vllm_python(pytestconfig: pytest.Config) -> str:
     if not _has_vllm(VENV_PYTHON):
         if os.environ.get("LLM4SWEAT_VLLM_INSTALL", "1") == "0":
-            _loud_skip(f"no vLLM in {VENV_PYTHON} and LLM4SWEAT_VLLM_INSTALL=0")
+            _loud_skip(pytestconfig, f"no vLLM in {VENV_PYTHON} and LLM4SWEAT_VLLM_INSTALL=0 (CI sets it when the install failed)")
         sys.__stderr__.write("\ninstalling vLLM for the real-vLLM tests (bash scripts/install-vllm.sh, ~3 min)…\n")
         done = subprocess.run(["bash", str(REPO / "scripts" / "install-vllm.sh")], cwd=REPO,
                               capture_output=True, text=True, timeout=1800)
         if done.returncode != 0 or not _has_vllm(VENV_PYTHON):
-            _loud_skip(f"vLLM could not be installed (scripts/install-vllm.sh exit {done.returncode}): "
+            _loud_skip(pytestconfig, f"vLLM could not be installed (scripts/install-vllm.sh exit {done.returncode}): "
                        f"{(done.stdout + done.stderr)[-1500:]}")
     return str(VENV_PYTHON)
 
