@@ -353,6 +353,26 @@ async def test_all_replicas_down_then_one_back(servers):
         await backend.close()
 
 
+async def test_swap_right_after_every_replica_came_back(servers, adapters):
+    """No health check ran since the servers came back: the swap checks them itself."""
+    a, b = await servers(2)
+    backend = backend_for(a, b)
+    await backend.start()
+    try:
+        await a.stop()
+        await b.stop()
+        await backend.check_health()
+        assert not backend.status().healthy
+        await a.start()
+        await b.start()
+        await asyncio.wait_for(backend.swap_adapter("v1", adapters["v1"]), timeout=5)
+        assert backend.status().detail["replicas_up"] == "2/2"
+        assert all(len(s.loaded) == 1 for s in (a, b))
+        assert (await backend.generate(MESSAGES)).text.startswith("[v1]")
+    finally:
+        await backend.close()
+
+
 async def test_service_activate_adapter_through_openai_backend(servers, adapters, settings):
     """Service.activate_adapter hot-swaps on the server and marks the registry; a failed load
     keeps both the server and the registry on the live version."""

@@ -338,7 +338,8 @@ class OpenAIBackend:
         """Check every replica now; take failing ones out, bring recovered ones back."""
         await asyncio.gather(*(self._check_replica(r) for r in self.replicas))
 
-    async def _check_replica(self, replica: _Replica) -> None:
+    async def _check_replica(self, replica: _Replica, *, locked: bool = False) -> None:
+        """``locked``: the caller holds ``self._lock`` already (a swap finding no replica up)."""
         problem, models = await self._probe_server(replica)
         if problem is not None:
             self._take_down(replica, problem)
@@ -352,6 +353,9 @@ class OpenAIBackend:
             return
         if missing and replica.up:
             self._take_down(replica, f"the live adapter {live.version} is no longer loaded there")
+        if locked:
+            await self._resync(replica)
+            return
         async with self._lock:
             await self._resync(replica)
 
@@ -483,8 +487,8 @@ class OpenAIBackend:
 
     async def _load_everywhere(self, version: str, path: Path, old: _Live) -> _Live:
         targets = [r for r in self.replicas if r.up]
-        if not targets:
-            await self.check_health()
+        if not targets:  # maybe one came back since the last health check
+            await asyncio.gather(*(self._check_replica(r, locked=True) for r in self.replicas))
             targets = [r for r in self.replicas if r.up]
         if not targets:
             reasons = "; ".join(f"{r.url}: {r.error}" for r in self.replicas)
