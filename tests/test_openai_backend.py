@@ -226,15 +226,18 @@ async def test_replica_killed_mid_run_costs_no_request_and_rejoins_with_the_adap
                 except Exception as exc:  # counted, not raised: the test checks there are none
                     results.append(exc)
 
-        load = asyncio.gather(*(client(30) for _ in range(4)))
+        load = asyncio.gather(*(client(60) for _ in range(4)))
         await asyncio.sleep(0.1)
         await b.stop()  # killed: connections refused
-        await asyncio.sleep(0.2)
+        for _ in range(60):  # a failed request or the next health check takes it out
+            if not backend.status().detail["replicas"][1]["up"]:
+                break
+            await asyncio.sleep(0.05)
         assert not backend.status().detail["replicas"][1]["up"]
         await b.restart()  # back, without its runtime-loaded adapters
         await load
         failures = [r for r in results if not isinstance(r, str)]
-        assert not failures and len(results) == 120
+        assert not failures and len(results) == 240
         assert all(str(r).startswith("[v1]") for r in results)
 
         for _ in range(50):  # the health loop (every 0.1 s) re-loads v1 on b and takes it back
