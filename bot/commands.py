@@ -124,17 +124,15 @@ class Commands:
     async def rollback(self, actor: Actor, version: str | None = None) -> CommandReply:
         await self._require(actor, "rollback")
         try:
-            target = await registry.rollback_target(self.db, version)
+            target = await registry.resolve_rollback(self.db, version)
         except registry.RegistryError as exc:
             return CommandReply(str(exc), ok=False)
-        if target is None:
-            return CommandReply("There is no earlier adapter to roll back to.", ok=False)
+        name = target or "the base model"
         try:
-            seconds = await self.service.activate_adapter(target["version"])
+            seconds = await self.service.activate_adapter(target)
         except Exception as exc:
-            return CommandReply(f"Rollback to {target['version']} failed: {exc}. The live adapter is unchanged.", ok=False)
-        return CommandReply(f"Rolled back: {target['version']} is live (switched in {seconds:.2f} s).",
-                            {"version": target["version"]})
+            return CommandReply(f"Rollback to {name} failed: {exc}. The live adapter is unchanged.", ok=False)
+        return CommandReply(f"Rolled back: {name} is live (switched in {seconds:.2f} s).", {"version": target})
 
     async def evaluation(self, actor: Actor) -> CommandReply:
         await self._require(actor, "eval")

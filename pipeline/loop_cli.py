@@ -375,21 +375,19 @@ def rollback(cfg: Settings, console: Console, version: str | None) -> int:
         db = await Database(cfg.db_path).open()
         try:
             try:
-                target = await registry.rollback_target(db, version)
+                target = await registry.resolve_rollback(db, version)
             except registry.RegistryError as exc:
                 console.print(str(exc), highlight=False, markup=False)
                 return 1
-            if target is None:
-                console.print("There is no earlier adapter to roll back to.")
-                return 1
+            name = target or "the base model"
             service = rt.HeadlessService(cfg, db, load_pack(cfg.pack_path))
             try:
-                await service.activate_adapter(target["version"])
+                await service.activate_adapter(target)
             except Exception as exc:
-                console.print(f"Rollback to {target['version']} failed: {exc}. The live adapter is unchanged.",
+                console.print(f"Rollback to {name} failed: {exc}. The live adapter is unchanged.",
                               highlight=False, markup=False)
                 return 1
-            console.print(f"Rolled back: {target['version']} is recorded as live; the service loads it when it next starts.")
+            console.print(f"Rolled back: {name} is recorded as live; the service loads it when it next starts.")
             return 0
         finally:
             await db.close()

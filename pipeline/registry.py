@@ -99,3 +99,14 @@ def _row(row: Any) -> dict[str, Any] | None:
     data["manifest"] = json.loads(data["manifest"] or "{}")
     data["evaluation"] = json.loads(data["evaluation"]) if data.get("evaluation") else None
     return data
+
+
+async def resolve_rollback(db: Database, version: str | None = None) -> str | None:
+    """The version a rollback makes live: the one named, else the most recently retired one,
+    else the base model (None). Raises RegistryError when there is nothing to roll back."""
+    target = await rollback_target(db, version)
+    if target is not None:
+        return target["version"]
+    if await live(db) is None:
+        raise RegistryError("The base model is already serving; there is nothing to roll back.")
+    return None

@@ -306,3 +306,29 @@ async def test_promote_command_checks_role_and_names_a_version(service):
     assert not missing.ok and "Name the adapter version" in missing.text
     unknown = await service.commands.run(MODERATOR, "promote", "v404")
     assert not unknown.ok and "v404" in unknown.text
+
+
+async def test_rollback_returns_to_previous_then_base(service, tmp_path):
+    from pipeline import registry
+
+    nothing = await service.commands.run(MODERATOR, "rollback")
+    assert not nothing.ok and "nothing to roll back" in nothing.text
+    for version in ("v1", "v2"):
+        path = tmp_path / version
+        path.mkdir()
+        (path / "adapter_config.json").write_text("{}")
+        (path / "adapter_model.safetensors").write_bytes(b"weights")
+        await registry.register(service.db, version, path, "base")
+    await service.activate_adapter("v1")
+    await service.activate_adapter("v2")
+    first = await service.commands.run(MODERATOR, "rollback")
+    assert first.ok and "v1 is live" in first.text and service.backend.adapter_version == "v1"
+    second = await service.commands.run(MODERATOR, "rollback", "v2")
+    assert second.ok and service.backend.adapter_version == "v2"
+    await registry.mark_live(service.db, "v1")
+    await registry.set_status(service.db, "v2", "candidate")
+    await registry.set_status(service.db, "v1", "live")
+    await service.db.execute("UPDATE adapters SET promoted_at = NULL WHERE version = 'v2'")
+    to_base = await service.commands.run(MODERATOR, "rollback")
+    assert to_base.ok and "the base model is live" in to_base.text and service.backend.adapter_version is None
+    assert (await registry.live(service.db)) is None

@@ -165,8 +165,8 @@ async def test_start_identifies_with_intents_and_syncs_commands_to_guild(bot, fa
     sync = fake.calls_to("PUT", rf"/applications/{fake.app_id}/guilds/{fake.guild_id}/commands")
     assert len(sync) == 1
     names = {c["name"]: c for c in sync[0].body}
-    assert set(names) == {"status", "retrain", "rollback", "eval", "dataset", "pause", "resume", "forget-me"}
-    for name in ("status", "retrain", "rollback", "eval", "dataset", "pause", "resume"):
+    assert set(names) == {"status", "retrain", "promote", "rollback", "eval", "dataset", "pause", "resume", "forget-me"}
+    for name in ("status", "retrain", "promote", "rollback", "eval", "dataset", "pause", "resume"):
         assert int(names[name]["default_member_permissions"]) == discord.Permissions(manage_guild=True).value
     assert names["forget-me"]["default_member_permissions"] is None
     assert [o["name"] for o in names["rollback"]["options"]] == ["version"]
@@ -671,7 +671,7 @@ async def test_each_moderator_command(bot, fake, people, monkeypatch):
     assert "No evaluation has been run yet." in evaluation.text
 
     rollback = await run_slash(fake, mod, "rollback")
-    assert "no earlier adapter" in rollback.text
+    assert "nothing to roll back" in rollback.text
     rollback = await run_slash(fake, mod, "rollback", version="v-does-not-exist")
     assert "v-does-not-exist" in rollback.text
 

@@ -558,7 +558,7 @@ async def test_every_slash_command_for_a_moderator(http_slack, fake, name, monke
     assert status == 200
     reply = json.loads(body)
     assert reply["text"] and "Only moderators" not in reply["text"] and "failed" not in reply["text"]
-    expected = {"status": "Model:", "retrain": "Retraining job #1 started", "rollback": "no earlier adapter",
+    expected = {"status": "Model:", "retrain": "Retraining job #1 started", "rollback": "nothing to roll back",
                 "eval": "No evaluation", "dataset": "Dataset:", "pause": "paused", "resume": "resumed"}[name]
     assert expected in reply["text"]
     if name == "pause":

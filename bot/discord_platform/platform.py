@@ -669,6 +669,11 @@ def _add_commands(tree: app_commands.CommandTree, platform: DiscordPlatform) -> 
     async def retrain(interaction: discord.Interaction) -> None:
         await platform.run_command(interaction, "retrain")
 
+    @moderator_command("promote", "Make a candidate adapter live, through the evaluation gate")
+    @app_commands.describe(version="Adapter version to promote")
+    async def promote(interaction: discord.Interaction, version: str) -> None:
+        await platform.run_command(interaction, "promote", version)
+
     @moderator_command("rollback", "Make an earlier adapter live again")
     @app_commands.describe(version="Adapter version (default: the previous live one)")
     async def rollback(interaction: discord.Interaction, version: str | None = None) -> None:
