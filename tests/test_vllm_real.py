@@ -153,7 +153,9 @@ class Servers:
         from bot.vllm_server import VLLMServer
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}
-        env.update(HF_HUB_OFFLINE="1", VLLM_HOST_IP="127.0.0.1")
+        # vLLM's CPU build binds its compute thread to core 0 by default, in every process: the two
+        # servers get one core each instead of both fighting over core 0.
+        env.update(HF_HUB_OFFLINE="1", VLLM_HOST_IP="127.0.0.1", VLLM_CPU_OMP_THREADS_BIND="0")
         with open(self.serve_out, "wb") as out:
             self.serve = subprocess.Popen(
                 [sys.executable, "-m", "bot.cli", "--config", str(self.config), "serve",
@@ -161,7 +163,7 @@ class Servers:
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         self.b = VLLMServer(self.settings, python=self.python, port=self.port_b, log_path=self.root / "vllm-b.log",
-                            extra_env={"HF_HUB_OFFLINE": "1"})
+                            extra_env={"HF_HUB_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": "1"})
         self.b.start()
 
     def serve_output(self) -> str:
@@ -399,17 +401,19 @@ async def test_failed_load_leaves_the_live_adapter_serving(vllm: Servers, tmp_pa
 
 
 async def test_two_replicas_one_killed_mid_run_then_restarted(vllm: Servers):
-    backend = await open_backend(vllm, vllm.url_a, vllm.url_b)
-    only_b = await open_backend(vllm, vllm.url_b, max_retries=0)
+    backend = await open_backend(vllm, vllm.url_a, vllm.url_b, timeout_s=60)
+    only_b = await open_backend(vllm, vllm.url_b, max_retries=0, timeout_s=60)
     try:
         await backend.swap_adapter("v2", vllm.adapters["v2"])
         await only_b.swap_adapter("v2", vllm.adapters["v2"])
         assert backend.status().detail["replicas_up"] == "2/2"
         assert any(m.startswith("v2@") for m in await served_models(vllm.url_b))
+        # A fresh server's first requests are slow (warm-up): get them done before the clock runs.
+        await asyncio.gather(*(only_b.generate(chat(p)) for p in PROMPTS))
 
         stop, log = asyncio.Event(), []
         load = asyncio.create_task(_run_load(backend, stop, 6, log))
-        deadline = time.monotonic() + 30  # a fresh server's first requests are slow (warm-up)
+        deadline = time.monotonic() + 60
         while backend.replicas[1].served < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         served_b_before_kill = backend.replicas[1].served
