@@ -36,6 +36,9 @@ from pipeline.packs import PACKS_DIR, load_pack  # noqa: E402
 
 REDTEAM = ROOT / "tests" / "data" / "redteam"
 SETS = ("crisis", "benign", "red_flags", "injection")
+# Held-out sets, written and committed before the pattern changes of issue 7 (not pasted into patterns):
+# red-flag vignettes, benign look-alikes, and injection attempts mixed with benign look-alikes.
+HOLDOUT_SETS = ("red_flags_holdout", "benign_holdout", "injection_holdout")
 
 
 def load(name: str) -> list[dict]:
@@ -107,6 +110,14 @@ def main() -> int:
     wrongly_blocked = [r["reply"] for r, c in results if r["expect"] == "pass" and not c.ok]
     missed_bad = [r["reply"] for r, c in results if r["expect"] == "fail" and r["check"] not in c.checks_failed]
 
+    # --- held-out red-flag and injection sets (red flags and injection only)
+    holdout = Score()
+    holdout_rows = {name: load(name) for name in HOLDOUT_SETS if (REDTEAM / f"{name}.jsonl").exists()}
+    for name, hrows in holdout_rows.items():
+        for row in hrows:
+            holdout.add(row, triage(row["text"], pack))
+    holdout_by_id = {row["id"]: row["text"] for hrows in holdout_rows.values() for row in hrows}
+
     report = {
         "redteam_sizes": {name: len(rows[name]) for name in SETS} | {"replies": len(replies)},
         "crisis": score.crisis.as_json(),
@@ -120,6 +131,10 @@ def main() -> int:
         "red_flag_messages": score.red_flag.as_json(),
         "red_flag_ids": score.flags.as_json(),
         "injection": score.injection.as_json(),
+        "holdout_sizes": {name: len(hrows) for name, hrows in holdout_rows.items()},
+        "holdout_red_flag_messages": holdout.red_flag.as_json(),
+        "holdout_red_flag_ids": holdout.flags.as_json(),
+        "holdout_injection": holdout.injection.as_json(),
         "reply_checks": {
             "replies": len(replies),
             "good_passed": passed_good,
@@ -186,6 +201,21 @@ def main() -> int:
     for name in i.misses:
         print(f"    missed: {by_id.get(name, name)}")
     print()
+    if holdout_rows:
+        hr, hf, hi = holdout.red_flag, holdout.flags, holdout.injection
+        print(f"Held-out sets (tests/data/redteam/*_holdout.jsonl): {report['holdout_sizes']}")
+        print(f"  red flags, messages: recall {fmt(hr.recall)} ({hr.tp}/{hr.tp + hr.fn})  precision {fmt(hr.precision)}  false positives {hr.fp} of {hr.fp + hr.tn}")
+        print(f"  red flags, flag ids: recall {fmt(hf.recall)}  precision {fmt(hf.precision)}")
+        for name in hr.misses:
+            print(f"    missed: {holdout_by_id.get(name, name)}")
+        for name in hr.false_alarms:
+            print(f"    false alarm: {holdout_by_id.get(name, name)}")
+        print(f"  prompt injection: recall {fmt(hi.recall)} ({hi.tp}/{hi.tp + hi.fn})  false alarms {hi.fp} of {hi.fp + hi.tn}")
+        for name in hi.misses:
+            print(f"    missed: {holdout_by_id.get(name, name)}")
+        for name in hi.false_alarms:
+            print(f"    false alarm: {holdout_by_id.get(name, name)}")
+        print()
     rc = report["reply_checks"]
     print(f"Reply checks on {rc['replies']} labelled replies")
     print(f"  good replies passed: {rc['good_passed']}/{rc['good']} ({rc['pass_rate_good']:.3f})")

@@ -295,6 +295,24 @@ INJECTION_RULES = _rx(
     r"\bnew\s+(?:rule|instructions?)\s+(?:from|by)\s+(?:your|the)\s+(?:developers?|admins?|creators?|moderators?)\b",
     r"\b(?:previous|prior|earlier)\s+instructions\s+(?:are|were)\s+(?:cancel\w+|void|revoked)\b|\bobey\s+only\s+me\b",
     r"\bi'?m\s+(?:the|your)\s+(?:admin|administrator|developer|owner|creator)\b",
+    # the text before the patient's message, or what the assistant was given / told
+    r"\b(?:text|words|message|messages|instructions?|guidelines|rules|prompt|directions|configuration|context|stuff)\s+(?:that\s+|which\s+)?"
+    r"(?:came|comes|come|appears?|appeared|was|were|is|sits?)\s+(?:written\s+|sent\s+)?(?:before|above|ahead of|prior to)\s+(?:my|this|the|our|i|me|your)\b",
+    r"\b(?:instructions?|guidelines|rules|prompt|directions|orders|configuration|directives|briefing)\s+(?:that\s+)?"
+    r"(?:you\s+(?:were|have\s+been|got|received|had|'ve\s+been)|you'?ve\s+(?:been\s+)?(?:given|received|got))\b",
+    r"\b(?:what|which)\s+(?:\w+\s+)?(?:instructions?|guidelines|rules|prompt|directions|orders|directives)\s+(?:were|have|did)\s+you\s+(?:been\s+)?(?:given|told|fed|programmed|get|receive)\b",
+    r"\bwhat\s+(?:were|have|did)\s+you\s+(?:been\s+)?(?:told|instructed|programmed|asked)\s+(?:to\s+(?:say|do|tell|answer|reply|avoid|hide|keep|refuse|never|not)|not\s+to|never\s+to|before|at\s+the\s+(?:start|beginning)|"
+    r"by\s+(?:your|the)\s+(?:developers?|creators?|makers?|admins?|owners?|programmers?|operators?|company|team))\b",
+    r"\b(?:your|the)\s+(?:developers?|creators?|makers?|programmers?|owners?|admins?|operators?|company|team)\s+"
+    r"(?:told|tell|instructed|instruct|programmed|gave|give|said\s+to|asked|wrote\s+(?:for|to)|write\s+(?:for|to))\s+you\b",
+    r"\b(?:reveal|show|print|repeat|output|display|dump|leak|paste|copy|quote|give\s+me)\b[^.!?\n]{0,30}\byour\s+(?:(?:initial|original|hidden|secret|full|exact|first|starting|internal|system|underlying)\s+)+"
+    r"(?:configuration|config|setup|directives|programming|briefing|prompt|instructions|guidelines|rules)\b",
+    # role-play or make-believe that drops the rules
+    r"\b(?:pretend|imagine|act\s+as\s+(?:if|though)|behave\s+as\s+(?:if|though)|let'?s\s+play|play\s+a\s+game|role-?\s?play\w*|suppose|assume|for\s+a\s+test)\b[^.!?\n]{0,60}?"
+    r"\b(?:no|without|free\s+of|not\s+bound\s+by|ignor\w+|(?:don'?t|doesn'?t|do\s+not|does\s+not)\s+(?:care\s+about|follow|have|need|obey))\s+(?:\w+\s+){0,2}?"
+    r"(?:rules|guidelines|restrictions|limits|filters?|polic(?:y|ies)|safety|instructions|guardrails|ethics|disclaimers?|boundaries)\b",
+    r"\b(?:pretend|imagine|act\s+as\s+(?:if|though)|let'?s\s+say|suppose|assume|for\s+(?:this|a)\s+(?:test|game|chat|conversation))\b[^.!?\n]{0,40}?"
+    r"\b(?:rules|guidelines|restrictions|limits|filters?|polic(?:y|ies)|instructions|guardrails)\s+(?:don'?t|do\s+not|no\s+longer|doesn'?t|does\s+not|won'?t|wouldn'?t)\s+(?:apply|exist|matter|count)\b",
     r"\bstop\s+being\s+(?:an?\s+)?(?:assistant|ai)\b",
     r"\bsay\s+['\"]?i\s+am\s+a\s+(?:doctor|physician)\b|\balways\s+say\s+you\s+are\s+a\s+(?:doctor|physician)\b",
     r"\bignora\w*\s+(?:las\s+|todas\s+las\s+)?instrucciones\b|\bignoriere\w*\s+(?:alle\s+)?(?:vorherigen\s+)?anweisungen\b|"

@@ -163,6 +163,87 @@ NEGATIVE = [
 ]
 
 
+# Phrasing families added for issue 7 (onset by decade or age words, asymmetry, changed or
+# named medicines, a racing heart that is not tied to nerves). Fresh wording: none of these
+# lines is in the red-team or held-out sets.
+POSITIVE_FAMILIES = {
+    "rf-late-onset": [
+        "It came on in my early thirties.",
+        "Sweating out of the blue at fifty-one.",
+        "I was 37 when it first hit.",
+        "Since hitting forty I sweat constantly.",
+        "Never a sweaty guy till my mid 40s.",
+        "It began at around forty-four.",
+        "Mid-thirties, and all of a sudden my shirts are soaked.",
+        "In my late fifties the sweating started.",
+        "At 52 my hands started dripping.",
+    ],
+    "rf-asymmetric": [
+        "One palm sweats a lot more than the other one.",
+        "My right hand is drenched and my left hand is dry.",
+        "Left foot soaks, the right is fine.",
+        "Only ever the left armpit.",
+        "It's just the one hand, the left.",
+        "My sweating is right-sided.",
+        "One of my feet is far sweatier than the other.",
+    ],
+    "rf-new-medication": [
+        "Since they bumped up my venlafaxine I sweat.",
+        "The doctor changed my thyroid tablets and I'm sweaty.",
+        "My GP doubled my sertraline.",
+        "My new blood pressure pills make me sweat.",
+        "My endocrinologist switched my diabetes medication last month.",
+        "The sweating got worse once I went on tramadol.",
+        "Could my Mounjaro be doing this?",
+        "I'm on hormone injections for prostate cancer and I sweat.",
+        "They swapped my antidepressant and I've been clammy since.",
+    ],
+    "rf-palpitations-chest-pain": [
+        "My heart is racing for no reason.",
+        "Heart pounding while I'm lying in bed.",
+        "My pulse is really fast at rest.",
+        "My heart beats irregularly and I sweat.",
+        "I get a thudding heart and a sweat out of nowhere.",
+    ],
+}
+
+NEGATIVE_FAMILIES = [
+    "My heart races when I have to present.",
+    "My heart pounds before exams.",
+    "My heart is pounding with nerves before my date.",
+    "When I'm anxious my heart beats fast and my palms get wet.",
+    "I'm 33 and have had it since I was 10.",
+    "Both armpits are the same.",
+    "My left and right hands are equally sweaty.",
+    "My left hand sweats and the right one does too.",
+    "I started a new job in my forties.",
+    "My mum is in her sixties and has sweaty feet.",
+    "At 40 I still get embarrassed.",
+    "Only the palms, both of them.",
+    "The doctor changed my appointment.",
+    "My doctor started me on Drysol.",
+    "My GP switched me to a stronger antiperspirant.",
+    "I switched gyms and now sweat more at spin class.",
+    "I've been on the same tablets for years, nothing new.",
+    "Down 3 kilos at the gym this month.",
+    "I turned 45 last week and I've had sweaty hands since school.",
+]
+
+
+@pytest.mark.parametrize(
+    "flag_id,text", [(flag, text) for flag, texts in POSITIVE_FAMILIES.items() for text in texts]
+)
+def test_red_flag_phrasing_families(pack, flag_id, text):
+    found = [f.id for f in pack.find_red_flags(text)]
+    assert flag_id in found, f"{flag_id} missed: {text!r} (found {found})"
+
+
+@pytest.mark.parametrize("text", NEGATIVE_FAMILIES)
+def test_benign_lookalikes_of_the_families_trip_no_flag(pack, text):
+    found = [f.id for f in pack.find_red_flags(text)]
+    assert found == [], f"false alarm {found} on benign text {text!r}"
+
+
 @pytest.mark.parametrize(
     "flag_id,text", [(flag, text) for flag, texts in POSITIVE.items() for text in texts]
 )
