@@ -9,6 +9,7 @@ review item → delivered according to the review mode. Expert decisions come ba
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -480,7 +481,7 @@ class ConversationCore:
             item_id=item_id, reply_id=item["reply_id"], patient_text=item["patient_text"],
             reply_text=item["final_text"] or item["reply_text"], task=item["task"],
             risk_flags=json.loads(item["risk_flags"]), adapter_version=item["adapter_version"],
-            state=item["state"], priority=item["priority"], decided_by=decided, card_ref=item["card_ref"],
+            state=item["state"], priority=item["priority"], decided_by=decided,
         )
 
     def _review_platforms(self) -> list[Platform]:
@@ -492,7 +493,7 @@ class ConversationCore:
             try:
                 ref = await platform.post_review_card(card)
             except Exception:
-                log.exception("posting review card %s on %s failed", item_id, platform.name)
+                log.exception("posting review card %s on %s failed", card.item_id, platform.name)
                 continue
             if ref:
                 refs[platform.name] = ref
@@ -503,13 +504,14 @@ class ConversationCore:
         card = await self.review_card(item_id)
         if card is None:
             return
-        refs = json.loads(card.card_ref) if card.card_ref else {}
+        stored = await self.db.fetchval("SELECT card_ref FROM review_items WHERE id = ?", (item_id,))
+        refs = json.loads(stored) if stored else {}
         for platform in self._review_platforms():
             if platform.name not in refs:
                 continue
-            card.card_ref = refs[platform.name]
             try:
-                await platform.update_review_card(card)
+                # Each platform gets its own card: one may queue it and send the edit later.
+                await platform.update_review_card(dataclasses.replace(card, card_ref=refs[platform.name]))
             except Exception:
                 log.exception("updating review card %s on %s failed", item_id, platform.name)
 

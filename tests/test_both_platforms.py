@@ -339,7 +339,7 @@ async def test_slack_reviewer_edits_the_discord_patients_reply(both, people):
     # nothing about it went to a Slack patient channel
     assert not sl.calls_to("chat.update", lambda c: c.args.get("channel") != REVIEW)
 
-    # the Slack card shows the decision (the Discord card: see the xfail test below)
+    # the Slack card shows the decision (the Discord card: see the test below)
     await sl.wait_for(lambda: slack_card_decided(sl.messages[s_card["ts"]], "Edited"))
     assert edited[:40] in json.dumps(sl.messages[s_card["ts"]]["blocks"])
 
@@ -390,7 +390,7 @@ async def test_discord_reviewer_approves_the_slack_patients_reply(both, people):
     assert section_texts(reply)[0] == REPLY  # same text, now marked as reviewed
     assert len(sl.thread(SUPPORT, ts)) == 2  # consent notice + the same reply; nothing new posted
 
-    # the Slack card shows the decision and who made it on Discord (the Discord card: see the xfail test)
+    # the Slack card shows the decision and who made it on Discord (the Discord card: see below)
     await sl.wait_for(lambda: slack_card_decided(sl.messages[s_card_before["ts"]], "Approved"))
     assert "dr_lee: approve" in json.dumps(sl.messages[s_card_before["ts"]]["blocks"])
 
@@ -465,16 +465,6 @@ async def test_reactions_decide_across_platforms(both, people):
                                      (slack_item,)) == 1
 
 
-_DISCORD_CARD_BUG = (
-    "bot/core.py ConversationCore._update_card reuses ONE ReviewCard for every platform and overwrites "
-    "card.card_ref per platform, while DiscordPlatform.update_review_card (bot/discord_platform/platform.py) only "
-    "queues that same object in its CoalescingThrottle and _edit_card reads card.card_ref later; with Discord "
-    "registered before Slack (as `llm4sweat run` does) the queued card carries Slack's ref 'C…:ts' by then, "
-    "int() raises ValueError in the throttle, and the Discord card is never updated after any decision"
-)
-
-
-@pytest.mark.xfail(reason=_DISCORD_CARD_BUG, strict=False, raises=AssertionError)
 @pytest.mark.parametrize("decided_on", ["slack", "discord"])
 async def test_a_decision_updates_the_discord_card_too(both, people, decided_on):
     dc, sl = both.dc, both.sl
@@ -565,10 +555,6 @@ async def test_a_crisis_on_slack_alerts_moderators_on_both_platforms(both, peopl
 # ---------------------------------------------------------------------- one platform failing
 
 
-@pytest.mark.xfail(reason="bot/core.py ConversationCore._post_card: the except branch logs `item_id`, a name that "
-                          "does not exist there (should be card.item_id), so one platform failing to post a card "
-                          "raises NameError: the other platform's card ref is never stored and the reply's "
-                          "handling ends in an exception", strict=False, raises=AssertionError)
 async def test_a_card_that_fails_on_slack_still_works_on_discord(both, people):
     dc, sl, service = both.dc, both.sl, both.service
     sl.fail("chat.postMessage", "channel_not_found")  # the only Slack post for a Discord patient is the card
