@@ -85,17 +85,20 @@ class Commands:
             f"#{last_job['id']} {last_job['kind']} {last_job['status']} {last_job['progress'] or ''}".strip()
             if last_job else "none"
         )
-        text = (
+        servers = backend.detail.get("replicas_up")
+        lines = [
             f"Model: {data['model']} ({data['backend']}{', DEMO' if data['demo'] else ''}), "
-            f"{'healthy' if backend.healthy else 'FAILING'}\n"
-            f"Live adapter: {data['adapter']}\n"
-            f"Answering: {'paused' if data['paused'] else 'yes'}\n"
+            f"{'healthy' if backend.healthy else 'FAILING'}",
+            f"Live adapter: {data['adapter']}",
+            *([f"Model servers up: {servers}"] if servers else []),
+            f"Answering: {'paused' if data['paused'] else 'yes'}",
             f"Review queue: {queue.get('pending', 0)} pending, {queue.get('approved', 0)} approved, "
-            f"{queue.get('edited', 0)} edited, {queue.get('rejected', 0)} rejected\n"
-            f"Messages waiting for the model: {waiting}\n"
-            f"Open incidents: {len(incidents)}\n"
-            f"Last job: {job_text}"
-        )
+            f"{queue.get('edited', 0)} edited, {queue.get('rejected', 0)} rejected",
+            f"Messages waiting for the model: {waiting}",
+            f"Open incidents: {len(incidents)}",
+            f"Last job: {job_text}",
+        ]
+        text = "\n".join(lines)
         return CommandReply(text, data)
 
     async def retrain(self, actor: Actor) -> CommandReply:

@@ -399,3 +399,24 @@ async def test_service_activate_adapter_through_openai_backend(servers, adapters
         assert (await service.backend.generate(MESSAGES)).text.startswith("[v1]")
     finally:
         await service.stop()
+
+
+async def test_status_command_shows_model_servers_up(tmp_path):
+    """Moderators see how many vLLM replicas are up in /status."""
+    from bot.inference.openai_backend import OpenAIBackend
+    from bot.service import Service
+    from bot.settings import load_settings
+    from reviewers.models import Actor
+
+    settings = load_settings(data_dir=tmp_path, inference={
+        "backend": "openai", "openai_base_url": "http://127.0.0.1:9/v1",
+        "openai_replica_urls": ["http://127.0.0.1:10/v1"]})
+    backend = OpenAIBackend(settings.inference, model="base")
+    service = Service(settings, backend)
+    await service.db.open()
+    try:
+        reply = await service.commands.status(Actor("local", "m", "m", frozenset({"moderator"})))
+        assert "Model servers up: " in reply.text and "/2" in reply.text
+    finally:
+        await backend.close()
+        await service.db.close()
