@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bot.inference.fixed import FixedBackend
@@ -10,11 +12,16 @@ from bot.settings import load_settings
 from bot.storage import Database
 
 
-@pytest.fixture
-def settings(tmp_path, monkeypatch):
-    for name in list(__import__("os").environ):
-        if name.startswith("LLM4SWEAT_"):
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch):
+    """No test sees the operator's LLM4SWEAT_* or SLACK_* variables (real tokens, real paths)."""
+    for name in list(os.environ):
+        if name.startswith(("LLM4SWEAT_", "SLACK_")):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def settings(tmp_path):
     return load_settings(data_dir=tmp_path)
 
 

@@ -210,12 +210,6 @@ class Both:
         return json.loads(body)["text"]
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("LLM4SWEAT_") or name.startswith("SLACK_"):
-            monkeypatch.delenv(name)
-
 
 @pytest.fixture
 async def discord_fake():

@@ -210,9 +210,6 @@ def test_compose_stack_is_what_llm4sweat_needs():
 
 
 def test_settings_the_stack_runs_with_are_valid(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("LLM4SWEAT_"):
-            monkeypatch.delenv(name)
     bot = resolved()["services"]["bot"]
     for key, value in bot["environment"].items():
         if value is not None and key != "LLM4SWEAT_CONFIG":

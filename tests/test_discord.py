@@ -114,12 +114,6 @@ async def fake():
     await server.stop()
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("LLM4SWEAT_"):
-            monkeypatch.delenv(name)
-
 
 @pytest.fixture
 async def bot(tmp_path, fake):

@@ -3,10 +3,7 @@ from pathlib import Path
 from bot.settings import load_settings
 
 
-def test_example_settings_file_loads(monkeypatch):
-    for name in list(__import__("os").environ):
-        if name.startswith("LLM4SWEAT_"):
-            monkeypatch.delenv(name)
+def test_example_settings_file_loads():
     example = Path(__file__).resolve().parent.parent / "deploy" / "llm4sweat.example.toml"
     settings = load_settings(example)
     assert settings.inference.backend == "openai" and settings.review.mode == "immediate"

@@ -292,9 +292,6 @@ def test_triage_cli_end_to_end(tmp_path, monkeypatch):
 
     from bot.cli import app
 
-    for name in list(__import__("os").environ):
-        if name.startswith("LLM4SWEAT_"):
-            monkeypatch.delenv(name)
     monkeypatch.setenv("LLM4SWEAT_DATA_DIR", str(tmp_path))
     runner = CliRunner()
     root = logging.getLogger()

@@ -3,12 +3,6 @@ import pytest
 from bot.settings import SettingsError, load_settings
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(__import__("os").environ):
-        if name.startswith("LLM4SWEAT_"):
-            monkeypatch.delenv(name)
-
 
 def test_defaults_are_embedded(tmp_path):
     s = load_settings(data_dir=tmp_path)

@@ -53,12 +53,6 @@ def new_ts() -> str:
     return f"{1_650_000_000 + next(_ts)}.000200"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("LLM4SWEAT_") or name.startswith("SLACK_"):
-            monkeypatch.delenv(name)
-
 
 @pytest.fixture
 async def fake():
