@@ -484,12 +484,9 @@ class ConversationCore:
             state=item["state"], priority=item["priority"], decided_by=decided,
         )
 
-    def _review_platforms(self) -> list[Platform]:
-        return list(self.platforms.values())
-
     async def _post_card(self, card: ReviewCard) -> None:
         refs = {}
-        for platform in self._review_platforms():
+        for platform in list(self.platforms.values()):
             try:
                 ref = await platform.post_review_card(card)
             except Exception:
@@ -506,7 +503,7 @@ class ConversationCore:
             return
         stored = await self.db.fetchval("SELECT card_ref FROM review_items WHERE id = ?", (item_id,))
         refs = json.loads(stored) if stored else {}
-        for platform in self._review_platforms():
+        for platform in list(self.platforms.values()):
             if platform.name not in refs:
                 continue
             try:

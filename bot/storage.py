@@ -79,7 +79,7 @@ class Database:
             await self._conn.execute("PRAGMA foreign_keys=ON")
             await self._conn.execute("PRAGMA synchronous=NORMAL")
             await self._conn.execute("PRAGMA busy_timeout=5000")
-        except (sqlite_errors()) as exc:
+        except (sqlite3.Error, OSError, ValueError) as exc:
             raise StorageError(f"database {self.path}: {exc}") from None
         if migrate:
             await self.upgrade()
@@ -185,7 +185,3 @@ class Database:
 
 def _split_sql(sql: str) -> list[str]:
     return [part.strip() for part in sql.split(";") if part.strip()]
-
-
-def sqlite_errors() -> tuple[type[BaseException], ...]:
-    return (sqlite3.Error, OSError, ValueError)

@@ -34,9 +34,6 @@ class ReviewService:
         self.db = db
         self.quorum = quorum
 
-    async def create_item(self, reply_id: int, priority: str = "normal") -> int:
-        return await self.db.run(lambda conn: insert_review_item(conn, reply_id, priority))
-
     async def audit(self, item_id: int | None, actor: str, action: str, detail: str = "") -> None:
         await self.db.execute(
             "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, ?, ?, ?, ?)",
