@@ -107,6 +107,25 @@ CRISIS_RULES: dict[str, list[re.Pattern[str]]] = {
         r"\bdisappear\s+(?:for\s+good|forever|permanently)\b",
         r"\bi\s+want\s+out\s+(?:for\s+good|permanently)\b",
         r"\b(?:attempted|tried\s+to\s+kill|tried\s+to\s+end)\b[^.!?]{0,20}\b(?:myself|suicide|my\s+life)\b",
+        # quiet farewells with finality, burden / "better off", closure, "tired of existing", text-speak
+        r"\b(?:goodbye|good\s+bye|bye|farewell)\s+(?:to\s+)?(?:everyone|everybody|all\s+of\s+you|you\s+all|y'?all|guys|friends|group)\b[^\n]{0,120}?"
+        r"\b(?:i'?m\s+sorry(?!\s+for\s+(?:the|my)\s+(?:rant|spam|long|late|typo))|forgive\s+me|for\s+(?:ever|good)|forever|for\s+the\s+last\s+time|won'?t\s+(?:be|see|talk|hear)|sorry\s+for\s+everything|take\s+care\s+of\s+(?:yourselves|each\s+other))",
+        r"\b(?:thank\s+you|thanks)\s+for\s+everything\b[^\n]{0,60}\b(?:goodbye|farewell|sorry|forgive\s+me|won'?t\s+be)\b",
+        r"\b(?:they|everyone|everybody|my\s+(?:family|kids|wife|husband|parents|partner)|the\s+world|people)\s*(?:'d|would|will|'ll)\s+(?:all\s+)?be\s+(?:so\s+much\s+|much\s+|a\s+lot\s+|way\s+)?(?:better\s+off|happier)\s+(?:without\s+me|when\s+i'?m\s+gone|once\s+i'?m\s+gone|if\s+i\s+(?:was|were)n?'?t\s+(?:here|around))",
+        r"\b(?:free|rid)\s+of\s+me\b",
+        r"\bburden\b[^.!?\n]{0,50}\b(?:much\s+longer|anymore|not\s+for\s+long|soon|better\s+off|without\s+me|gone)\b",
+        r"\b(?:gave|giving|give|given)\s+away\s+(?:all\s+|most\s+of\s+)?my\s+(?:stuff|things|belongings|possessions|clothes|books|cat|dog|guitar|games)\b[^\n]{0,100}\b(?:closure|won'?t\s+need|don'?t\s+need\s+(?:them|it)\s+anymore|goodbye|loose\s+ends|ready|for\s+good|anymore)\b",
+        r"\b(?:deleted|deleting|closed|closing|wiped)\s+(?:all\s+)?(?:of\s+)?my\s+(?:accounts?|social\s+media|profiles?)\b[^\n]{0,100}\b(?:closure|goodbye|won'?t\s+need|loose\s+ends|gave\s+away|giving\s+away|for\s+good|ready|last)\b",
+        r"\b(?:closure|loose\s+ends|won'?t\s+need)\b[^\n]{0,100}\b(?:gave|giving)\s+away\s+(?:all\s+)?my\b",
+        r"\b(?:putting|put|got|getting)\s+my\s+affairs\s+in\s+order\b",
+        r"\b(?:tired|sick|exhausted|weary)\s+of\s+(?:existing|being\s+alive|being\s+here|being\s+me|living|life)\b",
+        r"\b(?:no\s*one|nobody|no-one|noone|nobdy|no1)\s+(?:will|would|'?ll|is\s+going\s+to|gonna|even)\s+(?:even\s+)?(?:notice|care|miss\s+me|realise|realize)\b[^.!?\n]{0,40}\b(?:gone|dead|disappear\w*|not\s+here|not\s+around|leave|die)\b",
+        r"\b(?:no\s*one|nobody|no-one|noone)\s+(?:will|would|'?ll|is\s+going\s+to|gonna)\s+(?:even\s+)?miss\s+me\b",
+        r"\bwhen\s+i'?m\s+(?:gone|dead|not\s+around|no\s+longer\s+here)\b(?!\s+(?:on|to|for\s+(?:a|the|\d|two|three|work)|from\s+work|at))",
+        r"\b(?:don'?t|dont|dnt|do\s+not|no\s+longer)\s+(?:want|wanna|wana|wnt)\s+(?:to\s+|2\s+)?(?:be|b)\s+(?:here|alive|around)\b",
+        r"\b(?:want|wanna|wana)\s+(?:to\s+|2\s+)?(?:b|be)\s+(?:ded|dead|gone)\b",
+        r"\b(?:gonna|going\s+to|ima|imma|i'?m\s+gonna|wanna|want\s+to|ready\s+to|gonna\s+just)\s+end\s+it\b(?!\s+with)",
+        r"\b(?:can'?t|cant|cannot)\s+(?:do|go\s+on\s+with)\s+(?:this|life|it)\s+(?:any\s*more|no\s*more)\b[^.!?\n]{0,40}\b(?:goodbye|bye|end|die|pills|gone)\b",
         # es / pt / it / fr / de / nl / pl / tr / sv
         r"\b(?:matarme|quitarme\s+la\s+vida|acabar\s+con\s+mi\s+vida|me\s+(?:voy\s+a|quiero)\s+matar|me\s+quiero\s+morir|"
         r"quiero\s+morir\w*|ganas\s+de\s+morir|no\s+quiero\s+(?:seguir\s+)?vivir|mejor\s+muert[oa]|me\s+corto)\b",
@@ -122,6 +141,15 @@ CRISIS_RULES: dict[str, list[re.Pattern[str]]] = {
         r"(?:zabić\s+się|zabije\s+się|samobój\w*|nie\s+chcę\s+(?:już\s+)?żyć|chcę\s+umrzeć)",
         r"(?:intihar|kendimi\s+öldür\w*|ölmek\s+istiyorum|yaşamak\s+istemiyorum)",
         r"\b(?:ta\s+livet\s+av\s+mig|självmord|vill\s+inte\s+leva|vill\s+dö)\b",
+        # es / fr / de / pt / it: burden, "better off without me", tired of existing, nobody will miss me, farewells
+        r"\b(?:mejor(?:es)?|mieux|besser|melhor(?:es)?|meglio)\s+(?:\w+\s+){0,2}?(?:sin\s+m[ií]|sans\s+moi|ohne\s+mich|sem\s+mim|senza\s+di\s+me)\b",
+        r"\b(?:libres?\s+de\s+m[ií]|d[ée]barrass[ée]e?s?\s+de\s+moi|mich\s+los\s+(?:sein|sind)|livres?\s+de\s+mim|liber[oi]\s+di\s+me)\b",
+        r"\b(?:cansad[oa]\s+de\s+(?:existir|vivir|viver|estar\s+viv[oa])|fatigu[ée]e?\s+d'(?:exister|[êe]tre\s+en\s+vie|vivre)|marre\s+d'(?:exister|[êe]tre\s+en\s+vie|vivre)|"
+        r"m[üu]de\s+(?:vom\s+leben|zu\s+(?:existieren|leben))|lebensm[üu]de|stanc[oa]\s+di\s+(?:esistere|vivere|essere\s+viv[oa]))\b",
+        r"\b(?:nadie\s+(?:me\s+)?(?:echar[aí]a?\s+de\s+menos|extrañar[aí]a?|va\s+a\s+extrañarme)|personne\s+ne\s+(?:me\s+)?(?:regrettera|manquera)|personne\s+ne\s+(?:remarquera|verra)\s+(?:rien\s+)?(?:quand|si)\s+je|"
+        r"niemand\s+(?:wird|w[üu]rde)\s+mich\s+vermissen|ningu[ée]m\s+(?:vai|iria|ia)\s+(?:sentir\s+(?:a\s+)?minha\s+falta|notar\s+quando)|nessuno\s+(?:sentir[aà]|sentirebbe)\s+la\s+mia\s+mancanza)",
+        r"\b(?:adi[oó]s|adieu|addio|adeus|lebt\s+wohl)\b[^\n]{0,100}\b(?:para\s+siempre|pour\s+toujours|per\s+sempre|para\s+sempre|f[üu]r\s+immer|perd[oó]n(?:enme|ame)?|pardonnez|perdonatemi|desculpem|verzeiht|lo\s+siento|je\s+suis\s+d[ée]sol[ée]|mi\s+dispiace|es\s+tut\s+mir\s+leid)\b",
+        r"\b(?:no\s+quiero\s+estar\s+aqu[ií]|je\s+ne\s+veux\s+plus\s+[êe]tre\s+l[àa]|ich\s+will\s+nicht\s+mehr\s+(?:hier\s+)?sein|n[aã]o\s+quero\s+mais\s+estar\s+aqui|non\s+voglio\s+pi[uù]\s+essere\s+qui)\b",
         # ru / uk / ar / he / zh / ja / ko / hi
         r"(?:покончить\s+с\s+собой|самоубийств\w*|суицид\w*|убить\s+себя|не\s+хочу\s+(?:больше\s+)?жить|"
         r"хочу\s+умереть|не\s+хочется\s+жить|вбити\s+себе|не\s+хочу\s+жити)",
@@ -141,6 +169,19 @@ CRISIS_RULES: dict[str, list[re.Pattern[str]]] = {
         r"\bmake\s+them\s+all\s+pay\b",
         r"\b(?:until|till)\s+(?:he|she|they)\s+stops?\s+breathing\b",
         r"\bsomeone\s+(?:is\s+going\s+to|will)\s+get\s+hurt\b",
+        r"\b(?:kill|stab|shoot|strangle|murder|punch|beat\s+up|hurt|smash)\s+(?:the\s+next\s+(?:person|one|guy|girl|idiot|kid)|whoever|anyone\s+who|anybody\s+who|"
+        r"that\s+(?:guy|girl|man|woman|idiot|jerk|prick|bastard|bitch|kid)|this\s+(?:guy|girl|man|woman))\b",
+        rf"\b(?:going\s+to|gonna|will|i'?ll|want\s+to|wanna|plan\s+to|planning\s+to|about\s+to)\s+(?:stab|kill|strangle|punch|shoot|beat\s+up|break)\s+"
+        rf"(?:him|her|them|my\s+{_REL}|the\s+\w+|someone|somebody|that\s+\w+|his|her)\b",
+        r"\b(?:make|making)\s+(?:him|her|them)\s+(?:pay|suffer|bleed)\b",
+        r"\b(?:afraid|scared|terrified|worried|frightened|fear)\s+(?:that\s+)?i\s*(?:'ll|will|might|could|may|am\s+going\s+to|'m\s+going\s+to|'m\s+gonna)\s+"
+        r"(?:hurt|harm|shake|smother|suffocate|kill|hit)\s+(?:my|the|our)\s+(?:baby|newborn|child|kid|son|daughter|infant|toddler)\b",
+        r"\b(?:thoughts?|urges?|images?)\s+(?:of|about)\s+(?:hurting|harming|shaking|smothering|suffocating|killing|drowning)\s+(?:my|the|our)\s+(?:baby|newborn|child|kid|son|daughter|infant|toddler)\b",
+        r"\b(?:voy\s+a|quiero|pienso)\s+(?:matar|apu[ñn]alar|golpear|hacer(?:le)?\s+daño)\s+a\b|\b(?:lo|la|los|las|le)\s+(?:voy\s+a\s+|quiero\s+)(?:matar|apu[ñn]alar|golpear)\b",
+        r"\bje\s+vais\s+(?:le|la|les|l')\s*(?:tuer|poignarder|buter|frapper|d[ée]foncer)\b|\bje\s+vais\s+(?:tuer|poignarder|buter|frapper)\s+(?:mon|ma|mes|ce|cette|cet)\b",
+        r"\bich\s+(?:werde|will|bringe|bring)\s+(?:ihn|sie|den|die|meinen|meine)\b[^.!?\n]{0,30}\b(?:umbringen|um\b|t[öo]ten|erstechen|abstechen|verpr[üu]geln)",
+        r"\bvou\s+(?:matar|esfaquear|bater\s+n)[oa]?\s*(?:o|a|meu|minha|esse|essa|ele|ela)\b",
+        r"\b(?:lo|la|li)\s+(?:ammazzo|uccido|accoltello)\b|\b(?:voglio|vado\s+ad?)\s+(?:ammazzare|uccidere|accoltellare|picchiare)\s+(?:il|la|lo|mio|mia|quel|quella|quello)\b",
     ),
     "medical_emergency": _rx(
         r"\b(?:crushing|severe|sudden|bad|terrible|worst|unbearable)\s+(?:chest\s+pain|pain\s+in\s+my\s+chest)\b",
@@ -167,6 +208,22 @@ CRISIS_RULES: dict[str, list[re.Pattern[str]]] = {
         r"\b(?:call|get|need)\s+(?:an\s+)?(?:ambulance|911|999|112)\b",
         r"\b(?:feel|feels|think)\s+(?:like\s+)?i'?m\s+(?:dying|going\s+to\s+die)\b",
         r"\b(?:heart|pulse)\b[^.!?]{0,20}\b(?:1[5-9]\d|2\d\d)\b",
+        # chest / jaw / left-arm pain with sweating or nausea, in either order (casual or misspelled)
+        r"\b(?:chest|chst|jaw|left\s+arm|breastbone|sternum)\b[^.!?\n]{0,30}?\b(?:pain\w*|pian|hurt\w*|ach\w*|pressure|tight\w*|heavy|squeez\w*|crush\w*|sore)\b(?:(?!\bwhen|\bif\b|\bduring\b|\bafter\s+(?:exercise|workouts?|the\s+gym|running))[^\n]){0,80}?"
+        r"\b(?:sweat\w*|swet\w*|clammy|drenched|soaked|cold\s+sweat|nause\w*|sick|throw(?:ing)?\s+up|breathless|short\s+of\s+breath)\b",
+        r"\b(?:sweat\w*|swet\w*|clammy|drenched|soaked)\b[^\n]{0,80}?\b(?:chest|chst|jaw|left\s+arm)\b[^.!?\n]{0,25}?\b(?:pain\w*|pian|hurt\w*|ach\w*|pressure|tight\w*|heavy|squeez\w*|crush\w*)\b",
+        r"\b(?:pain|ache|pressure)\s+in\s+my\s+(?:chest|jaw|left\s+arm)\b(?:(?!\bwhen|\bif\b|\bduring\b)[^\n]){0,80}\b(?:sweat\w*|clammy|nause\w*|breath\w*)\b",
+        # overdose on medicine, casually worded
+        r"\b(?:took|taken|take|swallowed|popped|had|ate|necked)\b[^.!?\n]{0,25}\b(?:a|the|my)?\s*(?:whole|entire|full)\s+(?:strip|packet|pack|box|blister|bottle|sheet|tub|month'?s\s+supply|week'?s\s+(?:worth|supply))\b",
+        r"\b(?:took|taken|take|swallowed|popped|had)\b[^.!?\n]{0,15}\b(?:way\s+|far\s+|a\s+lot\s+)?too\s+many\b(?!\s+(?:risks?|breaks?|days?|photos?|showers?|notes?|steps?|people|times))",
+        r"\b(?:took|taken|swallowed|popped)\s+(?:like\s+|about\s+|around\s+|maybe\s+)?(?:[1-9]\d|ten|twelve|fifteen|twenty|thirty)\s+(?:of\s+(?:my|the|them|those|these)\s+)?(?:\w+\s+)?(?:pills?|tablets?|capsules?|meds?)\b",
+        # confusion with a racing heart (anticholinergic or other toxicity), in either order
+        r"\b(?:confus\w*|disorient\w*|can'?t\s+think\s+straight|seeing\s+things|hallucinat\w*)\b[^\n]{0,80}?\b(?:heart|pulse)\b[^.!?\n]{0,20}?\b(?:racing|pounding|hammering|going\s+crazy|so\s+fast|really\s+fast|very\s+fast|racin)\b",
+        r"\b(?:heart|pulse)\b[^.!?\n]{0,20}?\b(?:racing|pounding|hammering|going\s+crazy|so\s+fast|really\s+fast|very\s+fast)\b[^\n]{0,80}?\b(?:confus\w*|disorient\w*|can'?t\s+think\s+straight|seeing\s+things|hallucinat\w*)\b",
+        # es / fr / de / pt / it: chest pain with sweating, overdose
+        r"\b(?:me\s+duele\s+(?:mucho\s+)?el\s+pecho|dolor\s+(?:en\s+el\s+pecho|de\s+pecho)|mal\s+(?:[àa]\s+la|dans\s+la)\s+poitrine|schmerzen\s+in\s+der\s+brust|dói\s+o\s+peito|dor\s+no\s+peito|mi\s+fa\s+male\s+il\s+petto|dolore\s+al\s+petto)\b",
+        r"\b(?:tom[ée]|me\s+tom[ée]|tomei|j'ai\s+(?:pris|aval[ée])|ich\s+habe|hab|ho\s+preso|ho\s+preso)\b[^.!?\n]{0,30}\b(?:todas\s+las\s+pastillas|demasiadas\s+pastillas|toda\s+la\s+caja|tout\s+le\s+(?:tube|flacon)|toute\s+la\s+(?:plaquette|bo[îi]te)|trop\s+de\s+(?:comprim[ée]s|cachets|m[ée]dicaments)|"
+        r"zu\s+viele\s+tabletten|die\s+ganze\s+packung|alle\s+tabletten|comprimidos\s+demais|a\s+cartela\s+(?:toda|inteira)|todos\s+os\s+comprimidos|troppe\s+(?:pastiglie|pillole|compresse)|tutta\s+la\s+(?:confezione|scatola)|tutte\s+le\s+(?:pastiglie|pillole))\b",
         r"\b(?:dolor|dolores)\s+(?:fuerte\s+)?en\s+el\s+pecho\b|\bno\s+puedo\s+respirar\b",
         r"\bdouleur\w*\s+(?:à|a|dans)\s+la\s+poitrine\b|\b(?:n'arrive|arrive)\s+plus\s+à\s+respirer\b|\bje\s+ne\s+peux\s+(?:plus\s+)?respirer\b",
         r"\bbrustschmerz\w*|\bkeine\s+luft\b",
@@ -183,6 +240,8 @@ CRISIS_NEGATIONS = _rx(
     r"\bsuicide\s+(?:squad|prevention|awareness|hotline|helpline|rates?|bomb\w*)\b",
     r"\b(?:want|wanna|going|gonna|ready|could)\s+(?:to\s+)?die\s+(?:of|from)\s+(?:embarrassment|shame|heat|laughter|laughing|boredom|cringe)\b",
     r"\b(?:stop|quit)\s+sweating,?\s+not\s+stop\s+living\b",
+    r"\b(?:kill|murder)\s+(?:someone|somebody|a\s+\w+|anyone|people)\s+with\s+(?:my|this|these|the|that)\s+(?:\w+\s+){0,2}?(?:handshakes?|hands?|palms?|sweat|pits|armpits?|feet|socks|smell|stench|shirts?|odou?r)\b",
+    r"\b(?:could|would|can)\s+(?:kill|murder)\s+(?:for\s+)?(?:a|an|some)\s+(?:\w+\s+)?(?:shower|beer|pint|drink|coffee|nap|pizza|burger|ice\s+cream|bath|swim|fan|air\s*con\w*)\b",
 )
 _PAST = re.compile(
     r"\b(?:used\s+to|years\s+ago|in\s+my\s+teens|as\s+a\s+teen\w*|in\s+the\s+past|when\s+i\s+was\s+(?:younger|a\s+(?:teen\w*|kid|child))|last\s+year)\b",
