@@ -421,3 +421,42 @@ async def test_crisis_in_another_language_gets_a_preface_in_it(service):
     text = result.views[-1].text
     assert result.views[-1].kind is ViewKind.CRISIS and text.startswith("No estás solo")
     assert service.pack.crisis_message(None) in text
+
+
+@pytest.mark.parametrize(
+    "text,kind",
+    [
+        ("Goodbye everyone, you've all been good to me. I'm sorry.", "self_harm"),
+        ("soon they'll finally be free of me", "self_harm"),
+        ("gave away my guitar and deleted my accounts, it feels like closure", "self_harm"),
+        ("nobody will even notice when I'm gone", "self_harm"),
+        ("dont want 2 b here anymore", "self_harm"),
+        ("estoy cansado de existir", "self_harm"),
+        ("im gonna stab the next guy who calls me sweaty", "harm_others"),
+        ("I'm scared I might hurt my baby", "harm_others"),
+        ("je vais tuer mon collègue", "harm_others"),
+        ("my jaw and chest hurt and I'm sweating buckets", "medical_emergency"),
+        ("took a whole strip of my tablets", "medical_emergency"),
+        ("confused and my heart is racing after the new pills", "medical_emergency"),
+    ],
+)
+def test_weak_crisis_families_are_routed(pack, text, kind):
+    v = triage(text, pack)
+    assert v.crisis and v.crisis_kind == kind and v.action == "crisis_resources_and_alert"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm going to lose it if my hands keep dripping on the exam paper",
+        "this sweating will be the death of me",
+        "I could kill someone with my slippery handshake haha",
+        "I could murder a cold shower right now",
+        "Goodbye everyone, thanks for the tips, see you next week!",
+        "I'm scared I'll drop my baby with my sweaty hands",
+        "I get chest pain when I sweat",
+        "I took too many photos of my sweat patches for the dermatologist",
+    ],
+)
+def test_idioms_and_look_alikes_are_not_crises(pack, text):
+    assert not triage(text, pack).crisis
