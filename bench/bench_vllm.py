@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import openai  # noqa: E402
 
+from bench_local_backend import PROMPTS  # noqa: E402  (the same questions in both benchmarks)
 from bot.inference.openai_backend import OpenAIBackend  # noqa: E402
 from bot.settings import InferenceSettings, TrainingSettings, load_settings  # noqa: E402
 from bot.vllm_server import VLLMNotInstalled, VLLMServer, find_vllm_python  # noqa: E402
@@ -54,16 +55,6 @@ from pipeline.tinymodel import build_tiny_model, corpus_from_conversations, samp
 from pipeline.training import train_lora  # noqa: E402
 
 VARIANTS = {"v1": "Answer from version one.", "v2": "Version two speaking."}
-PROMPTS = [
-    "My hands sweat so much that paper gets wet.",
-    "My feet are always wet. What can I do?",
-    "Does botox work for underarm sweating?",
-    "What is iontophoresis?",
-    "I sweat at night and lost weight without trying.",
-    "I feel embarrassed to shake hands at work.",
-    "Hello",
-    "Is it normal to sweat when I am not hot or nervous, even in winter?",
-]
 MAX_TOKENS = 16
 
 

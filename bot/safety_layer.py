@@ -92,7 +92,6 @@ class SafetyLayer:
         """Delete everything about the patient, then confirm (nothing of the command is stored)."""
         from bot.core import HandleResult
 
-        conv = await self.core._find_conversation(msg)
         removed = await self.core.forget_patient(msg.platform, msg.user_id)
         view = PatientView(ViewKind.NOTICE, NOTICE_FORGOTTEN if removed else NOTICE_NOTHING_TO_FORGET)
         await self._send_raw(msg, view)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
 import time
 from typing import Any, Awaitable, Callable
 
@@ -31,7 +30,7 @@ from bot.inference.fixed import FixedBackend
 from bot.settings import load_settings
 from bot.slack_platform import start_slack
 from tests.discord_fake import EPHEMERAL, FakeDiscord
-from tests.slack_fake import APP_TOKEN, BOT_TOKEN, FakeSlack
+from tests.slack_fake import FakeSlack
 from tests.test_discord import reply_message, thread_texts
 from tests.test_slack import (
     GROUP,
@@ -40,10 +39,10 @@ from tests.test_slack import (
     PATIENT,
     REVIEW,
     REVIEWER,
-    SECRET,
     SUPPORT,
     SignedHTTP,
     block_action,
+    slack_config,
     cards,
     context_texts,
     ephemerals,
@@ -100,22 +99,7 @@ class Both:
             "card_edit_interval_s": 0.01,
             "progress_interval_s": 0.02,
         }
-        slack_cfg = {
-            "bot_token": BOT_TOKEN,
-            "app_token": APP_TOKEN,
-            "signing_secret": SECRET,
-            "mode": "http",
-            "http_host": "127.0.0.1",
-            "http_port": 0,
-            "support_channel_ids": [SUPPORT],
-            "reviewer_channel_id": REVIEW,
-            "reviewer_usergroup_id": GROUP,
-            "reviewer_user_ids": [LISTED],
-            "moderator_user_ids": [MODERATOR],
-            "allow_dms": True,
-            "api_base_url": self.sl.base_url,
-        }
-        return load_settings(data_dir=self.tmp_path, discord=discord_cfg, slack=slack_cfg)
+        return load_settings(data_dir=self.tmp_path, discord=discord_cfg, slack=slack_config(self.sl))
 
     async def start(self) -> "Both":
         from bot.service import Service

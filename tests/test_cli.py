@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 
 def run_cli(*args, env_extra=None, tmp_path=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}

@@ -11,7 +11,6 @@ import asyncio
 import copy
 import json
 import logging
-import os
 import re
 
 import pytest

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sqlite3
-
-import pytest
-
 from bot.platform import IncomingMessage, ReviewCard, ViewKind
 from bot.safety_layer import NOTICE_FORGOTTEN, NOTICE_NOTHING_TO_FORGET, REDACTED, SafetyLayer
 from reviewers.models import Action, Actor, Rubric

@@ -17,7 +17,6 @@ import pytest
 from bot.inference.fixed import FixedBackend
 from bot.local.platform import LocalPlatform
 from bot.platform import IncomingMessage
-from bot.settings import load_settings
 from bot.storage import Database, now
 from pipeline import dataset, jobs, registry
 from pipeline import evaluate as ev

@@ -62,7 +62,8 @@ async def fake():
     await slack.stop()
 
 
-def make_settings(tmp_path, fake: FakeSlack, mode: str = "http", review_mode: str = "immediate", **slack: Any):
+def slack_config(fake: FakeSlack, mode: str = "http", **slack: Any) -> dict[str, Any]:
+    """The [slack] settings the tests run with, pointed at ``fake``."""
     cfg = {
         "bot_token": BOT_TOKEN,
         "app_token": APP_TOKEN,
@@ -79,7 +80,11 @@ def make_settings(tmp_path, fake: FakeSlack, mode: str = "http", review_mode: st
         "api_base_url": fake.base_url,
     }
     cfg.update(slack)
-    return load_settings(data_dir=tmp_path, slack=cfg, review={"mode": review_mode})
+    return cfg
+
+
+def make_settings(tmp_path, fake: FakeSlack, mode: str = "http", review_mode: str = "immediate", **slack: Any):
+    return load_settings(data_dir=tmp_path, slack=slack_config(fake, mode, **slack), review={"mode": review_mode})
 
 
 @asynccontextmanager
