@@ -104,7 +104,7 @@ class ConversationCore:
         self.platforms: dict[str, Platform] = dict(platforms or {})
         self.demo = demo
         self._conversation_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._last_outage_alert = 0.0
+        self._last_outage_alert = float("-inf")  # monotonic time starts near 0 after a boot
         self._paused: bool | None = None  # cached; the database holds it across restarts
         self.safety = SafetyLayer(self)  # triage options, rate limit, fair model slots, reply checks
 
