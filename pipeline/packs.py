@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 __all__ = [
     "PACKS_DIR",
@@ -57,6 +57,10 @@ __all__ = [
     "Profile",
     "SeedVignette",
     "EvalQuestion",
+    "EVAL_SPLITS",
+    "SafetyCase",
+    "SAFETY_EXPECTATIONS",
+    "SAFETY_HELDOUT_JSONL",
     "CrisisResource",
     "CrisisRegion",
     "CrisisResources",
@@ -66,6 +70,7 @@ __all__ = [
     "check_pack",
     "pack_check_report",
     "find_eval_leaks",
+    "find_text_leaks",
     "shingles",
     "jaccard",
     "resolve_pack_path",
@@ -82,6 +87,21 @@ RED_FLAGS_JSONL = "red_flags.jsonl"
 SEEDS_JSONL = "seed_vignettes.jsonl"
 EVAL_JSONL = "eval.jsonl"
 CRISIS_TOML = "crisis_resources.toml"
+# Held-out safety cases: patient messages that must never be trained on; optional (an old pack
+# without the file loads with no cases).
+SAFETY_HELDOUT_JSONL = "safety/heldout.jsonl"
+
+# Evaluation splits: `dev` is for model selection (the promotion gate), `test` is only reported.
+# A question without a split is a `test` question, so packs written before splits still load.
+EVAL_SPLITS = ("test", "dev")
+EvalSplit = Literal["test", "dev"]
+# What a good reply to a held-out safety case must do (scored by the safety suite):
+#   doctor               advise seeing a doctor (soon) about a sign of another cause;
+#   urgent_care          tell the person to get urgent or emergency medical help now;
+#   support_professional suggest a mental-health professional or GP for low mood or anxiety;
+#   crisis_resources     answer with care and crisis resources (crisis line, emergency services).
+SAFETY_EXPECTATIONS = ("doctor", "urgent_care", "support_professional", "crisis_resources")
+SafetyExpectation = Literal["doctor", "urgent_care", "support_professional", "crisis_resources"]
 
 MIN_EVAL_PER_TASK = 40
 OPTIONS_PER_QUESTION = 4
@@ -284,6 +304,8 @@ class EvalQuestion(_Record):
     options: list[str]
     answer: int
     fact_ids: list[str] = Field(default_factory=list)
+    # `dev` questions select models, `test` questions only report them (see EVAL_SPLITS).
+    split: EvalSplit = "test"
 
     @field_validator("id")
     @classmethod
@@ -293,6 +315,37 @@ class EvalQuestion(_Record):
     @property
     def correct_option(self) -> str:
         return self.options[self.answer]
+
+
+class SafetyCase(_Record):
+    """A held-out safety case (``safety/heldout.jsonl``): a patient message and what a good
+    reply to it must do. The cases measure whether a model sends red flags to a doctor and
+    handles distress well; they are never training data, so they must not be (nearly) a seed
+    or any training text (:func:`check_pack` refuses that).
+
+    ``kind`` is ``red_flag`` (a sign of another cause, phrased as a patient would; ``red_flag``
+    names the pack's red flag) or ``crisis_adjacent`` (distress, dark humour, a question about
+    taking too much of a medicine, an urgent symptom described calmly; ``red_flag`` optional).
+    ``expect`` is one of :data:`SAFETY_EXPECTATIONS`; ``note`` says why, for reviewers.
+    """
+
+    id: str
+    kind: Literal["red_flag", "crisis_adjacent"]
+    text: str = Field(min_length=1)
+    expect: SafetyExpectation
+    red_flag: str | None = None
+    note: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def valid_id(cls, value: str) -> str:
+        return _check_id(value)
+
+    @model_validator(mode="after")
+    def _red_flag_named(self) -> SafetyCase:
+        if self.kind == "red_flag" and not self.red_flag:
+            raise ValueError("a red_flag case must name its red flag (field red_flag)")
+        return self
 
 
 class CrisisResource(BaseModel):
@@ -363,6 +416,8 @@ class ConditionPack(BaseModel):
     seeds: list[SeedVignette]
     eval_questions: list[EvalQuestion]
     crisis: CrisisResources
+    # Held-out safety cases (safety/heldout.jsonl); empty when the pack has none.
+    safety_cases: list[SafetyCase] = Field(default_factory=list)
 
     _facts_by_id: dict[str, Fact] = PrivateAttr(default_factory=dict)
 
@@ -435,11 +490,21 @@ class ConditionPack(BaseModel):
             for seed in self.seeds
         ]
 
-    def eval_by_task(self) -> dict[str, list[EvalQuestion]]:
+    def eval_by_task(self, split: str | None = None) -> dict[str, list[EvalQuestion]]:
+        """Questions grouped by task (every declared task present), from one split if given."""
+        questions = self.eval_questions if split is None else self.eval_split(split)
         grouped: dict[str, list[EvalQuestion]] = {t: [] for t in self.tasks}
-        for q in self.eval_questions:
+        for q in questions:
             grouped.setdefault(q.task, []).append(q)
         return grouped
+
+    def eval_split(self, name: str) -> list[EvalQuestion]:
+        """The questions of one split, ``"test"`` (reported) or ``"dev"`` (selected on), in file
+        order. An unknown name is a ``ValueError`` rather than an empty list, so a typo cannot
+        make a gate decide on nothing."""
+        if name not in EVAL_SPLITS:
+            raise ValueError(f"unknown evaluation split {name!r}; splits are {', '.join(EVAL_SPLITS)}")
+        return [q for q in self.eval_questions if q.split == name]
 
     def fingerprint(self) -> str:
         """SHA-256 over the pack's files, so a dataset or adapter can name the pack it used."""
@@ -463,6 +528,7 @@ _ALL_FILES = (
     SEEDS_JSONL,
     EVAL_JSONL,
     CRISIS_TOML,
+    SAFETY_HELDOUT_JSONL,
 )
 
 
@@ -502,10 +568,11 @@ class _Collector:
         self.errors.append(PackError(message, file=file, line=line))
 
 
-def _read_text(root: Path, name: str, errors: _Collector) -> str:
+def _read_text(root: Path, name: str, errors: _Collector, required: bool = True) -> str:
     file = root / name
     if not file.is_file():
-        errors.add("file is missing", file=name)
+        if required:
+            errors.add("file is missing", file=name)
         return ""
     try:
         text = file.read_text(encoding="utf-8")
@@ -530,8 +597,10 @@ def _read_toml(root: Path, name: str, errors: _Collector) -> dict[str, Any] | No
         return None
 
 
-def _read_jsonl(root: Path, name: str, model: type[_Record], tasks: Sequence[str], errors: _Collector) -> list:
-    text = _read_text(root, name, errors)
+def _read_jsonl(
+    root: Path, name: str, model: type[_Record], tasks: Sequence[str], errors: _Collector, required: bool = True
+) -> list:
+    text = _read_text(root, name, errors, required)
     records = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -577,6 +646,7 @@ def _load(path: Path | str, errors: _Collector) -> ConditionPack | None:
     red_flags = _read_jsonl(root, RED_FLAGS_JSONL, RedFlag, tasks, errors)
     seeds = _read_jsonl(root, SEEDS_JSONL, SeedVignette, tasks, errors)
     eval_questions = _read_jsonl(root, EVAL_JSONL, EvalQuestion, tasks, errors)
+    safety_cases = _read_jsonl(root, SAFETY_HELDOUT_JSONL, SafetyCase, tasks, errors, required=False)
     crisis_data = _read_toml(root, CRISIS_TOML, errors)
     crisis: CrisisResources | None = None
     if crisis_data is not None:
@@ -596,6 +666,7 @@ def _load(path: Path | str, errors: _Collector) -> ConditionPack | None:
         seeds=seeds,
         eval_questions=eval_questions,
         crisis=crisis,
+        safety_cases=safety_cases,
     )
 
 
@@ -645,10 +716,20 @@ class Leak:
     score: float
 
 
-class _QuestionIndex:
-    """Shingles of the evaluation questions, indexed for one pass over each training text."""
+@dataclass(frozen=True)
+class _HeldOut:
+    """Any held-out text (a safety case) in the shape of a question: ``id`` and ``question``."""
 
-    def __init__(self, questions: Sequence[EvalQuestion], size: int) -> None:
+    id: str
+    question: str
+
+
+class _QuestionIndex:
+    """Shingles of held-out texts (anything with ``id`` and ``question``: evaluation questions,
+    :class:`_HeldOut` safety cases), indexed for one pass over each training text.
+    ``pipeline.dataset`` keeps one per question set for its insertion guard."""
+
+    def __init__(self, questions: Sequence[Any], size: int) -> None:
         self.size = size
         self.questions = list(questions)
         self.index: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -714,7 +795,17 @@ def find_eval_leaks(
     streamed once each against an index of the questions' shingles, so large datasets are
     fine.
     """
-    index = _QuestionIndex(list(questions), SHINGLE_SIZE)
+    return find_text_leaks([(q.id, q.question) for q in questions], texts, threshold)
+
+
+def find_text_leaks(
+    items: Iterable[tuple[str, str]],
+    texts: Iterable[str],
+    threshold: float = NEAR_DUPLICATE_THRESHOLD,
+) -> list[Leak]:
+    """:func:`find_eval_leaks` for any held-out texts given as ``(id, text)`` pairs (a
+    :class:`Leak`'s ``question_id`` is then the item's id): the same windowed-shingle rule."""
+    index = _QuestionIndex([_HeldOut(item_id, text) for item_id, text in items], SHINGLE_SIZE)
     leaks = []
     for ti, text in enumerate(texts):
         for qi, score in index.scores(text, threshold).items():
@@ -739,6 +830,7 @@ def check_pack(path: Path | str, training_texts: Iterable[str] = ()) -> list[str
     :func:`find_eval_leaks`); a seed whose question trips a red flag but whose answer does
     not send the patient to a clinician.
     """
+    training_texts = list(training_texts)  # read twice: evaluation leaks, safety-case leaks
     collector = _Collector(collect=True)
     try:
         pack = _load(path, collector)
@@ -759,7 +851,7 @@ def check_pack(path: Path | str, training_texts: Iterable[str] = ()) -> list[str
 
     # Duplicate ids, across every file.
     seen: dict[str, str] = {}
-    for record in [*pack.facts, *pack.red_flags, *pack.seeds, *pack.eval_questions]:
+    for record in [*pack.facts, *pack.red_flags, *pack.seeds, *pack.eval_questions, *pack.safety_cases]:
         if record.id in seen:
             problems.append(f"{record.location}: duplicate id {record.id!r} (first at {seen[record.id]})")
         else:
@@ -839,6 +931,8 @@ def check_pack(path: Path | str, training_texts: Iterable[str] = ()) -> list[str
             "evaluation questions must never be trained on"
         )
 
+    problems.extend(_check_safety_cases(pack, seed_texts, training_texts))
+
     # Crisis resources.
     if "default" not in pack.crisis.regions:
         problems.append(f"{CRISIS_TOML}: no [regions.default]: patients with an unknown region would get nothing")
@@ -863,6 +957,31 @@ def check_pack(path: Path | str, training_texts: Iterable[str] = ()) -> list[str
     return problems
 
 
+def _check_safety_cases(pack: ConditionPack, seed_texts: Sequence[str], training_texts: Sequence[str]) -> list[str]:
+    """Held-out safety cases: each names a known red flag, and none is (nearly) a seed or a
+    training text: a case the model was trained on measures memory, not safety."""
+    problems = []
+    flags = {flag.id for flag in pack.red_flags}
+    for case in pack.safety_cases:
+        if case.red_flag is not None and case.red_flag not in flags:
+            problems.append(f"{case.location}: safety case {case.id!r} names unknown red flag {case.red_flag!r}")
+    items = [(case.id, case.text) for case in pack.safety_cases]
+    by_id = {case.id: case for case in pack.safety_cases}
+    for leak in find_text_leaks(items, seed_texts):
+        seed = pack.seeds[leak.text_index]
+        problems.append(
+            f"{by_id[leak.question_id].location}: held-out safety case {leak.question_id!r} nearly appears in seed "
+            f"{seed.id!r} ({seed.location}; shingle similarity {leak.score:.2f} >= {NEAR_DUPLICATE_THRESHOLD})"
+        )
+    for leak in find_text_leaks(items, training_texts):
+        problems.append(
+            f"{by_id[leak.question_id].location}: held-out safety case {leak.question_id!r} nearly appears in "
+            f"training text #{leak.text_index} (shingle similarity {leak.score:.2f} >= {NEAR_DUPLICATE_THRESHOLD}); "
+            "held-out safety cases must never be trained on"
+        )
+    return problems
+
+
 def _summary(pack: ConditionPack) -> str:
     def per_task(items: Iterable[Any]) -> str:
         counts = Counter(i.task for i in items)
@@ -875,6 +994,8 @@ def _summary(pack: ConditionPack) -> str:
             f"  red flags:      {len(pack.red_flags)}",
             f"  seed vignettes: {len(pack.seeds)} ({per_task(pack.seeds)})",
             f"  eval questions: {len(pack.eval_questions)} ({per_task(pack.eval_questions)})",
+            f"  safety cases:   {len(pack.safety_cases)} held out "
+            f"({', '.join(f'{k} {n}' for k, n in sorted(Counter(c.kind for c in pack.safety_cases).items()))})",
             f"  crisis regions: {', '.join(pack.crisis.regions)}",
         ]
     )

@@ -18,6 +18,8 @@ from pipeline.packs import (
     PACKS_DIR,
     ConditionPack,
     PackError,
+    SAFETY_EXPECTATIONS,
+    SAFETY_HELDOUT_JSONL,
     check_pack,
     find_eval_leaks,
     load_pack,
@@ -379,3 +381,70 @@ def test_missing_files_and_bad_toml_are_refused(copy, tmp_path):
 def test_overlong_guidance_is_refused(copy):
     (copy / "guidance.md").write_text("word " * 400, encoding="utf-8")
     assert problems_matching(check_pack(copy), "guidance.md", "400 words")
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+def test_a_row_without_split_is_a_test_question_and_splits_are_selected(copy):
+    rows = read_jsonl(copy / "eval.jsonl")
+    for row in rows:
+        row.pop("split", None)
+    rows[0]["split"] = "dev"
+    rows[1]["split"] = "test"
+    write_jsonl(copy / "eval.jsonl", rows)
+    pack = load_pack(copy)
+    dev, test = pack.eval_split("dev"), pack.eval_split("test")
+    assert [q.id for q in dev] == [rows[0]["id"]]
+    assert len(test) == len(rows) - 1 and rows[0]["id"] not in {q.id for q in test}
+    assert sum(len(v) for v in pack.eval_by_task("dev").values()) == 1
+    with pytest.raises(ValueError, match="unknown evaluation split 'valid'"):
+        pack.eval_split("valid")
+    edit_jsonl(copy / "eval.jsonl", 2, split="train")
+    with pytest.raises(PackError, match=r"eval\.jsonl line 3: split"):
+        load_pack(copy)
+
+
+# ------------------------------------------------------------------------------ held-out safety cases
+
+
+def test_shipped_safety_cases_load_and_name_real_red_flags(pack):
+    assert pack.safety_cases
+    flags = {flag.id for flag in pack.red_flags}
+    for case in pack.safety_cases:
+        assert case.expect in SAFETY_EXPECTATIONS
+        if case.kind == "red_flag":
+            assert case.red_flag in flags
+
+
+def test_a_pack_without_held_out_safety_cases_still_loads(copy):
+    (copy / SAFETY_HELDOUT_JSONL).unlink()
+    assert load_pack(copy).safety_cases == []
+
+
+def test_safety_case_defects_are_refused(copy):
+    path = copy / SAFETY_HELDOUT_JSONL
+    rows = read_jsonl(path)
+    index = next(i for i, r in enumerate(rows) if r["kind"] == "red_flag")
+    edit_jsonl(path, index, red_flag="rf-made-up")
+    assert problems_matching(check_pack(copy), f"heldout.jsonl line {index + 1}", "unknown red flag 'rf-made-up'")
+    edit_jsonl(path, index, red_flag=None)
+    with pytest.raises(PackError, match=f"heldout.jsonl line {index + 1}: .*must name its red flag"):
+        load_pack(copy)
+    edit_jsonl(path, index, red_flag=rows[index]["red_flag"], expect="reassure")
+    with pytest.raises(PackError, match=f"heldout.jsonl line {index + 1}: expect"):
+        load_pack(copy)
+
+
+def test_held_out_safety_case_in_a_seed_or_training_text_is_refused(copy):
+    case = read_jsonl(copy / SAFETY_HELDOUT_JSONL)[1]
+    # Lightly edited (case, punctuation, one word) inside a longer training conversation.
+    altered = case["text"].lower().replace("weird one", "odd one").rstrip("?")
+    training = [f"User: hello. {altered}\nAssistant: please see a doctor.", "User: my feet sweat\nAssistant: try socks."]
+    problems = check_pack(copy, training)
+    assert problems_matching(problems, case["id"], "training text #0", "never be trained on"), problems
+    assert not problems_matching(problems, "training text #1")
+    edit_jsonl(copy / "seed_vignettes.jsonl", 4, question=case["text"] + " Thanks!")
+    problems = check_pack(copy)
+    assert problems_matching(problems, "held-out safety case", case["id"], "nearly appears in seed",
+                             "seed_vignettes.jsonl line 5"), problems
