@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.crisis_model import cross_validate, read_examples  # noqa: E402
-from bot.reply_checks import check_reply  # noqa: E402
+from bot.safety.classifier import cross_validate, read_examples  # noqa: E402
+from bot.safety.reply_checks import check_reply  # noqa: E402
 from bot.safety import (  # noqa: E402
     DEFAULT_THRESHOLD,
     crisis_model,
@@ -31,7 +31,7 @@ from bot.safety import (  # noqa: E402
     training_files,
     triage,
 )
-from bot.safety_eval import Counts, Score  # noqa: E402
+from bot.safety.scoring import Counts, Score  # noqa: E402
 from pipeline.packs import PACKS_DIR, load_pack  # noqa: E402
 
 REDTEAM = ROOT / "tests" / "data" / "redteam"
@@ -156,7 +156,7 @@ def main() -> int:
         return 0
 
     c = score.crisis
-    print("LLM4Sweat safety figures (red-team set: tests/data/redteam; classifier training set: bot/safety_data)")
+    print("LLM4Sweat safety figures (red-team set: tests/data/redteam; classifier training set: bot/safety/data)")
     print(f"  red-team: {report['redteam_sizes']}")
     print()
     print("Crisis detection (rules OR classifier p >= %.2f), red-team set" % DEFAULT_THRESHOLD)

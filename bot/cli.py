@@ -444,7 +444,7 @@ def triage_cmd(
     show_text: bool = typer.Option(False, "--show-text", help="Echo each message's text in its JSON line."),
 ) -> None:
     """Triage messages as the bot would (crisis, red flags, out of scope, injection, action): one JSON line each."""
-    from bot.safety_eval import Score, run_triage
+    from bot.safety.scoring import Score, run_triage
     from pipeline.packs import load_pack
 
     cfg = settings()

@@ -21,8 +21,7 @@ from typing import Any
 from bot.inference.base import InferenceBackend, ModelUnavailable
 from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, ViewKind
 from bot.prompt import build_prompt
-from bot.safety import Triage, crisis_text
-from bot.safety_layer import SafetyLayer
+from bot.safety import SafetyLayer, Triage, crisis_text
 from bot.settings import Settings
 from bot.storage import Database, dumps, now
 from bot.tasks import classify_task
@@ -113,7 +112,7 @@ class ConversationCore:
     async def handle_message(self, msg: IncomingMessage) -> HandleResult:
         """Store a patient's message, then answer it (or say clearly why not)."""
         text = msg.text.strip() if msg.text else ""
-        # --- safety layer (bot/safety_layer.py): /forget-me on any platform, per-patient rate limit
+        # --- safety layer (bot/safety/layer.py): /forget-me on any platform, per-patient rate limit
         if self.safety.is_forget_command(text):
             return await self.safety.forget_me(msg)
         if text and self.safety.over_limit(msg):

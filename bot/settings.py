@@ -160,7 +160,7 @@ class GenerationSettings(Section):
 
 
 class SafetySettings(Section):
-    """Abuse limits and language support of the safety layer (bot/safety.py, bot/ratelimit.py)."""
+    """Abuse limits and language support of the safety layer (bot/safety/)."""
 
     # Per-patient rate limit: at most rate_limit_messages within rate_limit_window_s seconds.
     rate_limit_messages: int = Field(8, ge=1, le=10_000)

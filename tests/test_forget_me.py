@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.platform import IncomingMessage, ReviewCard, ViewKind
-from bot.safety_layer import NOTICE_FORGOTTEN, NOTICE_NOTHING_TO_FORGET, REDACTED, SafetyLayer
+from bot.safety.layer import NOTICE_FORGOTTEN, NOTICE_NOTHING_TO_FORGET, REDACTED, SafetyLayer
 from reviewers.models import Action, Actor, Rubric
 
 REVIEWER = Actor("local", "rev1", "Dr Rev", frozenset({"reviewer"}))

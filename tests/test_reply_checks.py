@@ -9,7 +9,7 @@ import pytest
 
 from bot.core import GATED_TEXT
 from bot.platform import IncomingMessage, ViewKind
-from bot.reply_checks import advises_doctor, check_reply
+from bot.safety.reply_checks import advises_doctor, check_reply
 from bot.safety import policy_for
 from pipeline.packs import PACKS_DIR, load_pack
 from reviewers.models import Action, Actor

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.platform import IncomingMessage, ViewKind
-from bot.ratelimit import FairGate, RateLimiter
+from bot.safety.ratelimit import FairGate, RateLimiter
 from bot.safety import (
     BOUNDARY,
     INJECTION_GUARD,
@@ -22,11 +22,11 @@ from bot.safety import (
     language_notice,
     triage,
 )
-from bot.safety_eval import Score, read_messages, run_triage
+from bot.safety.scoring import Score, read_messages, run_triage
 from pipeline.packs import PACKS_DIR, load_pack
 
 REDTEAM = Path(__file__).parent / "data" / "redteam"
-TRAIN = Path(__file__).resolve().parent.parent / "bot" / "safety_data" / "crisis_train.jsonl"
+TRAIN = Path(__file__).resolve().parent.parent / "bot" / "safety" / "data" / "crisis_train.jsonl"
 
 
 def load(name: str) -> list[dict]:

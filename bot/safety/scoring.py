@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TextIO
 
-from bot.safety import Triage, triage
+from bot.safety.detector import triage
+from bot.safety.verdict import Triage
 
 
 def read_messages(stream: Iterable[str]) -> Iterator[dict[str, Any]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlparse
 
-from bot.safety import DoseRange, SafetyPolicy, policy_for
+from bot.safety.scope import DoseRange, SafetyPolicy, policy_for
 
 # Same idea as pipeline.packs.DOCTOR_ADVICE_RE (kept here so the check does not depend on the
 # pack loader), widened to the phrasings replies actually use.

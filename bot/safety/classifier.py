@@ -1,7 +1,7 @@
 """An offline crisis classifier: hashed word and character n-grams + logistic regression.
 
 Small on purpose: no model hub, no GPU, no extra dependency beyond numpy. It is trained at
-first use from a labelled set that ships with the project (``bot/safety_data/crisis_train.jsonl``
+first use from a labelled set that ships with the project (``bot/safety/data/crisis_train.jsonl``
 plus an optional ``safety/crisis_train.jsonl`` inside the condition pack), in well under a
 second, and deterministically, so the same files always give the same model.
 
@@ -12,7 +12,7 @@ misspellings ("kil myslef") and inflections across languages ("suicidio", "suici
 normalized copy of the text (accents stripped, leetspeak undone, repeated letters collapsed)
 is featurized as well.
 
-The rules in ``bot/safety.py`` are combined with this model with OR: a rule catches the
+The rules in ``bot/safety/rules.py`` are combined with this model with OR: a rule catches the
 explicit phrasings with certainty, the model the indirect ones.
 """
 

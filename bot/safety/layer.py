@@ -23,9 +23,13 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from bot.platform import IncomingMessage, PatientView, ReviewCard, ViewKind
-from bot.ratelimit import FairGate, RateLimiter
-from bot.reply_checks import ReplyCheck, check_reply
-from bot.safety import BOUNDARY, INJECTION_GUARD, Triage, crisis_model, language_notice, loggable, triage
+from bot.safety.ratelimit import FairGate, RateLimiter
+from bot.safety.reply_checks import ReplyCheck, check_reply
+from bot.safety.detector import crisis_model, loggable, triage
+from bot.safety.language import language_notice
+from bot.safety.rules import INJECTION_GUARD
+from bot.safety.scope import BOUNDARY
+from bot.safety.verdict import Triage
 
 if TYPE_CHECKING:
     from bot.core import ConversationCore, HandleResult
