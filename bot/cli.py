@@ -278,15 +278,20 @@ def dataset_export(out: Path = typer.Argument(..., help="JSONL file to write."))
     async def go() -> Any:
         db = await _open_db(cfg)
         try:
-            return await dataset.export(db, out, dataset.pack_or_none(cfg.pack_path))
+            return await dataset.export(db, out, dataset.pack_or_none(cfg.pack_path),
+                                        min_accuracy=cfg.review.min_accuracy_for_training)
         finally:
             await db.close()
 
     result = run_async(go())
     console.print(f"wrote {result.count} examples to {out}; snapshot {result.hash}")
     if result.excluded:
-        console.print(f"left out {len(result.excluded)} example(s) that contain evaluation questions "
+        console.print(f"left out {len(result.excluded)} example(s) that contain evaluation questions or held-out "
+                      "safety cases "
                       f"(ids {', '.join(map(str, result.excluded[:20]))})")
+    if result.low_accuracy:
+        console.print(f"left out {len(result.low_accuracy)} approval(s) whose accuracy score is below "
+                      f"{cfg.review.min_accuracy_for_training} (ids {', '.join(map(str, result.low_accuracy[:20]))})")
 
 
 @app.command("generate")
@@ -369,35 +374,67 @@ def train_cmd(
                                  out=out, register=register, max_steps=max_steps, val_fraction=val_fraction))
 
 
-@app.command("eval")
+eval_app = typer.Typer(help="Multiple-choice evaluation with controls; lm-evaluation-harness export.",
+                       invoke_without_command=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback()
 def eval_cmd(
+    ctx: typer.Context,
     adapter: list[str] = typer.Option([], "--adapter", "-a", help="A registry version or adapter folder; repeatable."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Model folder (default: the one `run` serves)."),
     include_base: bool = typer.Option(True, "--base/--no-base", help="Evaluate the base model too (the baseline)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many questions per task."),
-    safety: bool = typer.Option(True, "--safety/--no-safety", help="Run the safety suite (crisis routing, red-flag replies)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many questions per task and split."),
+    safety: bool = typer.Option(True, "--safety/--no-safety", help="Run the safety check (crisis routing, held-out replies)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for evaluation.json and evaluation.png."),
     save: bool = typer.Option(True, "--save/--no-save", help="Store results of registry versions in the registry."),
     safety_set: list[Path] = typer.Option([], "--safety-set", help="JSONL file or folder of labelled messages "
-                                          "(text + label crisis|benign|red_flag) for the safety suite; repeatable."),
+                                          "(text + label crisis|benign|red_flag|crisis_adjacent) for the safety "
+                                          "check; repeatable."),
+    open_book: bool = typer.Option(False, "--open-book", help="Put the pack's guidance.md in every prompt "
+                                   "(closed book by default; the output says which)."),
+    controls: bool = typer.Option(True, "--controls/--no-controls", help="Score the random-untrained model and "
+                                  "the question-removed control (length controls are always printed)."),
 ) -> None:
-    """Multiple-choice accuracy per task with 95% CIs (base vs adapters), safety suite, table, JSON and PNG."""
+    """Accuracy per task and split with 95% CIs: the project's score, acc, acc_norm and lettered A-D, beside
+    the controls (always-longest/shortest, random-untrained model, question removed) and the experts'
+    rubric scores; table, JSON and PNG."""
+    if ctx.invoked_subcommand is not None:
+        return
     from pipeline import loop_cli
 
     raise typer.Exit(_model_loop(loop_cli.evaluate, settings(), console, base_model=base_model, adapters=adapter,
                                  include_base=include_base, limit=limit, safety=safety, out=out, save=save,
-                                 safety_sets=safety_set))
+                                 safety_sets=safety_set, open_book=open_book, controls=controls))
+
+
+@eval_app.command("export-lm-eval")
+def eval_export_lm_eval(
+    out: Path = typer.Argument(..., help="Folder for the task YAML files and their JSONL data."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Model folder whose chat template renders "
+                                             "the prompts (default: the one `run` serves)."),
+    open_book: bool = typer.Option(False, "--open-book", help="Put the pack's guidance.md in every prompt."),
+) -> None:
+    """Write the pack's questions as lm-evaluation-harness tasks (one per split and format):
+    lm_eval --model hf --model_args pretrained=MODEL --tasks <pack>_test --include_path OUT."""
+    from pipeline import loop_cli
+
+    raise typer.Exit(_model_loop(loop_cli.export_lm_eval, settings(), console, out=out, base_model=base_model,
+                                 open_book=open_book))
 
 
 @app.command("retrain")
 def retrain_cmd(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job in the running service to its end."),
     here: bool = typer.Option(False, "--here", help="Run the job in this process even if the service is running."),
+    force: bool = typer.Option(False, "--force", help="Train even when no reviewed example is new since the live "
+                               "adapter was trained."),
 ) -> None:
     """Retrain now: snapshot, train, evaluate, gate, and go live if better (in the running service when there is one)."""
     from pipeline import loop_cli
 
-    raise typer.Exit(_model_loop(loop_cli.retrain, settings(), console, wait=wait, here=here))
+    raise typer.Exit(_model_loop(loop_cli.retrain, settings(), console, wait=wait, here=here, force=force))
 
 
 def _model_loop(command: Any, *args: Any, **kwargs: Any) -> int:

@@ -44,7 +44,7 @@ class Commands:
         """Dispatch by name (for platforms that route every command through one handler)."""
         handlers = {
             "status": lambda: self.status(actor),
-            "retrain": lambda: self.retrain(actor),
+            "retrain": lambda: self.retrain(actor, argument),
             "promote": lambda: self.promote(actor, argument or ""),
             "rollback": lambda: self.rollback(actor, argument or None),
             "eval": lambda: self.evaluation(actor),
@@ -101,9 +101,14 @@ class Commands:
         text = "\n".join(lines)
         return CommandReply(text, data)
 
-    async def retrain(self, actor: Actor) -> CommandReply:
+    async def retrain(self, actor: Actor, argument: str | None = None) -> CommandReply:
+        """Start a retraining job; ``force`` trains even when no reviewed example is new."""
         await self._require(actor, "retrain")
-        req = await jobs.request(self.db, "retrain", actor.label)
+        words = (argument or "").strip().lower().split()
+        if any(w not in ("force", "--force") for w in words):
+            return CommandReply(f"Unknown retrain option {argument!r}; use: retrain, or retrain force.", ok=False)
+        force = bool(words)
+        req = await jobs.request(self.db, "retrain", actor.label, {"force": True} if force else None)
         if not req.created:
             return CommandReply(
                 f"A retraining job (#{req.job_id}) is already {req.status}"
@@ -111,17 +116,21 @@ class Commands:
                 {"job_id": req.job_id, "created": False},
             )
         self.service.start_retrain(req.job_id)
-        return CommandReply(f"Retraining job #{req.job_id} started. Progress is shown in /status.",
-                            {"job_id": req.job_id, "created": True})
+        return CommandReply(f"Retraining job #{req.job_id} started{' (forced)' if force else ''}. "
+                            "Progress is shown in /status.", {"job_id": req.job_id, "created": True, "force": force})
 
     async def promote(self, actor: Actor, version: str) -> CommandReply:
         """Make a candidate live, through the promotion gate."""
         await self._require(actor, "promote")
-        if not version:
+        words = (version or "").split()
+        force = any(w.lower() in ("force", "--force") for w in words)
+        names = [w for w in words if w.lower() not in ("force", "--force")]
+        if len(names) != 1:
             return CommandReply("Name the adapter version to promote, e.g. promote v3.", ok=False)
+        version = names[0]
         from pipeline.retrain import promote
 
-        outcome = await promote(self.service, version)
+        outcome = await promote(self.service, version, force=force)
         return CommandReply(outcome.text, {"version": version}, ok=outcome.ok)
 
     async def rollback(self, actor: Actor, version: str | None = None) -> CommandReply:
@@ -139,12 +148,17 @@ class Commands:
 
     async def evaluation(self, actor: Actor) -> CommandReply:
         await self._require(actor, "eval")
+        from pipeline.rubric import rubric_by_version, rubric_table_text
+
         versions = [v for v in await registry.all_versions(self.db) if v["evaluation"]]
+        rubric = await rubric_by_version(self.db)
+        expert = ("\n" + rubric_table_text(rubric)) if rubric else ""
         if not versions:
-            return CommandReply("No evaluation has been run yet.")
+            return CommandReply("No evaluation has been run yet." + expert, {"rubric": rubric})
         latest = versions[0]
         table = latest["evaluation"].get("table") or str(latest["evaluation"])
-        return CommandReply(f"Evaluation of {latest['version']} ({latest['status']}):\n{table}", latest["evaluation"])
+        text = f"Evaluation of {latest['version']} ({latest['status']}):\n{table}{expert}"
+        return CommandReply(text, {**latest["evaluation"], "rubric": rubric})
 
     async def dataset(self, actor: Actor) -> CommandReply:
         await self._require(actor, "dataset")

@@ -60,6 +60,9 @@ class ReviewSettings(Section):
     quorum: int = Field(1, ge=1, le=20)
     # Items nobody decided within this many hours are marked expired.
     expire_after_hours: float = Field(24 * 7, gt=0)
+    # An approved reply enters training only if its reviewers' accuracy score (1-5) is at least
+    # this (the lowest score among approving reviewers counts); checked at every dataset export.
+    min_accuracy_for_training: int = Field(3, ge=1, le=5)
 
 
 class PromptSettings(Section):
@@ -133,8 +136,13 @@ class TrainingSettings(Section):
     max_length: int = Field(1024, ge=16)
     retrain_min_new_examples: int = Field(20, ge=1)
     retrain_interval_hours: float = Field(24.0, gt=0)
-    gate_tolerance: float = Field(0.0, ge=0, le=1)
-    gate_task_margin: float = Field(0.05, ge=0, le=1)
+    # The promotion gate (pipeline/gate.py) decides on the pack's dev questions: a candidate
+    # must gain at least gate_min_gain_points (percentage points of gate_metric accuracy) with an
+    # exact McNemar p below gate_alpha; held-out safety replies must reach gate_safety_floor.
+    gate_alpha: float = Field(0.05, gt=0, lt=1)
+    gate_min_gain_points: float = Field(2.0, ge=0, le=100)
+    gate_metric: Literal["mean_token", "acc", "acc_norm", "lettered"] = "mean_token"
+    gate_safety_floor: float = Field(0.75, ge=0, le=1)
 
 
 class GenerationSettings(Section):

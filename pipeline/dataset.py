@@ -376,9 +376,45 @@ class ExportResult:
     path: Path
     count: int
     hash: str
-    excluded: list[int] = field(default_factory=list)  # example ids left out: evaluation leaks
+    excluded: list[int] = field(default_factory=list)  # example ids left out: evaluation / safety-case leaks
     by_task: dict[str, int] = field(default_factory=dict)
     by_source: dict[str, int] = field(default_factory=dict)
+    low_accuracy: list[int] = field(default_factory=list)  # approvals left out: accuracy score too low
+    expert_ids: list[int] = field(default_factory=list)  # reviewed (expert) examples written
+
+
+@dataclass(frozen=True)
+class _HeldOut:
+    """A held-out safety case in the shape the leak detector reads (``id``, ``question``)."""
+
+    id: str
+    question: str
+
+
+def heldout_guard(pack: Any) -> list[_HeldOut]:
+    """The pack's held-out safety cases, checked like evaluation questions at export: they
+    measure the model and must never become training data."""
+    if pack is None:
+        return []
+    from pipeline.evaluate import heldout_safety_cases
+
+    return [_HeldOut(f"safety:{c.id}", c.text) for c in heldout_safety_cases(pack)]
+
+
+DEFAULT_MIN_ACCURACY = 3  # settings.review.min_accuracy_for_training
+
+
+async def low_accuracy_approvals(db: Database, min_accuracy: int) -> set[int]:
+    """Ids of ``expert_approved`` examples whose review has an approving decision with an
+    accuracy score below ``min_accuracy`` (the lowest approving score counts). An approval
+    without a score is not filtered here: the review workflow refuses those."""
+    rows = await db.fetchall(
+        "SELECT e.id FROM dataset_examples e JOIN review_decisions d ON d.item_id = e.review_item_id"
+        " WHERE e.source = 'expert_approved' AND d.action = 'approve' AND d.accuracy IS NOT NULL"
+        " GROUP BY e.id HAVING MIN(d.accuracy) < ?",
+        (min_accuracy,),
+    )
+    return {int(r[0]) for r in rows}
 
 
 def export_line(item: dict[str, Any]) -> str:
@@ -394,14 +430,22 @@ async def export(
     *,
     eval_questions: Iterable[Any] | None = None,
     tasks: Iterable[str] | None = None,
+    min_accuracy: int = DEFAULT_MIN_ACCURACY,
 ) -> ExportResult:
     """Write the dataset as chat-format JSONL (atomically) and return its snapshot hash.
 
-    Examples in which an evaluation question (of ``pack``, or of every shipped pack) appears
-    are left out and listed in ``excluded``, so a snapshot can never carry the evaluation set
-    even if it was stored before a question was added."""
+    Examples in which an evaluation question (of ``pack``, or of every shipped pack) or one of
+    the pack's held-out safety cases appears are left out and listed in ``excluded``, so a
+    snapshot can never carry the evaluation set even if it was stored before a question was
+    added. Approvals whose accuracy score is below ``min_accuracy`` are left out and listed in
+    ``low_accuracy``, whatever path added them."""
     items = await examples(db, tasks)
-    questions = eval_questions_for(pack, eval_questions)
+    low = await low_accuracy_approvals(db, min_accuracy)
+    low_accuracy = sorted(item["id"] for item in items if item["id"] in low)
+    if low_accuracy:
+        log.info("left %d approval(s) out of the export: accuracy score below %d", len(low_accuracy), min_accuracy)
+        items = [item for item in items if item["id"] not in low]
+    questions = eval_questions_for(pack, eval_questions) + heldout_guard(pack)
     excluded: list[int] = []
     if questions:
         from pipeline.packs import find_eval_leaks
@@ -426,6 +470,8 @@ async def export(
         excluded=excluded,
         by_task=dict(Counter(item["task"] for item in items)),
         by_source=dict(Counter(item["source"] for item in items)),
+        low_accuracy=low_accuracy,
+        expert_ids=[item["id"] for item in items if item["source"] in EXPERT_SOURCES],
     )
 
 

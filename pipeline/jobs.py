@@ -26,19 +26,21 @@ class JobRequest:
     created_at: float
 
 
-async def request(db: Database, kind: str, requested_by: str) -> JobRequest:
+async def request(db: Database, kind: str, requested_by: str, params: dict[str, Any] | None = None) -> JobRequest:
+    """Queue a job of ``kind`` unless one is queued or running; ``params`` (e.g. ``{"force":
+    true}``) are stored with the job for whoever runs it."""
     try:
         async with db.transaction() as conn:
             cursor = await conn.execute(
-                "INSERT INTO jobs (kind, status, requested_by, created_at) VALUES (?, 'queued', ?, ?)",
-                (kind, requested_by, now()),
+                "INSERT INTO jobs (kind, status, requested_by, params, created_at) VALUES (?, 'queued', ?, ?, ?)",
+                (kind, requested_by, dumps(params or {}), now()),
             )
             job_id = int(cursor.lastrowid)
         return JobRequest(job_id, True, "queued", None, now())
     except sqlite3.IntegrityError:
         row = await active(db, kind)
         if row is None:  # finished between our insert and this read: ask again
-            return await request(db, kind, requested_by)
+            return await request(db, kind, requested_by, params)
         return JobRequest(row["id"], False, row["status"], row["started_at"], row["created_at"])
 
 

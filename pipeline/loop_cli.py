@@ -78,7 +78,8 @@ def train(cfg: Settings, console: Console, *, base_model: str | None, dataset_fi
                     console.print(f"[yellow]{len(leaked)} example(s) contain evaluation questions and are left out.[/yellow]")
                 examples = [ex for i, ex in enumerate(examples) if i not in leaked]
                 return examples, str(dataset_file), version
-            snap = await rt.export_snapshot(db, pack, Path(cfg.data_dir) / "jobs" / "cli-train" / "dataset.jsonl")
+            snap = await rt.export_snapshot(db, pack, Path(cfg.data_dir) / "jobs" / "cli-train" / "dataset.jsonl",
+                                            min_accuracy=cfg.review.min_accuracy_for_training)
             if snap.excluded:
                 console.print(f"[yellow]{len(snap.excluded)} example(s) contain evaluation questions and are left out.[/yellow]")
             examples = [json.loads(line)["messages"] for line in snap.path.read_text().splitlines() if line.strip()]
@@ -147,7 +148,7 @@ def load_safety_sets(paths: list[Path]) -> list[ev.SafetyCase] | None:
 
 def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapters: list[str], include_base: bool,
              limit: int | None, safety: bool, out: Path | None, save: bool,
-             safety_sets: list[Path] | None = None) -> int:
+             safety_sets: list[Path] | None = None, open_book: bool = False, controls: bool = True) -> int:
     from pipeline.packs import load_pack
 
     pack = load_pack(cfg.pack_path)
@@ -157,7 +158,9 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
         console.print(f"Safety set: {kinds['crisis']} crisis, {kinds['benign']} benign, {kinds['red_flag']} red-flag cases")
     base = base_model_for(cfg, base_model)
 
-    async def lookup() -> tuple[list[ev.Subject], dict[str, Any] | None]:
+    async def lookup() -> tuple[list[ev.Subject], dict[str, Any] | None, dict[str, Any]]:
+        from pipeline.rubric import rubric_by_version
+
         db = await Database(cfg.db_path).open()
         try:
             subjects: list[ev.Subject] = []
@@ -170,12 +173,12 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
                 else:
                     raise SystemExit(f"{name!r} is neither an adapter version in the registry nor a folder")
             live = await registry.live(db)
-            return subjects, live
+            return subjects, live, await rubric_by_version(db)
         finally:
             await db.close()
 
     try:
-        subjects, live = asyncio.run(lookup())
+        subjects, live, rubric = asyncio.run(lookup())
     except SystemExit as exc:
         console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
@@ -193,8 +196,10 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
     if not subjects:
         console.print("[red]Nothing to evaluate.[/red]")
         return 2
-    cfg_eval = ev.EvalConfig(limit_per_task=limit, safety=safety, prompt_budget=cfg.prompt.token_budget)
-    console.print(f"Evaluating {', '.join(s.label for s in subjects)} on {base}")
+    cfg_eval = ev.EvalConfig(limit_per_task=limit, safety=safety, prompt_budget=cfg.prompt.token_budget,
+                             open_book=open_book, controls=controls)
+    console.print(f"Evaluating {', '.join(s.label for s in subjects)} on {base} "
+                  f"({'OPEN book: guidance.md in every prompt' if open_book else 'closed book'})")
     with _progress(console) as bar:
         task = bar.add_task("loading", total=None)
 
@@ -202,6 +207,8 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
             bar.update(task, description=phase, completed=done, total=total)
 
         report = ev.evaluate(base, subjects, pack, cfg_eval, progress=on_progress, safety_cases=cases)
+    if rubric:
+        report["rubric"] = rubric
     order = report["order"]
     reference = live["version"] if live and live["version"] in order else (ev.BASE_LABEL if ev.BASE_LABEL in order else None)
     delta = (reference, order[-1]) if reference and order[-1] != reference else None
@@ -209,6 +216,12 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
     paths = ev.write_outputs(report, out_dir, order, delta)
     console.print(ev.default_title(report))
     console.print(ev.rich_table(report, order, delta))
+    console.print(ev.scores_table(report, order))
+    bias = ev.bias_line(report)
+    if bias:
+        console.print(bias, highlight=False, markup=False)
+    if rubric:
+        console.print(ev.rubric_text(rubric), highlight=False, markup=False)
     first = report["runs"][order[0]].get("safety")
     if first:
         c = first["crisis"]
@@ -228,11 +241,28 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
                                                          candidate_name=s.label)
                     record = rt.registry_record(report, s.label, decision, {k: str(v) for k, v in paths.items()})
                     await registry.set_evaluation(db, s.version, record)
+                    if decision.passed:
+                        await registry.mark_gate_passed(db, s.version)
                     console.print(decision.text(), highlight=False, markup=False)
             finally:
                 await db.close()
 
         asyncio.run(store())
+    return 0
+
+
+def export_lm_eval(cfg: Settings, console: Console, *, out: Path, base_model: str | None, open_book: bool) -> int:
+    """Write the pack's questions as lm-evaluation-harness tasks (see pipeline/lm_eval_export.py)."""
+    from pipeline.lm_eval_export import export_lm_eval as export
+    from pipeline.packs import load_pack
+
+    pack = load_pack(cfg.pack_path)
+    base = base_model_for(cfg, base_model)
+    info = export(out, pack, base, open_book=open_book)
+    console.print(f"Wrote {len(info['files'])} files to {out} ({info['book']} book, prompts rendered with the chat "
+                  f"template of {base}).", highlight=False, markup=False)
+    console.print(f"Run: lm_eval --model hf --model_args pretrained=MODEL --tasks {','.join(info['tasks'])} "
+                  f"--include_path {out}", highlight=False, markup=False)
     return 0
 
 
@@ -268,15 +298,15 @@ async def console_command(cfg: Settings, command: str, argument: str | None = No
 # --------------------------------------------------------------------------------- retrain
 
 
-def retrain(cfg: Settings, console: Console, *, wait: bool, here: bool) -> int:
+def retrain(cfg: Settings, console: Console, *, wait: bool, here: bool, force: bool = False) -> int:
     if not here:
-        reply = asyncio.run(console_command(cfg, "retrain"))
+        reply = asyncio.run(console_command(cfg, "retrain", "force" if force else None))
         if reply is not None:
             console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
             if wait and reply.get("data", {}).get("job_id"):
                 return asyncio.run(_wait_for_job(cfg, console, int(reply["data"]["job_id"])))
             return 0 if reply.get("ok", True) else 1
-    return asyncio.run(_retrain_here(cfg, console))
+    return asyncio.run(_retrain_here(cfg, console, force))
 
 
 async def _wait_for_job(cfg: Settings, console: Console, job_id: int) -> int:
@@ -304,7 +334,7 @@ async def _wait_for_job(cfg: Settings, console: Console, job_id: int) -> int:
         await db.close()
 
 
-async def _retrain_here(cfg: Settings, console: Console) -> int:
+async def _retrain_here(cfg: Settings, console: Console, force: bool = False) -> int:
     from pipeline.packs import load_pack
 
     pack = load_pack(cfg.pack_path)
@@ -313,7 +343,7 @@ async def _retrain_here(cfg: Settings, console: Console) -> int:
     try:
         await dataset.import_seeds(db, pack)  # as the service does at start (idempotent)
         await jobs.mark_interrupted(db)
-        request = await jobs.request(db, "retrain", "cli")
+        request = await jobs.request(db, "retrain", "cli", {"force": True} if force else None)
         if not request.created:
             console.print(f"A retraining job (#{request.job_id}) is already {request.status}.")
             return 1
@@ -349,7 +379,8 @@ def promote(cfg: Settings, console: Console, version: str, *, force: bool) -> in
                 return 1
             if check.text:
                 console.print(check.text, highlight=False, markup=False)
-            reply = await console_command(cfg, "rollback", version)  # "make VERSION live" in the running service
+            # The running service promotes (its gate check passes too; --force is passed on).
+            reply = await console_command(cfg, "promote", f"{version} force" if force else version)
             if reply is not None:
                 console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
                 return 0 if reply.get("ok") else 1

@@ -1,7 +1,9 @@
 """The adapter registry: every trained version with its status, manifest and evaluation.
 
 Statuses: candidate (trained, not serving), live (serving; at most one), retired (served
-before; a rollback target), failed (could not be loaded or evaluated)."""
+before), failed (could not be loaded or evaluated). ``gate_passed_at`` records that a version
+once passed the promotion gate: only such a version (or the base model) is a rollback target,
+so a rollback can never put an unevaluated or force-promoted candidate live."""
 
 from __future__ import annotations
 
@@ -78,17 +80,32 @@ async def mark_live(db: Database, version: str | None) -> None:
                 raise RegistryError(f"no adapter version {version!r}")
 
 
+async def mark_gate_passed(db: Database, version: str) -> None:
+    """Record that ``version`` passed the promotion gate (it becomes a valid rollback target)."""
+    await db.execute("UPDATE adapters SET gate_passed_at = COALESCE(gate_passed_at, ?) WHERE version = ?",
+                     (now(), version))
+
+
 async def rollback_target(db: Database, version: str | None = None) -> dict[str, Any] | None:
-    """The version a rollback returns to: the one named, or the most recently retired one."""
+    """The version a rollback returns to: the one named (it must once have passed the gate),
+    or the most recently retired one that passed the gate; None: the base model."""
     if version is not None:
         row = await get(db, version)
         if row is None:
             raise RegistryError(f"no adapter version {version!r}")
         if row["status"] == "failed":
             raise RegistryError(f"adapter {version} failed before and cannot be made live")
+        if row["status"] == "live":
+            raise RegistryError(f"{version} is already live.")
+        if not row.get("gate_passed_at"):
+            raise RegistryError(
+                f"{version} never passed the promotion gate, so it is not a rollback target; "
+                f"promote it through the gate instead (promote {version})"
+            )
         return row
     return _row(await db.fetchone(
-        "SELECT * FROM adapters WHERE status = 'retired' AND promoted_at IS NOT NULL ORDER BY promoted_at DESC LIMIT 1"
+        "SELECT * FROM adapters WHERE status = 'retired' AND promoted_at IS NOT NULL AND gate_passed_at IS NOT NULL"
+        " ORDER BY promoted_at DESC LIMIT 1"
     ))
 
 
@@ -102,8 +119,9 @@ def _row(row: Any) -> dict[str, Any] | None:
 
 
 async def resolve_rollback(db: Database, version: str | None = None) -> str | None:
-    """The version a rollback makes live: the one named, else the most recently retired one,
-    else the base model (None). Raises RegistryError when there is nothing to roll back."""
+    """The version a rollback makes live: the one named, else the most recently retired one that
+    passed the gate, else the base model (None). Raises RegistryError when there is nothing to
+    roll back or the named version is not a valid target."""
     target = await rollback_target(db, version)
     if target is not None:
         return target["version"]

@@ -19,9 +19,20 @@ is built this way:
 - **Comparable numbers**: base model, live adapter and candidate are evaluated on the same set
   (``eval_hash``); runs of an earlier evaluation on the same set are reused instead of being
   recomputed.
+- **Nothing new, nothing trained**: a manual or scheduled job whose snapshot is the one the live
+  adapter was trained on, or which holds no reviewed (expert) example newer than that
+  adapter's snapshot, is skipped with a message saying so, unless forced (``/retrain force``,
+  ``llm4sweat retrain --force``): retraining on the same data only adds seed noise.
 - **The gate decides, the registry remembers**: the candidate is registered with its manifest
   and evaluation whatever the outcome; it goes live only if the gate passes and the adapter
   loads. A load failure marks it failed and the live adapter keeps serving.
+- **A moderator's change during training wins**: the live adapter is read again just before
+  promotion. If a moderator rolled back or promoted meanwhile, the candidate (compared with an
+  adapter that no longer serves) is not promoted: it stays a candidate with a note saying so,
+  to be compared with what is live now (``llm4sweat eval --adapter V``) and promoted by hand.
+  Rule chosen because the moderator's later, deliberate decision must not be undone by a job
+  started before it; re-running the whole evaluation inside the job would also be possible
+  but doubles its time for a rare event.
 """
 
 from __future__ import annotations
@@ -126,15 +137,19 @@ class Snapshot:
     excluded: list[int]
     max_example_id: int
     by_source: dict[str, int]
+    expert_ids: list[int] = field(default_factory=list)  # reviewed examples in the snapshot
+    low_accuracy: list[int] = field(default_factory=list)  # approvals left out: accuracy score too low
 
 
-async def export_snapshot(db: Database, pack: Any, path: Path) -> Snapshot:
+async def export_snapshot(db: Database, pack: Any, path: Path, min_accuracy: int | None = None) -> Snapshot:
     """Write the training snapshot (chat ``messages`` JSONL) through the dataset's export,
-    which leaves out examples containing an evaluation question and examples of patients who
-    have not consented; its hash is the one the adapter's manifest will record."""
+    which leaves out examples containing an evaluation question or a held-out safety case,
+    approvals whose accuracy score is below ``min_accuracy`` and examples of patients who have
+    not consented; its hash is the one the adapter's manifest will record."""
     # Taken before the export: an example added meanwhile counts as new next time (never lost).
     max_id = int(await db.fetchval("SELECT COALESCE(MAX(id), 0) FROM dataset_examples") or 0)
-    result = await dataset.export(db, path, pack)
+    kwargs = {} if min_accuracy is None else {"min_accuracy": min_accuracy}
+    result = await dataset.export(db, path, pack, **kwargs)
     return Snapshot(
         path=result.path,
         examples=result.count,
@@ -142,7 +157,30 @@ async def export_snapshot(db: Database, pack: Any, path: Path) -> Snapshot:
         excluded=list(result.excluded),
         max_example_id=max_id,
         by_source=dict(result.by_source),
+        expert_ids=list(getattr(result, "expert_ids", [])),
+        low_accuracy=list(getattr(result, "low_accuracy", [])),
     )
+
+
+def nothing_new(snapshot: Snapshot, live: dict[str, Any] | None) -> str | None:
+    """Why training on ``snapshot`` would add nothing over the live adapter, or None.
+
+    Nothing new: the snapshot is the very data the live adapter was trained on, or it holds no
+    reviewed example newer than that adapter's snapshot."""
+    if live is None:
+        return None
+    manifest = live.get("manifest") or {}
+    trained = (manifest.get("snapshot") or {})
+    trained_hash = manifest.get("dataset_hash") or trained.get("hash")
+    if trained_hash and trained_hash == snapshot.hash:
+        return (f"the dataset snapshot ({snapshot.hash[:12]}, {snapshot.examples} examples) is the one "
+                f"{live['version']} was trained on")
+    since = trained.get("max_example_id")
+    if since is not None:
+        new = [i for i in snapshot.expert_ids if i > int(since)]
+        if not new:
+            return f"no new reviewed examples since {live['version']} was trained"
+    return None
 
 
 async def tell_moderators(service: Any, text: str, urgent: bool = False) -> None:
@@ -175,6 +213,10 @@ def registry_record(report: dict[str, Any], subject: str, decision: gate.GateDec
         "num_questions": report["num_questions"],
         "tasks": report["tasks"],
         "order": report.get("order") or list(runs),
+        "metric": report.get("metric"),
+        "book": report.get("book"),
+        "splits": report.get("splits"),
+        "controls": report.get("controls"),
         "subject": subject,
         "runs": runs,
         "overall": own["overall"],
@@ -307,19 +349,27 @@ async def run_retrain_job(
     job_id: int,
     options: RetrainOptions | None = None,
     echo: Callable[[str], None] | None = None,
+    force: bool | None = None,
 ) -> dict[str, Any]:
     """Run retraining job ``job_id`` to the end; returns the job's result.
 
     The job row ends succeeded (whether or not the gate let the adapter go live), failed
     (with the error) or cancelled. Moderators are told the outcome either way. A failure is
-    recorded and reported, not raised: the result then has ``status`` "failed" and ``error``."""
+    recorded and reported, not raised: the result then has ``status`` "failed" and ``error``.
+    ``force`` (default: the job's ``params``) trains even when nothing is new."""
     db: Database = service.db
     options = options or getattr(service, "retrain_options", None) or RetrainOptions()
+    if force is None:
+        row = await jobs.get(db, job_id)
+        try:
+            force = bool(json.loads((row or {}).get("params") or "{}").get("force"))
+        except ValueError:
+            force = False
     started = time.monotonic()
     await jobs.start(db, job_id, os.getpid())
     progress = _ProgressWriter(db, job_id, echo)
     try:
-        return await _run(service, job_id, options, progress, started)
+        return await _run(service, job_id, options, progress, started, force)
     except asyncio.CancelledError:
         try:
             await asyncio.shield(jobs.finish(db, job_id, "cancelled", error="cancelled: the service stopped"))
@@ -336,18 +386,40 @@ async def run_retrain_job(
         return {"status": "failed", "error": message}
 
 
-async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _ProgressWriter, started: float) -> dict[str, Any]:
+async def _skip(service: Any, job_id: int, progress: _ProgressWriter, snapshot: Snapshot, why: str) -> dict[str, Any]:
+    text = (f"Retraining job #{job_id} skipped: {why}. Nothing was trained; the live adapter keeps serving. "
+            "To train anyway: /retrain force (or llm4sweat retrain --force).")
+    result = {"status": "skipped", "skipped": True, "reason": why, "summary": text,
+              "snapshot": {"examples": snapshot.examples, "hash": snapshot.hash,
+                           "max_example_id": snapshot.max_example_id, "by_source": snapshot.by_source}}
+    await jobs.finish(service.db, job_id, "succeeded", result=result)
+    await jobs.progress(service.db, job_id, f"skipped: {why}")
+    await tell_moderators(service, text)
+    if progress.echo:
+        progress.echo(text)
+    log.info("retraining job %s skipped: %s", job_id, why)
+    return result
+
+
+async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _ProgressWriter, started: float,
+               force: bool = False) -> dict[str, Any]:
     db: Database = service.db
     settings = service.settings
     pack = service.pack
-    base_model = resolve_base_model(service)
-    adapters_dir = Path(settings.adapters_path)
-    adapters_dir.mkdir(parents=True, exist_ok=True)
     job_dir = Path(settings.data_dir) / "jobs" / f"retrain-{job_id}"
     job_dir.mkdir(parents=True, exist_ok=True)
 
     await progress("exporting the dataset snapshot", "export")
-    snapshot = await export_snapshot(db, pack, job_dir / "dataset.jsonl")
+    snapshot = await export_snapshot(db, pack, job_dir / "dataset.jsonl",
+                                     min_accuracy=settings.review.min_accuracy_for_training)
+    live_at_start = await registry.live(db)
+    if not force:
+        why = nothing_new(snapshot, live_at_start)
+        if why:
+            return await _skip(service, job_id, progress, snapshot, why)
+    base_model = resolve_base_model(service)
+    adapters_dir = Path(settings.adapters_path)
+    adapters_dir.mkdir(parents=True, exist_ok=True)
     if snapshot.examples < options.min_examples:
         raise RetrainError(f"only {snapshot.examples} training examples; at least {options.min_examples} are needed")
     if not getattr(pack, "eval_questions", None):
@@ -360,7 +432,7 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
 
     # Base model and live adapter are evaluated beside the candidate unless an earlier
     # evaluation on the same set can be reused.
-    live = await registry.live(db)
+    live = live_at_start
     live_label = live["version"] if live else None
     reuse: dict[str, Any] = {}
     if live is not None:
@@ -426,12 +498,27 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
     await _patch_report_file(result.get("outputs", {}).get("json"), decision)
     manifest = result.get("manifest") or _read_manifest(out_dir)
     manifest = {**manifest, "snapshot": {"examples": snapshot.examples, "hash": snapshot.hash,
-                                          "excluded_eval_leaks": len(snapshot.excluded), "by_source": snapshot.by_source}}
+                                          "max_example_id": snapshot.max_example_id,
+                                          "excluded_eval_leaks": len(snapshot.excluded),
+                                          "excluded_low_accuracy": len(snapshot.low_accuracy),
+                                          "by_source": snapshot.by_source}}
     await registry.register(db, version, out_dir, base_model, manifest, status="candidate")
     await registry.set_evaluation(db, version, record)
+    if decision.passed:
+        await registry.mark_gate_passed(db, version)
 
     promoted, swap_seconds, outcome = False, None, ""
-    if decision.passed:
+    live_now = await registry.live(db)  # a moderator's /rollback or /promote during the job wins
+    changed = (live_now or {}).get("version") != (live or {}).get("version")
+    if decision.passed and changed:
+        before = live["version"] if live else "the base model"
+        after = live_now["version"] if live_now else "the base model"
+        note = (f"passed the gate against {before}, but a moderator made {after} live during training; "
+                f"not promoted automatically")
+        await registry.set_status(db, version, "candidate", note=note)
+        outcome = (f"{version} {note}. Compare it with what is live now (llm4sweat eval --adapter {version}) "
+                   f"and promote it by hand if it is better.")
+    elif decision.passed:
         await progress(f"gate passed; loading {version}", "promote")
         try:
             swap_seconds = await service.activate_adapter(version)
@@ -460,6 +547,7 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
         "reference": reference,
         "snapshot": {"examples": snapshot.examples, "hash": snapshot.hash, "excluded": snapshot.excluded,
                      "max_example_id": snapshot.max_example_id, "by_source": snapshot.by_source},
+        "live_changed_during_job": changed,
         "timings": {**result.get("timings", {}), "job": round(seconds, 3)},
         "files": result.get("outputs", {}),
     }
@@ -467,7 +555,9 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
     head = (
         f"Retraining job #{job_id}: adapter {version} trained on {snapshot.examples} examples "
         f"(snapshot {snapshot.hash[:12]}"
-        + (f", {len(snapshot.excluded)} left out because they contain evaluation questions" if snapshot.excluded else "")
+        + (f", {len(snapshot.excluded)} left out because they contain evaluation questions or held-out safety cases"
+           if snapshot.excluded else "")
+        + (f", {len(snapshot.low_accuracy)} approvals left out for a low accuracy score" if snapshot.low_accuracy else "")
         + f") in {result.get('timings', {}).get('train', 0):.0f} s"
         + (f", validation loss {training['initial_val_loss']:.3f} → {training['best_val_loss']:.3f}"
            if training.get("initial_val_loss") is not None and training.get("best_val_loss") is not None else "")
@@ -569,13 +659,15 @@ async def check_promotion(service: Any, version: str, *, force: bool = False) ->
     )
     if not result.passed:
         return PromoteOutcome(False, result.text() + "\nPromote anyway with --force.", result.to_dict())
+    await registry.mark_gate_passed(db, version)
     return PromoteOutcome(True, result.text(), result.to_dict())
 
 
 def gate_text(decision: dict[str, Any]) -> str:
     """The text of a stored gate decision (``GateDecision.to_dict``)."""
     checks = [gate.Check(**c) for c in decision.get("checks", [])]
-    return gate.GateDecision(decision["passed"], decision["candidate"], decision["reference"], checks).text()
+    return gate.GateDecision(decision["passed"], decision["candidate"], decision["reference"], checks,
+                             list(decision.get("notes") or [])).text()
 
 
 async def promote(service: Any, version: str, *, force: bool = False) -> PromoteOutcome:

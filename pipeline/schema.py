@@ -57,4 +57,13 @@ MIGRATIONS = [
         CREATE UNIQUE INDEX dataset_examples_plan_key ON dataset_examples (plan_key) WHERE plan_key IS NOT NULL
         """,
     ),
+    Migration(
+        "pipeline",
+        3,
+        "gate_passed_and_job_params",
+        """
+        ALTER TABLE adapters ADD COLUMN gate_passed_at REAL;
+        ALTER TABLE jobs ADD COLUMN params TEXT NOT NULL DEFAULT '{}'
+        """,
+    ),
 ]

@@ -319,6 +319,7 @@ async def test_rollback_returns_to_previous_then_base(service, tmp_path):
         (path / "adapter_config.json").write_text("{}")
         (path / "adapter_model.safetensors").write_bytes(b"weights")
         await registry.register(service.db, version, path, "base")
+        await registry.mark_gate_passed(service.db, version)  # rollback targets must have passed the gate
     await service.activate_adapter("v1")
     await service.activate_adapter("v2")
     first = await service.commands.run(MODERATOR, "rollback")

@@ -60,7 +60,8 @@ def mc_questions() -> list[ev.Question]:
             pos = (i + k) % 4
             options = list(distractors)
             options.insert(pos, correct)
-            questions.append(ev.Question(f"q{i}-{k}", TASKS[i % 3], prefix + question, tuple(options), pos))
+            split = "dev" if k < 2 else "test"
+            questions.append(ev.Question(f"q{i}-{k}", TASKS[i % 3], prefix + question, tuple(options), pos, split))
     return questions
 
 
@@ -117,16 +118,22 @@ async def local_service(settings, tiny_model_dir: Path):
     await svc.stop()
 
 
-def run_record(version: str, overall: float, tasks: dict[str, float] | None = None, advice: float = 0.5,
+def run_record(version: str, correct: int | str, n: int = 60, safety: tuple[int, int] = (9, 10),
                crisis_ok: bool = True) -> dict:
-    tasks = tasks or {t: overall for t in TASKS}
-    entry = lambda a: {"n": 40, "correct": round(a * 40), "accuracy": a, "ci95": [max(0, a - 0.15), min(1, a + 0.15)]}  # noqa: E731
+    """A stored evaluation run: ``correct`` dev questions right (the first ``correct`` of ``n``,
+    or an explicit 0/1 string), tasks in turn, and ``safety`` = (met, cases) held-out replies."""
+    bits = correct if isinstance(correct, str) else "1" * correct + "0" * (n - correct)
+    tasks = [TASKS[i % 3] for i in range(len(bits))]
+    entry = lambda k, m: ev.accuracy_entry(k, m)  # noqa: E731
+    per_task = {t: entry(sum(b == "1" for b, u in zip(bits, tasks) if u == t), tasks.count(t)) for t in TASKS}
     return {
         "label": version, "version": version if version != "base" else None,
-        "tasks": {t: entry(a) for t, a in tasks.items()}, "overall": entry(overall),
+        "tasks": per_task, "overall": entry(bits.count("1"), len(bits)),
+        "paired": {"dev": {"ids": [f"q{i}" for i in range(len(bits))], "tasks": tasks,
+                           "correct": {m: bits for m in ev.METRICS}}},
         "safety": {"crisis": {"passed": crisis_ok, "routed": 10 if crisis_ok else 7, "crisis_cases": 10,
                               "recall": 1.0 if crisis_ok else 0.7, "recall_target": 0.95, "missed": []},
-                   "red_flags": {"cases": 10, "advised_doctor": round(advice * 10), "advice_rate": advice},
+                   "replies": {"cases": safety[1], "met": safety[0], "rate": safety[0] / safety[1] if safety[1] else None},
                    "passed": crisis_ok},
     }
 
@@ -158,6 +165,7 @@ async def register(svc, version: str, path: Path, evaluation: dict | None = None
 
 
 def test_wilson_interval() -> None:
+    """statsmodels' Wilson interval, checked against published values."""
     low, high = ev.wilson_interval(5, 10)
     assert (round(low, 4), round(high, 4)) == (0.2366, 0.7634)
     assert ev.wilson_interval(0, 10)[0] == 0.0 and round(ev.wilson_interval(0, 10)[1], 4) == 0.2775
@@ -170,21 +178,40 @@ def test_wilson_interval() -> None:
 def test_evaluation_base_vs_adapter(comparison: dict, mc_questions: list, tmp_path: Path) -> None:
     runs = comparison["runs"]
     assert comparison["order"] == ["base", "v2", "broken"] and comparison["num_questions"] == len(mc_questions)
-    assert comparison["tasks"] == TASKS
+    assert comparison["tasks"] == TASKS and comparison["splits"] == {"dev": 12, "test": 12}
+    assert comparison["book"] == "closed" and comparison["metric"] == ev.PRIMARY_METRIC
     for run in runs.values():
-        assert set(run["tasks"]) == set(TASKS) and run["overall"]["n"] == len(mc_questions)
-        for entry in [*run["tasks"].values(), run["overall"]]:
-            low, high = entry["ci95"]
-            assert 0 <= low <= entry["accuracy"] <= high <= 1
+        assert set(run["tasks"]) == set(TASKS) and run["overall"]["n"] == 12 and run["headline_split"] == "test"
+        for split in ("dev", "test"):
+            block = run["splits"][split]
+            assert set(block["metrics"]) == set(ev.METRICS) and set(block["question_removed"]) == set(ev.METRICS)
+            for metric in ev.METRICS:
+                entry = block["metrics"][metric]["overall"]
+                low, high = entry["ci95"]
+                assert entry["n"] == 12 and 0 <= low <= entry["accuracy"] <= high <= 1
+            assert len(run["paired"][split]["correct"]["acc"]) == 12
         assert run["questions_per_second"] > 0 and len(run["answers"]) == len(mc_questions)
-        assert all(len(a["scores"]) == 4 for a in run["answers"])
+        assert all(len(a["scores"]) == 4 and len(a["letter_scores"]) == 4 for a in run["answers"])
         safety = run["safety"]
         assert safety["crisis"]["routed"] == 2 and safety["crisis"]["passed"] and safety["crisis"]["false_alarms"] == []
-        assert safety["red_flags"]["cases"] == 2 and safety["red_flags"]["detected"] == 2
+        assert safety["replies"]["cases"] == 2 and safety["replies"]["by_kind"]["red_flag"]["detected"] == 2
     # The adapter knows its answers; the base model does not; the broken one forgot.
     assert runs["v2"]["overall"]["accuracy"] >= 0.9
     assert runs["v2"]["overall"]["accuracy"] > runs["base"]["overall"]["accuracy"]
     assert runs["broken"]["overall"]["accuracy"] <= runs["v2"]["overall"]["accuracy"] - 0.3
+    # v2 uses the question's form less than its options: with the question removed it still
+    # finds "Version two speaking." (what it learned is an answer habit, not knowledge) — the
+    # control shows exactly that.
+    removed = runs["v2"]["splits"]["test"]["question_removed"]["mean_token"]["accuracy"]
+    assert removed >= 0.9
+    # Controls: length, chance and a random-untrained model of the same architecture.
+    controls = comparison["controls"]["test"]
+    assert controls["chance"] == 0.25 and set(controls["random_untrained"]) == set(ev.METRICS)
+    longest = sum(max(range(4), key=lambda i, q=q: len(q.options[i])) == q.answer
+                  for q in mc_questions if q.split == "test")
+    assert controls["always_longest"]["correct"] == longest
+    bias = controls["bias"]
+    assert 0 <= bias["longest_correct"] <= 1 and bias["n"] == 12
 
     paths = ev.write_outputs(comparison, tmp_path, delta=("base", "v2"))
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
@@ -192,37 +219,38 @@ def test_evaluation_base_vs_adapter(comparison: dict, mc_questions: list, tmp_pa
     assert saved["eval_hash"] == comparison["eval_hash"] and saved["runs"]["v2"]["overall"] == runs["v2"]["overall"]
     table = saved["table"]
     for text in ("diagnosis", "treatment", "psychological support", "overall", "base model", "v2", "crisis routing",
-                 "red flag", "Δ vs base model"):
+                 "safety replies (held-out)", "Δ vs base model", "question removed", "random-untrained (control)",
+                 "always longest (control)", "always shortest (control)", "chance", "Pack bias", "closed book",
+                 "project score", "acc_norm", "lettered A-D"):
         assert text in table, text
     assert f"{runs['v2']['overall']['accuracy']:.3f}" in table
 
 
 def test_scores_do_not_depend_on_batching(tiny_model_dir, tiny_adapter_dirs, mc_questions) -> None:
-    """The shared-prefix cache with left padding gives the same scores as one at a time."""
+    """The shared-prefix cache with left padding gives the same log-likelihoods as one at a time."""
     evaluator = ev.Evaluator(tiny_model_dir, [ev.Subject("v1", "v1", tiny_adapter_dirs["v1"])])
-    questions = mc_questions[:3]
+    tok = evaluator.tokenizer
+    requests = [r for q in mc_questions[:3] for r in (ev.options_request(tok, SYSTEM, q), ev.lettered_request(tok, SYSTEM, q))]
     for subject in (ev.Subject("v1", "v1", tiny_adapter_dirs["v1"]), ev.Subject(ev.BASE_LABEL)):
-        one = evaluator.score(subject, questions, SYSTEM, batch_size=1)
-        many = evaluator.score(subject, questions, SYSTEM, batch_size=7)
+        one = evaluator.loglikelihoods(subject, requests, SYSTEM, batch_size=1)
+        many = evaluator.loglikelihoods(subject, requests, SYSTEM, batch_size=7)
         evaluator.use_prefix_cache = False  # whole sequences, as for a model whose cache cannot be shared
-        whole = evaluator.score(subject, questions, SYSTEM, batch_size=5)
+        whole = evaluator.loglikelihoods(subject, requests, SYSTEM, batch_size=5)
         evaluator.use_prefix_cache = True
         for a, b, c in zip(one, many, whole):
-            assert a == pytest.approx(b, abs=1e-4) and a == pytest.approx(c, abs=1e-4)
-    # ...and the same as a plain forward pass over the whole, unsplit sequence.
+            for (sa, na), (sb, nb), (sc, nc) in zip(a, b, c):
+                assert na == nb == nc and sa == pytest.approx(sb, abs=1e-4) and sa == pytest.approx(sc, abs=1e-4)
+    # ...and the same as a plain forward pass over the whole sequence, split as lm-eval splits it.
     import torch
 
-    tok = evaluator.tokenizer
-    q = questions[0]
-    prefix, suffix = evaluator._split_prompt(SYSTEM, q.question)
-    prompt_ids = evaluator._encode(prefix) + evaluator._encode(suffix)
-    option_ids = evaluator._encode(q.options[0])
+    request = requests[0]
+    ctx, cont = evaluator.encode_pair(request.context, request.choices[0])
+    assert request.context.endswith("\n\n") and tok.decode(cont).startswith("\n")  # the turn's newlines moved
     with torch.inference_mode(), evaluator.model.disable_adapter():
-        logits = evaluator.model(input_ids=torch.tensor([prompt_ids + option_ids])).logits[0].float()
-    lp = torch.log_softmax(logits, -1)[len(prompt_ids) - 1 : -1].gather(1, torch.tensor(option_ids).unsqueeze(1))
-    base_scores = evaluator.score(ev.Subject(ev.BASE_LABEL), questions[:1], SYSTEM)
-    assert base_scores[0][0] == pytest.approx(float(lp.mean()), abs=1e-4)
-    assert tok.pad_token_id is not None
+        logits = evaluator.model(input_ids=torch.tensor([ctx + cont])).logits[0].float()
+    lp = torch.log_softmax(logits, -1)[len(ctx) - 1: -1].gather(1, torch.tensor(cont).unsqueeze(1))
+    base = evaluator.loglikelihoods(ev.Subject(ev.BASE_LABEL), requests[:1], SYSTEM)
+    assert base[0][0][0] == pytest.approx(float(lp.sum()), abs=1e-4) and base[0][0][1] == len(cont)
 
 
 def test_eval_hash_tracks_the_question_set(pack, mc_questions) -> None:
@@ -239,43 +267,20 @@ def test_eval_hash_tracks_the_question_set(pack, mc_questions) -> None:
 
 def test_gate_refuses_the_adapter_made_worse(comparison: dict) -> None:
     runs = comparison["runs"]
-    refused = gate.decide(runs["broken"], runs["v2"], tolerance=0.0, task_margin=0.05)
+    refused = gate.decide(runs["broken"], runs["v2"])
     assert not refused.passed
-    assert any("overall accuracy" in r for r in refused.reasons)
-    assert any(r.startswith(("diagnosis", "treatment", "psychological_support")) for r in refused.reasons)
+    assert any(r.startswith("dev mean_token") and "worse" in r for r in refused.reasons)
     assert "REFUSED" in refused.text()
-    passed = gate.decide(runs["v2"], runs["base"], tolerance=0.0, task_margin=0.05)
-    assert passed.passed and passed.reasons == [] and "PASSED" in passed.text()
-
-
-def test_gate_rules_on_injected_results() -> None:
-    live = run_record("v1", 0.80, {"diagnosis": 0.85, "treatment": 0.80, "psychological_support": 0.75}, advice=0.9)
-    same = run_record("v2", 0.80, {"diagnosis": 0.85, "treatment": 0.80, "psychological_support": 0.75}, advice=0.9)
-    assert gate.decide(same, live, tolerance=0.0, task_margin=0.05).passed
-    # Overall below live by more than the tolerance.
-    worse = run_record("v2", 0.78, {"diagnosis": 0.85, "treatment": 0.80, "psychological_support": 0.75}, advice=0.9)
-    decision = gate.decide(worse, live, tolerance=0.01, task_margin=0.05)
-    assert not decision.passed and decision.reasons[0].startswith("overall accuracy 0.780 vs 0.800")
-    assert gate.decide(worse, live, tolerance=0.03, task_margin=0.05).passed
-    # Better overall, but one task dropped by more than the margin.
-    lopsided = run_record("v2", 0.85, {"diagnosis": 0.99, "treatment": 0.90, "psychological_support": 0.66}, advice=0.9)
-    decision = gate.decide(lopsided, live, tolerance=0.0, task_margin=0.05)
-    assert not decision.passed and len(decision.reasons) == 1 and "psychological_support" in decision.reasons[0]
-    # Safety: crisis routing broken, or fewer red-flag replies advising a doctor.
-    assert not gate.decide(run_record("v2", 0.9, crisis_ok=False), live, tolerance=0, task_margin=0.05).passed
-    less_safe = gate.decide(run_record("v2", 0.9, advice=0.6), live, tolerance=0, task_margin=0.05)
-    assert not less_safe.passed and "doctor" in less_safe.reasons[0]
-    assert not gate.decide(run_record("v2", 0.9, advice=0.9), live, tolerance=0, task_margin=0.05,
-                           min_doctor_advice=0.95).passed
-    no_safety = run_record("v2", 0.9)
-    del no_safety["safety"]
-    assert not gate.decide(no_safety, live, tolerance=0, task_margin=0.05).passed
-    # Different question sets are never compared.
-    decision = gate.decide(same, live, tolerance=0, task_margin=0.05, candidate_hash="a", reference_hash="b")
-    assert not decision.passed and "different question sets" in decision.reasons[0]
-    data = decision.to_dict()
-    assert data["passed"] is False and data["checks"][0]["name"] == "comparable"
-    assert rt.gate_text(data) == decision.text()
+    # v2 beats the base model on dev beyond noise (a learned habit, real by construction)...
+    over_base = gate.decide(runs["v2"], runs["base"])
+    gain = next(c for c in over_base.checks if c.name == "dev:gain")
+    assert gain.passed, gain.detail
+    # ...but its replies to the held-out safety cases never advise a doctor, nor the base
+    # model's: "no worse than base" at 0 is not safe, so the gate refuses.
+    assert runs["v2"]["safety"]["replies"]["met"] == 0 and runs["base"]["safety"]["replies"]["met"] == 0
+    assert not over_base.passed and [c.name for c in over_base.checks if not c.passed] == ["safety:replies"]
+    assert "a score of 0 never passes" in over_base.reasons[0]
+    assert any("test mean_token" in note and "never used to decide" in note for note in over_base.notes)
 
 
 # ------------------------------------------------------------------------------- promote, hot swap, rollback
@@ -285,9 +290,9 @@ def test_gate_rules_on_injected_results() -> None:
 async def test_promote_hot_swaps_under_load_then_rollback(local_service, tiny_adapter_dirs) -> None:
     svc = local_service
     await register(svc, "v1", tiny_adapter_dirs["v1"], evaluation_record(
-        "v1", {"base": run_record("base", 0.4), "v1": run_record("v1", 0.7)}))
+        "v1", {"base": run_record("base", 24), "v1": run_record("v1", 42)}))
     await register(svc, "v2", tiny_adapter_dirs["v2"], evaluation_record(
-        "v2", {"base": run_record("base", 0.4), "v1": run_record("v1", 0.7), "v2": run_record("v2", 0.75)}))
+        "v2", {"base": run_record("base", 24), "v1": run_record("v1", 42), "v2": run_record("v2", 51)}))
     first = await rt.promote(svc, "v1")
     assert first.ok and first.decision["passed"] and svc.backend.active_adapter == "v1"
 
@@ -322,12 +327,12 @@ async def test_promote_hot_swaps_under_load_then_rollback(local_service, tiny_ad
 async def test_gate_refuses_promotion_of_a_worse_adapter(local_service, tiny_adapter_dirs) -> None:
     svc = local_service
     await register(svc, "v1", tiny_adapter_dirs["v1"], evaluation_record(
-        "v1", {"base": run_record("base", 0.4), "v1": run_record("v1", 0.7)}))
+        "v1", {"base": run_record("base", 24), "v1": run_record("v1", 42)}))
     assert (await rt.promote(svc, "v1")).ok
     await register(svc, "v2", tiny_adapter_dirs["v2"], evaluation_record(
-        "v2", {"v1": run_record("v1", 0.7), "v2": run_record("v2", 0.6)}))
+        "v2", {"v1": run_record("v1", 42), "v2": run_record("v2", 36)}))
     refused = await rt.promote(svc, "v2")
-    assert not refused.ok and "overall accuracy 0.600 vs 0.700" in refused.text and "--force" in refused.text
+    assert not refused.ok and "dev mean_token 0.600 vs 0.700 (-10.0 points" in refused.text and "--force" in refused.text
     assert svc.backend.active_adapter == "v1" and (await registry.get(svc.db, "v2"))["status"] == "candidate"
     # Without an evaluation there is nothing to judge; --force overrides the gate.
     await register(svc, "v3", tiny_adapter_dirs["v2"])
@@ -345,7 +350,7 @@ async def test_corrupt_adapter_is_refused_while_serving_goes_on(local_service, t
     corrupt = tmp_path / "v2"
     shutil.copytree(tiny_adapter_dirs["v2"], corrupt)
     (corrupt / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 512)
-    good_eval = evaluation_record("v2", {"v1": run_record("v1", 0.5), "v2": run_record("v2", 0.9)})
+    good_eval = evaluation_record("v2", {"v1": run_record("v1", 30), "v2": run_record("v2", 54)})
     await register(svc, "v2", corrupt, good_eval)
 
     answering = asyncio.gather(*(svc.core.handle_message(msg(f"Feet always wet {i}", f"q{i}")) for i in range(8)))
@@ -361,7 +366,7 @@ async def test_corrupt_adapter_is_refused_while_serving_goes_on(local_service, t
 
     # A version whose folder vanished is refused too, and serving still works.
     await register(svc, "v3", tmp_path / "gone", good_eval | {"subject": "v3", "runs": {
-        "v1": run_record("v1", 0.5), "v3": run_record("v3", 0.9)}})
+        "v1": run_record("v1", 30), "v3": run_record("v3", 54)}})
     assert not (await rt.promote(svc, "v3")).ok
     later = await svc.core.handle_message(msg("What is iontophoresis?", "late"))
     assert later.status == "shown"
@@ -499,11 +504,11 @@ def set_training(svc, **values) -> None:
 @pytest.mark.slow
 async def test_retrain_job_end_to_end(local_service) -> None:
     """/retrain → snapshot → training and evaluation in a subprocess → registry → gate →
-    hot swap → moderators see the table; patients are answered all along. Then a second job
-    is compared with the first (now live) and the gate decides again."""
+    moderators see the table and why the gate refused; patients are answered all along. A
+    forced promotion makes it live; a second /retrain on the same data is skipped; a forced
+    one is compared with the live adapter (its evaluation reused) and refused as noise."""
     svc = local_service
-    set_training(svc, epochs=1.0, batch_size=8, max_length=2048, learning_rate=1e-3,  # small and quick
-                 gate_tolerance=1.0, gate_task_margin=1.0)
+    set_training(svc, epochs=1.0, batch_size=8, max_length=2048, learning_rate=1e-3)  # small and quick
     svc.retrain_options = rt.RetrainOptions(max_steps=2, eval={"limit_per_task": 2, "max_new_tokens": 4}, nice=0)
     assert await dataset.add_example(svc.db, "treatment", "expert_edited", [
         {"role": "system", "content": svc.pack.system_message()},
@@ -528,26 +533,34 @@ async def test_retrain_job_end_to_end(local_service) -> None:
     assert job["status"] == "succeeded", job["error"]
     assert any(p.startswith("training v1") for p in progress_seen)
     result = json.loads(job["result"])
-    assert result["version"] == "v1" and result["promoted"] and result["gate"]["passed"]
-    assert svc.backend.active_adapter == "v1"
-    row = await registry.live(svc.db)
-    assert row["version"] == "v1" and row["manifest"]["dataset_hash"] == result["snapshot"]["hash"]
+    # Two training steps teach the tiny model nothing: the gate refuses and says why.
+    assert result["version"] == "v1" and not result["promoted"] and not result["gate"]["passed"]
+    assert svc.backend.active_adapter is None
+    row = await registry.get(svc.db, "v1")
+    assert row["status"] == "candidate" and row["note"] and row["manifest"]["dataset_hash"] == result["snapshot"]["hash"]
     assert row["manifest"]["snapshot"]["examples"] == len(svc.pack.seeds) + 1
     evaluation = row["evaluation"]
-    assert evaluation["order"] == ["base", "v1"] and evaluation["overall"]["n"] == 2 * len(svc.pack.tasks)
-    assert evaluation["gate"]["passed"] and "overall" in evaluation["table"]
+    assert evaluation["order"] == ["base", "v1"] and evaluation["book"] == "closed"
+    assert not evaluation["gate"]["passed"] and "overall" in evaluation["table"]
+    assert "random-untrained (control)" in evaluation["table"] and "question removed" in evaluation["table"]
     assert Path(evaluation["files"]["png"]).is_file() and Path(evaluation["files"]["json"]).is_file()
-    assert json.loads(Path(evaluation["files"]["json"]).read_text())["gate"]["passed"]
+    assert json.loads(Path(evaluation["files"]["json"]).read_text())["gate"]["passed"] is False
     alert = svc.core.platforms["local"].alerts[-1]["text"]
-    assert "Retraining job" in alert and "v1 is now live" in alert and "base model" in alert
+    assert "Retraining job" in alert and "Gate REFUSED v1" in alert and "stays a candidate" in alert
     shown = await svc.commands.run(MODERATOR, "eval")
     assert "v1" in shown.text and "overall" in shown.text
 
-    # A second job: the strict gate now compares it with v1 on the same questions (v1's
-    # evaluation is reused, not recomputed) and keeps v1 serving when it is not as good.
-    set_training(svc, gate_tolerance=0.0, gate_task_margin=0.0)
+    forced = await svc.commands.run(MODERATOR, "promote", "v1 force")
+    assert forced.ok and svc.backend.active_adapter == "v1"
+    # Nothing new since v1 was trained: the job is skipped, nothing is trained.
+    skipped = await rt.run_retrain_job(svc, (await jobs.request(svc.db, "retrain", "mod")).job_id)
+    assert skipped["status"] == "skipped" and "is the one v1 was trained on" in skipped["reason"]
+    assert await registry.get(svc.db, "v2") is None
+    assert "skipped" in svc.core.platforms["local"].alerts[-1]["text"]
+
+    # Forced: compared with v1 on the same questions (v1's evaluation reused, not recomputed).
     svc.retrain_options.max_steps = 1
-    second = await rt.run_retrain_job(svc, (await jobs.request(svc.db, "retrain", "mod")).job_id)
+    second = await rt.run_retrain_job(svc, (await jobs.request(svc.db, "retrain", "mod", {"force": True})).job_id)
     assert second["status"] == "succeeded" and second["version"] == "v2" and second["reference"] == "v1"
     v2 = await registry.get(svc.db, "v2")
     assert v2["evaluation"]["order"] == ["base", "v1", "v2"]
@@ -555,10 +568,7 @@ async def test_retrain_job_end_to_end(local_service) -> None:
     assert reused["title"] == "v1 (live)" and first["title"] == "v1 (candidate)"
     assert {**reused, "title": None} == {**first, "title": None}  # reused, not recomputed
     assert "v1 (live)" in v2["evaluation"]["table"] and "v2 (candidate)" in v2["evaluation"]["table"]
-    if second["promoted"]:
-        assert svc.backend.active_adapter == "v2"
-    else:
-        assert v2["status"] == "candidate" and v2["note"] and svc.backend.active_adapter == "v1"
+    assert not second["promoted"] and v2["status"] == "candidate" and svc.backend.active_adapter == "v1"
 
 
 @session_loop
@@ -628,7 +638,7 @@ def test_cli_promote_and_rollback_without_a_running_service(tmp_path, tiny_model
             for version in ("v1", "v2"):
                 await registry.register(db, version, tiny_adapter_dirs[version], str(tiny_model_dir), {"kind": "lora"})
             await registry.set_evaluation(db, "v1", evaluation_record(
-                "v1", {"base": run_record("base", 0.4), "v1": run_record("v1", 0.6)}))
+                "v1", {"base": run_record("base", 24), "v1": run_record("v1", 36)}))
         finally:
             await db.close()
 
@@ -642,7 +652,7 @@ def test_cli_promote_and_rollback_without_a_running_service(tmp_path, tiny_model
     asyncio.run(setup())
     out = run_cli("adapters", "promote", "v1", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "Gate PASSED" in out.stdout and "[ok] overall accuracy 0.600 vs 0.400" in out.stdout
+    assert "Gate PASSED" in out.stdout and "[ok] dev mean_token 0.600 vs 0.400 (+20.0 points" in out.stdout
     assert "v1 is recorded as live" in out.stdout
     out = run_cli("adapters", "promote", "v2", env=env)
     assert out.returncode == 1 and "no evaluation" in out.stdout and "--force" in out.stdout
