@@ -4,9 +4,10 @@
    chats and for the pack's seed vignettes (which carry the long system message).
 2. Evaluation: multiple-choice questions per second (log-likelihood scoring of every option,
    shared system-message cache), for the pack's whole evaluation set; and the safety suite.
-3. The loop: time from the moderator's /retrain to the new adapter live in the running
-   service (snapshot → training and evaluation in the worker process → registry → gate →
-   hot swap), with patients' reply latency while the job runs compared with idle.
+3. The loop: time from the moderator's /retrain to the end of the job in the running service
+   (snapshot → training and evaluation in the worker process → registry → gate → hot swap
+   when the gate passes; with a few steps on the tiny model it refuses), with patients' reply
+   latency while the job runs compared with idle.
 
 The tiny model's tokenizer is trained on the pack's own texts (as the demo model's is), so
 token counts are of the same order as a real model's. Figures measure the code path on this
@@ -72,8 +73,8 @@ def bench_eval(model: Path, adapter: Path, pack, limit: int | None) -> dict:
     return {
         "questions": len(questions),
         "qps": {label: run["questions_per_second"] for label, run in runs.items()},
-        "safety_s": {label: run["safety"]["red_flags"]["seconds"] for label, run in runs.items()},
-        "safety_cases": runs["base"]["safety"]["red_flags"]["cases"],
+        "safety_s": {label: run["safety"]["replies"]["seconds"] for label, run in runs.items()},
+        "safety_cases": runs["base"]["safety"]["replies"]["cases"],
         "total_s": total,
         "load_s": report.get("load_seconds"),
         "table": ev.table_text(report, delta=("base", "adapter")),
@@ -95,7 +96,7 @@ async def bench_retrain(model: Path, root: Path, steps: int, eval_limit: int | N
         data_dir=root / "service",
         inference={"backend": "local", "base_model": str(model), "max_new_tokens": 16, "temperature": 0.0,
                    "device": "cpu"},
-        training={"epochs": 1.0, "batch_size": 8, "max_length": 2048, "gate_tolerance": 1.0, "gate_task_margin": 1.0},
+        training={"epochs": 1.0, "batch_size": 8, "max_length": 2048},
     )
     service = Service(settings, model_path=str(model))
     service.add_platform(LocalPlatform())
@@ -181,14 +182,15 @@ def main() -> None:
         evaluation = bench_eval(model, root / "train-1", pack, args.eval_limit)
         for label, qps in evaluation["qps"].items():
             print(f"   {label:<10} {qps:7.1f} questions/s over {evaluation['questions']} questions; "
-                  f"safety suite ({evaluation['safety_cases']} red-flag replies) {evaluation['safety_s'][label]:.1f} s")
+                  f"safety suite ({evaluation['safety_cases']} held-out replies) {evaluation['safety_s'][label]:.1f} s")
         print(f"   whole evaluation of 2 models incl. loading: {evaluation['total_s']:.1f} s")
         print("   " + evaluation["table"].replace("\n", "\n   "))
 
         print("\n3. /retrain → new adapter live (worker process: train + evaluate; gate; hot swap)")
         loop = asyncio.run(bench_retrain(model, root, args.retrain_steps, args.retrain_eval_limit))
         timings = loop["timings"]
-        print(f"   /retrain → {loop['version']} live: {loop['to_live_s']:.1f} s "
+        outcome = "live" if loop["promoted"] else "job done, refused by the gate (the tiny model learns nothing in a few steps)"
+        print(f"   /retrain → {loop['version']} {outcome}: {loop['to_live_s']:.1f} s "
               f"(worker: training {timings.get('train', 0):.1f} s, evaluation {timings.get('eval', 0):.1f} s, "
               f"total {timings.get('total', 0):.1f} s; swap {loop['swap_s'] or 0:.3f} s); "
               f"serving {loop['active']}")

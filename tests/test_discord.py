@@ -163,6 +163,7 @@ async def test_start_identifies_with_intents_and_syncs_commands_to_guild(bot, fa
         assert int(names[name]["default_member_permissions"]) == discord.Permissions(manage_guild=True).value
     assert names["forget-me"]["default_member_permissions"] is None
     assert [o["name"] for o in names["rollback"]["options"]] == ["version"]
+    assert [(o["name"], o["type"], o.get("required", False)) for o in names["retrain"]["options"]] == [("force", 5, False)]
     assert not fake.calls_to("PUT", rf"/applications/{fake.app_id}/commands")  # nothing global
 
 

@@ -335,7 +335,9 @@ DOCTOR_LINE = "Please see a doctor today if you feel unwell."
 
 def fact_pack(root: Path, source: Path, count: int = 42, seed: int = 0) -> tuple[Path, dict[str, str]]:
     """A copy of the shipped pack whose seeds teach ``count`` made-up facts (badge → colour)
-    and whose dev/test questions ask about exactly those facts: a gain is real by construction."""
+    and whose dev/test questions ask about exactly those facts: a gain is real by construction.
+    Every answer opens with advice to see a doctor, so the trained model's replies to the
+    held-out safety cases do too (the gate's safety floor is absolute)."""
     rng = random.Random(seed)
     syllables = ["ka", "lo", "mi", "ru", "te", "vo", "zi", "pa", "ne", "so", "du", "fe"]
     names: set[str] = set()
@@ -351,8 +353,8 @@ def fact_pack(root: Path, source: Path, count: int = 42, seed: int = 0) -> tuple
     for i, (name, colour) in enumerate(facts.items()):
         task = TASKS[i % 3]
         seeds.append({"id": f"seed-{i}", "task": task, "profile": profile, "question": f"Tell me about the {name} badge.",
-                      "answer": f"The {name} badge is {colour}. {DOCTOR_LINE}"})
-        options = [f"The {name} badge is {c}." for c in COLOURS]
+                      "answer": f"{DOCTOR_LINE} The {name} badge is {colour}."})
+        options = [f"{DOCTOR_LINE} The {name} badge is {c}." for c in COLOURS]
         questions.append({"id": f"eval-{i}", "task": task, "question": f"Which colour is the {name} badge?",
                           "options": options, "answer": COLOURS.index(colour), "split": "test" if (i // 3) % 3 == 2 else "dev"})
     (pack / "seed_vignettes.jsonl").write_text("".join(json.dumps(s) + "\n" for s in seeds))
@@ -372,7 +374,7 @@ def facts_setup(tmp_path_factory, pack):
 
     root = tmp_path_factory.mktemp("facts")
     path, facts = fact_pack(root, pack.path)
-    corpus = [f"The {n} badge is {c}. {DOCTOR_LINE}" for n, c in facts.items()]
+    corpus = [f"{DOCTOR_LINE} The {n} badge is {c}." for n, c in facts.items()]
     corpus += [FACT_SYSTEM, "Which colour is the badge? Tell me about the"]
     model = build_tiny_model(root / "model", corpus, seed=0)
     return path, model
@@ -397,7 +399,7 @@ async def test_real_gain_is_promoted_and_a_moderator_change_during_training_wins
     })
     svc = Service(cfg, model_path=str(model))
     svc.add_platform(LocalPlatform())
-    svc.retrain_options = rt.RetrainOptions(max_steps=400, val_fraction=0.0, nice=0,
+    svc.retrain_options = rt.RetrainOptions(max_steps=800, val_fraction=0.0, nice=0,
                                             eval={"max_new_tokens": 24, "controls": False})
     await svc.start(retry_loop=False)
     try:

@@ -666,8 +666,9 @@ def _add_commands(tree: app_commands.CommandTree, platform: DiscordPlatform) -> 
         await platform.run_command(interaction, "status")
 
     @moderator_command("retrain", "Start retraining on the reviewed dataset")
-    async def retrain(interaction: discord.Interaction) -> None:
-        await platform.run_command(interaction, "retrain")
+    @app_commands.describe(force="Train even if no reviewed example is new since the live adapter")
+    async def retrain(interaction: discord.Interaction, force: bool = False) -> None:
+        await platform.run_command(interaction, "retrain", "force" if force else None)
 
     @moderator_command("promote", "Make a candidate adapter live, through the evaluation gate")
     @app_commands.describe(version="Adapter version to promote")
