@@ -382,7 +382,7 @@ def _pack_safety_section(pack: Any) -> dict[str, list[str]]:
 
 def advises_doctor(reply: str) -> bool:
     """Does ``reply`` send the patient to a clinician? (the reply checks' own pattern)"""
-    from bot.reply_checks import advises_doctor as check
+    from bot.safety.reply_checks import advises_doctor as check
 
     return check(reply)
 
