@@ -67,6 +67,10 @@ LABEL_APPROVED = "AI-written · reviewed by a specialist"
 LABEL_EDITED = "Reviewed and edited by a specialist"
 LABEL_DEMO = "DEMO MODEL — not medical advice"
 
+# Statuses of a stored message that still wants an answer; 'answering' is a claim (see ``answer``).
+CLAIMABLE_STATUSES = ("received", "queued_retry", "paused")
+CLAIM_MARGIN_S = 30.0  # a claim older than the model deadline plus this is abandoned (crashed process)
+
 _ANSWER_ROW_SQL = (
     "SELECT m.*, c.platform, c.channel_id, c.thread_id, c.status AS conv_status, p.platform_user_id, p.region"
     " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
@@ -103,6 +107,7 @@ class ConversationCore:
         self.platforms: dict[str, Platform] = dict(platforms or {})
         self.demo = demo
         self._conversation_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._working: set[int] = set()  # message ids this process is answering (claim held, maybe slow)
         self._last_outage_alert = float("-inf")  # monotonic time starts near 0 after a boot
         self._paused: bool | None = None  # cached; the database holds it across restarts
         self.safety = SafetyLayer(self)  # triage options, rate limit, fair model slots, reply checks
@@ -195,17 +200,68 @@ class ConversationCore:
 
     # ------------------------------------------------------------------ answering
 
+    @property
+    def claim_stale_s(self) -> float:
+        """Age after which an 'answering' claim is taken as abandoned by a crashed process."""
+        return self.settings.inference.deadline_s + CLAIM_MARGIN_S
+
     async def answer(self, message_id: int) -> HandleResult:
-        """Answer a stored message. Safe to call again for a message that is queued for retry."""
-        row = await self.db.fetchone(_ANSWER_ROW_SQL, (message_id,))
-        if row is None:
+        """The one way a stored message gets answered: live, retry loop, /resume and start-up recovery.
+
+        The message is claimed in the database by a compare-and-set (``status`` → 'answering');
+        whoever loses the race finds nothing to do, so a message is answered at most once
+        whatever the entry points. The per-conversation lock keeps one message of a conversation
+        in the model at a time. A claim older than :attr:`claim_stale_s` belongs to a process
+        that died and may be taken again; this process never retakes its own (``_working``)."""
+        if message_id in self._working:
+            return HandleResult(message_id, None, status="answering")
+        conversation_id = await self.db.fetchval("SELECT conversation_id FROM messages WHERE id = ?", (message_id,))
+        if conversation_id is None:
             return HandleResult(None, None, status="missing")
-        conv = ConversationRef(row["conversation_id"], row["platform"], row["channel_id"], row["thread_id"],
-                               row["platform_user_id"])
-        async with self._conversation_locks[conv.id]:
-            if row["status"] == "answered":
-                return HandleResult(message_id, conv.id, status="answered")
-            return await self._answer_locked(row, conv)
+        async with self._conversation_locks[conversation_id]:
+            if message_id in self._working:
+                return HandleResult(message_id, conversation_id, status="answering")
+            row = await self._claim(message_id)
+            if row is None:
+                status = await self.db.fetchval("SELECT status FROM messages WHERE id = ?", (message_id,))
+                return HandleResult(message_id, conversation_id, status=status or "missing")
+            conv = ConversationRef(row["conversation_id"], row["platform"], row["channel_id"], row["thread_id"],
+                                   row["platform_user_id"])
+            self._working.add(message_id)
+            try:
+                return await self._answer_locked(row, conv)
+            except BaseException as exc:
+                await self._release_claim(message_id, exc)
+                raise
+            finally:
+                self._working.discard(message_id)
+
+    async def _claim(self, message_id: int) -> Any:
+        """Compare-and-set the message to 'answering'; its row (with conversation) if this caller won."""
+        t = now()
+        cutoff = t - self.claim_stale_s
+        placeholders = ", ".join("?" * len(CLAIMABLE_STATUSES))
+
+        def claim(conn: sqlite3.Connection) -> Any:
+            won = conn.execute(
+                f"UPDATE messages SET status = 'answering', claimed_at = ? WHERE id = ? AND (status IN ({placeholders})"
+                " OR (status = 'answering' AND claimed_at < ?)) RETURNING id",
+                (t, message_id, *CLAIMABLE_STATUSES, cutoff),
+            ).fetchall()
+            return conn.execute(_ANSWER_ROW_SQL, (message_id,)).fetchone() if won else None
+
+        return await self.db.run(claim)
+
+    async def _release_claim(self, message_id: int, exc: BaseException) -> None:
+        """Give a claim back after an unexpected error, queued so the retry loop answers it later."""
+        try:
+            await self.db.execute(
+                "UPDATE messages SET status = 'queued_retry', claimed_at = NULL, last_error = ?"
+                " WHERE id = ? AND status = 'answering'",
+                (f"interrupted: {type(exc).__name__}", message_id),
+            )
+        except Exception:  # the database may be closing; a stale claim is retaken later anyway
+            log.exception("releasing the claim on message %s failed", message_id)
 
     async def _answer_locked(self, row: Any, conv: ConversationRef) -> HandleResult:
         message_id = row["id"]
@@ -325,10 +381,17 @@ class ConversationCore:
         return result
 
     async def retry_queued(self, limit: int = 50) -> int:
-        """Answer messages that are queued after an outage or a pause; returns how many got a reply."""
+        """Answer messages left waiting (outage, pause, crash); returns how many got a reply.
+
+        Candidates are messages queued for retry or paused, and messages received or claimed
+        longer ago than the claim deadline (a live handler answers fresh ones itself); each
+        still goes through :meth:`answer`, whose claim decides."""
+        cutoff = now() - self.claim_stale_s
+        placeholders = ", ".join("?" * len(CLAIMABLE_STATUSES))
         rows = await self.db.fetchall(
-            "SELECT id FROM messages WHERE status IN ('queued_retry', 'paused', 'received') ORDER BY id LIMIT ?",
-            (limit,),
+            f"SELECT id FROM messages WHERE (status IN ({placeholders}) AND (status != 'received' OR created_at < ?))"
+            " OR (status = 'answering' AND claimed_at < ?) ORDER BY id LIMIT ?",
+            (*CLAIMABLE_STATUSES, cutoff, cutoff, limit),
         )
         answered = 0
         for row in rows:

@@ -76,4 +76,12 @@ MIGRATIONS = [
         )
         """,
     ),
+    Migration(
+        "bot",
+        2,
+        "message_claims",
+        """
+        ALTER TABLE messages ADD COLUMN claimed_at REAL
+        """,
+    ),
 ]

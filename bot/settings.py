@@ -44,6 +44,10 @@ class InferenceSettings(Section):
     openai_health_interval_s: float = Field(5.0, ge=0)
     openai_api_key: SecretStr | None = None
     timeout_s: float = Field(60.0, gt=0)
+    # Seconds a patient waits for the model before being told the answer is coming (the call goes
+    # on in the background). A message claimed for answering longer ago than this plus a margin
+    # is taken as abandoned by a crashed process and answered again.
+    deadline_s: float = Field(20.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
     max_new_tokens: int = Field(256, ge=1, le=8192)
     temperature: float = Field(0.3, ge=0.0, le=2.0)

@@ -52,8 +52,10 @@ async def test_message_is_committed_before_the_model_runs(service):
     service.backend.generate = crashing
     with pytest.raises(Crash):
         await service.core.handle_message(msg("Does iontophoresis work for feet?"))
-    rows = await service.db.fetchall("SELECT text, status FROM messages")
-    assert [(r["text"], r["status"]) for r in rows] == [("Does iontophoresis work for feet?", "received")]
+    rows = await service.db.fetchall("SELECT text, status, last_error FROM messages")
+    # stored before the model ran; the interrupted claim is given back, queued for the retry loop
+    assert [(r["text"], r["status"]) for r in rows] == [("Does iontophoresis work for feet?", "queued_retry")]
+    assert rows[0]["last_error"] == "interrupted: Crash"
     service.backend.generate = original
     assert await service.core.retry_queued() == 1
     assert await service.db.fetchval("SELECT status FROM messages") == "answered"
