@@ -539,6 +539,10 @@ class ConversationCore:
         if item is None:
             return None
         decided = [f"{d['reviewer_name'] or d['reviewer_id']}: {d['action']}" for d in await self.reviews.decisions(item_id)]
+        if item["state"] == ReviewState.PENDING.value:
+            note = await self.reviews.waiting_note(item_id)  # e.g. "Tie: one more review needed"
+            if note:
+                decided.append(note)
         return ReviewCard(
             item_id=item_id, reply_id=item["reply_id"], patient_text=item["patient_text"],
             reply_text=item["final_text"] or item["reply_text"], task=item["task"],

@@ -78,3 +78,15 @@ class DecisionOutcome:
     closed_now: bool  # True only for the decision that closed the item
     final_text: str | None
     message: str  # a short confirmation for the reviewer
+    tie: bool = False  # quorum reached but no strict majority: one more reviewer is needed
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where an item stands after its decisions so far (see ``reviewers.service.resolve``)."""
+
+    state: ReviewState  # PENDING while more reviews are needed
+    final_text: str | None = None  # the latest edit when the outcome is EDITED
+    tie: bool = False
+    accept: int = 0  # approve + edit
+    reject: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import Counter
+from typing import Any, Callable, Sequence
 
 from bot.storage import Database, dumps, now
 from reviewers.models import (
@@ -13,6 +14,7 @@ from reviewers.models import (
     Actor,
     DecisionOutcome,
     PermissionDenied,
+    Resolution,
     ReviewError,
     ReviewState,
     Rubric,
@@ -22,13 +24,23 @@ log = logging.getLogger(__name__)
 
 MAX_EDIT_CHARS = 4000
 
+# Called inside a decision's (or an expiry's) transaction: the caller records what must follow.
+Effects = Callable[[sqlite3.Connection, DecisionOutcome], None]
+
 
 class ReviewService:
     """Decides nothing about platforms: it records who decided what and when an item closes.
 
-    Quorum rule: an item closes when ``quorum`` distinct reviewers have decided. The outcome
-    is ``rejected`` if rejections outnumber the other decisions, otherwise ``edited`` when any
-    reviewer edited (the latest edit's text wins), otherwise ``approved``."""
+    Quorum rule (:func:`resolve`, the one place it lives): approve and edit both *accept* the
+    reply, reject does not. An item closes once at least ``quorum`` distinct reviewers have
+    decided **and** one side has a strict majority: more rejects than accepts → ``rejected``;
+    more accepts than rejects → ``edited`` when any accepting reviewer edited (the latest edit's
+    text wins), else ``approved``. A tie (say one approve and one reject at quorum 2) keeps the
+    item pending and asks for one more reviewer; the card says so.
+
+    ``decide`` and ``expire_old`` take an optional ``effects`` callback, called inside the same
+    transaction as the state change, so that the caller can record what must follow (the
+    core's outbox: the patient's view, the dataset, the cards) atomically with the decision."""
 
     def __init__(self, db: Database, quorum: int = 1):
         self.db = db
@@ -48,8 +60,11 @@ class ReviewService:
         edited_text: str | None = None,
         rubric: Rubric | None = None,
         comment: str | None = None,
+        effects: Effects | None = None,
     ) -> DecisionOutcome:
-        """Record one reviewer's decision; idempotent for repeats and closed items."""
+        """Record one reviewer's decision; idempotent for repeats and closed items.
+
+        ``effects(conn, outcome)`` runs in the decision's transaction when a decision was recorded."""
         action = Action(action)
         rubric = rubric or Rubric()
         if not actor.has(REVIEWER_ROLE):
@@ -64,56 +79,83 @@ class ReviewService:
                 raise ReviewError(f"The edited reply is {len(edited_text)} characters; the limit is {MAX_EDIT_CHARS}.")
         else:
             edited_text = None
+        quorum = self.quorum
 
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute("SELECT state, final_text FROM review_items WHERE id = ?", (item_id,))
-            row = await cursor.fetchone()
+        def record(conn: sqlite3.Connection) -> DecisionOutcome:
+            t = now()
+            row = conn.execute("SELECT state, final_text FROM review_items WHERE id = ?", (item_id,)).fetchone()
             if row is None:
                 raise ReviewError(f"Review item {item_id} does not exist.")
             state = ReviewState(row["state"])
             if state.closed:
-                await conn.execute(
+                conn.execute(
                     "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, ?, 'ignored', ?, ?)",
-                    (item_id, actor.label, f"{action.value} on closed item ({state.value})", now()),
+                    (item_id, actor.label, f"{action.value} on closed item ({state.value})", t),
                 )
                 return DecisionOutcome(item_id, state, False, False, row["final_text"],
                                        f"This reply was already {state.value}; nothing changed.")
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "INSERT OR IGNORE INTO review_decisions (item_id, reviewer_platform, reviewer_id, reviewer_name,"
                 " action, edited_text, accuracy, appropriateness, empathy, comment, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (item_id, actor.platform, actor.user_id, actor.display_name, action.value, edited_text,
-                 rubric.accuracy, rubric.appropriateness, rubric.empathy, comment, now()),
+                 rubric.accuracy, rubric.appropriateness, rubric.empathy, comment, t),
             )
             if cursor.rowcount == 0:
                 return DecisionOutcome(item_id, state, False, False, None,
                                        "You have already reviewed this reply; your first decision stands.")
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, ?, ?, ?, ?)",
-                (item_id, actor.label, action.value, dumps(rubric.__dict__), now()),
+                (item_id, actor.label, action.value, dumps(rubric.__dict__), t),
             )
-            cursor = await conn.execute(
+            decisions = conn.execute(
                 "SELECT action, edited_text FROM review_decisions WHERE item_id = ? ORDER BY id", (item_id,)
-            )
-            decisions = list(await cursor.fetchall())
-            if len(decisions) < self.quorum:
-                return DecisionOutcome(item_id, state, True, False, None,
-                                       f"Recorded ({len(decisions)} of {self.quorum} reviews needed).")
-            final_state, final_text = _resolve(decisions)
-            if final_text is None and final_state is ReviewState.APPROVED:
-                cursor = await conn.execute(
-                    "SELECT r.text FROM replies r JOIN review_items i ON i.reply_id = r.id WHERE i.id = ?", (item_id,)
+            ).fetchall()
+            resolution = resolve(decisions, quorum)
+            if resolution.state is ReviewState.PENDING:
+                if resolution.tie:
+                    outcome = DecisionOutcome(
+                        item_id, state, True, False, None,
+                        f"Recorded. Reviewers disagree ({resolution.accept} accept, {resolution.reject} reject): "
+                        "one more review is needed.", tie=True)
+                else:
+                    outcome = DecisionOutcome(item_id, state, True, False, None,
+                                              f"Recorded ({len(decisions)} of {quorum} reviews needed).")
+            else:
+                final_text = resolution.final_text
+                if final_text is None and resolution.state is ReviewState.APPROVED:
+                    final_text = conn.execute(
+                        "SELECT r.text FROM replies r JOIN review_items i ON i.reply_id = r.id WHERE i.id = ?", (item_id,)
+                    ).fetchone()[0]
+                conn.execute(
+                    "UPDATE review_items SET state = ?, final_text = ?, closed_at = ? WHERE id = ?",
+                    (resolution.state.value, final_text, t, item_id),
                 )
-                final_text = (await cursor.fetchone())[0]
-            await conn.execute(
-                "UPDATE review_items SET state = ?, final_text = ?, closed_at = ? WHERE id = ?",
-                (final_state.value, final_text, now(), item_id),
-            )
-            await conn.execute(
-                "INSERT INTO review_audit (item_id, actor, action, detail, created_at) VALUES (?, 'system', 'closed', ?, ?)",
-                (item_id, final_state.value, now()),
-            )
-        return DecisionOutcome(item_id, final_state, True, True, final_text, f"Recorded: {final_state.value}.")
+                conn.execute(
+                    "INSERT INTO review_audit (item_id, actor, action, detail, created_at)"
+                    " VALUES (?, 'system', 'closed', ?, ?)",
+                    (item_id, resolution.state.value, t),
+                )
+                outcome = DecisionOutcome(item_id, resolution.state, True, True, final_text,
+                                          f"Recorded: {resolution.state.value}.")
+            if effects is not None:
+                effects(conn, outcome)
+            return outcome
+
+        return await self.db.run(record)
+
+    async def waiting_note(self, item_id: int) -> str | None:
+        """What a pending item waits for, for its card (a tie says one more review is needed)."""
+        decisions = await self.db.fetchall(
+            "SELECT action, edited_text FROM review_decisions WHERE item_id = ? ORDER BY id", (item_id,))
+        resolution = resolve(decisions, self.quorum)
+        if resolution.state is not ReviewState.PENDING:
+            return None
+        if resolution.tie:
+            return "Tie: one more review needed"
+        if self.quorum > 1:
+            return f"{len(decisions)} of {self.quorum} reviews"
+        return None
 
     async def expire_old(self, older_than_s: float) -> int:
         async with self.db.transaction() as conn:
@@ -159,11 +201,19 @@ def insert_review_item(conn: sqlite3.Connection, reply_id: int, priority: str = 
     ).lastrowid)
 
 
-def _resolve(decisions: list) -> tuple[ReviewState, str | None]:
+def resolve(decisions: Sequence[Any], quorum: int) -> Resolution:
+    """The quorum rule (documented on :class:`ReviewService`): rows with ``action`` and
+    ``edited_text``, oldest first → closed state, or PENDING (waiting or tied)."""
     votes = Counter(row["action"] for row in decisions)
-    if votes[Action.REJECT.value] > len(decisions) - votes[Action.REJECT.value]:
-        return ReviewState.REJECTED, None
-    edits = [row["edited_text"] for row in decisions if row["action"] == Action.EDIT.value]
-    if edits:
-        return ReviewState.EDITED, edits[-1]
-    return ReviewState.APPROVED, None
+    reject = votes[Action.REJECT.value]
+    accept = votes[Action.APPROVE.value] + votes[Action.EDIT.value]
+    if len(decisions) < quorum:
+        return Resolution(ReviewState.PENDING, accept=accept, reject=reject)
+    if reject > accept:
+        return Resolution(ReviewState.REJECTED, accept=accept, reject=reject)
+    if accept > reject:
+        edits = [row["edited_text"] for row in decisions if row["action"] == Action.EDIT.value]
+        if edits:
+            return Resolution(ReviewState.EDITED, edits[-1], accept=accept, reject=reject)
+        return Resolution(ReviewState.APPROVED, accept=accept, reject=reject)
+    return Resolution(ReviewState.PENDING, tie=True, accept=accept, reject=reject)

@@ -335,3 +335,33 @@ async def test_rollback_returns_to_previous_then_base(service, tmp_path):
     to_base = await service.commands.run(MODERATOR, "rollback")
     assert to_base.ok and "the base model is live" in to_base.text and service.backend.adapter_version is None
     assert (await registry.live(service.db)) is None
+
+
+@pytest.mark.parametrize("first, second", [(Action.APPROVE, Action.REJECT), (Action.REJECT, Action.APPROVE),
+                                           (Action.EDIT, Action.REJECT)])
+async def test_quorum_tie_asks_one_more_reviewer(service, first, second):
+    """Quorum 2, one accept and one reject: not approved, not rejected; a third reviewer decides."""
+    service.reviews.quorum = 2
+    result = await service.core.handle_message(msg("Is glycopyrronium safe for teenagers?"))
+    await service.core.decide(result.item_id, REVIEWER, first, "Edited text." if first is Action.EDIT else None)
+    tie = await service.core.decide(result.item_id, REVIEWER2, second)
+    assert tie.recorded and not tie.closed_now and tie.tie and tie.state.value == "pending"
+    assert "one more review" in tie.message
+    assert await service.db.fetchval("SELECT state FROM review_items") == "pending"
+    assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE review_item_id IS NOT NULL") == 0
+    card = await service.core.review_card(result.item_id)
+    assert card.state == "pending" and card.decided_by[-1] == "Tie: one more review needed"
+    third = Actor("local", "rev3", "Dr Three", frozenset({"reviewer"}))
+    final = await service.core.decide(result.item_id, third, Action.REJECT)
+    assert final.closed_now and final.state.value == "rejected"
+    assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE review_item_id IS NOT NULL") == 0
+
+
+async def test_quorum_majority_of_accepts_closes_with_the_latest_edit(service):
+    service.reviews.quorum = 3
+    result = await service.core.handle_message(msg("Can iontophoresis be done at home?"))
+    await service.core.decide(result.item_id, REVIEWER, Action.EDIT, "First edit.")
+    await service.core.decide(result.item_id, REVIEWER2, Action.REJECT)
+    third = Actor("local", "rev3", "Dr Three", frozenset({"reviewer"}))
+    closing = await service.core.decide(result.item_id, third, Action.APPROVE)
+    assert closing.closed_now and closing.state.value == "edited" and closing.final_text == "First edit."
