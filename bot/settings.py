@@ -160,8 +160,18 @@ class GenerationSettings(Section):
     timeout_s: float = Field(120.0, gt=0)
     # Retries by the openai client itself (exponential backoff, honours Retry-After).
     max_retries: int = Field(4, ge=0, le=20)
+    # Sampling and length for ordinary chat models (gpt-4o, vLLM-served models ...).
     temperature: float = Field(0.9, ge=0.0, le=2.0)
     max_tokens: int = Field(1200, ge=64, le=32768)
+    # Reasoning models (GPT-5, o-series) refuse temperature/top_p/max_tokens: they get
+    # max_completion_tokens (reasoning and reply together) and no sampling parameters. A model is
+    # one when its name, after any "provider/" prefix, matches one of these shell-style patterns
+    # (case-insensitive). Any other model that answers "unsupported parameter" is adapted to at
+    # run time (see pipeline/generate.py).
+    reasoning_models: list[str] = Field(default_factory=lambda: ["gpt-5*", "o1*", "o3*", "o4*"])
+    max_completion_tokens: int = Field(8000, ge=256, le=128000)
+    # Sent to reasoning models only when set; unset leaves the model's own default.
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     # json_schema: structured output; json_object: JSON mode; none: the prompt alone;
     # auto: json_schema, falling back when the server refuses it. Replies are validated either way.
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"

@@ -24,8 +24,10 @@ schema) is used where the server supports it: with ``structured_output = "auto"`
 that refuses it is asked again in JSON mode, then with the prompt alone. The reply is
 validated with pydantic either way.
 
-**Rejected and counted, never stored** (reason in brackets): a model refusal (``refused``)
-or a reply cut off at ``max_tokens`` (``truncated``); a reply that is not JSON
+**Rejected and counted, never stored** (reason in brackets): a model refusal or a reply
+stopped by the server's content filter (``refused``); a reply cut off at the token limit
+(``truncated``); an empty reply of a reasoning model that spent its whole budget on reasoning,
+even after the budget was raised (``reasoning_budget``); a reply that is not JSON
 (``invalid_json``) or not the schema (``invalid_schema``); a vignette for another slot than
 asked (``off_plan``); one citing no fact (``no_facts``) or an id the pack does not have
 (``unknown_fact``); one contradicting the red-flag rules: a secondary profile, or a patient
@@ -39,23 +41,33 @@ exact duplicates are counted as ``duplicates``. A rejected slot is asked again u
 ``attempts_per_slot`` times per run.
 
 **Usage.** Settings live in ``[generation]`` (``base_url``, ``model``, ``concurrency``,
-``timeout_s``, ``max_retries``, ``temperature``, ``max_tokens``, ``structured_output``,
-``attempts_per_slot``, ``near_duplicate_threshold``); the key only in the environment::
+``timeout_s``, ``max_retries``, ``temperature``, ``max_tokens``, ``reasoning_models``,
+``max_completion_tokens``, ``reasoning_effort``, ``structured_output``, ``attempts_per_slot``,
+``near_duplicate_threshold``); the key only in the environment::
 
     export LLM4SWEAT_GENERATION__API_KEY=sk-...              # any OpenAI-compatible endpoint
-    export LLM4SWEAT_GENERATION__BASE_URL=https://api.openai.com/v1 LLM4SWEAT_GENERATION__MODEL=gpt-4o
+    export LLM4SWEAT_GENERATION__BASE_URL=https://api.openai.com/v1 LLM4SWEAT_GENERATION__MODEL=gpt-5
     llm4sweat generate --count 600 --dry-run                 # the plan's balance, no API calls
     llm4sweat generate --count 600 --concurrency 8           # Ctrl-C any time; run again to continue
     llm4sweat dataset stats && llm4sweat dataset export train.jsonl
 
 To try it without a model: ``python -m tests.openai_fake --port 8099 --delay 0.2`` serves
-valid vignettes, and ``LLM4SWEAT_GENERATION__BASE_URL=http://127.0.0.1:8099/v1`` points at it.
+valid vignettes (``--reasoning`` makes it answer like GPT-5), and
+``LLM4SWEAT_GENERATION__BASE_URL=http://127.0.0.1:8099/v1`` points at it.
 
 **Transport.** ``concurrency`` requests at once (workers sharing a queue); the openai client
 retries 408/409/429/5xx, connection errors and timeouts with exponential backoff, honouring
 ``Retry-After`` (``max_retries``), each attempt limited to ``timeout_s``. A request that still
 fails is counted under ``failed`` and its slot is left for the next run. A wrong key, an
 unknown model or a missing endpoint stops the run at once (:class:`GenerationError`).
+
+**Parameters and 400s** (``pipeline.generation_requests``): reasoning models (GPT-5, the
+o-series, any name matching ``reasoning_models``) are sent ``max_completion_tokens`` and no
+sampling parameters, other models ``temperature`` and ``max_tokens``; a parameter the server
+still calls unsupported is left out (or swapped for its counterpart) for the rest of the run,
+and the summary says so. A 400 is told apart by its message: structured output refused → the
+next format; context length, content policy or unknown model → the run stops with one clear
+message; anything else fails the slot (``bad_request``).
 """
 
 from __future__ import annotations
@@ -80,6 +92,7 @@ from bot.settings import GenerationSettings
 from bot.storage import Database
 from pipeline import dataset
 from pipeline.dataset import AGE_BANDS, age_band
+from pipeline.generation_requests import RequestParams, classify_bad_request, error_fields, operator_message
 from pipeline.packs import DOCTOR_ADVICE_RE, ConditionPack, Profile, jaccard, shingles
 from pipeline.privacy import scrub
 
@@ -96,6 +109,7 @@ PRIMARY_ONSET_LIMIT = 25  # primary focal hyperhidrosis starts before 25
 REJECT_REASONS = (
     "refused",
     "truncated",
+    "reasoning_budget",
     "invalid_json",
     "invalid_schema",
     "off_plan",
@@ -146,7 +160,7 @@ STYLES = (
     "hopeful, has read a little about it online",
 )
 
-Failure = Literal["timeout", "rate_limited", "server_error", "connection", "api_error"]
+Failure = Literal["timeout", "rate_limited", "server_error", "connection", "bad_request", "api_error"]
 
 
 class GenerationError(RuntimeError):
@@ -626,8 +640,10 @@ class GenerationSummary:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # part of completion_tokens (reasoning models)
     elapsed_s: float = 0.0
     structured_output: str = ""
+    notes: list[str] = field(default_factory=list)  # parameters changed after the server refused them
     slots_done: int = 0  # slots finished this run (stored or given up)
     interrupted: bool = False
 
@@ -654,10 +670,12 @@ class GenerationSummary:
             "failed": dict(self.failed),
             "remaining": self.remaining,
             "requests": self.requests,
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "total": self.total_tokens},
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
+                       "reasoning": self.reasoning_tokens, "total": self.total_tokens},
             "elapsed_s": round(self.elapsed_s, 3),
             "structured_output": self.structured_output,
             "interrupted": self.interrupted,
+            "notes": list(self.notes),
         }
 
     def lines(self) -> list[str]:
@@ -671,9 +689,11 @@ class GenerationSummary:
             f"rejected {sum(self.rejected.values())} ({reasons(self.rejected)})",
             f"duplicates {self.duplicates}",
             f"failed requests {sum(self.failed.values())} ({reasons(self.failed)})",
-            f"tokens {self.total_tokens} ({self.prompt_tokens} prompt + {self.completion_tokens} completion) "
-            f"in {self.requests} requests",
+            f"tokens {self.total_tokens} ({self.prompt_tokens} prompt + {self.completion_tokens} completion"
+            + (f", of which {self.reasoning_tokens} reasoning" if self.reasoning_tokens else "")
+            + f") in {self.requests} requests",
             f"{self.elapsed_s:.1f} s, {rate:.2f} vignettes/s, structured output: {self.structured_output or '-'}",
+            *(f"note: {note}" for note in self.notes),
         ]
 
 
@@ -700,6 +720,9 @@ class _Run:
         self.summary, self.dedup, self.on_progress = summary, dedup, on_progress
         self.mode = "json_schema" if settings.structured_output == "auto" else settings.structured_output
         self.summary.structured_output = self.mode
+        self.params = RequestParams.for_settings(settings)
+        self.summary.notes = self.params.notes  # what the run learned about the server, for the summary
+        self._logged_errors: set[str] = set()
         self.system = {m: system_prompt(pack, with_schema=(m != "json_schema")) for m in ("json_schema", "json_object", "none")}
         self.schema = vignette_json_schema(pack)
         self.fingerprint = pack.fingerprint()
@@ -722,12 +745,19 @@ class _Run:
         return True
 
     async def _complete(self, slot: Slot, variant: int) -> tuple[str | None, Any] | Failure:
-        """One chat completion (the client retries on its own): the content and usage, or why it failed."""
+        """One chat completion (the client retries transport errors on its own): the content and
+        the response, or why it failed. A 400 is told apart by its message
+        (``pipeline.generation_requests``): structured output refused → the next format;
+        unsupported parameter → sent without it; context length, content policy, unknown model
+        → :class:`GenerationError`. An empty reply of a reasoning model that spent its budget
+        on reasoning is asked again once with a larger budget."""
         import openai
 
+        grown = False
         while True:
             mode = self.mode
-            kwargs: dict[str, Any] = {}
+            kwargs: dict[str, Any] = self.params.params()
+            sent = dict(kwargs)
             fmt = self._response_format(mode)
             if fmt is not None:
                 kwargs["response_format"] = fmt
@@ -739,8 +769,6 @@ class _Run:
                         {"role": "system", "content": self.system[mode]},
                         {"role": "user", "content": user_prompt(self.pack, slot, variant)},
                     ],
-                    temperature=self.settings.temperature,
-                    max_tokens=self.settings.max_tokens,
                     **kwargs,
                 )
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
@@ -749,10 +777,21 @@ class _Run:
                     f"(HTTP {exc.status_code}): check the model name ({self.settings.model}), the base URL and the API key"
                 ) from None
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                if fmt is not None and self._downgrade(mode):
+                bad = classify_bad_request(*error_fields(exc))
+                if bad.kind in ("context_length", "content_policy", "invalid_model"):
+                    raise GenerationError(operator_message(bad, self.settings)) from None
+                if bad.kind == "structured_output" and fmt is not None and self._downgrade(mode):
                     continue
-                log.warning("generation request for %s refused: HTTP %s", slot.key, exc.status_code)
-                return "api_error"
+                if bad.kind == "unsupported_parameter" and bad.param is not None:
+                    if bad.param in sent and bad.param not in self.params.params():
+                        continue  # another worker already adapted to this refusal
+                    if self.params.adapt(bad.param, sent):
+                        log.warning("generation: %s (%s)", self.params.notes[-1], bad.message)
+                        continue
+                if bad.message not in self._logged_errors:
+                    self._logged_errors.add(bad.message)
+                    log.warning("generation request for %s refused: HTTP %s %s", slot.key, exc.status_code, bad.message)
+                return "bad_request"
             except openai.APITimeoutError:
                 return "timeout"
             except openai.RateLimitError:
@@ -768,8 +807,18 @@ class _Run:
             if usage is not None:
                 self.summary.prompt_tokens += usage.prompt_tokens or 0
                 self.summary.completion_tokens += usage.completion_tokens or 0
+                details = getattr(usage, "completion_tokens_details", None)
+                self.summary.reasoning_tokens += getattr(details, "reasoning_tokens", None) or 0
             choice = response.choices[0] if response.choices else None
             content = choice.message.content if choice is not None and choice.message else None
+            if (choice is not None and choice.finish_reason == "length" and not (content or "").strip()
+                    and self.params.uses_budget and not grown):
+                # A reasoning model spent the whole budget thinking and wrote nothing.
+                grown = True
+                if self.params.grow_budget(sent.get("max_completion_tokens", 0)):
+                    log.warning("generation: an empty reply after reasoning for %s; asking again with "
+                                "max_completion_tokens %d", slot.key, self.params.budget)
+                    continue
             return content, response
 
     async def fill(self, slot: Slot) -> None:
@@ -784,10 +833,19 @@ class _Run:
                 content, response = result
                 choice = response.choices[0] if response.choices else None
                 vignette, flags = None, []
-                if choice is not None and getattr(choice.message, "refusal", None):
+                if choice is not None and (getattr(choice.message, "refusal", None)
+                                           or choice.finish_reason == "content_filter"):
                     reason = "refused"
+                elif choice is not None and choice.finish_reason == "length" and self.params.uses_budget \
+                        and not (content or "").strip():
+                    reason = "reasoning_budget"  # every token went to reasoning, even with a larger budget
+                    if "reasoning_budget" not in self._logged_errors:
+                        self._logged_errors.add("reasoning_budget")
+                        log.warning("generation: %s spent all %d completion tokens on reasoning and wrote nothing; "
+                                    "raise generation.max_completion_tokens or lower generation.reasoning_effort",
+                                    self.settings.model, self.params.budget)
                 elif choice is not None and choice.finish_reason == "length":
-                    reason = "truncated"  # max_tokens too small for a whole vignette
+                    reason = "truncated"  # the token limit is too small for a whole vignette
                 else:
                     vignette, reason = parse_vignette(content)
                 if vignette is not None:

@@ -24,6 +24,19 @@ The server records every request body (``requests``), the status it answered
 ``json_schema=False`` makes it refuse ``response_format`` of type ``json_schema`` with HTTP
 400, like servers without structured output. ``delay`` is a fixed per-request delay.
 
+``reasoning=True`` makes it behave like OpenAI's reasoning models (GPT-5, o-series), with the
+error bodies the real API sends: ``max_tokens`` → 400 ``{"message": "Unsupported parameter:
+'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", "type":
+"invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}``; a
+``temperature`` or ``top_p`` other than 1 → 400 ``"Unsupported value: 'temperature' does not
+support 0.9 with this model. Only the default (1) value is supported."`` with code
+``unsupported_value``. ``max_completion_tokens`` is accepted and is the budget for reasoning
+and reply together: the fake spends ``reasoning_tokens`` (an int, or a function of the body)
+on reasoning first, so a budget at or below that gets an empty reply with ``finish_reason``
+"length", as the real models return. Usage carries ``completion_tokens_details.reasoning_tokens``.
+Without ``reasoning``, ``reasoning_effort`` is refused as an unsupported parameter, like
+gpt-4o does.
+
 ``vignette_responder(pack)`` answers generation requests (``pipeline.generate``) with valid,
 distinct vignettes for the plan slot in each request.
 """
@@ -55,13 +68,17 @@ class Reply:
     delay: float = 0.0  # seconds to wait before answering (the client may time out first)
     headers: dict[str, str] = field(default_factory=dict)
     error: str = ""
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None
     finish_reason: str = "stop"
 
+    code: str | None = None
+    param: str | None = None
+
     @classmethod
-    def error_status(cls, status: int, message: str = "", retry_after_ms: int | None = None) -> "Reply":
+    def error_status(cls, status: int, message: str = "", retry_after_ms: int | None = None,
+                     code: str | None = None, param: str | None = None) -> "Reply":
         headers = {"retry-after-ms": str(retry_after_ms)} if retry_after_ms is not None else {}
-        return cls(status=status, error=message or f"fake error {status}", headers=headers)
+        return cls(status=status, error=message or f"fake error {status}", headers=headers, code=code, param=param)
 
 
 def _default_responder(body: dict[str, Any], index: int) -> str:
@@ -70,11 +87,14 @@ def _default_responder(body: dict[str, Any], index: int) -> str:
 
 class FakeOpenAI:
     def __init__(self, responder: Responder | None = None, *, delay: float = 0.0, json_schema: bool = True,
-                 model: str = "fake-model") -> None:
+                 model: str = "fake-model", reasoning: bool = False,
+                 reasoning_tokens: int | Callable[[dict[str, Any]], int] = 0) -> None:
         self.responder = responder or _default_responder
         self.delay = delay
         self.json_schema = json_schema
         self.model = model
+        self.reasoning = reasoning
+        self.reasoning_tokens = reasoning_tokens
         self.requests: list[dict[str, Any]] = []
         self.statuses: list[int] = []
         self.in_flight = 0
@@ -112,7 +132,12 @@ class FakeOpenAI:
             fmt = body.get("response_format") or {}
             if not self.json_schema and fmt.get("type") == "json_schema":
                 self.statuses.append(400)
-                return self._error(400, "response_format type json_schema is not supported by this server")
+                return self._error(400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported "
+                                        "with this model.", param="response_format")
+            refused = self._refuse_parameters(body)
+            if refused is not None:
+                self.statuses.append(400)
+                return refused
             if self.delay:
                 await asyncio.sleep(self.delay)
             reply = self.responder(body, index)
@@ -128,18 +153,59 @@ class FakeOpenAI:
                 await asyncio.sleep(reply.delay)
             self.statuses.append(reply.status)
             if reply.status != 200:
-                return self._error(reply.status, reply.error, reply.headers)
+                return self._error(reply.status, reply.error, reply.headers, code=reply.code, param=reply.param)
+            reply = self._spend_reasoning(body, reply)
             return await self._completion(request, body, reply)
         finally:
             self.in_flight -= 1
 
-    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    def _refuse_parameters(self, body: dict[str, Any]) -> web.Response | None:
+        """The 400 the real API sends for a parameter this kind of model does not take."""
+        if self.reasoning:
+            if "max_tokens" in body:
+                return self._error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                        "Use 'max_completion_tokens' instead.",
+                                   code="unsupported_parameter", param="max_tokens")
+            for name in ("temperature", "top_p"):
+                if name in body and body[name] != 1:
+                    return self._error(400, f"Unsupported value: '{name}' does not support {body[name]} with this "
+                                            "model. Only the default (1) value is supported.",
+                                       code="unsupported_value", param=name)
+        elif "reasoning_effort" in body:
+            return self._error(400, "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+                               code="unsupported_parameter", param="reasoning_effort")
+        return None
+
+    def _spend_reasoning(self, body: dict[str, Any], reply: Reply) -> Reply:
+        """Reasoning models: hidden reasoning tokens come out of ``max_completion_tokens`` first."""
+        if not self.reasoning:
+            return reply
+        spent = self.reasoning_tokens(body) if callable(self.reasoning_tokens) else self.reasoning_tokens
+        budget = body.get("max_completion_tokens")
+        prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4
+        if budget is not None and spent >= budget:
+            usage = {"prompt_tokens": prompt, "completion_tokens": budget, "total_tokens": prompt + budget,
+                     "completion_tokens_details": {"reasoning_tokens": budget}}
+            return Reply(content="", finish_reason="length", usage=usage)
+        visible = len(reply.content or "") // 4
+        if budget is not None and spent + visible > budget:
+            cut = max(0, (budget - spent) * 4)
+            usage = {"prompt_tokens": prompt, "completion_tokens": budget, "total_tokens": prompt + budget,
+                     "completion_tokens_details": {"reasoning_tokens": spent}}
+            return Reply(content=(reply.content or "")[:cut], finish_reason="length", usage=usage)
+        usage = reply.usage or {"prompt_tokens": prompt, "completion_tokens": spent + visible,
+                                "total_tokens": prompt + spent + visible,
+                                "completion_tokens_details": {"reasoning_tokens": spent}}
+        return Reply(content=reply.content, finish_reason=reply.finish_reason, usage=usage)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None, *,
+               code: str | None = None, param: str | None = None) -> web.Response:
         kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                 429: "rate_limit_error"}.get(status, "server_error")
-        return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": None}},
+        return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": code}},
                                  status=status, headers=headers or {})
 
-    def _usage(self, body: dict[str, Any], reply: Reply) -> dict[str, int]:
+    def _usage(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         if reply.usage is not None:
             return dict(reply.usage)
         prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4
@@ -314,7 +380,7 @@ def vignette_responder(pack: Any, salt: str = "") -> Callable[[dict[str, Any], i
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tests.openai_fake [--port N] [--delay S] [--pack NAME]``: serve valid vignettes
+    """``python -m tests.openai_fake [--port N] [--delay S] [--pack NAME] [--reasoning]``: serve valid vignettes
     for generation until interrupted (prints the base URL first), e.g. to try ``llm4sweat
     generate`` by hand or to benchmark it against a server in another process."""
     import argparse
@@ -325,8 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per request")
     parser.add_argument("--pack", default="hyperhidrosis")
+    parser.add_argument("--reasoning", action="store_true", help="behave like GPT-5 / o-series (see the module doc)")
+    parser.add_argument("--reasoning-tokens", type=int, default=0, help="tokens spent on reasoning per request")
     args = parser.parse_args(argv)
-    server = FakeOpenAI(vignette_responder(load_pack(args.pack)), delay=args.delay)
+    server = FakeOpenAI(vignette_responder(load_pack(args.pack)), delay=args.delay, reasoning=args.reasoning,
+                        reasoning_tokens=args.reasoning_tokens)
 
     async def serve() -> None:
         await server.start(args.port)
