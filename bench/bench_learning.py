@@ -4,7 +4,8 @@ On the tiny model (built here, tokenizer trained on the pack's own texts): the p
 that have evaluation questions are split at random (seeded) into two halves. A LoRA adapter is
 trained on examples that state the facts of one half (the fact's text as the assistant's
 reply to a generic question about its task; the evaluation questions never appear in
-training). Both the base model and the adapter answer every evaluation question (dev and
+training; the system turn is the pack's system prompt, as in the evaluation). Both the base
+model and the adapter answer every evaluation question (dev and
 test, closed book, ``pipeline.evaluate``); questions are grouped by whether their facts were
 taught. Reported per seed and pooled:
 
@@ -18,7 +19,7 @@ taught. Reported per seed and pooled:
 Every metric of ``pipeline.evaluate`` is printed; the project's score (mean token log-prob) is
 the headline. The figures describe the tiny model on this pack and say nothing of a real model.
 
-Run: python bench/bench_learning.py [--seeds 3] [--steps 300] [--examples-per-fact 3]
+Run: python bench/bench_learning.py [--seeds 3] [--steps 400] [--examples-per-fact 3]
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def build_model(root: Path, pack):
 
 
 def teaching_examples(pack, facts, per_fact: int, rng: random.Random) -> list:
-    system = pack.system_message()
+    from pipeline import evaluate as ev
+
+    system = ev.system_text(pack)  # the system turn the evaluation uses (closed book)
     examples = []
     for fact in facts:
         task = fact.task.replace("_", " ")
@@ -98,7 +101,7 @@ def fmt(entry: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="random halves of the facts (one adapter each)")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per adapter")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps per adapter")
     parser.add_argument("--examples-per-fact", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     args = parser.parse_args()
@@ -124,7 +127,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, 1 thread; {args.seeds} seeds × {args.steps} steps, lr {args.learning_rate}, "
           f"LoRA r16/α32, batch 8, {args.examples_per_fact} examples per taught fact; closed book\n")
     cfg = TrainingSettings(lora_rank=16, lora_alpha=32, learning_rate=args.learning_rate, epochs=1000, batch_size=8,
-                           max_length=512)
+                           max_length=1024)
     pooled: dict[str, dict[str, list]] = {m: {"taught": [], "untaught": []} for m in ev.METRICS}
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
         root = Path(tmp)

@@ -1106,7 +1106,7 @@ def scores_table(report: dict[str, Any], order: Sequence[str] | None = None):
                         "(lm-eval); lettered = A-D next token (MMLU); question removed: same = share of "
                         "unchanged picks")
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i < 2 else "right", overflow="fold")
+        table.add_column(name, justify="left" if i < 2 else "right", overflow="fold", no_wrap=i == 0)
     previous = None
     for row in rows:
         if previous is not None and row[1] != previous:

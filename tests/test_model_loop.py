@@ -673,5 +673,12 @@ def test_cli_train_and_eval(tmp_path, tiny_model_dir) -> None:
     out = run_cli("eval", "--adapter", "v1", "--limit", "1", "--no-safety", "--out", str(tmp_path / "ev"), env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "overall" in out.stdout and "Gate" in out.stdout
+    for text in ("closed book", "project", "acc_norm", "lettered", "question", "random-untr", "always", "chance",
+                 "Pack bias"):
+        assert text in out.stdout, text
     report = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert report["order"] == ["base", "v1"] and (tmp_path / "ev" / "evaluation.png").is_file()
+    assert report["book"] == "closed" and report["controls"]["test"]["random_untrained"]
+    out = run_cli("eval", "export-lm-eval", str(tmp_path / "lm"), env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "--include_path" in out.stdout and (tmp_path / "lm" / "hyperhidrosis_test.yaml").is_file()
