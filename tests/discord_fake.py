@@ -16,6 +16,36 @@ HTTP and WebSocket to this server on 127.0.0.1 exactly as it would to Discord. T
 Facts this relies on (checked against discord.py 2.7): JSON must be served with the content
 type exactly ``application/json``; a 429 needs a ``Via`` header or discord.py treats it as a
 Cloudflare ban; the gateway accepts plain-text JSON frames even when zlib-stream is requested.
+
+The fake is as strict as Discord, so that a bot passing here does not fail there:
+
+* **Message limits** (https://discord.com/developers/docs/resources/message#create-message and
+  #embed-object-embed-limits): content ≤ 2,000 characters; ≤ 10 embeds; per embed title ≤ 256,
+  description ≤ 4,096, ≤ 25 fields, field name ≤ 256 and value ≤ 1,024 (both required), footer
+  ≤ 2,048, author ≤ 256, and all embeds of one message ≤ 6,000 characters in total. A message
+  breaking one is refused with HTTP 400 and JSON code 50035 *Invalid Form Body*, with the
+  ``errors`` object Discord sends.
+* **Component limits** (https://discord.com/developers/docs/components/reference): ≤ 5 action
+  rows; ``custom_id`` ≤ 100; button label ≤ 80; select placeholder ≤ 150, ≤ 25 options.
+  **Modals** (#text-input and interactions/receiving-and-responding#interaction-response-object-modal):
+  title ≤ 45 (required), custom_id ≤ 100, 1–5 components; a label ≤ 45 (description ≤ 100); a
+  text input's value ≤ 4,000, placeholder ≤ 100, min/max length within 0–4,000 / 1–4,000.
+* **The 3-second interaction deadline** (interactions/receiving-and-responding#responding-to-an-interaction:
+  "you must send an initial response within 3 seconds of receiving the event. If the 3 second
+  deadline is exceeded, the token will be invalidated"): a callback arriving later than
+  ``interaction_deadline_s`` after the INTERACTION_CREATE is answered 404, code 10062 *Unknown
+  interaction*, and recorded in ``late_interactions``. Follow-ups use the token (15 minutes).
+* **Permissions**: ``forbid(path_regex, code=50013)`` makes every matching route answer 403 with
+  50013 *Missing Permissions* (or 50007 *Cannot send messages to this user*) until ``allow``
+  lifts it (https://discord.com/developers/docs/topics/opcodes-and-status-codes#json-json-error-codes).
+* **Archived threads** (https://discord.com/developers/docs/topics/threads: "Archived threads are
+  generally immutable ... The API will helpfully automatically unarchive a thread when sending a
+  message in that thread", unless it is locked): editing or reacting in an archived thread, or
+  posting in a locked one, is refused with 400 / 50083 *Thread is archived*; posting in an
+  unlocked archived thread unarchives it (THREAD_UPDATE).
+* **Direct messages** carry no ``guild_id`` and no ``member`` (messages and interactions alike).
+* **Gateway close codes** (#gateway-gateway-close-event-codes): ``drop_connection(4004)`` ends a
+  session the way a reset token does; discord.py must not resume it.
 """
 
 from __future__ import annotations
@@ -50,6 +80,147 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
                                                                                   **(headers or {})})
 
 
+# Discord's limits (sources in the module docstring).
+CONTENT_MAX = 2000
+USER_CONTENT_MAX = 4000  # members with Nitro may write up to 4,000; bots never more than 2,000
+EMBEDS_MAX = 10
+EMBED_TITLE_MAX = 256
+EMBED_DESCRIPTION_MAX = 4096
+EMBED_FIELDS_MAX = 25
+EMBED_FIELD_NAME_MAX = 256
+EMBED_FIELD_VALUE_MAX = 1024
+EMBED_FOOTER_MAX = 2048
+EMBED_AUTHOR_MAX = 256
+EMBED_TOTAL_MAX = 6000
+ACTION_ROWS_MAX = 5
+CUSTOM_ID_MAX = 100
+BUTTON_LABEL_MAX = 80
+SELECT_PLACEHOLDER_MAX = 150
+SELECT_OPTIONS_MAX = 25
+MODAL_TITLE_MAX = 45
+MODAL_COMPONENTS_MAX = 5
+LABEL_MAX = 45
+LABEL_DESCRIPTION_MAX = 100
+TEXT_INPUT_VALUE_MAX = 4000
+TEXT_INPUT_PLACEHOLDER_MAX = 100
+INTERACTION_DEADLINE_S = 3.0
+
+MISSING_PERMISSIONS = 50013
+CANNOT_MESSAGE_USER = 50007
+THREAD_ARCHIVED = 50083
+_ERROR_MESSAGES = {
+    MISSING_PERMISSIONS: "Missing Permissions",
+    CANNOT_MESSAGE_USER: "Cannot send messages to this user",
+    THREAD_ARCHIVED: "Thread is archived",
+}
+
+
+class _FormErrors:
+    """Collects field errors in the shape of Discord's 50035 ``errors`` object."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, Any] = {}
+
+    def add(self, path: list[Any], code: str, message: str) -> None:
+        node = self.errors
+        for key in path:
+            node = node.setdefault(str(key), {})
+        node.setdefault("_errors", []).append({"code": code, "message": message})
+
+    def max_length(self, path: list[Any], value: Any, limit: int, required: bool = False) -> None:
+        if value is None or value == "":
+            if required:
+                self.add(path, "BASE_TYPE_REQUIRED", "This field is required")
+            return
+        if len(str(value)) > limit:
+            self.add(path, "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+
+    def response(self) -> web.Response | None:
+        if not self.errors:
+            return None
+        return _json({"message": "Invalid Form Body", "code": 50035, "errors": self.errors}, 400)
+
+
+def _embed_length(embed: dict[str, Any]) -> int:
+    total = len(embed.get("title") or "") + len(embed.get("description") or "")
+    total += len((embed.get("footer") or {}).get("text") or "") + len((embed.get("author") or {}).get("name") or "")
+    for f in embed.get("fields") or []:
+        total += len(f.get("name") or "") + len(f.get("value") or "")
+    return total
+
+
+def check_message(body: dict[str, Any], errors: _FormErrors, prefix: list[Any] | None = None) -> None:
+    """Discord's limits on a message payload (create, edit, interaction reply, follow-up)."""
+    prefix = prefix or []
+    errors.max_length(prefix + ["content"], body.get("content"), CONTENT_MAX)
+    embeds = body.get("embeds") or []
+    if len(embeds) > EMBEDS_MAX:
+        errors.add(prefix + ["embeds"], "BASE_TYPE_MAX_LENGTH", f"Must be {EMBEDS_MAX} or fewer in length.")
+    for i, embed in enumerate(embeds):
+        at = prefix + ["embeds", i]
+        errors.max_length(at + ["title"], embed.get("title"), EMBED_TITLE_MAX)
+        errors.max_length(at + ["description"], embed.get("description"), EMBED_DESCRIPTION_MAX)
+        errors.max_length(at + ["footer", "text"], (embed.get("footer") or {}).get("text"), EMBED_FOOTER_MAX)
+        errors.max_length(at + ["author", "name"], (embed.get("author") or {}).get("name"), EMBED_AUTHOR_MAX)
+        fields = embed.get("fields") or []
+        if len(fields) > EMBED_FIELDS_MAX:
+            errors.add(at + ["fields"], "BASE_TYPE_MAX_LENGTH", f"Must be {EMBED_FIELDS_MAX} or fewer in length.")
+        for j, f in enumerate(fields):
+            errors.max_length(at + ["fields", j, "name"], f.get("name"), EMBED_FIELD_NAME_MAX, required=True)
+            errors.max_length(at + ["fields", j, "value"], f.get("value"), EMBED_FIELD_VALUE_MAX, required=True)
+    if sum(_embed_length(e) for e in embeds) > EMBED_TOTAL_MAX:
+        errors.add(prefix + ["embeds"], "MAX_EMBED_SIZE_EXCEEDED", f"Embed size exceeds maximum size of {EMBED_TOTAL_MAX}")
+    rows = body.get("components") or []
+    if len(rows) > ACTION_ROWS_MAX:
+        errors.add(prefix + ["components"], "BASE_TYPE_MAX_LENGTH", f"Must be {ACTION_ROWS_MAX} or fewer in length.")
+    for i, row in enumerate(rows):
+        for j, c in enumerate(row.get("components") or []):
+            at = prefix + ["components", i, "components", j]
+            if c.get("type") == 2 and c.get("style") != 5:  # buttons other than links need a custom id
+                errors.max_length(at + ["custom_id"], c.get("custom_id"), CUSTOM_ID_MAX, required=True)
+                errors.max_length(at + ["label"], c.get("label"), BUTTON_LABEL_MAX)
+            if c.get("type") in (3, 5, 6, 7, 8):
+                errors.max_length(at + ["custom_id"], c.get("custom_id"), CUSTOM_ID_MAX, required=True)
+                errors.max_length(at + ["placeholder"], c.get("placeholder"), SELECT_PLACEHOLDER_MAX)
+                if len(c.get("options") or []) > SELECT_OPTIONS_MAX:
+                    errors.add(at + ["options"], "BASE_TYPE_MAX_LENGTH", f"Must be {SELECT_OPTIONS_MAX} or fewer in length.")
+
+
+def check_modal(data: dict[str, Any], errors: _FormErrors) -> None:
+    """Discord's limits on a modal (interaction response type 9)."""
+    at = ["data"]
+    errors.max_length(at + ["title"], data.get("title"), MODAL_TITLE_MAX, required=True)
+    errors.max_length(at + ["custom_id"], data.get("custom_id"), CUSTOM_ID_MAX, required=True)
+    components = data.get("components") or []
+    if not components or len(components) > MODAL_COMPONENTS_MAX:
+        errors.add(at + ["components"], "BASE_TYPE_BAD_LENGTH", f"Must be between 1 and {MODAL_COMPONENTS_MAX} in length.")
+    for i, c in enumerate(components):
+        here = at + ["components", i]
+        inputs: list[tuple[list[Any], dict[str, Any]]] = []
+        if c.get("type") == 18:  # label wrapping one component
+            errors.max_length(here + ["label"], c.get("label"), LABEL_MAX, required=True)
+            errors.max_length(here + ["description"], c.get("description"), LABEL_DESCRIPTION_MAX)
+            inputs.append((here + ["component"], c.get("component") or {}))
+        elif c.get("type") == 1:  # legacy: an action row holding a text input with its own label
+            for j, inner in enumerate(c.get("components") or []):
+                errors.max_length(here + ["components", j, "label"], inner.get("label"), LABEL_MAX, required=True)
+                inputs.append((here + ["components", j], inner))
+        for path, t in inputs:
+            errors.max_length(path + ["custom_id"], t.get("custom_id"), CUSTOM_ID_MAX, required=True)
+            if t.get("type") != 4:
+                continue
+            errors.max_length(path + ["value"], t.get("value"), TEXT_INPUT_VALUE_MAX)
+            errors.max_length(path + ["placeholder"], t.get("placeholder"), TEXT_INPUT_PLACEHOLDER_MAX)
+            for key, low, high in (("min_length", 0, TEXT_INPUT_VALUE_MAX), ("max_length", 1, TEXT_INPUT_VALUE_MAX)):
+                value = t.get(key)
+                if value is not None and not low <= int(value) <= high:
+                    errors.add(path + [key], "NUMBER_TYPE_MAX", f"int value should be between {low} and {high}.")
+
+
+def _refusal(code: int, status: int) -> web.Response:
+    return _json({"message": _ERROR_MESSAGES[code], "code": code}, status)
+
+
 @dataclass
 class Call:
     method: str
@@ -71,6 +242,7 @@ class Interaction:
     channel_id: str
     data: dict[str, Any]
     message_id: str | None = None
+    created_at: float = field(default_factory=time.monotonic)  # when INTERACTION_CREATE was sent
     responses: list[dict[str, Any]] = field(default_factory=list)  # callback bodies
     followups: list[dict[str, Any]] = field(default_factory=list)  # follow-up message payloads
 
@@ -121,6 +293,9 @@ class FakeDiscord:
         self.reactions: list[tuple[str, str, str, str]] = []  # (op, message id, emoji, user)
         self.deny_threads = False
         self.refuse_identify_with: int | None = None  # a close code to answer IDENTIFY with (e.g. 4014)
+        self.interaction_deadline_s = INTERACTION_DEADLINE_S
+        self.late_interactions: list[Interaction] = []  # callbacks refused with 10062 (too late)
+        self._forbidden: list[tuple[str | None, re.Pattern[str], int]] = []  # method, path, JSON code
         self.identifies = 0
         self.resumes: list[dict[str, Any]] = []
         self._rate_limits: list[list[Any]] = []  # [method, regex, remaining, retry_after]
@@ -325,6 +500,15 @@ class FakeDiscord:
         """Answer the next ``times`` matching calls with 429 (as Discord does, with a Via header)."""
         self._rate_limits.append([method, re.compile(path_regex), times, retry_after])
 
+    def forbid(self, path_regex: str, code: int = MISSING_PERMISSIONS, method: str | None = None) -> None:
+        """Every matching call answers 403 with ``code`` (50013 Missing Permissions, 50007 Cannot send
+        messages to this user) until :meth:`allow` lifts it, as when a moderator removes a permission."""
+        self._forbidden.append((method, re.compile(path_regex), code))
+
+    def allow(self, path_regex: str | None = None) -> None:
+        """Lift :meth:`forbid` (for one pattern, or all)."""
+        self._forbidden = [f for f in self._forbidden if path_regex is not None and f[1].pattern != path_regex]
+
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
         body: Any = None
@@ -346,6 +530,10 @@ class FakeDiscord:
                 return _json({"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
                              429, {"Via": "1.1 google", "Retry-After": str(retry_after),
                                    "X-RateLimit-Scope": "user"})
+        for method, regex, code in self._forbidden:
+            if (method is None or method == request.method) and regex.fullmatch(path):
+                call.status = 403
+                return _refusal(code, 403)
         for method, pattern, handler in self._routes():
             match = re.fullmatch(pattern, path)
             if match and method == request.method:
@@ -361,12 +549,14 @@ class FakeDiscord:
             ("GET", "/users/@me", self._get_me),
             ("GET", "/oauth2/applications/@me", self._get_app),
             ("POST", f"/channels/{s}/messages", self._create_message),
+            ("GET", f"/channels/{s}/messages", self._list_messages),
             ("GET", f"/channels/{s}/messages/{s}", self._get_message),
             ("PATCH", f"/channels/{s}/messages/{s}", self._edit_message),
             ("DELETE", f"/channels/{s}/messages/{s}", self._delete_message),
             ("POST", f"/channels/{s}/messages/{s}/threads", self._create_thread),
             ("POST", f"/channels/{s}/typing", self._typing),
             ("GET", f"/channels/{s}", self._get_channel),
+            ("PATCH", f"/channels/{s}", self._modify_channel),
             ("PUT", f"/channels/{s}/messages/{s}/reactions/([^/]+)/@me", self._add_own_reaction),
             ("DELETE", f"/channels/{s}/messages/{s}/reactions/([^/]+)/([^/]+)", self._remove_reaction),
             ("PUT", f"/applications/{s}/guilds/{s}/commands", self._sync_guild_commands),
@@ -390,7 +580,7 @@ class FakeDiscord:
 
     def _message_payload(self, channel_id: str, author_id: str, content: str, **extra: Any) -> dict[str, Any]:
         mid = extra.pop("id", None) or self.snowflake()
-        guild = self.guild_id if (channel_id in self.channels or channel_id in self.threads) else None
+        guild = self.guild_id if self._in_guild(channel_id) else None
         data = {
             "id": mid, "channel_id": channel_id, "author": self.users[author_id], "content": content,
             "timestamp": _iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
@@ -403,10 +593,42 @@ class FakeDiscord:
         data.update(extra)
         return data
 
+    def _in_guild(self, channel_id: str) -> bool:
+        return channel_id in self.threads or self.channels.get(channel_id, {}).get("type", 1) != 1
+
+    def _archived(self, channel_id: str) -> dict[str, Any] | None:
+        """The thread's metadata if ``channel_id`` is an archived thread."""
+        thread = self.threads.get(channel_id)
+        if thread is not None and thread["thread_metadata"]["archived"]:
+            return thread["thread_metadata"]
+        return None
+
+    async def _set_archived(self, thread_id: str, archived: bool) -> None:
+        thread = self.threads[thread_id]
+        thread["thread_metadata"]["archived"] = archived
+        thread["thread_metadata"]["archive_timestamp"] = _iso()
+        await self.dispatch("THREAD_UPDATE", thread)
+
+    async def archive_thread(self, thread_id: str, locked: bool = False) -> None:
+        """Discord archives a quiet thread (after its auto-archive duration), or a moderator locks it."""
+        self.threads[thread_id]["thread_metadata"]["locked"] = locked
+        await self._set_archived(thread_id, True)
+
     async def _create_message(self, call: Call, channel_id: str) -> web.Response:
         if channel_id not in self.channels and channel_id not in self.threads:
             return _json({"message": "Unknown Channel", "code": 10003}, 404)
         body = call.body or {}
+        errors = _FormErrors()
+        check_message(body, errors)
+        if (refused := errors.response()) is not None:
+            return refused
+        if not body.get("content") and not body.get("embeds") and not body.get("components"):
+            return _json({"message": "Cannot send an empty message", "code": 50006}, 400)
+        archived = self._archived(channel_id)
+        if archived is not None:
+            if archived["locked"]:
+                return _refusal(THREAD_ARCHIVED, 400)
+            await self._set_archived(channel_id, False)  # sending a message unarchives the thread
         extra: dict[str, Any] = {"embeds": body.get("embeds") or [], "components": body.get("components") or []}
         if body.get("message_reference"):
             ref_id = str(body["message_reference"]["message_id"])
@@ -431,6 +653,12 @@ class FakeDiscord:
         if message is None or message["channel_id"] != channel_id:
             return _json({"message": "Unknown Message", "code": 10008}, 404)
         body = call.body or {}
+        errors = _FormErrors()
+        check_message(body, errors)
+        if (refused := errors.response()) is not None:
+            return refused
+        if self._archived(channel_id) is not None:
+            return _refusal(THREAD_ARCHIVED, 400)
         for key in ("content", "embeds", "components"):
             if key in body:
                 message[key] = body[key] if body[key] is not None else ([] if key != "content" else "")
@@ -464,6 +692,34 @@ class FakeDiscord:
     async def _typing(self, call: Call, channel_id: str) -> web.Response:
         return web.Response(status=204)
 
+    async def _list_messages(self, call: Call, channel_id: str) -> web.Response:
+        """Channel history: ``after`` gives the oldest messages after it, ``before`` (or nothing) the
+        newest; Discord returns either page newest first, at most ``limit`` (1–100, default 50)."""
+        if channel_id not in self.channels and channel_id not in self.threads:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        limit = int(call.query.get("limit", 50))
+        if not 1 <= limit <= 100:
+            return _json({"message": "Invalid Form Body", "code": 50035,
+                          "errors": {"limit": {"_errors": [{"code": "NUMBER_TYPE_MAX", "message": "int value should be less than or equal to 100."}]}}}, 400)
+        found = sorted((m for m in self.messages.values() if m["channel_id"] == channel_id), key=lambda m: int(m["id"]))
+        if "after" in call.query:
+            page = [m for m in found if int(m["id"]) > int(call.query["after"])][:limit]
+        else:
+            before = int(call.query.get("before", 1 << 64))
+            page = [m for m in found if int(m["id"]) < before][-limit:]
+        return _json(list(reversed(page)))
+
+    async def _modify_channel(self, call: Call, channel_id: str) -> web.Response:
+        thread = self.threads.get(channel_id)
+        if thread is None:
+            return _json({"message": "Unknown route in the fake", "code": 0}, 404)
+        body = call.body or {}
+        if "locked" in body:
+            thread["thread_metadata"]["locked"] = bool(body["locked"])
+        if "archived" in body:
+            await self._set_archived(channel_id, bool(body["archived"]))
+        return _json(thread)
+
     async def _get_channel(self, call: Call, channel_id: str) -> web.Response:
         channel = self.channels.get(channel_id) or self.threads.get(channel_id)
         if channel is None:
@@ -471,6 +727,8 @@ class FakeDiscord:
         return _json(channel)
 
     async def _add_own_reaction(self, call: Call, channel_id: str, message_id: str, emoji: str) -> web.Response:
+        if self._archived(channel_id) is not None:
+            return _refusal(THREAD_ARCHIVED, 400)
         self.reactions.append(("add", message_id, emoji, "@me"))
         return web.Response(status=204)
 
@@ -499,9 +757,19 @@ class FakeDiscord:
         interaction = self.interactions.get(interaction_id)
         if interaction is None or interaction.token != token:
             return _json({"message": "Unknown interaction", "code": 10062}, 404)
+        if time.monotonic() - interaction.created_at > self.interaction_deadline_s:
+            self.late_interactions.append(interaction)  # the token died at the deadline
+            return _json({"message": "Unknown interaction", "code": 10062}, 404)
         if interaction.responses:
             return _json({"message": "Interaction has already been acknowledged.", "code": 40060}, 400)
         body = call.body or {}
+        errors = _FormErrors()
+        if body.get("type") == 9:
+            check_modal(body.get("data") or {}, errors)
+        elif body.get("type") in (4, 7):
+            check_message(body.get("data") or {}, errors, ["data"])
+        if (refused := errors.response()) is not None:
+            return refused
         interaction.responses.append(body)
         rtype = body.get("type")
         data = body.get("data") or {}
@@ -523,6 +791,10 @@ class FakeDiscord:
         if interaction is None:
             return _json({"message": "Unknown Webhook", "code": 10015}, 404)
         body = call.body or {}
+        errors = _FormErrors()
+        check_message(body, errors)
+        if (refused := errors.response()) is not None:
+            return refused
         message = self._message_payload(interaction.channel_id, self.bot_id, body.get("content") or "",
                                         flags=int(body.get("flags") or 0), embeds=body.get("embeds") or [],
                                         webhook_id=self.app_id, application_id=self.app_id)
@@ -533,6 +805,10 @@ class FakeDiscord:
         interaction = next((i for i in self.interactions.values() if i.token == token), None)
         if interaction is None:
             return _json({"message": "Unknown Webhook", "code": 10015}, 404)
+        errors = _FormErrors()
+        check_message(call.body or {}, errors)
+        if (refused := errors.response()) is not None:
+            return refused
         for message in interaction.followups:
             if message["id"] == message_id or message_id == "@original":
                 message.update({k: v for k, v in (call.body or {}).items() if k in ("content", "embeds")})
@@ -556,7 +832,14 @@ class FakeDiscord:
 
     async def say(self, user_id: str, channel_id: str, content: str, *, mention_bot: bool = False,
                   reply_to: str | None = None, attachments: int = 0) -> dict[str, Any]:
-        """A member posts a message (MESSAGE_CREATE)."""
+        """A member posts a message (MESSAGE_CREATE), within what Discord lets a member send."""
+        if len(content) > USER_CONTENT_MAX:
+            raise AssertionError(f"Discord does not let a member send {len(content)} characters (max {USER_CONTENT_MAX})")
+        archived = self._archived(channel_id)
+        if archived is not None:
+            if archived["locked"]:
+                raise AssertionError("a member cannot write in a locked thread")
+            await self._set_archived(channel_id, False)
         extra: dict[str, Any] = {}
         if mention_bot:
             content = f"<@{self.bot_id}> {content}"
@@ -571,9 +854,6 @@ class FakeDiscord:
                                      "url": "https://cdn.example/x.png", "proxy_url": "https://cdn.example/x.png"}
                                     for i in range(attachments)]
         message = self._message_payload(channel_id, user_id, content, **extra)
-        if self.channels.get(channel_id, {}).get("type") == 1:
-            message.pop("guild_id", None)
-            message.pop("member", None)
         self.messages[message["id"]] = message
         await self.dispatch("MESSAGE_CREATE", message)
         return message
@@ -599,6 +879,10 @@ class FakeDiscord:
             "authorizing_integration_owners": {"0": self.guild_id}, "context": 0,
             "attachment_size_limit": 8 * 1024 * 1024,
         }
+        if not self._in_guild(channel_id):  # a DM: the user, no guild, no member
+            for key in ("guild_id", "member", "guild_locale"):
+                payload.pop(key)
+            payload.update(user=self.users[user_id], context=1, authorizing_integration_owners={"1": user_id})
         if message is not None:
             payload["message"] = message
         self.interactions[iid] = Interaction(iid, token, itype, user_id, channel_id, data,

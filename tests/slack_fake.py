@@ -2,12 +2,38 @@
 
 - The Web API (``http://127.0.0.1:PORT/api/<method>``) for ``AsyncWebClient(base_url=...)``:
   answers the methods the bot uses with Slack-shaped responses, checks tokens, keeps the
-  messages it was asked to post/update/delete, and records every call. A test can make the
-  next call(s) of a method fail with ``ok: false`` or with HTTP 429 (``Retry-After``).
+  messages it was asked to post/update/delete (and those patients wrote, for
+  ``conversations.history`` / ``conversations.replies``), and records every call. A test can
+  make the next call(s) of a method fail with ``ok: false`` or with HTTP 429 (``Retry-After``).
 - ``response_url`` endpoints (``/response/<name>``) for ``respond()``, recorded the same way.
 - Socket Mode: ``apps.connections.open`` returns ``ws://127.0.0.1:PORT/socket``; the websocket
   sends ``hello`` on connect, the test pushes ``events_api`` / ``slash_commands`` /
   ``interactive`` envelopes, and the acks (``envelope_id`` + optional payload) are kept.
+- HTTP mode: :class:`SlackHTTP` is Slack's side of the Request URL (signed POSTs).
+
+As strict as Slack, so that an app passing here does not fail there:
+
+* A method the fake does not implement answers ``{"ok": false, "error": "unknown_method"}``,
+  never ``ok: true``.
+* Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks and
+  /block-elements, /composition-objects; https://docs.slack.dev/reference/methods/chat.postMessage):
+  ≤ 50 blocks in a message, ≤ 100 in a modal; block_id and action_id ≤ 255; section text ≤ 3,000,
+  ≤ 10 fields of ≤ 2,000; header ≤ 150; context ≤ 10 elements; actions ≤ 25 elements; input label
+  and hint ≤ 2,000; button text ≤ 75, value ≤ 2,000; select placeholder ≤ 150, ≤ 100 options of
+  text ≤ 75 and value ≤ 150; confirm title ≤ 100, text ≤ 300, buttons ≤ 30; plain_text_input
+  max_length 1–3,000 (an initial_value longer than it is refused), placeholder ≤ 150; modal title,
+  submit and close ≤ 24, private_metadata ≤ 3,000, callback_id ≤ 255. A payload breaking one is
+  answered ``invalid_blocks`` with ``errors`` naming the JSON pointer, as Slack does. Message
+  text over 40,000 characters is refused with ``msg_too_long``.
+* The 3-second acknowledgement (https://docs.slack.dev/apis/events-api/#responding: "Your app
+  should respond to the event request with an HTTP 2xx within three seconds. If it does not, we'll
+  consider the event delivery attempt failed"; the same for slash commands and interactions,
+  https://docs.slack.dev/interactivity/handling-user-interaction#acknowledgment_response): an ack
+  later than ``ack_deadline_s`` is recorded in ``late_acks``; events are then redelivered, in HTTP
+  mode with ``X-Slack-Retry-Num`` / ``X-Slack-Retry-Reason: http_timeout`` headers (also
+  ``http_error`` after a 5xx), in Socket Mode with ``retry_attempt`` / ``retry_reason``
+  (https://docs.slack.dev/apis/events-api/#retries: up to three retries).
+* Ack and ``respond()`` payloads are held to the same Block Kit limits (``invalid_responses``).
 
 Nothing here imports the bot: it speaks Slack's wire format only.
 """
@@ -24,7 +50,33 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
+import aiohttp
 from aiohttp import WSMsgType, web
+
+# Slack's limits (sources in the module docstring).
+MESSAGE_BLOCKS_MAX = 50
+MODAL_BLOCKS_MAX = 100
+MESSAGE_TEXT_MAX = 40_000
+ID_MAX = 255
+SECTION_TEXT_MAX = 3000
+SECTION_FIELDS_MAX = 10
+SECTION_FIELD_MAX = 2000
+HEADER_TEXT_MAX = 150
+CONTEXT_ELEMENTS_MAX = 10
+TEXT_OBJECT_MAX = 3000
+ACTIONS_ELEMENTS_MAX = 25
+INPUT_LABEL_MAX = 2000
+BUTTON_TEXT_MAX = 75
+BUTTON_VALUE_MAX = 2000
+PLACEHOLDER_MAX = 150
+OPTIONS_MAX = 100
+OPTION_TEXT_MAX = 75
+OPTION_VALUE_MAX = 150
+PLAIN_TEXT_INPUT_MAX = 3000
+MODAL_TITLE_MAX = 24
+PRIVATE_METADATA_MAX = 3000
+ACK_DEADLINE_S = 3.0
+EVENT_RETRY_DELAYS_S = (0.0, 60.0, 300.0)  # Slack: at once, after a minute, after five minutes
 
 BOT_TOKEN = "xoxb-test-bot-token"
 APP_TOKEN = "xapp-test-app-token"
@@ -44,6 +96,134 @@ class Call:
     response: dict[str, Any] = field(default_factory=dict)
 
 
+class _BlockErrors:
+    """Block Kit errors in Slack's style: ``must be ... [json-pointer:/blocks/0/text/text]``."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def add(self, pointer: str, problem: str) -> None:
+        self.errors.append(f"{problem} [json-pointer:{pointer}]")
+
+    def length(self, pointer: str, value: Any, limit: int, required: bool = False) -> None:
+        if value is None or value == "":
+            if required:
+                self.add(pointer, "must provide a non-empty string")
+            return
+        if len(str(value)) > limit:
+            self.add(pointer, f"must be less than {limit + 1} characters")
+
+    def count(self, pointer: str, items: Any, limit: int) -> None:
+        if len(items or []) > limit:
+            self.add(pointer, f"must be no more than {limit} items")
+
+    def text(self, pointer: str, obj: Any, limit: int = TEXT_OBJECT_MAX, plain_only: bool = False,
+             required: bool = True) -> None:
+        if obj is None:
+            if required:
+                self.add(pointer, "must provide an object")
+            return
+        if not isinstance(obj, dict) or obj.get("type") not in ("plain_text", "mrkdwn"):
+            self.add(pointer + "/type", "must be one of plain_text, mrkdwn")
+            return
+        if plain_only and obj.get("type") != "plain_text":
+            self.add(pointer + "/type", "must be plain_text")
+        self.length(pointer + "/text", obj.get("text"), limit, required=True)
+
+    def element(self, at: str, e: dict[str, Any]) -> None:
+        kind = e.get("type")
+        self.length(at + "/action_id", e.get("action_id"), ID_MAX)
+        if kind == "button":
+            self.text(at + "/text", e.get("text"), BUTTON_TEXT_MAX, plain_only=True)
+            self.length(at + "/value", e.get("value"), BUTTON_VALUE_MAX)
+            if e.get("confirm"):
+                c = e["confirm"]
+                self.text(at + "/confirm/title", c.get("title"), 100, plain_only=True)
+                self.text(at + "/confirm/text", c.get("text"), 300)
+                self.text(at + "/confirm/confirm", c.get("confirm"), 30, plain_only=True)
+                self.text(at + "/confirm/deny", c.get("deny"), 30, plain_only=True)
+        elif kind in ("static_select", "multi_static_select"):
+            self.text(at + "/placeholder", e.get("placeholder"), PLACEHOLDER_MAX, plain_only=True, required=False)
+            options = e.get("options") or []
+            self.count(at + "/options", options, OPTIONS_MAX)
+            for k, option in enumerate(options + ([e["initial_option"]] if e.get("initial_option") else [])):
+                where = f"{at}/options/{k}" if k < len(options) else f"{at}/initial_option"
+                self.text(where + "/text", option.get("text"), OPTION_TEXT_MAX, plain_only=True)
+                self.length(where + "/value", option.get("value"), OPTION_VALUE_MAX, required=True)
+        elif kind == "plain_text_input":
+            self.text(at + "/placeholder", e.get("placeholder"), PLACEHOLDER_MAX, plain_only=True, required=False)
+            limit = e.get("max_length")
+            if limit is not None and not 1 <= int(limit) <= PLAIN_TEXT_INPUT_MAX:
+                self.add(at + "/max_length", f"must be between 1 and {PLAIN_TEXT_INPUT_MAX}")
+            if e.get("min_length") is not None and not 0 <= int(e["min_length"]) <= PLAIN_TEXT_INPUT_MAX:
+                self.add(at + "/min_length", f"must be between 0 and {PLAIN_TEXT_INPUT_MAX}")
+            cap = min(int(limit), PLAIN_TEXT_INPUT_MAX) if limit is not None else PLAIN_TEXT_INPUT_MAX
+            self.length(at + "/initial_value", e.get("initial_value"), cap)
+
+    def blocks(self, blocks: Any, limit: int, root: str = "/blocks") -> None:
+        if not isinstance(blocks, list):
+            self.add(root, "must be an array")
+            return
+        self.count(root, blocks, limit)
+        for i, b in enumerate(blocks):
+            at = f"{root}/{i}"
+            self.length(at + "/block_id", b.get("block_id"), ID_MAX)
+            kind = b.get("type")
+            if kind == "section":
+                if b.get("text") is None and not b.get("fields"):
+                    self.add(at, "must provide either text or fields")
+                self.text(at + "/text", b.get("text"), SECTION_TEXT_MAX, required=False)
+                self.count(at + "/fields", b.get("fields"), SECTION_FIELDS_MAX)
+                for j, f in enumerate(b.get("fields") or []):
+                    self.text(f"{at}/fields/{j}", f, SECTION_FIELD_MAX)
+                if b.get("accessory"):
+                    self.element(at + "/accessory", b["accessory"])
+            elif kind == "header":
+                self.text(at + "/text", b.get("text"), HEADER_TEXT_MAX, plain_only=True)
+            elif kind == "context":
+                elements = b.get("elements") or []
+                self.count(at + "/elements", elements, CONTEXT_ELEMENTS_MAX)
+                for j, e in enumerate(elements):
+                    if e.get("type") in ("plain_text", "mrkdwn"):
+                        self.text(f"{at}/elements/{j}", e)
+            elif kind == "actions":
+                elements = b.get("elements") or []
+                self.count(at + "/elements", elements, ACTIONS_ELEMENTS_MAX)
+                for j, e in enumerate(elements):
+                    self.element(f"{at}/elements/{j}", e)
+            elif kind == "input":
+                self.text(at + "/label", b.get("label"), INPUT_LABEL_MAX, plain_only=True)
+                self.text(at + "/hint", b.get("hint"), INPUT_LABEL_MAX, plain_only=True, required=False)
+                self.element(at + "/element", b.get("element") or {})
+            elif kind not in ("divider", "image", "rich_text", "markdown", "file", "video"):
+                self.add(at + "/type", f"unsupported type {kind!r}")
+
+    def view(self, view: Any) -> None:
+        if not isinstance(view, dict):
+            self.add("/view", "must be an object")
+            return
+        self.text("/view/title", view.get("title"), MODAL_TITLE_MAX, plain_only=True)
+        self.text("/view/submit", view.get("submit"), MODAL_TITLE_MAX, plain_only=True, required=False)
+        self.text("/view/close", view.get("close"), MODAL_TITLE_MAX, plain_only=True, required=False)
+        self.length("/view/callback_id", view.get("callback_id"), ID_MAX)
+        self.length("/view/private_metadata", view.get("private_metadata"), PRIVATE_METADATA_MAX)
+        self.blocks(view.get("blocks"), MODAL_BLOCKS_MAX, "/view/blocks")
+        if any(b.get("type") == "input" for b in view.get("blocks") or []) and not view.get("submit"):
+            self.add("/view/submit", "must provide submit when the view has input blocks")
+
+
+def message_errors(args: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """Why Slack would refuse a message payload (``text`` / ``blocks``): (error, details) or None."""
+    if len(str(args.get("text") or "")) > MESSAGE_TEXT_MAX:
+        return "msg_too_long", []
+    if args.get("blocks") is not None:
+        errors = _BlockErrors()
+        errors.blocks(args["blocks"], MESSAGE_BLOCKS_MAX)
+        if errors.errors:
+            return "invalid_blocks", errors.errors
+    return None
+
+
 class FakeSlack:
     def __init__(self) -> None:
         self.calls: list[Call] = []
@@ -54,6 +234,13 @@ class FakeSlack:
         self.users: dict[str, dict[str, Any]] = {}
         self.bot_tokens = {BOT_TOKEN}
         self.app_tokens = {APP_TOKEN}
+        self.user_messages: list[dict[str, Any]] = []  # what people wrote (for history and replies)
+        self.ack_deadline_s = ACK_DEADLINE_S
+        self.event_retry_delays_s = EVENT_RETRY_DELAYS_S
+        self.late_acks: list[dict[str, Any]] = []  # deliveries the app did not acknowledge in time
+        self.redeliveries: list[dict[str, Any]] = []  # events Slack sent again (retry number, reason)
+        self.invalid_responses: list[dict[str, Any]] = []  # ack / respond() payloads Slack would refuse
+        self._watchdogs: set[asyncio.Task[Any]] = set()
         self._failures: dict[str, deque[tuple[int, dict[str, Any], dict[str, str]]]] = defaultdict(deque)
         self._ts = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -80,6 +267,8 @@ class FakeSlack:
         return self
 
     async def stop(self) -> None:
+        for task in list(self._watchdogs):
+            task.cancel()
         if self.ws is not None and not self.ws.closed:
             await self.ws.close()
         if self._runner is not None:
@@ -188,8 +377,20 @@ class FakeSlack:
             return {"ok": False, "error": "invalid_auth" if token else "not_authed"}
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
-            return {"ok": True}
+            return {"ok": False, "error": "unknown_method", "req_method": method}
         return handler(args)
+
+    @staticmethod
+    def _refused(args: dict[str, Any]) -> dict[str, Any] | None:
+        problem = message_errors(args)
+        if problem is None:
+            return None
+        error, details = problem
+        answer: dict[str, Any] = {"ok": False, "error": error}
+        if details:
+            answer["errors"] = details
+            answer["response_metadata"] = {"messages": [f"[ERROR] {d}" for d in details]}
+        return answer
 
     def _new_ts(self) -> str:
         return f"{1_700_000_000 + next(self._ts)}.000100"
@@ -204,6 +405,8 @@ class FakeSlack:
             return {"ok": False, "error": "channel_not_found"}
         if not args.get("text") and not args.get("blocks"):
             return {"ok": False, "error": "no_text"}
+        if (refused := self._refused(args)) is not None:
+            return refused
         ts = self._new_ts()
         message = {"channel": channel, "ts": ts, "text": args.get("text", ""), "blocks": args.get("blocks") or [],
                    "thread_ts": args.get("thread_ts"), "bot_id": BOT_ID, "user": BOT_USER}
@@ -214,6 +417,8 @@ class FakeSlack:
         message = self.messages.get(args.get("ts", ""))
         if message is None or message["channel"] != args.get("channel"):
             return {"ok": False, "error": "message_not_found"}
+        if (refused := self._refused(args)) is not None:
+            return refused
         message.update(text=args.get("text", ""), blocks=args.get("blocks") or [])
         return {"ok": True, "channel": message["channel"], "ts": message["ts"], "text": message["text"]}
 
@@ -226,14 +431,18 @@ class FakeSlack:
     def _m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         if not args.get("user") or not args.get("channel"):
             return {"ok": False, "error": "user_not_in_channel"}
+        if (refused := self._refused(args)) is not None:
+            return refused
         return {"ok": True, "message_ts": self._new_ts()}
 
     def _m_views_open(self, args: dict[str, Any]) -> dict[str, Any]:
         if not args.get("trigger_id"):
             return {"ok": False, "error": "invalid_trigger_id"}
         view = args.get("view") or {}
-        if len(view.get("title", {}).get("text", "")) > 24:
-            return {"ok": False, "error": "invalid_arguments"}
+        errors = _BlockErrors()
+        errors.view(view)
+        if errors.errors:
+            return {"ok": False, "error": "invalid_arguments", "response_metadata": {"messages": errors.errors}}
         return {"ok": True, "view": {"id": "V" + uuid.uuid4().hex[:8].upper(), **view}}
 
     def _m_usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -241,6 +450,54 @@ class FakeSlack:
         if group not in self.usergroups:
             return {"ok": False, "error": "no_such_subteam"}
         return {"ok": True, "users": list(self.usergroups[group])}
+
+    def post_as_user(self, channel: str, user: str, text: str, thread_ts: str | None = None,
+                     channel_type: str = "channel") -> dict[str, Any]:
+        """A person writes in Slack (whether or not the app is connected); returns the event Slack
+        would deliver. The message is kept for ``conversations.history`` / ``.replies``."""
+        event = {"type": "message", "channel": channel, "user": user, "text": text, "ts": self._new_ts(),
+                 "channel_type": channel_type, "team": TEAM}
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        self.user_messages.append(event)
+        return dict(event)
+
+    def _all_in(self, channel: str) -> list[dict[str, Any]]:
+        stored = [dict(m, type="message") for m in self.messages.values() if m["channel"] == channel]
+        stored += [m for m in self.user_messages if m["channel"] == channel]
+        return sorted(stored, key=lambda m: float(m["ts"]))
+
+    @staticmethod
+    def _page(found: list[dict[str, Any]], args: dict[str, Any], newest_first: bool) -> dict[str, Any]:
+        oldest = float(args.get("oldest") or 0)
+        inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
+        found = [m for m in found if float(m["ts"]) > oldest or (inclusive and float(m["ts"]) == oldest)]
+        if newest_first:
+            found = list(reversed(found))
+        limit = max(1, min(int(args.get("limit") or 100), 999))
+        start = int(args.get("cursor") or 0)
+        page = found[start:start + limit]
+        more = start + limit < len(found)
+        clean = [{k: v for k, v in m.items() if k not in ("channel", "channel_type") and v is not None} for m in page]
+        return {"ok": True, "messages": clean, "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
+
+    def _m_conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Top-level messages of a channel, newest first (thread replies are not included)."""
+        channel = args.get("channel", "")
+        top = [m for m in self._all_in(channel) if not m.get("thread_ts") or m.get("thread_ts") == m["ts"]]
+        return self._page(top, args, newest_first=True)
+
+    def _m_conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A thread: its parent first, then the replies, oldest first."""
+        channel, ts = args.get("channel", ""), args.get("ts", "")
+        thread = [m for m in self._all_in(channel) if m["ts"] == ts or m.get("thread_ts") == ts]
+        if not any(m["ts"] == ts for m in thread):
+            return {"ok": False, "error": "thread_not_found"}
+        parent = [m for m in thread if m["ts"] == ts]
+        answer = self._page([m for m in thread if m["ts"] != ts], args, newest_first=False)
+        answer["messages"] = [{k: v for k, v in m.items() if k not in ("channel", "channel_type")} for m in parent] + answer["messages"]
+        return answer
 
     def _m_users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         user = args.get("user", "")
@@ -255,10 +512,30 @@ class FakeSlack:
 
     async def _response_url(self, request: web.Request) -> web.Response:
         body = await request.json()
+        problem = message_errors(body)
+        if problem is not None:
+            self.invalid_responses.append({"via": "response_url", "error": problem, "payload": body})
+            await self._notify()
+            return web.Response(status=400, text=problem[0])
         self.responses.append(Call("response_url", {**body, "_name": request.match_info["name"]}, None, "POST",
                                    response={"ok": True}))
         await self._notify()
         return web.Response(text="ok")
+
+    def check_ack_payload(self, via: str, payload: Any) -> None:
+        """Slack holds an ack's payload (a command's reply, a modal's errors) to the message limits."""
+        if isinstance(payload, dict):
+            problem = message_errors(payload)
+            if problem is not None:
+                self.invalid_responses.append({"via": via, "error": problem, "payload": payload})
+
+    def late(self, kind: str, detail: Any) -> None:
+        self.late_acks.append({"kind": kind, "detail": detail, "at": time.monotonic()})
+
+    def _watch(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._watchdogs.add(task)
+        task.add_done_callback(self._watchdogs.discard)
 
     def responses_to(self, name: str) -> list[dict[str, Any]]:
         return [c.args for c in self.responses if c.args["_name"] == name]
@@ -287,7 +564,8 @@ class FakeSlack:
 
     async def send_envelope(self, kind: str, payload: dict[str, Any], *, retry_attempt: int | None = None,
                             retry_reason: str | None = None) -> str:
-        """Push one envelope to the connected app; returns its envelope_id."""
+        """Push one envelope to the connected app; returns its envelope_id. Slack waits
+        ``ack_deadline_s`` for the ack; a late one is recorded and an event is sent again."""
         await self.wait_for(lambda: self.ws is not None and not self.ws.closed)
         envelope_id = uuid.uuid4().hex
         envelope: dict[str, Any] = {"envelope_id": envelope_id, "type": kind, "payload": payload,
@@ -296,7 +574,74 @@ class FakeSlack:
             envelope["retry_attempt"] = retry_attempt or 0
             envelope["retry_reason"] = retry_reason or ""
         await self.ws.send_str(json.dumps(envelope))  # type: ignore[union-attr]
+        self._watch(self._socket_deadline(envelope_id, kind, payload, retry_attempt or 0))
         return envelope_id
+
+    async def _socket_deadline(self, envelope_id: str, kind: str, payload: dict[str, Any], attempt: int) -> None:
+        try:
+            ack = await self.wait_for(lambda: self.acks.get(envelope_id), self.ack_deadline_s)
+        except AssertionError:
+            self.late(kind, {"envelope_id": envelope_id, "payload": payload})
+            if kind == "events_api" and attempt < len(self.event_retry_delays_s):
+                await asyncio.sleep(self.event_retry_delays_s[attempt])
+                self.redeliveries.append({"event_id": payload.get("event_id"), "retry": attempt + 1, "reason": "timeout"})
+                await self.send_envelope(kind, payload, retry_attempt=attempt + 1, retry_reason="timeout")
+            return
+        self.check_ack_payload(kind, ack.get("payload"))
 
     async def wait_ack(self, envelope_id: str, timeout: float = 10.0) -> dict[str, Any]:
         return await self.wait_for(lambda: self.acks.get(envelope_id), timeout)
+
+
+class SlackHTTP:
+    """Slack's side of HTTP mode: signed POSTs to the app's Request URL, with Slack's deadline.
+
+    Every request must be answered within ``fake.ack_deadline_s``. A late answer is recorded in
+    ``fake.late_acks``; an event is then delivered again with ``X-Slack-Retry-Num`` and
+    ``X-Slack-Retry-Reason: http_timeout`` (``http_error`` after a 5xx answer), as Slack does.
+    The caller still gets the first answer when it comes."""
+
+    def __init__(self, fake: FakeSlack, url: str, secret: str):
+        from slack_sdk.signature import SignatureVerifier
+
+        self.fake = fake
+        self.url = url
+        self.verifier = SignatureVerifier(secret)
+        self.session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _send(self, body: str, headers: dict[str, str]) -> tuple[int, str]:
+        async with self.session.post(self.url, data=body.encode(), headers=headers) as response:
+            return response.status, await response.text()
+
+    async def post(self, body: str, content_type: str, headers: dict[str, str] | None = None,
+                   timestamp: int | None = None, signature: str | None = None, kind: str = "request",
+                   retry: int = 0) -> tuple[int, str]:
+        ts = str(timestamp if timestamp is not None else int(time.time()))
+        sig = signature if signature is not None else self.verifier.generate_signature(timestamp=ts, body=body)
+        all_headers = {"Content-Type": content_type, "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig}
+        all_headers.update(headers or {})
+        sending = asyncio.ensure_future(self._send(body, all_headers))
+        done, _ = await asyncio.wait({sending}, timeout=self.fake.ack_deadline_s)
+        if not done:  # Slack gives up on this attempt at the deadline, whatever comes later
+            self.fake.late(kind, {"body": body[:500], "retry": retry})
+            self._retry(kind, body, content_type, retry, "http_timeout")
+        status, text = await sending
+        if done and status >= 500:
+            self._retry(kind, body, content_type, retry, "http_error")
+        if status == 200 and kind in ("command", "interaction") and text.strip().startswith("{"):
+            self.fake.check_ack_payload(kind, json.loads(text))
+        await self.fake._notify()
+        return status, text
+
+    def _retry(self, kind: str, body: str, content_type: str, retry: int, reason: str) -> None:
+        if kind == "event" and retry < len(self.fake.event_retry_delays_s):
+            self.fake._watch(self._redeliver(body, content_type, retry + 1, reason))
+
+    async def _redeliver(self, body: str, content_type: str, retry: int, reason: str) -> None:
+        await asyncio.sleep(self.fake.event_retry_delays_s[retry - 1])
+        self.fake.redeliveries.append({"event_id": json.loads(body).get("event_id"), "retry": retry, "reason": reason})
+        await self.post(body, content_type, {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": reason},
+                        kind="event", retry=retry)

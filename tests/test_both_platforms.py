@@ -110,7 +110,7 @@ class Both:
         # the order `llm4sweat run` uses: Discord first, then Slack
         self.discord_runner = await start_discord(self.service, guild_ready_timeout=0.05, ready_timeout=15)
         self.slack_runner = await start_slack(self.service)
-        self.http = SignedHTTP(self.slack_runner.url)
+        self.http = SignedHTTP(self.sl, self.slack_runner.url)
         return self
 
     async def stop(self) -> None:
@@ -201,6 +201,7 @@ async def discord_fake():
     server.patch_library()
     yield server
     await server.stop()
+    assert not server.late_interactions, "interactions answered after Discord's 3-second deadline"
 
 
 @pytest.fixture
@@ -209,6 +210,8 @@ async def slack_fake():
     server.usergroups[GROUP] = [REVIEWER]
     yield server
     await server.stop()
+    assert not server.late_acks, f"acknowledged too late for Slack: {server.late_acks}"
+    assert not server.invalid_responses, f"payloads Slack would refuse: {server.invalid_responses}"
 
 
 @pytest.fixture

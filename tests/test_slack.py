@@ -20,13 +20,12 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
-from slack_sdk.signature import SignatureVerifier
 
 from bot.core import GATED_TEXT, LABEL_APPROVED, LABEL_EDITED, LABEL_PENDING, NOTICE_TOO_LONG, WITHDRAWN_TEXT
 from bot.inference.fixed import FixedBackend
 from bot.settings import load_settings
 from bot.slack_platform import SlackStartError, start_slack
-from tests.slack_fake import APP_TOKEN, BOT_TOKEN, BOT_USER, TEAM, FakeSlack
+from tests.slack_fake import APP_TOKEN, BOT_TOKEN, BOT_USER, TEAM, FakeSlack, SlackHTTP
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 SUPPORT = "C0SUPPORT"
@@ -60,6 +59,9 @@ async def fake():
     slack.usergroups[GROUP] = [REVIEWER]
     yield slack
     await slack.stop()
+    # as on Slack: an ack later than 3 s, or a reply Slack would refuse, fails the test
+    assert not slack.late_acks, f"acknowledged too late for Slack: {slack.late_acks}"
+    assert not slack.invalid_responses, f"payloads Slack would refuse: {slack.invalid_responses}"
 
 
 def slack_config(fake: FakeSlack, mode: str = "http", **slack: Any) -> dict[str, Any]:
@@ -104,40 +106,29 @@ async def running(tmp_path, fake: FakeSlack, mode: str = "http", backend: FixedB
         await service.stop()
 
 
-class SignedHTTP:
-    """Slack's side of HTTP mode: signed POSTs to the app's Request URL."""
+class SignedHTTP(SlackHTTP):
+    """Slack's side of HTTP mode (``tests.slack_fake.SlackHTTP``, with its 3-second deadline) plus
+    the payload shapes of events, slash commands and interactions."""
 
-    def __init__(self, url: str, secret: str = SECRET):
-        self.url = url
-        self.verifier = SignatureVerifier(secret)
-        self.session = aiohttp.ClientSession()
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def post(self, body: str, content_type: str, headers: dict[str, str] | None = None,
-                   timestamp: int | None = None, signature: str | None = None) -> tuple[int, str]:
-        ts = str(timestamp if timestamp is not None else int(time.time()))
-        sig = signature if signature is not None else self.verifier.generate_signature(timestamp=ts, body=body)
-        all_headers = {"Content-Type": content_type, "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig}
-        all_headers.update(headers or {})
-        async with self.session.post(self.url, data=body.encode(), headers=all_headers) as response:
-            return response.status, await response.text()
+    def __init__(self, fake: FakeSlack, url: str, secret: str = SECRET):
+        super().__init__(fake, url, secret)
 
     async def event(self, event: dict[str, Any], event_id: str | None = None, retry_num: int | None = None,
                     **kwargs: Any) -> tuple[int, str]:
         headers = {}
         if retry_num:
             headers = {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"}
-        return await self.post(json.dumps(event_body(event, event_id)), "application/json", headers, **kwargs)
+        return await self.post(json.dumps(event_body(event, event_id)), "application/json", headers, kind="event",
+                               retry=retry_num or 0, **kwargs)
 
     async def command(self, fake: FakeSlack, command: str, user: str, text: str = "",
                       response_name: str | None = None) -> tuple[int, str]:
         return await self.post(urlencode(command_body(fake, command, user, text, response_name)),
-                               "application/x-www-form-urlencoded")
+                               "application/x-www-form-urlencoded", kind="command")
 
     async def interact(self, payload: dict[str, Any]) -> tuple[int, str]:
-        return await self.post(urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded")
+        return await self.post(urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded",
+                               kind="interaction")
 
 
 def event_body(event: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
@@ -260,7 +251,7 @@ def item_of(card: dict[str, Any]) -> int:
 @pytest.fixture
 async def http_slack(tmp_path, fake):
     async with running(tmp_path, fake, "http") as (service, runner):
-        http = SignedHTTP(runner.url)
+        http = SignedHTTP(fake, runner.url)
         try:
             yield service, runner, http
         finally:
@@ -335,7 +326,7 @@ async def test_mention_anywhere_and_dm(http_slack, fake):
 
 async def test_dms_refused_when_not_enabled(tmp_path, fake):
     async with running(tmp_path, fake, allow_dms=False) as (service, runner):
-        http = SignedHTTP(runner.url)
+        http = SignedHTTP(fake, runner.url)
         event = message("hello?", channel=DM, channel_type="im")
         await http.event(event)
         posted = await fake.wait_calls("chat.postMessage")
@@ -529,7 +520,7 @@ async def test_an_unexpected_error_still_answers_the_reviewer(http_slack, fake, 
 
 async def test_gated_mode_holds_the_reply_until_approved(tmp_path, fake):
     async with running(tmp_path, fake, review_mode="gated") as (service, runner):
-        http = SignedHTTP(runner.url)
+        http = SignedHTTP(fake, runner.url)
         ts, card = await ask(http, fake, "Is it safe to use aluminium chloride every day?")
         held = fake.thread(SUPPORT, ts)[1]
         assert section_texts(held)[0] == GATED_TEXT
@@ -604,7 +595,7 @@ async def test_slow_command_is_acknowledged_then_answered_through_respond(http_s
 
 async def test_command_names_are_configurable(tmp_path, fake):
     async with running(tmp_path, fake, command_prefix="clinic-", command_names={"dataset": "/examples"}) as (service, runner):
-        http = SignedHTTP(runner.url)
+        http = SignedHTTP(fake, runner.url)
         status, body = await http.command(fake, "/clinic-status", MODERATOR)
         assert "Model:" in json.loads(body)["text"]
         status, body = await http.command(fake, "/examples", MODERATOR)
@@ -642,7 +633,7 @@ async def test_bad_signatures_are_refused_with_401(http_slack, fake):
     body = json.dumps(event_body(message("forged message")))
     assert (await http.post(body, "application/json", signature="v0=" + "0" * 64))[0] == 401
     assert (await http.post(body, "application/json", timestamp=int(time.time()) - 3600))[0] == 401  # replay
-    forger = SignedHTTP(runner.url, secret="not-the-secret")
+    forger = SignedHTTP(fake, runner.url, secret="not-the-secret")
     assert (await forger.event(message("forged message")))[0] == 401
     assert (await forger.command(fake, "/sweat-pause", MODERATOR))[0] == 401
     await forger.close()
@@ -667,7 +658,7 @@ async def test_url_verification_challenge(http_slack, fake):
 async def test_retried_event_is_answered_once(tmp_path, fake):
     # a slow model: Slack's retries (same event id, X-Slack-Retry-Num) arrive while the first is in flight
     async with running(tmp_path, fake, backend=FixedBackend(delay_s=0.5)) as (service, runner):
-        http = SignedHTTP(runner.url)
+        http = SignedHTTP(fake, runner.url)
         event = message("my scalp sweats a lot, is that hyperhidrosis too?")
         assert (await http.event(event, event_id="Ev0RETRY"))[0] == 200
         assert (await http.event(event, event_id="Ev0RETRY", retry_num=1))[0] == 200
@@ -676,7 +667,7 @@ async def test_retried_event_is_answered_once(tmp_path, fake):
         # and a retry arriving after the app restarted (memory empty) is recognised from the database
         await runner.cleanup()
         runner2 = await start_slack(service)
-        http2 = SignedHTTP(runner2.url)
+        http2 = SignedHTTP(fake, runner2.url)
         assert (await http2.event(event, event_id="Ev0RETRY", retry_num=3))[0] == 200
         await asyncio.sleep(0.8)
         assert len(cards(fake)) == 1
@@ -757,7 +748,7 @@ async def test_long_reply_is_split_and_updated_in_place(tmp_path, fake):
     paragraph = "Sweating is controlled by the sympathetic nervous system, and treatments act at several points. "
     long_reply = "\n\n".join(paragraph * 6 for _ in range(16))  # about 9,000 characters
     async with running(tmp_path, fake, backend=FixedBackend(reply=long_reply)) as (service, runner):
-        http = SignedHTTP(runner.url)
+        http = SignedHTTP(fake, runner.url)
         ts, card = await ask(http, fake, "tell me everything about the treatments for sweaty hands")
         parts = fake.thread(SUPPORT, ts)[1:]
         assert len(parts) >= 3
