@@ -12,9 +12,10 @@ Two kinds of trouble are kept apart:
   not compile, an id with spaces) makes :func:`load_pack` raise :class:`PackError`, whose
   message names the file and the line.
 * **Content problems** (a fact without a source, a question without exactly one correct
-  option, a duplicate id, an unknown fact id, an evaluation question that leaks into the
-  training data, too few evaluation questions) are listed by :func:`check_pack`, which also
-  reports every malformed line instead of stopping at the first.
+  option, a duplicate id, an unknown fact id, an evaluation question or held-out safety case
+  that leaks into the training data, too few questions per split, an option form that gives
+  the answer away) are listed by :func:`check_pack`, which also reports every malformed line
+  instead of stopping at the first.
 
 Leak detection (an evaluation question that appears, or nearly appears, in training text) uses
 character shingles. Both texts are normalized (Unicode NFKC, case-folded, every run of
@@ -44,9 +45,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from pipeline.eval_bias import bias_problems, bias_table, option_bias
+
 __all__ = [
     "PACKS_DIR",
     "MIN_EVAL_PER_TASK",
+    "MIN_DEV_PER_TASK",
+    "MIN_DEV_TOTAL",
+    "MIN_SAFETY_CASES",
+    "MIN_SAFETY_CASES_PER_RED_FLAG",
+    "MIN_CRISIS_ADJACENT_CASES",
     "NEAR_DUPLICATE_THRESHOLD",
     "SHINGLE_SIZE",
     "PackError",
@@ -103,7 +111,14 @@ EvalSplit = Literal["test", "dev"]
 SAFETY_EXPECTATIONS = ("doctor", "urgent_care", "support_professional", "crisis_resources")
 SafetyExpectation = Literal["doctor", "urgent_care", "support_professional", "crisis_resources"]
 
-MIN_EVAL_PER_TASK = 40
+# Evaluation set sizes, per split (the limits on option form are in pipeline/eval_bias.py).
+MIN_EVAL_PER_TASK = 40  # test questions per task (the paper's size)
+MIN_DEV_PER_TASK = 20  # dev questions per task
+MIN_DEV_TOTAL = 60  # dev questions in all
+# Held-out safety cases (safety/heldout.jsonl): enough that a model scoring 0 on them cannot hide.
+MIN_SAFETY_CASES = 30  # in all
+MIN_SAFETY_CASES_PER_RED_FLAG = 3  # each of the pack's red flags, phrased as patients would
+MIN_CRISIS_ADJACENT_CASES = 10  # distress, dark humour, overdose questions, calm emergencies
 OPTIONS_PER_QUESTION = 4
 NEAR_DUPLICATE_THRESHOLD = 0.6
 SHINGLE_SIZE = 5
@@ -825,9 +840,12 @@ def check_pack(path: Path | str, training_texts: Iterable[str] = ()) -> list[str
     Reports malformed data (all of it, with file and line), then: facts, red flags or crisis
     resources without a source; evaluation questions that do not have exactly four distinct
     options with one valid answer index; duplicate ids anywhere in the pack; unknown fact ids;
-    fewer than ``MIN_EVAL_PER_TASK`` evaluation questions for a task; an evaluation question
-    that appears or nearly appears in the seed vignettes or in ``training_texts`` (see
-    :func:`find_eval_leaks`); a seed whose question trips a red flag but whose answer does
+    too few ``test`` or ``dev`` questions (``MIN_EVAL_PER_TASK``, ``MIN_DEV_PER_TASK``,
+    ``MIN_DEV_TOTAL``); an option form that gives the answer away (the limits of
+    :mod:`pipeline.eval_bias`, per split and per task within a split); a ``dev`` question that
+    repeats a ``test`` one; an evaluation question or a held-out safety case that appears or
+    nearly appears in the seed vignettes or in ``training_texts`` (see :func:`find_eval_leaks`);
+    too few held-out safety cases; a seed whose question trips a red flag but whose answer does
     not send the patient to a clinician.
     """
     training_texts = list(training_texts)  # read twice: evaluation leaks, safety-case leaks
@@ -908,12 +926,7 @@ def check_pack(path: Path | str, training_texts: Iterable[str] = ()) -> list[str
         else:
             seen_questions[key] = q.id
 
-    counts = Counter(q.task for q in pack.eval_questions)
-    for task in pack.tasks:
-        if counts[task] < MIN_EVAL_PER_TASK:
-            problems.append(
-                f"{EVAL_JSONL}: task {task!r} has {counts[task]} evaluation questions, needs at least {MIN_EVAL_PER_TASK}"
-            )
+    problems.extend(_check_eval_splits(pack))
 
     # The evaluation set must never be (nearly) in the training data: seeds, then given texts.
     seed_texts = [f"{s.question}\n{s.answer}" for s in pack.seeds]
@@ -957,6 +970,53 @@ def check_pack(path: Path | str, training_texts: Iterable[str] = ()) -> list[str
     return problems
 
 
+def _eval_groups(pack: ConditionPack) -> list[tuple[str, str, list[EvalQuestion]]]:
+    """``(split, task, questions)`` for each split (task ``"all"``) and each task in it."""
+    groups = []
+    for split in EVAL_SPLITS:
+        questions = pack.eval_split(split)
+        groups.append((split, "all", questions))
+        for task, grouped in pack.eval_by_task(split).items():
+            groups.append((split, task, grouped))
+    return groups
+
+
+def _check_eval_splits(pack: ConditionPack) -> list[str]:
+    """Sizes per split and task, the option-form limits (pipeline/eval_bias.py) per split and
+    per task within a split, and no dev question that (nearly) repeats a test question."""
+    problems = []
+    minimum = {"test": MIN_EVAL_PER_TASK, "dev": MIN_DEV_PER_TASK}
+    for split in EVAL_SPLITS:
+        if not pack.eval_split(split):
+            problems.append(
+                f"{EVAL_JSONL}: no {split!r} questions; a pack needs a test split (reported, at least "
+                f"{MIN_EVAL_PER_TASK} per task) and a dev split (selected on, at least {MIN_DEV_PER_TASK} per "
+                f"task and {MIN_DEV_TOTAL} in all): give each row \"split\""
+            )
+            continue
+        for task, questions in pack.eval_by_task(split).items():
+            if len(questions) < minimum[split]:
+                problems.append(
+                    f"{EVAL_JSONL}: task {task!r} has {len(questions)} {split} questions, needs at least {minimum[split]}"
+                )
+    dev = pack.eval_split("dev")
+    if dev and len(dev) < MIN_DEV_TOTAL:
+        problems.append(f"{EVAL_JSONL}: {len(dev)} dev questions in all, needs at least {MIN_DEV_TOTAL}")
+    for split, task, questions in _eval_groups(pack):
+        where = f"{EVAL_JSONL}: split {split!r}" + ("" if task == "all" else f", task {task!r}")
+        problems.extend(bias_problems(option_bias(questions), where, check_positions=task == "all"))
+    # Dev and test ask about the same facts but never the same question.
+    test = pack.eval_split("test")
+    for leak in find_eval_leaks(test, [q.question for q in dev]):
+        other = dev[leak.text_index]
+        first = next(q for q in test if q.id == leak.question_id)
+        problems.append(
+            f"{other.location}: dev question {other.id!r} repeats test question {first.id!r} ({first.location}; "
+            f"shingle similarity {leak.score:.2f} >= {NEAR_DUPLICATE_THRESHOLD}); dev and test must not share questions"
+        )
+    return problems
+
+
 def _check_safety_cases(pack: ConditionPack, seed_texts: Sequence[str], training_texts: Sequence[str]) -> list[str]:
     """Held-out safety cases: each names a known red flag, and none is (nearly) a seed or a
     training text: a case the model was trained on measures memory, not safety."""
@@ -965,6 +1025,23 @@ def _check_safety_cases(pack: ConditionPack, seed_texts: Sequence[str], training
     for case in pack.safety_cases:
         if case.red_flag is not None and case.red_flag not in flags:
             problems.append(f"{case.location}: safety case {case.id!r} names unknown red flag {case.red_flag!r}")
+    if len(pack.safety_cases) < MIN_SAFETY_CASES:
+        problems.append(
+            f"{SAFETY_HELDOUT_JSONL}: {len(pack.safety_cases)} held-out safety cases, needs at least "
+            f"{MIN_SAFETY_CASES}: a safety check on fewer cannot tell a safe model from one that ignores red flags"
+        )
+    per_flag = Counter(c.red_flag for c in pack.safety_cases if c.kind == "red_flag")
+    for flag in pack.red_flags:
+        if per_flag[flag.id] < MIN_SAFETY_CASES_PER_RED_FLAG:
+            problems.append(
+                f"{SAFETY_HELDOUT_JSONL}: red flag {flag.id!r} has {per_flag[flag.id]} held-out red_flag cases, "
+                f"needs at least {MIN_SAFETY_CASES_PER_RED_FLAG}"
+            )
+    crisis = sum(c.kind == "crisis_adjacent" for c in pack.safety_cases)
+    if crisis < MIN_CRISIS_ADJACENT_CASES:
+        problems.append(
+            f"{SAFETY_HELDOUT_JSONL}: {crisis} crisis_adjacent cases, needs at least {MIN_CRISIS_ADJACENT_CASES}"
+        )
     items = [(case.id, case.text) for case in pack.safety_cases]
     by_id = {case.id: case for case in pack.safety_cases}
     for leak in find_text_leaks(items, seed_texts):
@@ -994,9 +1071,11 @@ def _summary(pack: ConditionPack) -> str:
             f"  red flags:      {len(pack.red_flags)}",
             f"  seed vignettes: {len(pack.seeds)} ({per_task(pack.seeds)})",
             f"  eval questions: {len(pack.eval_questions)} ({per_task(pack.eval_questions)})",
+            *(f"    {split:<5} {len(pack.eval_split(split)):>4} ({per_task(pack.eval_split(split))})" for split in EVAL_SPLITS),
             f"  safety cases:   {len(pack.safety_cases)} held out "
             f"({', '.join(f'{k} {n}' for k, n in sorted(Counter(c.kind for c in pack.safety_cases).items()))})",
             f"  crisis regions: {', '.join(pack.crisis.regions)}",
+            *bias_table([(split, task, option_bias(qs)) for split, task, qs in _eval_groups(pack) if qs]),
         ]
     )
 

@@ -5,14 +5,18 @@ tmp_path and editing a file."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import pipeline.packs as packs_module
 from pipeline.packs import (
+    MIN_DEV_PER_TASK,
+    MIN_DEV_TOTAL,
     MIN_EVAL_PER_TASK,
     NEAR_DUPLICATE_THRESHOLD,
     PACKS_DIR,
@@ -25,6 +29,7 @@ from pipeline.packs import (
     load_pack,
     pack_check_report,
 )
+from pipeline.eval_bias import option_bias
 
 SHIPPED = PACKS_DIR / "hyperhidrosis"
 TASKS = ["diagnosis", "treatment", "psychological_support"]
@@ -76,7 +81,7 @@ def test_shipped_pack_loads_with_the_expected_content(pack):
     assert "not medical advice" in pack.disclaimer.lower() or "not a doctor" in pack.disclaimer.lower()
     assert pack.demo_disclaimer and pack.system_prompt and pack.guidance
     assert len(pack.guidance.split()) <= 260
-    assert 50 <= len(pack.facts) <= 100
+    assert 50 <= len(pack.facts) <= 120
     assert all(f.source for f in pack.facts)
     assert {f.id for f in pack.red_flags} == {
         "rf-late-onset",
@@ -90,8 +95,14 @@ def test_shipped_pack_loads_with_the_expected_content(pack):
     }
     seeds = Counter(s.task for s in pack.seeds)
     assert len(pack.seeds) >= 36 and all(seeds[t] >= 12 for t in TASKS)
-    questions = Counter(q.task for q in pack.eval_questions)
-    assert len(pack.eval_questions) >= 120 and all(questions[t] >= MIN_EVAL_PER_TASK for t in TASKS)
+    test = Counter(q.task for q in pack.eval_split("test"))
+    dev = Counter(q.task for q in pack.eval_split("dev"))
+    assert all(test[t] >= 45 and dev[t] >= 25 for t in TASKS), (test, dev)  # above the checker's 40 / 20
+    assert len(pack.eval_split("test")) + len(pack.eval_split("dev")) == len(pack.eval_questions) >= 210
+    kinds = Counter(c.kind for c in pack.safety_cases)
+    assert kinds["red_flag"] >= 25 and kinds["crisis_adjacent"] >= 15
+    per_flag = Counter(c.red_flag for c in pack.safety_cases if c.kind == "red_flag")
+    assert all(per_flag[flag.id] >= 3 for flag in pack.red_flags), per_flag
 
 
 def test_shipped_pack_passes_the_checker(pack):
@@ -253,12 +264,12 @@ def test_unknown_fact_id_is_refused(copy):
 
 
 def test_eval_question_copied_into_training_texts_is_refused(pack):
-    question = next(q for q in pack.eval_questions if q.id == "eval-dx-16")
+    question = next(q for q in pack.eval_questions if q.id == "eval-dx-t08")
     # Lightly altered: other case and punctuation, one word changed, pasted into a chat.
     altered = (
         question.question.lower()
-        .replace("what is the most appropriate advice?", "what is the most appropriate advice")
-        .replace("several times a week", "several nights a week")
+        .replace("what does her age at onset suggest?", "what does her age at onset suggest")
+        .replace("pouring with sweat", "dripping with sweat")
     )
     assert altered != question.question
     training = [
@@ -296,16 +307,18 @@ def test_eval_question_copied_into_a_seed_is_refused(copy):
 
 def test_too_few_eval_questions_for_a_task_is_refused(copy):
     rows = read_jsonl(copy / "eval.jsonl")
-    kept, dropped = [], 0
-    for row in rows:
-        if row["task"] == "treatment" and dropped < 10:
-            dropped += 1
-            continue
-        kept.append(row)
-    write_jsonl(copy / "eval.jsonl", kept)
-    remaining = sum(1 for r in kept if r["task"] == "treatment")
-    assert remaining < MIN_EVAL_PER_TASK
-    assert problems_matching(check_pack(copy), "task 'treatment'", f"has {remaining} evaluation questions")
+    test = [r for r in rows if r["task"] == "treatment" and r["split"] == "test"]
+    dev = [r for r in rows if r["task"] == "diagnosis" and r["split"] == "dev"]
+    # Keep one question fewer than needed in each: treatment's test split, diagnosis's dev split.
+    dropped = {r["id"] for r in test[MIN_EVAL_PER_TASK - 1 :]} | {r["id"] for r in dev[MIN_DEV_PER_TASK - 1 :]}
+    write_jsonl(copy / "eval.jsonl", [r for r in rows if r["id"] not in dropped])
+    problems = check_pack(copy)
+    assert problems_matching(problems, "task 'treatment'", f"has {MIN_EVAL_PER_TASK - 1} test questions, needs at least 40")
+    assert problems_matching(problems, "task 'diagnosis'", f"has {MIN_DEV_PER_TASK - 1} dev questions, needs at least 20")
+    assert not problems_matching(problems, "task 'psychological_support'")
+    dev_total = sum(1 for r in rows if r["split"] == "dev" and r["id"] not in dropped)
+    if dev_total < MIN_DEV_TOTAL:
+        assert problems_matching(problems, f"{dev_total} dev questions in all, needs at least {MIN_DEV_TOTAL}")
 
 
 def test_red_flag_seed_without_doctor_advice_is_refused(copy):
@@ -448,3 +461,184 @@ def test_held_out_safety_case_in_a_seed_or_training_text_is_refused(copy):
     problems = check_pack(copy)
     assert problems_matching(problems, "held-out safety case", case["id"], "nearly appears in seed",
                              "seed_vignettes.jsonl line 5"), problems
+
+
+# ------------------------------------------------------------------------------ option form and splits
+
+
+def test_shipped_report_prints_the_option_form_figures(pack):
+    ok, report = pack_check_report(SHIPPED)
+    assert ok, report
+    for split in ("test", "dev"):
+        bias = option_bias(pack.eval_split(split))
+        row = next(line for line in report.splitlines() if line.split()[:2] == [split, "all"])
+        assert f"{bias.longest_share:.1%}" in row and f"{bias.shortest_share:.1%}" in row, row
+        assert f"{bias.pick_longest:.3f}" in row
+        assert f"option length ratio, {split}" in report
+    assert "pick-longest" in report and "psychological_support" in report
+
+
+def test_correct_option_longest_too_often_is_refused(copy):
+    rows = read_jsonl(copy / "eval.jsonl")
+    target = [r for r in rows if r["task"] == "treatment" and r["split"] == "test"]
+    for row in target:  # the writer's habit: qualify the right answer until it is the longest
+        row["options"][row["answer"]] += ", as most studies and guidelines agree"
+    write_jsonl(copy / "eval.jsonl", rows)
+    problems = check_pack(copy)
+    n = len(target)
+    assert problems_matching(
+        problems, "split 'test', task 'treatment'", f"the correct option is the longest in 100% of questions ({n} of {n})",
+        "limit 35%",
+    ), problems
+    assert not problems_matching(problems, "split 'dev'")
+
+
+def test_correct_option_shortest_too_often_is_refused(copy):
+    rows = read_jsonl(copy / "eval.jsonl")
+    target = [r for r in rows if r["task"] == "psychological_support" and r["split"] == "dev"]
+    for i, row in enumerate(target):
+        row["options"][row["answer"]] = f"Yes ({i})"
+    write_jsonl(copy / "eval.jsonl", rows)
+    n = len(target)
+    assert problems_matching(
+        check_pack(copy), "split 'dev', task 'psychological_support'",
+        f"the correct option is the shortest in 100% of questions ({n} of {n}), limit 35%",
+    )
+
+
+def test_answer_always_in_one_position_is_refused(copy):
+    rows = read_jsonl(copy / "eval.jsonl")
+    dev = [r for r in rows if r["split"] == "dev"]
+    for row in dev:  # move the correct option to A, keeping the others in order
+        correct = row["options"].pop(row["answer"])
+        row["options"].insert(0, correct)
+        row["answer"] = 0
+    write_jsonl(copy / "eval.jsonl", rows)
+    problems = check_pack(copy)
+    n = len(dev)
+    assert problems_matching(problems, "split 'dev':", f"answer A is correct in 100% of questions ({n} of {n})", "allowed 15%-35%")
+    assert problems_matching(problems, "split 'dev':", f"answer D is correct in 0% of questions (0 of {n})")
+    assert not problems_matching(problems, "split 'test':", "answer")
+
+
+def test_a_pack_without_a_dev_split_is_refused(copy):
+    rows = read_jsonl(copy / "eval.jsonl")
+    for row in rows:
+        del row["split"]  # an old pack: every question reads as test
+    write_jsonl(copy / "eval.jsonl", rows)
+    pack = load_pack(copy)
+    assert pack.eval_split("dev") == [] and len(pack.eval_split("test")) == len(rows)
+    problems = check_pack(copy)
+    assert problems_matching(problems, "no 'dev' questions", "give each row \"split\""), problems
+
+
+def test_a_dev_question_repeating_a_test_question_is_refused(copy):
+    rows = read_jsonl(copy / "eval.jsonl")
+    test = next(r for r in rows if r["split"] == "test" and r["task"] == "diagnosis")
+    index, dev = next((i, r) for i, r in enumerate(rows) if r["split"] == "dev" and r["task"] == "treatment")
+    dev["question"] = test["question"].replace("?", ", roughly?").upper()  # reworded only by punctuation and case
+    write_jsonl(copy / "eval.jsonl", rows)
+    assert problems_matching(
+        check_pack(copy), f"eval.jsonl line {index + 1}", f"dev question {dev['id']!r} repeats test question {test['id']!r}",
+    )
+
+
+def test_too_few_held_out_safety_cases_are_refused(copy):
+    path = copy / SAFETY_HELDOUT_JSONL
+    rows = read_jsonl(path)
+    kept = [r for r in rows if r.get("red_flag") != "rf-fever"][:20]
+    write_jsonl(path, kept)
+    problems = check_pack(copy)
+    assert problems_matching(problems, "20 held-out safety cases, needs at least 30")
+    assert problems_matching(problems, "red flag 'rf-fever' has 0 held-out red_flag cases, needs at least 3")
+    crisis = sum(r["kind"] == "crisis_adjacent" for r in kept)
+    assert problems_matching(problems, f"{crisis} crisis_adjacent cases, needs at least 10")
+
+
+def test_option_bias_counts_ties_for_both_sides():
+    @dataclass
+    class Q:
+        options: list[str]
+        answer: int
+
+    questions = [
+        Q(["aaaa", "bb", "cc", "dddd"], 0),  # tied longest: counts as longest, pick-longest gets 1/2
+        Q(["aa", "bbbb", "c", "ddd"], 2),  # shortest
+        Q(["aaa", "bb", "cccc", "d"], 1),  # neither
+        Q(["aa", "bb", "cc", "dd"], 3),  # all tied: longest and shortest
+    ]
+    bias = option_bias(questions)
+    assert (bias.questions, bias.longest_correct, bias.shortest_correct) == (4, 2, 2)
+    assert bias.positions == (1, 1, 1, 1)
+    assert bias.pick_longest == pytest.approx((1 / 2 + 1 / 4) / 4)
+    assert bias.length_ratios == (2.0, 4.0, 4.0, 1.0)
+    assert bias.within_ratio_target == 0.25  # only the all-tied question is within 1.8
+
+
+# ------------------------------------------------------------------------------ a pack for another condition
+
+
+def small_pack(root: Path, *, longest_every_time: bool = False) -> Path:
+    """A minimal pack for another condition (two tasks of its own), with a generated question
+    set whose form is balanced: the correct option takes each length rank and position in turn."""
+    shutil.copy(SHIPPED / "crisis_resources.toml", root / "crisis_resources.toml")
+    (root / "pack.toml").write_text(
+        'name = "chilblains"\ntitle = "Chilblains"\nversion = "0.1.0"\ntasks = ["recognition", "care"]\n'
+        'disclaimer = "AI-written, not medical advice."\ndemo_disclaimer = "Demo only."\n', encoding="utf-8")
+    (root / "system_prompt.md").write_text("You help people with chilblains.\n", encoding="utf-8")
+    (root / "guidance.md").write_text("Chilblains follow cold; see a doctor if they do not heal.\n", encoding="utf-8")
+    nhs = "NHS: Chilblains, nhs.uk"
+    write_jsonl(root / "facts.jsonl", [
+        {"id": "rec-cold", "task": "recognition", "text": "Chilblains are small itchy swellings after cold exposure.", "source": nhs},
+        {"id": "care-warm", "task": "care", "text": "Keeping hands and feet warm helps chilblains heal.", "source": nhs},
+    ])
+    flags = [("rf-no-heal", "not healing", r"\bnot heal\w*"), ("rf-infected", "infected", r"\bpus\b")]
+    write_jsonl(root / "red_flags.jsonl", [
+        {"id": i, "name": n, "description": n, "patterns": [p], "advice": "See a doctor.", "source": nhs}
+        for i, n, p in flags
+    ])
+    write_jsonl(root / "seed_vignettes.jsonl", [
+        {"id": "seed-rec-01", "task": "recognition", "question": "My toes itch after winter walks.", "answer": "That can be chilblains.",
+         "fact_ids": ["rec-cold"], "profile": {"age": 30, "sex": "female", "sites": ["toes"], "hdss": 1, "kind": "primary"}},
+    ])
+    words = ("amber basil cedar dune ember fjord garnet harbour indigo juniper kelp lagoon meadow nectar "
+             "orchid pebble quartz river saffron tundra umber violet willow yarrow zephyr").split()
+    rng = random.Random(7)
+    rows, n = [], 0
+    for task, fact in (("recognition", "rec-cold"), ("care", "care-warm")):
+        for split, count in (("test", MIN_EVAL_PER_TASK), ("dev", 30)):
+            for _ in range(count):
+                stem = " ".join(rng.sample(words, 9)) + f" {n}?"
+                lengths = [10, 14, 18, 22]  # correct option: shortest, then 2nd, 3rd, longest, in turn
+                correct_rank = 3 if longest_every_time else n % 4
+                others = [length for i, length in enumerate(lengths) if i != correct_rank]
+                answer = (n // 4) % 4
+                options = [f"{n}-" + "x" * (length - len(str(n)) - 1) for length in others]
+                options.insert(answer, f"{n}+" + "y" * (lengths[correct_rank] - len(str(n)) - 1))
+                rows.append({"id": f"eval-{n}", "task": task, "split": split, "question": stem, "options": options,
+                             "answer": answer, "fact_ids": [fact]})
+                n += 1
+    write_jsonl(root / "eval.jsonl", rows)
+    (root / "safety").mkdir()
+    cases = [{"id": f"held-{flag}-{i}", "kind": "red_flag", "red_flag": flag, "expect": "doctor",
+              "text": f"case {i} for {flag}: " + " ".join(rng.sample(words, 6))} for flag, _, _ in flags for i in range(10)]
+    cases += [{"id": f"held-crisis-{i}", "kind": "crisis_adjacent", "expect": "crisis_resources",
+               "text": f"crisis case {i}: " + " ".join(rng.sample(words, 6))} for i in range(10)]
+    write_jsonl(root / "safety" / "heldout.jsonl", cases)
+    return root
+
+
+def test_a_small_pack_of_another_condition_is_checked_by_the_same_rules(tmp_path):
+    root = small_pack(tmp_path)
+    assert check_pack(root) == []
+    ok, report = pack_check_report(root)
+    assert ok and "recognition" in report and "care" in report and "pick-longest" in report, report
+    pack = load_pack(root)
+    assert len(pack.eval_split("dev")) == 60 and len(pack.eval_split("test")) == 80
+    assert option_bias(pack.eval_split("test")).longest_share == 0.25
+
+    (tmp_path / "biased").mkdir()
+    biased = small_pack(tmp_path / "biased", longest_every_time=True)
+    problems = check_pack(biased)
+    assert problems_matching(problems, "split 'test', task 'care'", "longest in 100% of questions (40 of 40)")
+    assert problems_matching(problems, "split 'dev', task 'recognition'", "longest in 100% of questions (30 of 30)")
