@@ -259,7 +259,12 @@ def test_eval_hash_tracks_the_question_set(pack, mc_questions) -> None:
     assert ev.planned_hash(pack, cfg) != ev.planned_hash(pack, ev.EvalConfig(limit_per_task=4))
     assert ev.eval_hash(mc_questions, SYSTEM) != ev.eval_hash(mc_questions[:-1], SYSTEM)
     questions = ev.questions_from_pack(pack, limit_per_task=3)
-    assert [q.task for q in questions].count("diagnosis") == 3 and len(questions) == 3 * len(pack.tasks)
+    # The limit applies per task within each split (the shipped pack has a test and a dev split).
+    splits = {q.split for q in pack.eval_questions}
+    assert splits == {"test", "dev"}
+    assert [q.task for q in questions].count("diagnosis") == 3 * len(splits)
+    assert len(questions) == 3 * len(pack.tasks) * len(splits)
+    assert {(q.split, q.task) for q in questions} == {(s, t) for s in splits for t in pack.tasks}
 
 
 # ------------------------------------------------------------------------------- the gate
