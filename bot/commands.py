@@ -68,6 +68,7 @@ class Commands:
             "SELECT kind, detail, created_at FROM incidents WHERE resolved_at IS NULL ORDER BY id DESC LIMIT 5"
         )
         last_job = await jobs.latest(self.db)
+        effects = await self.service.core.outbox.stats()
         data = {
             "model": backend.model,
             "backend": backend.backend,
@@ -79,6 +80,7 @@ class Commands:
             "review_queue": queue,
             "messages_waiting": waiting,
             "open_incidents": [dict(r) for r in incidents],
+            "effects": effects,
             "last_job": last_job,
         }
         job_text = (
@@ -95,6 +97,7 @@ class Commands:
             f"Review queue: {queue.get('pending', 0)} pending, {queue.get('approved', 0)} approved, "
             f"{queue.get('edited', 0)} edited, {queue.get('rejected', 0)} rejected",
             f"Messages waiting for the model: {waiting}",
+            _effects_line(effects),
             f"Open incidents: {len(incidents)}",
             f"Last job: {job_text}",
         ]
@@ -179,6 +182,24 @@ class Commands:
         answered = await self.service.core.retry_queued()
         log.warning("answering resumed by %s", actor.label)
         return CommandReply(f"Answering resumed; {answered} saved message(s) answered.", {"answered": answered})
+
+
+def _effects_line(effects: dict[str, Any]) -> str:
+    """Deliveries, cards, dataset examples and alerts not applied yet (the outbox), and given-up ones."""
+    text = f"Effects waiting (deliveries, cards, dataset, alerts): {effects['pending']}"
+    if effects["pending"] and effects["oldest_pending_s"] is not None:
+        text += f" (oldest {_duration(effects['oldest_pending_s'])})"
+    if effects["dead"]:
+        text += f"; FAILED for good: {effects['dead']} (see the log)"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{int(seconds)} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _ago(ts: float | None) -> str:

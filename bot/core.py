@@ -9,16 +9,19 @@ review item → delivered according to the review mode. Expert decisions come ba
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import sqlite3
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot import effects
+from bot.effects import EffectApplier
 from bot.inference.base import InferenceBackend, ModelUnavailable
+from bot.outbox import Claimed, Outbox
 from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, ViewKind
 from bot.prompt import build_prompt
 from bot.safety import SafetyLayer, Triage, crisis_text
@@ -111,6 +114,10 @@ class ConversationCore:
         self._last_outage_alert = float("-inf")  # monotonic time starts near 0 after a boot
         self._paused: bool | None = None  # cached; the database holds it across restarts
         self.safety = SafetyLayer(self)  # triage options, rate limit, fair model slots, reply checks
+        cfg = settings.outbox
+        # What follows a decision is recorded with it and applied here at once, or by the worker later.
+        self.outbox = Outbox(db, EffectApplier(self), retry_base_s=cfg.retry_base_s, retry_max_s=cfg.retry_max_s,
+                             max_attempts=cfg.max_attempts)
 
     # ------------------------------------------------------------------ patients in
 
@@ -301,8 +308,9 @@ class ConversationCore:
         task = classify_task(text)
         priority = "high" if review_first or row["conv_status"] == "crisis_hold" else "normal"
         delivery = "held" if gated else "shown"
+        platforms = list(self.platforms)
 
-        def store(conn: sqlite3.Connection) -> tuple[int, int]:
+        def store(conn: sqlite3.Connection) -> tuple[int, int, list[Claimed]]:
             reply_id = conn.execute(
                 "INSERT INTO replies (message_id, conversation_id, prompt, text, task, model, adapter_version,"
                 " latency_ms, risk_flags, delivery, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -316,39 +324,41 @@ class ConversationCore:
             if row["attempts"]:
                 conn.execute("UPDATE incidents SET resolved_at = ? WHERE message_id = ? AND resolved_at IS NULL",
                              (now(), message_id))
-            return reply_id, insert_review_item(conn, reply_id, priority)
+            item_id = insert_review_item(conn, reply_id, priority)
+            # Delivery and the review cards are effects of this commit: a crash now loses neither.
+            claimed = self.outbox.enqueue(conn, [
+                effects.reply_view(reply_id, conv.platform, "new"),
+                *(effects.review_card(item_id, name, "new", post=True) for name in platforms),
+            ])
+            return reply_id, item_id, claimed
 
-        reply_id, item_id = await self.db.run(store)
+        reply_id, item_id, claimed = await self.db.run(store)
+        await self.outbox.apply(claimed)
         view = self._gated_view() if gated else self._pending_view(reply_text)
-        ids = await self._deliver(conv, view)
-        if ids:
-            await self.db.execute("UPDATE replies SET platform_message_ids = ? WHERE id = ?", (dumps(ids), reply_id))
-        card = ReviewCard(
-            item_id=item_id, reply_id=reply_id, patient_text=text, reply_text=reply_text, task=task,
-            risk_flags=risk_flags, adapter_version=generation.adapter_version, state="pending",
-            priority=priority,
-        )
-        await self._post_card(card)
         result.reply_id, result.item_id, result.status = reply_id, item_id, "held" if gated else "shown"
         result.views.append(view)
         return result
 
     async def _crisis(self, row: Any, conv: ConversationRef, verdict: Triage, result: HandleResult) -> HandleResult:
         message = crisis_text(self.pack.crisis_message(row["region"]), verdict.language)  # preface in their language
-        async with self.db.transaction() as conn:
-            await conn.execute("UPDATE messages SET status = 'crisis' WHERE id = ?", (row["id"],))
-            await conn.execute("UPDATE conversations SET status = 'crisis_hold' WHERE id = ?", (conv.id,))
-            await conn.execute(
+        view = PatientView(ViewKind.CRISIS, message)
+        alert = (f"Crisis message in conversation {conv.id} ({conv.platform}). The patient was given crisis resources; "
+                 "please look at it now. Later messages in this conversation are held for review.")
+        platforms = list(self.platforms)
+
+        def store(conn: sqlite3.Connection) -> list[Claimed]:
+            conn.execute("UPDATE messages SET status = 'crisis' WHERE id = ?", (row["id"],))
+            conn.execute("UPDATE conversations SET status = 'crisis_hold' WHERE id = ?", (conv.id,))
+            conn.execute(
                 "INSERT INTO incidents (kind, detail, message_id, created_at) VALUES ('crisis', ?, ?, ?)",
                 (f"conversation {conv.id} on {conv.platform}", row["id"], now()),
             )
-        view = PatientView(ViewKind.CRISIS, message)
-        await self._deliver(conv, view)
-        await self.alert_moderators(
-            f"Crisis message in conversation {conv.id} ({conv.platform}). The patient was given crisis resources; "
-            "please look at it now. Later messages in this conversation are held for review.",
-            urgent=True,
-        )
+            return self.outbox.enqueue(conn, [
+                effects.patient_notice(f"crisis:{row['id']}", conv, view),
+                *(effects.alert(f"crisis:{row['id']}", name, alert, True) for name in platforms),
+            ])
+
+        await self.outbox.apply(await self.db.run(store))
         log.warning("crisis triage on message %s (conversation %s)", row["id"], conv.id)
         result.status = "crisis"
         result.views.append(view)
@@ -455,44 +465,59 @@ class ConversationCore:
         rubric: Rubric | None = None,
         comment: str | None = None,
     ) -> DecisionOutcome:
-        """Record a decision; when it closes the item, update the patient and the dataset."""
-        outcome = await self.reviews.decide(item_id, actor, action, edited_text, rubric, comment)
-        if outcome.closed_now:
-            await self._apply_closed(item_id, outcome)
-        if outcome.recorded:
-            await self._update_card(item_id)
+        """Record a decision and, in the same transaction, what must follow it (outbox): the
+        cards on every platform; when it closes the item, the patient's view and the dataset
+        example. The effects are then applied at once; the worker retries any that fail."""
+        platforms = list(self.platforms)
+        claimed: list[Claimed] = []
+
+        def record_effects(conn: sqlite3.Connection, outcome: DecisionOutcome) -> None:
+            claimed.extend(self._decision_effects(conn, item_id, outcome, platforms))
+
+        outcome = await self.reviews.decide(item_id, actor, action, edited_text, rubric, comment, effects=record_effects)
+        await self.outbox.apply(claimed)
         return outcome
 
-    async def _apply_closed(self, item_id: int, outcome: DecisionOutcome) -> None:
+    def _decision_effects(self, conn: sqlite3.Connection, item_id: int, outcome: DecisionOutcome,
+                          platforms: list[str]) -> list[Claimed]:
+        """Inside the decision's transaction: the reply's new delivery state and the effects."""
+        if not outcome.recorded:
+            return []
+        (decided,) = conn.execute("SELECT COUNT(*) FROM review_decisions WHERE item_id = ?", (item_id,)).fetchone()
+        todo = []  # applied in this order: the dataset, the patient, then the cards
+        if outcome.closed_now:
+            reply = conn.execute(
+                "SELECT r.id, c.platform FROM review_items i JOIN replies r ON r.id = i.reply_id"
+                " JOIN conversations c ON c.id = r.conversation_id WHERE i.id = ?", (item_id,)).fetchone()
+            accepted = outcome.state in (ReviewState.APPROVED, ReviewState.EDITED)
+            conn.execute(
+                "UPDATE replies SET delivery = ?, shown_text = ?, updated_at = ? WHERE id = ?",
+                ("reviewed" if accepted else "withdrawn", outcome.final_text if accepted else None, now(), reply["id"]),
+            )
+            if accepted:
+                todo.append(effects.dataset_example(item_id))
+            todo.append(effects.reply_view(reply["id"], reply["platform"], "closed"))
+        todo += [effects.review_card(item_id, name, f"d{decided}") for name in platforms]
+        return self.outbox.enqueue(conn, todo)
+
+    async def add_to_dataset(self, item_id: int) -> None:
+        """The expert example made from a closed, accepted review item (idempotent: keyed by the item)."""
         item = await self.reviews.item(item_id)
-        if item is None:
+        if item is None or item["state"] not in (ReviewState.APPROVED.value, ReviewState.EDITED.value):
             return
         reply = await self.db.fetchone(
-            "SELECT r.*, c.platform, c.channel_id, c.thread_id, c.patient_id, p.platform_user_id, p.consent"
-            " FROM replies r JOIN conversations c ON c.id = r.conversation_id JOIN patients p ON p.id = c.patient_id"
-            " WHERE r.id = ?",
+            "SELECT r.*, c.patient_id FROM replies r JOIN conversations c ON c.id = r.conversation_id WHERE r.id = ?",
             (item["reply_id"],),
         )
-        conv = ConversationRef(reply["conversation_id"], reply["platform"], reply["channel_id"], reply["thread_id"],
-                               reply["platform_user_id"])
-        view = self.view_for(reply["text"], reply["delivery"], outcome.state.value, outcome.final_text)
-        old_ids = json.loads(reply["platform_message_ids"])
-        ids = await self._update_delivery(conv, old_ids, view)
-        delivery = "withdrawn" if outcome.state is ReviewState.REJECTED else "reviewed"
-        await self.db.execute(
-            "UPDATE replies SET delivery = ?, shown_text = ?, platform_message_ids = ?, updated_at = ? WHERE id = ?",
-            (delivery, view.text if view.kind is ViewKind.REVIEWED else None, dumps(ids), now(), reply["id"]),
-        )
-        if outcome.state in (ReviewState.APPROVED, ReviewState.EDITED) and reply["consent"]:
-            await self._add_to_dataset(item_id, item, reply, outcome)
-
-    async def _add_to_dataset(self, item_id: int, item: dict, reply: Any, outcome: DecisionOutcome) -> None:
-        source = "expert_edited" if outcome.state is ReviewState.EDITED else "expert_approved"
+        if reply is None:
+            return
+        source = "expert_edited" if item["state"] == ReviewState.EDITED.value else "expert_approved"
+        final_text = item["final_text"] or reply["text"]
         decisions = await self.reviews.decisions(item_id)
         messages = [
             {"role": "system", "content": self.pack.system_message()},  # as in seeds, training and serving
             {"role": "user", "content": item["patient_text"]},
-            {"role": "assistant", "content": outcome.final_text or reply["text"]},
+            {"role": "assistant", "content": final_text},
         ]
         provenance = {
             "review_item_id": item_id,
@@ -522,18 +547,6 @@ class ConversationCore:
             log.exception("delivery to %s failed for conversation %s", conv.platform, conv.id)
             return []
 
-    async def _update_delivery(self, conv: ConversationRef, ids: list[str], view: PatientView) -> list[str]:
-        platform = self.platforms.get(conv.platform)
-        if platform is None:
-            return ids
-        try:
-            if ids:
-                return await platform.update_patient_message(conv, ids, view)
-            return await platform.send_to_patient(conv, view)
-        except Exception:
-            log.exception("updating the patient's reply on %s failed (conversation %s)", conv.platform, conv.id)
-            return ids
-
     async def review_card(self, item_id: int) -> ReviewCard | None:
         item = await self.reviews.item(item_id)
         if item is None:
@@ -550,41 +563,16 @@ class ConversationCore:
             state=item["state"], priority=item["priority"], decided_by=decided,
         )
 
-    async def _post_card(self, card: ReviewCard) -> None:
-        refs = {}
-        for platform in list(self.platforms.values()):
-            try:
-                ref = await platform.post_review_card(card)
-            except Exception:
-                log.exception("posting review card %s on %s failed", card.item_id, platform.name)
-                continue
-            if ref:
-                refs[platform.name] = ref
-        if refs:
-            await self.db.execute("UPDATE review_items SET card_ref = ? WHERE id = ?", (dumps(refs), card.item_id))
-
-    async def _update_card(self, item_id: int) -> None:
-        card = await self.review_card(item_id)
-        if card is None:
+    async def alert_moderators(self, text: str, urgent: bool = False, key: str | None = None) -> None:
+        """Tell moderators and on-duty reviewers on every connected platform (through the outbox:
+        an alert that fails is retried and counted in /status). ``key`` makes it once-only."""
+        platforms = list(self.platforms)
+        if not platforms:
             return
-        stored = await self.db.fetchval("SELECT card_ref FROM review_items WHERE id = ?", (item_id,))
-        refs = json.loads(stored) if stored else {}
-        for platform in list(self.platforms.values()):
-            if platform.name not in refs:
-                continue
-            try:
-                # Each platform gets its own card: one may queue it and send the edit later.
-                await platform.update_review_card(dataclasses.replace(card, card_ref=refs[platform.name]))
-            except Exception:
-                log.exception("updating review card %s on %s failed", item_id, platform.name)
-
-    async def alert_moderators(self, text: str, urgent: bool = False) -> None:
-        """Tell moderators and on-duty reviewers on every connected platform."""
-        for platform in self.platforms.values():
-            try:
-                await platform.alert(text, urgent)
-            except Exception:
-                log.exception("alert on %s failed", platform.name)
+        key = key or f"adhoc:{uuid.uuid4().hex}"
+        claimed = await self.db.run(
+            lambda conn: self.outbox.enqueue(conn, [effects.alert(key, name, text, urgent) for name in platforms]))
+        await self.outbox.apply(claimed)
 
     async def _set_message_status(self, message_id: int, status: str) -> None:
         await self.db.execute("UPDATE messages SET status = ? WHERE id = ?", (status, message_id))

@@ -84,4 +84,28 @@ MIGRATIONS = [
         ALTER TABLE messages ADD COLUMN claimed_at REAL
         """,
     ),
+    Migration(
+        "bot",
+        3,
+        "outbox",
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            platform TEXT,
+            target TEXT,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'applying', 'done', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            claimed_by TEXT,
+            claimed_at REAL,
+            last_error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX outbox_due ON outbox (status, next_attempt_at)
+        """,
+    ),
 ]

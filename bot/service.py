@@ -49,10 +49,13 @@ class Service:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_task: asyncio.Task[Any] | None = None
         self._scheduler_task: asyncio.Task[Any] | None = None
+        self._outbox_task: asyncio.Task[Any] | None = None
+        self.retry_interval_s = RETRY_INTERVAL_S
         self._swap_lock = asyncio.Lock()
 
     def add_platform(self, platform: Platform) -> None:
         self.core.platforms[platform.name] = platform
+        self.core.outbox.platform_ready(platform.name)  # effects that waited for it are due now
 
     async def start(self, retry_loop: bool = True) -> None:
         await self.db.open()
@@ -62,9 +65,13 @@ class Service:
             log.info("imported %d seed examples from the %s pack", added, self.pack.name)
         await self.backend.start()
         await self._load_live_adapter()
+        recovered = await self.core.outbox.recover()  # effects a crash left behind (decisions, deliveries)
+        if recovered:
+            log.info("applied %d effect(s) left pending by the last run", recovered)
         if retry_loop:
             from pipeline.retrain import start_scheduler
 
+            self._outbox_task = asyncio.create_task(self.core.outbox.work_forever(), name="outbox")
             self._retry_task = asyncio.create_task(self._retry_forever(), name="retry-queued")
             self._scheduler_task = start_scheduler(self)
 
@@ -122,20 +129,21 @@ class Service:
             await jobs.finish(self.db, job_id, "failed", error=str(exc)[:1000])
 
     async def _retry_forever(self) -> None:
+        """Start-up recovery, then every ``retry_interval_s``: answer what waits, expire old reviews."""
         while True:
-            await asyncio.sleep(RETRY_INTERVAL_S)
             try:
                 if not await self.core.is_paused():
                     await self.core.retry_queued()
                 await self.reviews.expire_old(self.settings.review.expire_after_hours * 3600)
+                await self.core.outbox.prune()
             except Exception:
                 log.exception("retry loop iteration failed")
+            await asyncio.sleep(self.retry_interval_s)
 
     async def stop(self) -> None:
-        for background in (self._retry_task, self._scheduler_task):
-            if background is not None:
-                background.cancel()
-        for task in list(self._tasks):
+        running = [t for t in (self._retry_task, self._scheduler_task, self._outbox_task, *self._tasks) if t is not None]
+        for task in running:
             task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)  # none of them touches the database after this
         await self.backend.close()
         await self.db.close()

@@ -69,6 +69,16 @@ class ReviewSettings(Section):
     min_accuracy_for_training: int = Field(3, ge=1, le=5)
 
 
+class OutboxSettings(Section):
+    """Effects of decisions (patient views, review cards, dataset examples, alerts), applied after the
+    decision is committed and retried with exponential backoff until done (bot/outbox.py)."""
+
+    retry_base_s: float = Field(5.0, gt=0)
+    retry_max_s: float = Field(3600.0, gt=0)
+    # After this many failed attempts an effect is marked dead (counted in /status, logged).
+    max_attempts: int = Field(12, ge=1, le=1000)
+
+
 class PromptSettings(Section):
     # Tokens available for system prompt + guidance + history + the new message.
     token_budget: int = Field(1536, ge=64)
@@ -258,6 +268,7 @@ class Settings(BaseSettings):
 
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     local: LocalConsoleSettings = Field(default_factory=LocalConsoleSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)

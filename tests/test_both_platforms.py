@@ -7,11 +7,11 @@ slack-bolt app in HTTP mode (signed requests over real HTTP) against ``tests.sla
 all on 127.0.0.1. The helpers that speak each platform's wire format are the ones the
 single-platform suites use (``tests/test_discord.py``, ``tests/test_slack.py``).
 
-What the core does with two platforms (``bot/core.py``): every review card is posted on every
-connected platform (``_post_card`` iterates ``self.platforms``) and its refs are stored as one
-JSON object ``{"discord": "<channel>/<message>", "slack": "<channel>:<ts>"}``; a decision on
-either platform reaches the patient on their own platform (``_apply_closed`` looks the
-conversation's platform up) and updates the card on both (``_update_card``).
+What the core does with two platforms (``bot/core.py``, ``bot/effects.py``): every review card is
+posted on every connected platform (one ``review_card`` outbox effect per platform) and its refs
+are stored as one JSON object ``{"discord": "<channel>/<message>", "slack": "<channel>:<ts>"}``;
+a decision on either platform reaches the patient on their own platform (the ``patient_view``
+effect looks the conversation's platform up) and updates the card on both.
 """
 
 from __future__ import annotations
