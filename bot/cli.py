@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,12 +25,14 @@ dataset_app = typer.Typer(help="The training dataset.")
 adapters_app = typer.Typer(help="The adapter registry.")
 reviews_app = typer.Typer(help="Expert reviews.")
 model_app = typer.Typer(help="The base model.")
+users_app = typer.Typer(help="Console accounts of reviewers and moderators (docs/access.md).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(pack_app, name="pack")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(reviews_app, name="reviews")
 app.add_typer(model_app, name="model")
+app.add_typer(users_app, name="users")
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -41,6 +44,9 @@ _state: dict[str, Any] = {"config": None}
 @app.callback()
 def main(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML settings file.")) -> None:
     _state["config"] = config
+    # Everything llm4sweat writes (database, adapters, snapshots, exports, the control token)
+    # is health data or a key: owner-only, whatever the shell's umask.
+    os.umask(0o077)
 
 
 def settings() -> Settings:
@@ -59,6 +65,7 @@ def settings() -> Settings:
 def run_async(coro: Any) -> Any:
     """Run a coroutine; start-up problems end in one clear line, not a traceback."""
     from bot.inference.base import ModelUnavailable
+    from bot.local.auth import ConsoleRefused
     from bot.platform import PlatformStartError
 
     try:
@@ -71,6 +78,9 @@ def run_async(coro: Any) -> Any:
         raise typer.Exit(2)
     except ModelUnavailable as exc:
         err.print(f"[red]llm4sweat: model unavailable:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    except ConsoleRefused as exc:
+        err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
         raise typer.Exit(2)
 
 
@@ -114,6 +124,14 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
     from bot.local.platform import LocalPlatform
     from bot.service import Service
 
+    if console_enabled:  # refuse a wide binding before minutes of model loading, not after
+        from bot.local.auth import check_binding
+
+        db = await _open_db(cfg)
+        try:
+            await check_binding(cfg, host, db)
+        finally:
+            await db.close()
     model_path, is_demo = resolve_model(cfg, demo)
     service = Service(cfg, demo=is_demo, model_path=model_path)
     service.add_platform(LocalPlatform())
@@ -140,6 +158,7 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
             label = " (DEMO model — not medical advice)" if is_demo else ""
             console.print(f"[bold green]LLM4Sweat is running{label}.[/bold green] Open {url}")
             console.print(f"  patient chat {url}#patient · reviewer queue {url}#reviewer · moderator panel {url}#moderator")
+            await _print_sign_in(service, cfg.local.public_url + "/" if cfg.local.public_url else url, demo)
         await stop.wait()
     finally:
         for runner in reversed(runners):
@@ -148,6 +167,23 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
             except Exception:
                 log.exception("shutting down %s failed", runner)
         await service.stop()
+
+
+async def _print_sign_in(service: Any, url: str, demo: bool) -> None:
+    """The demo prints one-time sign-in links (as Jupyter prints its token URL); `run` says how
+    to make accounts when there are none."""
+    from bot.access import accounts, sessions
+
+    if demo:
+        minutes = service.settings.local.login_link_minutes
+        console.print(f"  Sign in (each link works once, for {minutes:g} minutes; a new demo start prints new ones):")
+        for account in await accounts.ensure_demo_accounts(service.db):
+            token = await sessions.create_link(service.db, account, minutes * 60)
+            console.print(f"    {account.role:<9} {url}login?token={token}", highlight=False, soft_wrap=True)
+    elif await accounts.count(service.db) == 0:
+        console.print("  No reviewer or moderator accounts yet. Create one, then sign in at "
+                      f"{url}login:\n    llm4sweat users add NAME --role moderator   (or --role reviewer)",
+                      highlight=False)
 
 
 @app.command()
@@ -212,6 +248,102 @@ def db_upgrade() -> None:
             console.print(f"applied {m.package}/{m.version:03d} {m.name}")
     else:
         console.print(f"{cfg.db_path}: up to date")
+
+
+# ---------------------------------------------------------------------------- users
+
+
+def _read_password(password_stdin: bool) -> str:
+    """From standard input (one line) or a hidden prompt asked twice; never a command-line argument,
+    which other local users can read in the process list and which shells keep in history."""
+    if password_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _accounts_call(fn: Any, *args: Any) -> Any:
+    cfg = settings()
+    from bot.access.accounts import AccountError
+
+    async def go() -> Any:
+        db = await _open_db(cfg)
+        try:
+            return await fn(db, *args)
+        finally:
+            await db.close()
+
+    try:
+        return run_async(go())
+    except AccountError as exc:
+        err.print(f"[red]llm4sweat users:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+
+
+@users_app.command("add")
+def users_add(
+    name: str = typer.Argument(..., help="Account name (letters, digits, '.', '_', '-')."),
+    role: str = typer.Option(..., "--role", help="reviewer (reviews replies) or moderator (also runs commands)."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+) -> None:
+    """Create a console account; the password is asked for (or read from standard input)."""
+    from bot.access import accounts
+
+    try:
+        name, role = accounts.check_name(name), accounts.check_role(role)
+        password = accounts.check_password(_read_password(password_stdin))
+    except accounts.AccountError as exc:
+        err.print(f"[red]llm4sweat users:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    account = _accounts_call(accounts.add, name, role, password)
+    console.print(f"account {account.name} ({account.role}) created; sign in at the console's /login page")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Every console account with its role."""
+    from datetime import datetime
+
+    from bot.access import accounts
+
+    rows = _accounts_call(accounts.all_accounts)
+    if not rows:
+        console.print("no accounts yet: llm4sweat users add NAME --role moderator")
+        return
+    table = Table("name", "role", "created")
+    for account in rows:
+        table.add_row(account.name, account.role, datetime.fromtimestamp(account.created_at).strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@users_app.command("remove")
+def users_remove(name: str = typer.Argument(..., help="The account to remove.")) -> None:
+    """Remove an account; its sessions end at once (its past decisions stay in the audit trail)."""
+    from bot.access import accounts
+
+    if not _accounts_call(accounts.remove, name):
+        err.print(f"[red]llm4sweat users:[/red] no account named {name!r}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"account {name} removed; its sessions have ended")
+
+
+@users_app.command("passwd")
+def users_passwd(
+    name: str = typer.Argument(..., help="The account."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+) -> None:
+    """Set a new password; every session of the account ends."""
+    from bot.access import accounts
+
+    try:
+        password = accounts.check_password(_read_password(password_stdin))
+    except accounts.AccountError as exc:
+        err.print(f"[red]llm4sweat users:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    if not _accounts_call(accounts.set_password, name, password):
+        err.print(f"[red]llm4sweat users:[/red] no account named {name!r}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"password of {name} changed; its sessions have ended")
 
 
 @app.command("settings")

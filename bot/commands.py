@@ -54,7 +54,10 @@ class Commands:
         }
         if command not in handlers:
             return CommandReply(f"Unknown command {command!r}. Commands: {', '.join(COMMANDS)}.", ok=False)
-        return await handlers[command]()
+        reply = await handlers[command]()
+        # Replies quote incidents, job errors and model-server errors: never a key or token.
+        reply.text = self.service.settings.redact(reply.text)
+        return reply
 
     async def status(self, actor: Actor) -> CommandReply:
         await self._require(actor, "status")

@@ -365,6 +365,7 @@ class ConversationCore:
         return result
 
     async def _model_failed(self, message_id: int, conv: ConversationRef, error: str, result: HandleResult) -> HandleResult:
+        error = self.settings.redact(error)  # stored, shown to moderators and posted: never a key
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE messages SET status = 'queued_retry', attempts = attempts + 1, last_error = ? WHERE id = ?",
@@ -566,6 +567,7 @@ class ConversationCore:
     async def alert_moderators(self, text: str, urgent: bool = False, key: str | None = None) -> None:
         """Tell moderators and on-duty reviewers on every connected platform (through the outbox:
         an alert that fails is retried and counted in /status). ``key`` makes it once-only."""
+        text = self.settings.redact(text)  # stored in the outbox and posted: never a key
         platforms = list(self.platforms)
         if not platforms:
             return

@@ -5,21 +5,23 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
+from bot.redact import MIN_SECRET_CHARS, redact
+
 
 class SecretFilter(logging.Filter):
-    """Replaces any configured secret value in a log record with '***'."""
+    """Removes configured secret values and token-shaped strings from log records (bot.redact)."""
 
     def __init__(self, secrets: Iterable[str]):
         super().__init__()
-        self.secrets = [s for s in secrets if s and len(s) >= 4]
+        self.secrets = [s for s in secrets if s and len(s) >= MIN_SECRET_CHARS]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = record.getMessage()
-        masked = message
-        for secret in self.secrets:
-            masked = masked.replace(secret, "***")
+        masked = redact(message, self.secrets)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
         if masked != message:
             record.msg, record.args = masked, ()
         return True

@@ -87,7 +87,7 @@ class Service:
                 return
             except AdapterLoadError as exc:
                 problem = str(exc)
-        message = f"live adapter {live['version']} cannot be loaded ({problem}); SERVING THE BASE MODEL"
+        message = self.settings.redact(f"live adapter {live['version']} cannot be loaded ({problem}); SERVING THE BASE MODEL")
         log.error(message)
         await self.db.execute(
             "INSERT INTO incidents (kind, detail, created_at) VALUES ('adapter_load_failed', ?, ?)", (message, now())
@@ -126,7 +126,7 @@ class Service:
             await run_retrain_job(self, job_id)
         except Exception as exc:  # the job row must never stay 'running' after a crash
             log.exception("retraining job %s failed", job_id)
-            await jobs.finish(self.db, job_id, "failed", error=str(exc)[:1000])
+            await jobs.finish(self.db, job_id, "failed", error=self.settings.redact(str(exc))[:1000])
 
     async def _retry_forever(self) -> None:
         """Start-up recovery, then every ``retry_interval_s``: answer what waits, expire old reviews."""

@@ -87,11 +87,33 @@ class PromptSettings(Section):
 
 
 class LocalConsoleSettings(Section):
+    """The web console. Reviewers and moderators sign in with accounts (``llm4sweat users``,
+    docs/access.md); patients get an anonymous id kept in their own browser."""
+
     host: str = "127.0.0.1"
     port: int = Field(8377, ge=0, le=65535)
-    # Names that the console treats as holding the reviewer / moderator roles.
-    reviewer_ids: list[str] = Field(default_factory=lambda: ["reviewer"])
-    moderator_ids: list[str] = Field(default_factory=lambda: ["moderator"])
+    # The address people open, e.g. "https://support.example.org" (behind a TLS proxy). Needed
+    # to serve beyond loopback; the Host check then accepts its host name, and the session
+    # cookie is marked Secure when it is https.
+    public_url: str | None = None
+    # A sign-in lasts this long (the session is stored hashed and can be revoked earlier).
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    # One-time sign-in links (``llm4sweat demo`` prints them) expire after this many minutes.
+    login_link_minutes: float = Field(60.0, gt=0, le=24 * 60)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// address, e.g. https://support.example.org")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be the site's address without a path, e.g. https://support.example.org")
+        return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 class DiscordSettings(Section):
@@ -128,8 +150,9 @@ class SlackSettings(Section):
     moderator_user_ids: list[str] = Field(default_factory=list)
     allow_dms: bool = False
     api_base_url: str | None = None
-    # HTTP mode: where the Events / Interactivity / Slash command Request URL is served.
-    http_host: str = "0.0.0.0"
+    # HTTP mode: where the Events / Interactivity / Slash command Request URL is served. Loopback
+    # by default: put a TLS reverse proxy in front, or set "0.0.0.0" deliberately (docs/slack.md).
+    http_host: str = "127.0.0.1"
     http_path: str = "/slack/events"
     # Slash commands are /<command_prefix><name> (/sweat-status …); command_names overrides single
     # names, e.g. {"status" = "/clinic-status", "forget-me" = "/forget-me"}.
@@ -331,6 +354,12 @@ class Settings(BaseSettings):
             value = getattr(getattr(self, section), key)
             data[section][key] = "(set)" if value is not None else None
         return data
+
+    def redact(self, text: str) -> str:
+        """``text`` without any configured secret or token-shaped string (see bot.redact)."""
+        from bot.redact import redact
+
+        return redact(text, self.secret_values())
 
     def secret_values(self) -> list[str]:
         values = []

@@ -19,6 +19,8 @@ from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
 import aiosqlite
 
+from bot.files import private_file
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -35,11 +37,14 @@ class Migration:
 def all_migrations() -> list[Migration]:
     """Migrations of every package, in the order they must be applied."""
     from bot import schema as bot_schema
+    from bot.access import schema as access_schema
     from pipeline import schema as pipeline_schema
     from reviewers import schema as reviewers_schema
 
-    # bot first (patients, conversations), then reviewers and pipeline that reference them.
-    return [*bot_schema.MIGRATIONS, *reviewers_schema.MIGRATIONS, *pipeline_schema.MIGRATIONS]
+    # bot first (patients, conversations), then reviewers and pipeline that reference them;
+    # console accounts stand alone.
+    return [*bot_schema.MIGRATIONS, *reviewers_schema.MIGRATIONS, *pipeline_schema.MIGRATIONS,
+            *access_schema.MIGRATIONS]
 
 
 class StorageError(Exception):
@@ -69,9 +74,13 @@ class Database:
     async def open(self, migrate: bool = True) -> "Database":
         if str(self.path) != ":memory:":
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # Owner-only before SQLite opens it: the -wal and -shm files get the same mode.
+                for path in (self.path, *(self.path.with_name(self.path.name + s) for s in ("-wal", "-shm"))):
+                    if path == self.path or path.exists():
+                        private_file(path)
             except OSError as exc:
-                raise StorageError(f"database directory {self.path.parent}: {exc.strerror}") from None
+                raise StorageError(f"database {self.path}: {exc.strerror}") from None
         try:
             self._conn = await aiosqlite.connect(str(self.path), isolation_level=None)
             self._conn.row_factory = aiosqlite.Row

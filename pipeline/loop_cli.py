@@ -271,14 +271,21 @@ def export_lm_eval(cfg: Settings, console: Console, *, out: Path, base_model: st
 
 async def _console_call(cfg: Settings, method: str, path: str, body: dict[str, Any] | None = None,
                         params: dict[str, str] | None = None, timeout: float = 3.0) -> dict[str, Any] | None:
-    """A call to the running service's local console API, or None when none is running."""
+    """A call to the running service's local console API, or None when none is running.
+
+    Sends the control token the service wrote to the data directory (bot/access/control.py)
+    as a bearer token: the command line acts as ``cli:operator``, never as a typed name."""
     import aiohttp
+
+    from bot.access.control import read_token
 
     host = cfg.local.host if cfg.local.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     url = f"http://{host}:{cfg.local.port}{path}"
+    token = read_token(cfg.data_dir)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            async with session.request(method, url, json=body, params=params) as resp:
+            async with session.request(method, url, json=body, params=params, headers=headers) as resp:
                 if resp.content_type != "application/json":
                     return None
                 return await resp.json()
@@ -288,11 +295,15 @@ async def _console_call(cfg: Settings, method: str, path: str, body: dict[str, A
 
 async def console_command(cfg: Settings, command: str, argument: str | None = None) -> dict[str, Any] | None:
     """Run a moderator command in the running service; None when no console answers."""
+    from bot.access.control import read_token, token_path
+
     if await _console_call(cfg, "GET", "/api/info", timeout=1.0) is None:
         return None
-    moderator = (cfg.local.moderator_ids or ["moderator"])[0]
+    if read_token(cfg.data_dir) is None:
+        return {"ok": False, "error": f"a service is running, but its control token ({token_path(cfg.data_dir)}) "
+                                      "cannot be read: run this as the user running the service, with its data directory"}
     return await _console_call(cfg, "POST", "/api/moderator/command",
-                               {"moderator": moderator, "command": command, "argument": argument or ""}, timeout=30.0)
+                               {"command": command, "argument": argument or ""}, timeout=30.0)
 
 
 # --------------------------------------------------------------------------------- retrain
@@ -305,7 +316,7 @@ def retrain(cfg: Settings, console: Console, *, wait: bool, here: bool, force: b
             console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
             if wait and reply.get("data", {}).get("job_id"):
                 return asyncio.run(_wait_for_job(cfg, console, int(reply["data"]["job_id"])))
-            return 0 if reply.get("ok", True) else 1
+            return 0 if reply.get("ok") else 1
     return asyncio.run(_retrain_here(cfg, console, force))
 
 

@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.files import private_dir
 from bot.storage import Database, now
 from pipeline import dataset, jobs, registry
 from pipeline import evaluate as ev
@@ -378,6 +379,7 @@ async def run_retrain_job(
         raise
     except Exception as exc:
         message = str(exc) if isinstance(exc, (RetrainError, registry.RegistryError)) else f"{type(exc).__name__}: {exc}"
+        message = service.settings.redact(message)  # a model server's error may quote a key
         log.error("retraining job %s failed: %s", job_id, message)
         await jobs.finish(db, job_id, "failed", error=message[:2000])
         await tell_moderators(service, f"Retraining job #{job_id} failed: {message[:1500]}")
@@ -407,7 +409,7 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
     settings = service.settings
     pack = service.pack
     job_dir = Path(settings.data_dir) / "jobs" / f"retrain-{job_id}"
-    job_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(job_dir)  # the snapshot holds patients' words
 
     await progress("exporting the dataset snapshot", "export")
     snapshot = await export_snapshot(db, pack, job_dir / "dataset.jsonl",
@@ -419,7 +421,7 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
             return await _skip(service, job_id, progress, snapshot, why)
     base_model = resolve_base_model(service)
     adapters_dir = Path(settings.adapters_path)
-    adapters_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(adapters_dir)
     if snapshot.examples < options.min_examples:
         raise RetrainError(f"only {snapshot.examples} training examples; at least {options.min_examples} are needed")
     if not getattr(pack, "eval_questions", None):

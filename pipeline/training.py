@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bot.files import make_private
 from bot.settings import TrainingSettings
 
 logger = logging.getLogger(__name__)
@@ -359,7 +360,7 @@ def _train(
         model = get_peft_model(model, lora)
 
     work = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, mode=0o700)  # weights learned from patients' words: owner-only
     try:
         has_val = bool(val_rows)
         strategy = "epoch" if has_val else "no"
@@ -483,6 +484,7 @@ def _move_into_place(final: Path, out_dir: Path, work: Path, overwrite: bool) ->
         if not overwrite:
             raise FileExistsError(f"{out_dir} appeared while training; the new result was discarded")
         os.replace(out_dir, work / "previous")
+    make_private(final)  # directories 0700, files 0600, before it appears under its name
     os.replace(final, out_dir)
 
 

@@ -1,8 +1,10 @@
 """The local console's JSON API over real HTTP on 127.0.0.1, on a fixed-reply backend.
 
 The server is the real ``start_console`` (port 0) running in the test's event loop; requests
-go through an aiohttp client session, so routing, body parsing, error mapping and headers
-are all exercised as the page uses them.
+go through aiohttp client sessions, so routing, body parsing, error mapping, headers and
+cookies are all exercised as the page uses them. The patient is a browser of its own (an
+anonymous id in a cookie); the reviewer and the moderator sign in with accounts through
+``POST /api/login``. Access control itself is tested in test_console_access.py.
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bot.access import accounts
 from bot.core import LABEL_EDITED, LABEL_PENDING, NOTICE_EMPTY, NOTICE_PAUSED, NOTICE_UNAVAILABLE
 from bot.local.web import MAX_BODY_BYTES, STATIC_DIR, start_console
 
 # The service fixture's loop is the session loop; the server must run in the same one.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-PATIENT = "alex"
-REVIEWER = "reviewer"  # in settings.local.reviewer_ids by default
-MODERATOR = "moderator"  # in settings.local.moderator_ids by default
+REVIEWER = "rita"  # a reviewer account
+MODERATOR = "mo"  # a moderator account
+PASSWORD = "a long enough password"
 
 
 class Console:
+    """One browser: its own cookie jar, and the Origin header a page of the console sends."""
+
     def __init__(self, url: str, session: aiohttp.ClientSession):
         self.url = url.rstrip("/")
         self.session = session
@@ -36,22 +41,28 @@ class Console:
     async def post(self, path: str, body=None, *, data: bytes | None = None,
                    content_type: str = "application/json") -> tuple[int, dict]:
         payload = data if data is not None else json.dumps(body).encode()
-        async with self.session.post(self.url + path, data=payload, headers={"Content-Type": content_type}) as resp:
+        headers = {"Content-Type": content_type, "Origin": self.url}
+        async with self.session.post(self.url + path, data=payload, headers=headers) as resp:
             assert resp.content_type == "application/json", await resp.text()
             return resp.status, await resp.json()
 
-    async def say(self, text: str, user: str = PATIENT) -> dict:
-        status, body = await self.post("/api/patient/messages", {"user": user, "text": text})
+    async def sign_in(self, name: str, password: str = PASSWORD) -> "Console":
+        status, body = await self.post("/api/login", {"name": name, "password": password})
+        assert status == 200, body
+        return self
+
+    async def say(self, text: str) -> dict:
+        status, body = await self.post("/api/patient/messages", {"text": text})
         assert status == 200, body
         return body
 
-    async def thread(self, user: str = PATIENT) -> list[dict]:
-        status, body = await self.get("/api/patient/conversation", user=user)
+    async def thread(self) -> list[dict]:
+        status, body = await self.get("/api/patient/conversation")
         assert status == 200, body
         return body["entries"]
 
-    async def decide(self, item_id: int, reviewer: str = REVIEWER, action: str = "approve", **extra) -> tuple[int, dict]:
-        return await self.post(f"/api/reviews/{item_id}/decision", {"reviewer": reviewer, "action": action, **extra})
+    async def decide(self, item_id: int, action: str = "approve", **extra) -> tuple[int, dict]:
+        return await self.post(f"/api/reviews/{item_id}/decision", {"action": action, **extra})
 
     async def pending(self) -> list[dict]:
         status, body = await self.get("/api/reviews")
@@ -59,13 +70,35 @@ class Console:
         return body["items"]
 
 
+class Browsers:
+    """The patient's browser (``say``/``thread``), a signed-in reviewer and a signed-in moderator."""
+
+    def __init__(self, patient: Console, reviewer: Console, moderator: Console, new: "callable"):
+        self.patient, self.reviewer, self.moderator, self.new = patient, reviewer, moderator, new
+        self.url = patient.url
+        self.say, self.thread, self.get, self.post = patient.say, patient.thread, patient.get, patient.post
+        self.decide, self.pending = reviewer.decide, reviewer.pending
+
+
 @pytest.fixture
 async def console(service):
+    await accounts.add(service.db, REVIEWER, "reviewer", PASSWORD)
+    await accounts.add(service.db, MODERATOR, "moderator", PASSWORD)
     runner, url = await start_console(service, "127.0.0.1", 0)
     assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/")
-    async with aiohttp.ClientSession() as session:
-        yield Console(url, session)
-    await runner.cleanup()
+    sessions: list[aiohttp.ClientSession] = []
+
+    def new() -> Console:
+        # unsafe=True: keep cookies set by an IP-address host (127.0.0.1), as browsers do.
+        sessions.append(aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)))
+        return Console(url, sessions[-1])
+
+    try:
+        yield Browsers(new(), await new().sign_in(REVIEWER), await new().sign_in(MODERATOR), new)
+    finally:
+        for session in sessions:
+            await session.close()
+        await runner.cleanup()
 
 
 def replies(entries: list[dict]) -> list[dict]:
@@ -110,7 +143,7 @@ async def test_message_reply_review_edit_dataset(console, service):
     assert reply["kind"] == "reviewed" and reply["text"] == edited and reply["label"] == LABEL_EDITED
     assert await console.pending() == []
 
-    status, counts = await console.get("/api/dataset")
+    status, counts = await console.reviewer.get("/api/dataset")
     assert status == 200 and counts["by_source"].get("expert_edited") == 1
     rows = await dataset_rows(service, "expert_edited")
     assert len(rows) == 1
@@ -119,22 +152,35 @@ async def test_message_reply_review_edit_dataset(console, service):
     decision = await service.db.fetchone("SELECT * FROM review_decisions WHERE item_id = ?", (card["item_id"],))
     assert (decision["reviewer_id"], decision["accuracy"], decision["appropriateness"], decision["empathy"]) == (
         REVIEWER, 4, 5, 3)
+    assert decision["reviewer_platform"] == "console"
+    audited = await service.db.fetchval("SELECT actor FROM review_audit WHERE item_id = ? AND action = 'edit'",
+                                        (card["item_id"],))
+    assert audited == f"console:{REVIEWER}"  # the signed-in account, never a typed name
 
-    status, agreement = await console.get("/api/reviews/agreement")
+    status, agreement = await console.reviewer.get("/api/reviews/agreement")
     assert status == 200 and set(agreement["agreement"]) >= {"action", "accuracy", "appropriateness", "empathy"}
 
 
-async def test_non_reviewer_is_refused_and_nothing_changes(console, service):
+async def test_a_patient_cannot_review_whatever_name_they_type(console, service):
+    """The probe of issue 12: a patient typed " reviewer " and saved a harmful edit."""
     sent = await console.say("Is it normal that my feet sweat so much my shoes are wet?")
-    status, body = await console.decide(sent["item_id"], reviewer="mallory", action="edit", text="Anything")
-    assert status == 403
-    assert "reviewer" in body["error"] and "Traceback" not in body["error"]
+    for name in (" reviewer ", "reviewer", REVIEWER, "moderator", MODERATOR):
+        status, body = await console.patient.post(f"/api/reviews/{sent['item_id']}/decision",
+                                                  {"reviewer": name, "action": "edit", "text": "Stop all treatment."})
+        assert status == 401 and "Sign in" in body["error"] and "Traceback" not in body["error"]
     assert [p["item_id"] for p in await console.pending()] == [sent["item_id"]]
     assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
     assert await dataset_rows(service) == []
     assert replies(await console.thread())[-1]["kind"] == "pending_review"
-    refused = await service.db.fetchval("SELECT COUNT(*) FROM review_audit WHERE action = 'refused'")
-    assert refused == 1  # the refusal is on the audit trail
+
+
+async def test_a_name_in_the_body_does_not_change_who_decides(console, service):
+    sent = await console.say("Do antiperspirants work on hands?")
+    status, outcome = await console.reviewer.post(f"/api/reviews/{sent['item_id']}/decision",
+                                                  {"reviewer": "someone-else", "action": "approve"})
+    assert status == 200 and outcome["state"] == "approved"
+    decision = await service.db.fetchone("SELECT reviewer_platform, reviewer_id FROM review_decisions")
+    assert tuple(decision) == ("console", REVIEWER)
 
 
 async def test_deciding_twice_is_idempotent(console, service):
@@ -172,15 +218,15 @@ async def test_review_errors_are_400(console, service):
         assert status == 400 and needle in error["error"], (body, error)
     status, error = await console.decide(999_999)
     assert status == 400 and "does not exist" in error["error"]
-    status, error = await console.post("/api/reviews/abc/decision", {"reviewer": REVIEWER, "action": "approve"})
+    status, error = await console.reviewer.post("/api/reviews/abc/decision", {"action": "approve"})
     assert status == 404 and "error" in error
     assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
     assert [p["item_id"] for p in await console.pending()] == [item]
 
 
 async def test_pending_list_high_priority_first(console, service):
-    first = await console.say("First question about sweating.", user="p1")
-    second = await console.say("Second question about sweating.", user="p2")
+    first = await console.new().say("First question about sweating.")
+    second = await console.new().say("Second question about sweating.")
     await service.db.execute("UPDATE review_items SET priority = 'high' WHERE id = ?", (second["item_id"],))
     assert [p["item_id"] for p in await console.pending()] == [second["item_id"], first["item_id"]]
 
@@ -216,23 +262,18 @@ async def test_bad_requests_are_clear_400s(console, service):
         (dict(data=b"[1, 2]"), 400, "JSON object"),
         (dict(data=b'"text"'), 400, "JSON object"),
         (dict(data=b""), 400, "not valid JSON"),
-        (dict(data=b'{"user": "a", "text": "\xff\xfe"}'), 400, "UTF-8"),
-        (dict(body={"text": "hello"}), 400, "'user'"),
+        (dict(data=b'{"text": "\xff\xfe"}'), 400, "UTF-8"),
         (dict(body={"user": "a"}), 400, "'text'"),
-        (dict(body={"user": "   ", "text": "hi"}), 400, "'user'"),
-        (dict(body={"user": "a" * 65, "text": "hi"}), 400, "64"),
-        (dict(body={"user": "a", "text": 42}), 400, "string"),
-        (dict(body={"user": ["a"], "text": "hi"}), 400, "string"),
-        (dict(body={"user": "a", "text": "hi"}, content_type="text/plain"), 415, "JSON"),
-        (dict(data=b'{"user": "a", "text": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'), 413, "too large"),
+        (dict(body={"text": 42}), 400, "string"),
+        (dict(body={"text": ["hi"]}), 400, "string"),
+        (dict(body={"text": "hi"}, content_type="text/plain"), 415, "JSON"),
+        (dict(data=b'{"text": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'), 413, "too large"),
     ]
     for kwargs, expected, needle in cases:
         status, body = await console.post(path, **kwargs)
         assert status == expected and needle in body["error"], (kwargs.get("body"), status, body)
         assert "Traceback" not in body["error"]
     assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 0
-    status, body = await console.get("/api/patient/conversation")
-    assert status == 400 and "'user'" in body["error"]
     status, body = await console.get("/api/nothing-here")
     assert status == 404 and "error" in body
 
@@ -242,7 +283,7 @@ async def test_unexpected_failure_is_a_json_500_without_traceback(console, servi
         raise RuntimeError("database exploded")
 
     monkeypatch.setattr(service.core, "handle_message", broken)
-    status, body = await console.post("/api/patient/messages", {"user": "a", "text": "hi"})
+    status, body = await console.post("/api/patient/messages", {"text": "hi"})
     assert status == 500
     assert "logged" in body["error"] and "exploded" not in body["error"] and "Traceback" not in body["error"]
     assert any("console POST /api/patient/messages failed" in r.getMessage() for r in caplog.records)
@@ -256,13 +297,13 @@ async def test_model_outage_shows_saved_notice_and_alerts_moderators(console, se
     message = entries[0]
     assert message["status"] == "queued_retry" and "saved" in message["status_text"]
     assert NOTICE_UNAVAILABLE in [e["text"] for e in entries if e["type"] == "notice"]
-    status, alerts = await console.get("/api/moderator/alerts", moderator=MODERATOR)
+    status, alerts = await console.moderator.get("/api/moderator/alerts")
     assert status == 200
     assert any("failing" in a["text"] for a in alerts["alerts"])
     assert any(i["kind"] == "model_unavailable" for i in alerts["incidents"])
 
     service.backend.fail_with = None
-    status, reply = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "resume"})
+    status, reply = await console.moderator.post("/api/moderator/command", {"command": "resume"})
     assert status == 200 and reply["data"]["answered"] == 1
     entries = await console.thread()
     assert entries[0]["status"] == "answered" and replies(entries)
@@ -276,18 +317,18 @@ async def test_crisis_message_shows_resources_and_alerts_moderators(console, ser
     crisis = [e for e in entries if e["type"] == "notice" and e["kind"] == "crisis"]
     assert len(crisis) == 1 and crisis[0]["text"]
     assert replies(entries) == []  # never a model reply to a crisis message
-    status, alerts = await console.get("/api/moderator/alerts", moderator=MODERATOR)
+    status, alerts = await console.moderator.get("/api/moderator/alerts")
     assert status == 200 and any(a["urgent"] for a in alerts["alerts"])
     assert any(i["kind"] == "crisis" for i in alerts["incidents"])
 
 
 async def test_forget_deletes_the_patient(console, service):
     await console.say("Please remember that my armpits sweat.")
-    status, body = await console.post("/api/patient/forget", {"user": PATIENT})
+    status, body = await console.post("/api/patient/forget", {})
     assert status == 200 and body["deleted"] is True
     assert await console.thread() == []
     assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 0
-    status, body = await console.post("/api/patient/forget", {"user": PATIENT})
+    status, body = await console.post("/api/patient/forget", {})
     assert status == 200 and body["deleted"] is False
 
 
@@ -306,41 +347,46 @@ async def test_typed_forget_me_leaves_no_old_notices_behind(console, service):
 
 
 async def test_moderator_commands_need_the_role(console, service):
-    status, body = await console.post("/api/moderator/command", {"moderator": "mallory", "command": "pause"})
-    assert status == 403 and "moderator" in body["error"]
-    assert not await service.core.is_paused()
-    status, body = await console.get("/api/moderator/status", moderator="mallory")
-    assert status == 403
-    status, body = await console.get("/api/moderator/alerts", moderator="mallory")
-    assert status == 403
-    status, body = await console.get("/api/moderator/status")
-    assert status == 400 and "'moderator'" in body["error"]
-    refused = await service.db.fetchval("SELECT COUNT(*) FROM review_audit WHERE action = 'command_refused'")
-    assert refused == 2
+    for who, expected in ((console.patient, 401), (console.reviewer, 403)):
+        status, body = await who.post("/api/moderator/command", {"moderator": MODERATOR, "command": "pause"})
+        assert status == expected and ("Sign in" if expected == 401 else "moderators") in body["error"]
+        assert not await service.core.is_paused()
+        for path in ("/api/moderator/status", "/api/moderator/alerts"):
+            status, body = await who.get(path, moderator=MODERATOR)
+            assert status == expected, (path, body)
+
+
+async def test_moderator_commands_are_audited_with_the_account(console, service):
+    status, body = await console.moderator.post("/api/moderator/command", {"command": "pause"})
+    assert status == 200 and body["ok"]
+    status, body = await console.moderator.post("/api/moderator/command", {"command": "resume"})
+    assert status == 200 and body["ok"]
+    rows = await service.db.fetchall("SELECT actor, detail FROM review_audit WHERE action = 'command' ORDER BY id")
+    assert [tuple(r) for r in rows] == [(f"console:{MODERATOR}", "pause"), (f"console:{MODERATOR}", "resume")]
 
 
 async def test_moderator_status_pause_resume_dataset(console, service):
-    status, body = await console.get("/api/moderator/status", moderator=MODERATOR)
+    status, body = await console.moderator.get("/api/moderator/status")
     assert status == 200 and "Live adapter" in body["text"] and body["data"]["model"] == "fixed-model"
 
-    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "/Pause"})
+    status, body = await console.moderator.post("/api/moderator/command", {"command": "/Pause"})
     assert status == 200 and body["ok"] and await service.core.is_paused()
     sent = await console.say("Is anyone there?")
     assert sent["status"] == "paused" and NOTICE_PAUSED in [v["text"] for v in sent["views"]]
 
-    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "resume"})
+    status, body = await console.moderator.post("/api/moderator/command", {"command": "resume"})
     assert status == 200 and not await service.core.is_paused()
 
-    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "dataset"})
+    status, body = await console.moderator.post("/api/moderator/command", {"command": "dataset"})
     assert status == 200 and body["text"].startswith("Dataset:")
-    status, counts = await console.get("/api/dataset")
+    status, counts = await console.moderator.get("/api/dataset")  # a moderator may also review
     assert status == 200 and counts["total"] == body["data"]["total"]
 
-    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "rollback"})
+    status, body = await console.moderator.post("/api/moderator/command", {"command": "rollback"})
     assert status == 200 and body["ok"] is False and body["text"]  # nothing to roll back to: said plainly
-    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR, "command": "launch"})
+    status, body = await console.moderator.post("/api/moderator/command", {"command": "launch"})
     assert status == 200 and body["ok"] is False and "Unknown command" in body["text"]
-    status, body = await console.post("/api/moderator/command", {"moderator": MODERATOR})
+    status, body = await console.moderator.post("/api/moderator/command", {})
     assert status == 400 and "'command'" in body["error"]
 
 
@@ -348,12 +394,12 @@ async def test_moderator_status_pause_resume_dataset(console, service):
 
 
 async def test_page_is_served_and_loads_nothing_external(console, service):
-    async with console.session.get(console.url + "/") as resp:
+    async with console.patient.session.get(console.url + "/") as resp:
         assert resp.status == 200 and "text/html" in resp.content_type
         html = await resp.text()
         assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
-    for name in ("app.js", "style.css"):
-        async with console.session.get(f"{console.url}/static/{name}") as resp:
+    for name in ("app.js", "style.css", "login.js"):
+        async with console.patient.session.get(f"{console.url}/static/{name}") as resp:
             assert resp.status == 200
     for path in Path(STATIC_DIR).iterdir():
         text = path.read_text()
@@ -365,6 +411,6 @@ async def test_page_is_served_and_loads_nothing_external(console, service):
 
 
 async def test_foreign_host_header_is_refused(console):
-    async with console.session.get(console.url + "/api/info", headers={"Host": "evil.example:80"}) as resp:
+    async with console.patient.session.get(console.url + "/api/info", headers={"Host": "evil.example:80"}) as resp:
         assert resp.status == 403
         assert "not served here" in (await resp.json())["error"]

@@ -1,8 +1,9 @@
 """A real click-through of the local console in headless Chromium (Debian's ``chromium``).
 
-patient asks → the reply shows, labelled AI-written → a reviewer edits it with rubric scores →
-the patient sees the edited reply marked reviewed → the dataset holds the example; and a
-moderator presses Status. The console server runs in the test's own event loop (the same
+patient asks (no name: an anonymous id in a cookie) → the reply shows, labelled AI-written →
+a reviewer signs in through the real login page and edits it with rubric scores → the patient
+sees the edited reply marked reviewed → the dataset holds the example; a reviewer cannot
+pause; a moderator signs in with a one-time link and presses Status. The console server runs in the test's own event loop (the same
 loop as the service fixture); Playwright's async API drives the browser from that loop too.
 Every request the page makes to anything but the console is blocked and fails the test.
 """
@@ -15,6 +16,7 @@ import shutil
 
 import pytest
 
+from bot.access import accounts, sessions
 from bot.core import LABEL_EDITED, LABEL_PENDING
 from bot.local.web import start_console
 
@@ -52,6 +54,9 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
 
     expect.set_options(timeout=TIMEOUT_MS)
     page = browser_page
+    password = "rita's long password"
+    await accounts.add(service.db, "rita", "reviewer", password)
+    moderator = await accounts.add(service.db, "mo", "moderator", "mo's long password")
     runner, url = await start_console(service, "127.0.0.1", 0)
     external: list[str] = []
     page_errors: list[str] = []
@@ -70,7 +75,7 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         await page.goto(url + "#patient")
         await expect(page.get_by_test_id("patient-view")).to_be_visible()
         await expect(page.get_by_test_id("demo-banner")).to_be_hidden()
-        await page.get_by_label("Your name").fill("alex")
+        assert await page.get_by_test_id("patient-name").count() == 0  # no name to type (or to borrow)
         await page.get_by_label("Your message").fill(QUESTION)
         await page.get_by_role("button", name="Send", exact=True).click()
 
@@ -83,21 +88,27 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         assert original.strip()
         await page.screenshot(path=str(tmp_path / "1-patient-pending.png"), full_page=True)
 
-        # ---------------------------------------------------------------- a reviewer edits it
+        # ---------------------------------------------------------------- a reviewer signs in
         await page.get_by_test_id("tab-reviewer").click()
         await expect(page).to_have_url(url + "#reviewer")
+        await expect(page.get_by_test_id("reviewer-signin")).to_be_visible()  # no queue without a sign-in
+        assert await page.get_by_test_id("review-card").count() == 0
+        await page.get_by_test_id("sign-in").click()
+        await expect(page).to_have_url(url + "login")
+        await page.get_by_label("Account name").fill("rita")
+        await page.get_by_label("Password").fill("a wrong password")
+        await page.get_by_role("button", name="Sign in", exact=True).click()
+        await expect(page.get_by_test_id("login-status")).to_have_text("Wrong name or password.")
+        await page.get_by_label("Password").fill(password)
+        await page.get_by_role("button", name="Sign in", exact=True).click()
+        await expect(page).to_have_url(url + "#reviewer")
+        await expect(page.get_by_test_id("who-text")).to_have_text("Signed in as rita (reviewer)")
+
+        # ---------------------------------------------------------------- and edits the reply
         card = page.get_by_test_id("review-card").first
         await expect(card.get_by_test_id("review-patient-text")).to_have_text(QUESTION)
         await expect(card.get_by_test_id("review-reply-text")).to_have_text(original)
         await expect(card.get_by_test_id("review-task")).to_contain_text("task:")
-
-        # Someone without the reviewer role is refused, visibly, and nothing changes.
-        await page.get_by_label("Reviewer name").fill("mallory")
-        await card.get_by_role("button", name="Approve", exact=True).click()
-        await expect(card.get_by_test_id("review-result")).to_contain_text("reviewer role")
-        assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
-
-        await page.get_by_label("Reviewer name").fill("reviewer")
         await card.get_by_label("Accuracy").select_option("4")
         await card.get_by_label("Appropriateness").select_option("5")
         await card.get_by_label("Empathy").select_option("3")
@@ -125,15 +136,27 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         assert json.loads(rows[0]["messages"])[1]["content"] == QUESTION
         decision = await service.db.fetchone("SELECT * FROM review_decisions")
         assert (decision["reviewer_id"], decision["action"], decision["accuracy"], decision["appropriateness"],
-                decision["empathy"]) == ("reviewer", "edit", 4, 5, 3)
+                decision["empathy"]) == ("rita", "edit", 4, 5, 3)
         response = await page.request.get(url + "api/dataset")
         assert (await response.json())["by_source"]["expert_edited"] == 1
 
-        # ---------------------------------------------------------------- a moderator presses Status
+        # ---------------------------------------------------------------- a reviewer cannot pause
         await page.get_by_test_id("tab-moderator").click()
-        await page.get_by_label("Moderator name").fill("moderator")
-        await page.get_by_role("button", name="Status", exact=True).click()
+        await expect(page.get_by_test_id("moderator-signin")).to_be_visible()
         output = page.get_by_test_id("moderator-output")
+        await page.get_by_role("button", name="Pause", exact=True).click()
+        await expect(output).to_contain_text("Only moderators")
+        assert not await service.core.is_paused()
+
+        # ---------------------------------------------------------------- a moderator, by a one-time link
+        await page.get_by_test_id("sign-out").click()
+        await expect(page.get_by_test_id("sign-in")).to_be_visible()
+        link = await sessions.create_link(service.db, moderator, 600)
+        await page.goto(f"{url}login?token={link}")
+        await expect(page).to_have_url(url + "#moderator")
+        await expect(page.get_by_test_id("who-text")).to_have_text("Signed in as mo (moderator)")
+        await expect(page.get_by_test_id("moderator-signin")).to_be_hidden()
+        await page.get_by_role("button", name="Status", exact=True).click()
         await expect(output).to_contain_text("Live adapter")
         await expect(output).to_contain_text("Review queue: 0 pending")
         await expect(output).to_contain_text("1 edited")
@@ -141,15 +164,20 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         await expect(output).to_contain_text("expert_edited 1")
         await page.screenshot(path=str(tmp_path / "4-moderator-status.png"), full_page=True)
 
-        # A non-moderator pressing a button is refused on the page, and answering is not paused.
-        await page.get_by_label("Moderator name").fill("mallory")
-        await page.get_by_role("button", name="Pause", exact=True).click()
-        await expect(output).to_contain_text("Only moderators")
-        assert not await service.core.is_paused()
+        # The link worked once: opened again it signs nobody in.
+        await page.get_by_test_id("sign-out").click()
+        await page.goto(f"{url}login?token={link}")
+        await expect(page.get_by_test_id("login-link-status")).to_be_visible()
+        audit = await service.db.fetchall("SELECT actor, action, detail FROM review_audit WHERE actor LIKE 'console:%'"
+                                          " AND action IN ('edit', 'command', 'command_refused', 'sign_in') ORDER BY id")
+        assert [tuple(r) for r in audit] == [
+            ("console:rita", "sign_in", "password"), ("console:rita", "edit", audit[1][2]),
+            ("console:mo", "sign_in", "one-time link"), ("console:mo", "command", "status"),
+            ("console:mo", "command", "dataset")]
 
         # ---------------------------------------------------------------- demo banner
         service.demo = True
-        await page.reload()
+        await page.goto(url + "#patient")
         await expect(page.get_by_test_id("demo-banner")).to_be_visible()
         await expect(page.get_by_test_id("demo-banner")).to_contain_text("DEMO")
         await page.screenshot(path=str(tmp_path / "5-demo-banner.png"))

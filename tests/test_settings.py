@@ -79,4 +79,4 @@ def test_secret_masked_in_logs(caplog):
     handler_filter = SecretFilter(["xoxb-123456"])
     record = logger.makeRecord("x", logging.INFO, __file__, 1, "token is %s", ("xoxb-123456",), None)
     handler_filter.filter(record)
-    assert "xoxb-123456" not in record.getMessage() and "***" in record.getMessage()
+    assert "xoxb-123456" not in record.getMessage() and "[redacted]" in record.getMessage()

@@ -471,7 +471,8 @@ async def test_llm4sweat_run_answers_patients_through_vllm_and_hot_swaps(vllm: S
                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session:
+        # A browser for the patient: the anonymous id comes back in a cookie set by 127.0.0.1.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             deadline = time.monotonic() + 120
             while True:
                 assert bot.poll() is None, out.read_text(errors="replace")[-3000:]
@@ -487,7 +488,8 @@ async def test_llm4sweat_run_answers_patients_through_vllm_and_hot_swaps(vllm: S
             async def ask(user: str, text: str) -> tuple[str, str, str]:
                 """The reply the patient saw, the adapter that wrote it, and the same prompt
                 answered greedily by that adapter on vLLM directly."""
-                async with session.post(base + "/api/patient/messages", json={"user": user, "text": text}) as resp:
+                async with session.post(base + "/api/patient/messages", json={"text": text},
+                                        headers={"Origin": base}) as resp:
                     data = await resp.json()
                 assert resp.status == 200 and data["reply_id"], data
                 shown = " ".join(v["text"] for v in data["views"] if v["kind"] != "notice")
@@ -503,8 +505,12 @@ async def test_llm4sweat_run_answers_patients_through_vllm_and_hot_swaps(vllm: S
             v1_names = [m for m in await served_models(vllm.url_a) if m.startswith("v1@")]
             assert len(v1_names) == 1  # one copy: adopted if loaded already, else loaded once
 
-            body = {"moderator": "moderator", "command": "rollback", "argument": "v2"}
-            async with session.post(base + "/api/moderator/command", json=body) as resp:
+            # The moderator command as `llm4sweat adapters rollback` sends it: the control token.
+            from bot.access.control import read_token
+
+            body = {"command": "rollback", "argument": "v2"}
+            bearer = {"Authorization": f"Bearer {read_token(vllm.settings.data_dir)}"}
+            async with session.post(base + "/api/moderator/command", json=body, headers=bearer) as resp:
                 reply = await resp.json()
             assert reply.get("ok"), reply
             shown2, version2, direct2 = await ask("patient-2", PROMPTS[0])

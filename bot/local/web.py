@@ -1,46 +1,52 @@
-"""The local console: one web page (patient chat, reviewer queue, moderator panel) on 127.0.0.1.
+"""The local console: one web page (patient chat, reviewer queue, moderator panel).
 
 This module only translates HTTP into calls on the service and the service's answers into
 JSON. Every rule (what a patient sees, who may decide or run a command, what joins the
-dataset) lives in ``bot.core``, ``reviewers`` and ``bot.commands``.
+dataset) lives in ``bot.core``, ``reviewers`` and ``bot.commands``; who is asking is settled
+by ``bot.local.auth`` before a handler runs (docs/access.md).
 
-Routes (all JSON; errors are ``{"error": "..."}`` with a 4xx status, never a traceback):
+Routes (all JSON; errors are ``{"error": "..."}`` with a 4xx status, never a traceback). The
+access level of each is in ``ROUTES``; the guard refuses reviewer and moderator routes with
+401 without a session and 403 with the wrong role:
 
-    GET  /                               the page (static files under /static/)
-    GET  /api/info                       demo flag, condition title
-    POST /api/patient/messages           {user, text}
-    GET  /api/patient/conversation       ?user=U
-    POST /api/patient/forget             {user}
-    GET  /api/reviews                    pending items, high priority first
-    POST /api/reviews/{id}/decision      {reviewer, action, text, accuracy, appropriateness, empathy, comment}
-    GET  /api/reviews/agreement          reviewer agreement (kappa)
-    GET  /api/moderator/status           ?moderator=M   (the /status command)
-    POST /api/moderator/command          {moderator, command, argument}
-    GET  /api/moderator/alerts           ?moderator=M   alerts kept by the local platform + open incidents
-    GET  /api/dataset                    example counts per task and source
+    GET  /                               the page (static files under /static/)       public
+    GET  /login                          sign-in page; ?token=… a one-time link       public
+    POST /api/login                      {name, password} → session cookie            public
+    POST /api/logout                     end this browser's session                   public
+    GET  /api/me                         who is signed in                             public
+    GET  /api/info                       demo flag, condition title                   public
+    POST /api/patient/messages           {text}                                       patient (own cookie id)
+    GET  /api/patient/conversation       this browser's conversation                  patient
+    POST /api/patient/forget             delete this browser's conversation           patient
+    GET  /api/reviews                    pending items, high priority first           reviewer
+    POST /api/reviews/{id}/decision      {action, text, accuracy, appropriateness, empathy, comment}  reviewer
+    GET  /api/reviews/agreement          reviewer agreement (kappa)                   reviewer
+    GET  /api/dataset                    example counts per task and source           reviewer
+    GET  /api/moderator/status           the /status command                          moderator
+    POST /api/moderator/command          {command, argument}                          moderator
+    GET  /api/moderator/alerts           alerts kept by the local platform + open incidents  moderator
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
+from bot.access.control import write_token
+from bot.local import auth
+from bot.local.auth import MODERATOR, PATIENT, PUBLIC, REVIEWER
+from bot.local.http import MAX_BODY_BYTES, SECURITY_HEADERS, BadRequest, error, json_body, ok, text_field
 from bot.local.platform import PLATFORM, LocalPlatform
 from bot.platform import IncomingMessage, PatientView
 from pipeline import dataset
 from reviewers.agreement import agreement_report
 from reviewers.models import (
-    MODERATOR_ROLE,
-    REVIEWER_ROLE,
     RUBRIC_CRITERIA,
     Action,
-    Actor,
     PermissionDenied,
     ReviewError,
     Rubric,
@@ -53,13 +59,11 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CHANNEL_ID = "console"
-MAX_BODY_BYTES = 1024 * 1024  # a 100,000-character message fits even with \u escapes
-MAX_NAME_CHARS = 64
 THREAD_LIMIT = 200  # most recent messages returned for one conversation
+__all__ = ["MAX_BODY_BYTES", "STATIC_DIR", "ROUTES", "make_app", "start_console"]
 
 SERVICE_KEY = web.AppKey("service", object)
 PLATFORM_KEY = web.AppKey("platform", LocalPlatform)
-HOSTS_KEY = web.AppKey("allowed_hosts", set)
 
 # How a message's processing state reads in the patient's thread (presentation only).
 STATUS_TEXT = {
@@ -74,135 +78,41 @@ STATUS_TEXT = {
     "language_unsupported": "answered with a fixed note (language not supported yet)",
 }
 
-SECURITY_HEADERS = {
-    # Nothing external may load: scripts, styles and requests stay on this origin.
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
-    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-
-
-class BadRequest(Exception):
-    """Input the page or a caller got wrong; the message is shown to them as is."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
 
 # ---------------------------------------------------------------------------- plumbing
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=SECURITY_HEADERS)
-
-
-def _ok(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, headers=SECURITY_HEADERS,
-                             dumps=lambda v: json.dumps(v, ensure_ascii=False, default=str))
-
-
 @web.middleware
 async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Every failure becomes a JSON error with a log line; no traceback ever reaches the page."""
+    """Who is asking is settled first (bot.local.auth.guard); every failure becomes a JSON
+    error with a log line; no traceback ever reaches the page."""
     try:
-        _check_host(request)
-        return await handler(request)
+        await auth.guard(request)
+        response = await handler(request)
+        auth.finish(request, response)
+        return response
     except BadRequest as exc:
         log.info("console %s %s -> %d: %s", request.method, request.path, exc.status, exc)
-        return _error(exc.status, str(exc))
+        return error(exc.status, str(exc), exc.headers)
     except PermissionDenied as exc:
         log.warning("console %s %s refused: %s", request.method, request.path, exc)
-        return _error(403, str(exc))
+        return error(403, str(exc))
     except ReviewError as exc:
         log.info("console %s %s review error: %s", request.method, request.path, exc)
-        return _error(400, str(exc))
+        return error(400, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = exc.reason if exc.status != 404 else f"No such page or API route: {request.path}"
         log.info("console %s %s -> %d", request.method, request.path, exc.status)
-        return _error(exc.status, message)
+        return error(exc.status, message)
     except Exception:
         log.exception("console %s %s failed", request.method, request.path)
-        return _error(500, "Something went wrong on the server; it has been logged. Your data is safe.")
-
-
-def _check_host(request: web.Request) -> None:
-    """Refuse other Host names (DNS rebinding: a web page pointing its own name at 127.0.0.1)."""
-    allowed: set[str] = request.app[HOSTS_KEY]
-    if not allowed:
-        return
-    host = (request.host or "").lower()
-    if host.startswith("["):
-        name = host[1:host.find("]")] if "]" in host else host
-    else:
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    if name not in allowed:
-        raise BadRequest(f"Host {request.host!r} is not served here; open the console by its own address.", 403)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object, or a clear 4xx."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise BadRequest(f"The request is too large ({request.content_length} bytes; the limit is {MAX_BODY_BYTES}).", 413)
-    if request.content_type != "application/json":
-        # Also keeps other web sites from posting plain-text forms to this local server.
-        raise BadRequest("Send the request body as JSON (Content-Type: application/json).", 415)
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BadRequest(f"The request is too large (the limit is {MAX_BODY_BYTES} bytes).", 413) from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest("The request body is not valid UTF-8.") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position {exc.pos}).") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return data
-
-
-def _text_field(data: dict[str, Any], name: str, *, required: bool = True, default: str = "") -> str:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise BadRequest(f"The field {name!r} is missing.")
-        return default
-    if not isinstance(value, str):
-        raise BadRequest(f"The field {name!r} must be a string.")
-    return value
-
-
-def _name(value: Any, field: str) -> str:
-    """A person's name as typed into the console (patient, reviewer or moderator)."""
-    if value is None:
-        raise BadRequest(f"The field {field!r} is missing: enter your name first.")
-    if not isinstance(value, str):
-        raise BadRequest(f"The field {field!r} must be a string.")
-    name = value.strip()
-    if not name:
-        raise BadRequest(f"The field {field!r} is empty: enter your name first.")
-    if len(name) > MAX_NAME_CHARS:
-        raise BadRequest(f"The field {field!r} is longer than {MAX_NAME_CHARS} characters.")
-    if any(not ch.isprintable() for ch in name):
-        raise BadRequest(f"The field {field!r} contains control characters.")
-    return name
+        return error(500, "Something went wrong on the server; it has been logged. Your data is safe.")
 
 
 def _service(request: web.Request) -> "Service":
     return request.app[SERVICE_KEY]  # type: ignore[return-value]
-
-
-def _actor(request: web.Request, name: str, role: str) -> Actor:
-    """The console knows people by name; settings list the names holding each role."""
-    local = _service(request).settings.local
-    members = local.reviewer_ids if role == REVIEWER_ROLE else local.moderator_ids
-    roles = frozenset({role}) if name in members else frozenset()
-    return Actor(platform=PLATFORM, user_id=name, display_name=name, roles=roles)
 
 
 def _view_json(view: PatientView) -> dict[str, str]:
@@ -210,31 +120,30 @@ def _view_json(view: PatientView) -> dict[str, str]:
 
 
 def _incoming(user: str, text: str) -> IncomingMessage:
-    return IncomingMessage(platform=PLATFORM, user_id=user, channel_id=CHANNEL_ID, thread_id=user, text=text,
-                           display_name=user)
+    return IncomingMessage(platform=PLATFORM, user_id=user, channel_id=CHANNEL_ID, thread_id=user, text=text)
 
 
 # ---------------------------------------------------------------------------- page
 
 
 async def index(request: web.Request) -> web.StreamResponse:
+    auth.patient_id(request)  # the browser gets its anonymous patient id with the page
     return web.FileResponse(STATIC_DIR / "index.html", headers=SECURITY_HEADERS)
 
 
 async def info(request: web.Request) -> web.Response:
     service = _service(request)
-    return _ok({"demo": bool(service.demo), "title": getattr(service.pack, "title", ""), "platform": PLATFORM})
+    return ok({"demo": bool(service.demo), "title": getattr(service.pack, "title", ""), "platform": PLATFORM})
 
 
 # ---------------------------------------------------------------------------- patient
 
 
 async def patient_message(request: web.Request) -> web.Response:
-    data = await _body(request)
-    user = _name(data.get("user"), "user")
-    text = _text_field(data, "text")
-    result = await _service(request).core.handle_message(_incoming(user, text))
-    return _ok({
+    data = await json_body(request)
+    text = text_field(data, "text")
+    result = await _service(request).core.handle_message(_incoming(auth.patient_id(request), text))
+    return ok({
         "message_id": result.message_id,
         "conversation_id": result.conversation_id,
         "reply_id": result.reply_id,
@@ -254,10 +163,10 @@ async def _conversation(service: "Service", user: str) -> tuple[int | None, floa
 
 async def patient_conversation(request: web.Request) -> web.Response:
     service = _service(request)
-    user = _name(request.query.get("user"), "user")
+    user = auth.patient_id(request)
     conversation_id, started = await _conversation(service, user)
     if conversation_id is None:
-        return _ok({"user": user, "conversation_id": None, "entries": []})
+        return ok({"conversation_id": None, "entries": []})
     rows = await service.db.fetchall(
         "SELECT * FROM (SELECT m.id AS message_id, m.text, m.status, m.created_at, r.id AS reply_id,"
         " r.text AS reply_text, r.delivery, r.created_at AS reply_at, i.id AS item_id, i.state, i.final_text"
@@ -284,20 +193,22 @@ async def patient_conversation(request: web.Request) -> web.Response:
     # A message first, then what answered it (notices are sent just after their message is stored).
     order = {"message": 0, "notice": 1, "reply": 2}
     entries.sort(key=lambda e: (e["at"], order[e["type"]]))
-    return _ok({"user": user, "conversation_id": conversation_id, "entries": entries})
+    return ok({"conversation_id": conversation_id, "entries": entries})
 
 
 async def patient_forget(request: web.Request) -> web.Response:
+    """Delete this browser's conversation, then give the browser a new anonymous id."""
     service = _service(request)
-    data = await _body(request)
-    user = _name(data.get("user"), "user")
+    user = auth.patient_id(request)
     conversation_id, _ = await _conversation(service, user)
     deleted = await service.core.forget_patient(PLATFORM, user)
     if conversation_id is not None:
         request.app[PLATFORM_KEY].notices.pop(conversation_id, None)
+    auth.patient_id(request, fresh=True)
     log.info("console: forget request for a local patient (%s)", "deleted" if deleted else "nothing stored")
-    text = "Everything you wrote here has been deleted." if deleted else "Nothing was stored under this name."
-    return _ok({"deleted": bool(deleted), "text": text})
+    text = ("Everything you wrote here has been deleted." if deleted
+            else "Nothing was stored for this browser.")
+    return ok({"deleted": bool(deleted), "text": text})
 
 
 # ---------------------------------------------------------------------------- reviewer
@@ -317,7 +228,7 @@ async def reviews_pending(request: web.Request) -> web.Response:
             "reply_text": item["reply_text"], "task": item["task"], "risk_flags": flags,
             "adapter_version": item["adapter_version"], "model": item["model"],
         })
-    return _ok({"items": items, "quorum": service.reviews.quorum})
+    return ok({"items": items, "quorum": service.reviews.quorum})
 
 
 def _score(data: dict[str, Any], name: str) -> int | None:
@@ -337,78 +248,30 @@ def _score(data: dict[str, Any], name: str) -> int | None:
 
 
 async def review_decision(request: web.Request) -> web.Response:
+    """The signed-in account decides; a "reviewer" field in the body, if any, is ignored."""
     service = _service(request)
     item_id = int(request.match_info["item_id"])
-    data = await _body(request)
-    reviewer = _name(data.get("reviewer"), "reviewer")
-    raw_action = _text_field(data, "action")
+    data = await json_body(request)
+    raw_action = text_field(data, "action")
     try:
         action = Action(raw_action.strip().lower())
     except ValueError:
         raise BadRequest(f"Unknown action {raw_action!r}; use approve, edit or reject.") from None
-    text = _text_field(data, "text", required=False) or None
-    comment = _text_field(data, "comment", required=False) or None
+    text = text_field(data, "text", required=False) or None
+    comment = text_field(data, "comment", required=False) or None
     try:
         rubric = Rubric(**{name: _score(data, name) for name in RUBRIC_CRITERIA})
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    actor = _actor(request, reviewer, REVIEWER_ROLE)
-    try:
-        outcome = await service.core.decide(item_id, actor, action, text, rubric, comment)
-    except PermissionDenied as exc:
-        raise PermissionDenied(f"{exc} ({reviewer!r} is not one of the console's reviewers; "
-                               "they are listed in the settings under local.reviewer_ids.)") from None
-    return _ok({
+    outcome = await service.core.decide(item_id, auth.principal(request).actor(), action, text, rubric, comment)
+    return ok({
         "item_id": outcome.item_id, "state": outcome.state.value, "recorded": outcome.recorded,
         "closed_now": outcome.closed_now, "final_text": outcome.final_text, "message": outcome.message,
     })
 
 
 async def reviews_agreement(request: web.Request) -> web.Response:
-    return _ok({"agreement": await agreement_report(_service(request).db)})
-
-
-# ---------------------------------------------------------------------------- moderator
-
-
-async def _run_command(request: web.Request, moderator: str, command: str, argument: str | None) -> web.Response:
-    actor = _actor(request, moderator, MODERATOR_ROLE)
-    try:
-        reply = await _service(request).commands.run(actor, command, argument)
-    except PermissionDenied as exc:
-        raise PermissionDenied(f"{exc} ({moderator!r} is not one of the console's moderators; "
-                               "they are listed in the settings under local.moderator_ids.)") from None
-    return _ok({"ok": reply.ok, "text": reply.text, "data": reply.data})
-
-
-async def moderator_status(request: web.Request) -> web.Response:
-    return await _run_command(request, _name(request.query.get("moderator"), "moderator"), "status", None)
-
-
-async def moderator_command(request: web.Request) -> web.Response:
-    data = await _body(request)
-    moderator = _name(data.get("moderator"), "moderator")
-    command = _text_field(data, "command").strip().lower().lstrip("/")
-    if not command:
-        raise BadRequest("The field 'command' is empty.")
-    argument = _text_field(data, "argument", required=False).strip() or None
-    return await _run_command(request, moderator, command, argument)
-
-
-async def moderator_alerts(request: web.Request) -> web.Response:
-    moderator = _name(request.query.get("moderator"), "moderator")
-    actor = _actor(request, moderator, MODERATOR_ROLE)
-    if not actor.has(MODERATOR_ROLE):
-        log.warning("console alerts refused: %s lacks the moderator role", actor.label)
-        raise PermissionDenied(f"Only moderators can see alerts ({moderator!r} is not one of the console's "
-                               "moderators; they are listed in the settings under local.moderator_ids.)")
-    service = _service(request)
-    incidents = await service.db.fetchall(
-        "SELECT id, kind, detail, message_id, created_at FROM incidents WHERE resolved_at IS NULL"
-        " ORDER BY id DESC LIMIT 50"
-    )
-    alerts = list(reversed(request.app[PLATFORM_KEY].alerts))
-    return _ok({"alerts": alerts, "incidents": [dict(row) for row in incidents]})
+    return ok({"agreement": await agreement_report(_service(request).db)})
 
 
 async def dataset_counts(request: web.Request) -> web.Response:
@@ -418,26 +281,69 @@ async def dataset_counts(request: web.Request) -> web.Response:
     for by in counts.values():
         for source, n in by.items():
             by_source[source] = by_source.get(source, 0) + n
-    return _ok({"counts": counts, "by_source": by_source, "total": total})
+    return ok({"counts": counts, "by_source": by_source, "total": total})
+
+
+# ---------------------------------------------------------------------------- moderator
+
+
+async def _run_command(request: web.Request, command: str, argument: str | None) -> web.Response:
+    reply = await _service(request).commands.run(auth.principal(request).actor(), command, argument)
+    return ok({"ok": reply.ok, "text": reply.text, "data": reply.data})
+
+
+async def moderator_status(request: web.Request) -> web.Response:
+    return await _run_command(request, "status", None)
+
+
+async def moderator_command(request: web.Request) -> web.Response:
+    data = await json_body(request)
+    command = text_field(data, "command").strip().lower().lstrip("/")
+    if not command:
+        raise BadRequest("The field 'command' is empty.")
+    argument = text_field(data, "argument", required=False).strip() or None
+    return await _run_command(request, command, argument)
+
+
+async def moderator_alerts(request: web.Request) -> web.Response:
+    service = _service(request)
+    incidents = await service.db.fetchall(
+        "SELECT id, kind, detail, message_id, created_at FROM incidents WHERE resolved_at IS NULL"
+        " ORDER BY id DESC LIMIT 50"
+    )
+    redact = service.settings.redact  # stored scrubbed already; rows from older versions too
+    alerts = [{**a, "text": redact(a["text"])} for a in reversed(request.app[PLATFORM_KEY].alerts)]
+    return ok({"alerts": alerts, "incidents": [{**dict(row), "detail": redact(row["detail"])} for row in incidents]})
 
 
 # ---------------------------------------------------------------------------- app
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-def _allowed_hosts(host: str) -> set[str]:
-    """Host names the page may be opened by; empty (no check) when bound to all interfaces."""
-    if host in ("", "0.0.0.0", "::"):
-        return set()
-    names = {host.lower(), "localhost", "127.0.0.1", "::1"}
-    try:
-        if not ipaddress.ip_address(host).is_loopback:
-            names.add(socket.gethostname().lower())
-    except ValueError:
-        pass
-    return names
+# Every route with its access level. make_app refuses a route without one, and the tests walk
+# this table: a new reviewer or moderator route is checked for 401/403 without being listed.
+ROUTES: list[tuple[str, str, Handler, str]] = [
+    ("GET", "/", index, PUBLIC),
+    ("GET", "/login", auth.login_page, PUBLIC),
+    ("POST", "/api/login", auth.login, PUBLIC),
+    ("POST", "/api/logout", auth.logout, PUBLIC),
+    ("GET", "/api/me", auth.me, PUBLIC),
+    ("GET", "/api/info", info, PUBLIC),
+    ("POST", "/api/patient/messages", patient_message, PATIENT),
+    ("GET", "/api/patient/conversation", patient_conversation, PATIENT),
+    ("POST", "/api/patient/forget", patient_forget, PATIENT),
+    ("GET", "/api/reviews", reviews_pending, REVIEWER),
+    ("GET", "/api/reviews/agreement", reviews_agreement, REVIEWER),
+    ("POST", r"/api/reviews/{item_id:\d{1,12}}/decision", review_decision, REVIEWER),
+    ("GET", "/api/dataset", dataset_counts, REVIEWER),
+    ("GET", "/api/moderator/status", moderator_status, MODERATOR),
+    ("POST", "/api/moderator/command", moderator_command, MODERATOR),
+    ("GET", "/api/moderator/alerts", moderator_alerts, MODERATOR),
+]
+STATIC_PREFIX = "/static"  # the page's own scripts and styles: public
 
 
-def make_app(service: "Service", host: str = "127.0.0.1") -> web.Application:
+def make_app(service: "Service", host: str = "127.0.0.1", control_token: str | None = None) -> web.Application:
     platform = service.core.platforms.get(PLATFORM)
     if platform is None:
         platform = LocalPlatform()
@@ -445,20 +351,25 @@ def make_app(service: "Service", host: str = "127.0.0.1") -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
     app[SERVICE_KEY] = service
     app[PLATFORM_KEY] = platform  # type: ignore[assignment]
-    app[HOSTS_KEY] = _allowed_hosts(host)
-    app.router.add_get("/", index)
-    app.router.add_get("/api/info", info)
-    app.router.add_post("/api/patient/messages", patient_message)
-    app.router.add_get("/api/patient/conversation", patient_conversation)
-    app.router.add_post("/api/patient/forget", patient_forget)
-    app.router.add_get("/api/reviews", reviews_pending)
-    app.router.add_get("/api/reviews/agreement", reviews_agreement)
-    app.router.add_post(r"/api/reviews/{item_id:\d{1,12}}/decision", review_decision)
-    app.router.add_get("/api/moderator/status", moderator_status)
-    app.router.add_post("/api/moderator/command", moderator_command)
-    app.router.add_get("/api/moderator/alerts", moderator_alerts)
-    app.router.add_get("/api/dataset", dataset_counts)
-    app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    app[auth.SERVICE_KEY] = service
+    app[auth.SETTINGS_KEY] = service.settings
+    app[auth.DB_KEY] = service.db
+    app[auth.HOSTS_KEY] = auth.allowed_hosts(host, service.settings.local.public_url)
+    app[auth.THROTTLE_KEY] = auth.LoginThrottle()
+    if control_token:
+        app[auth.CONTROL_KEY] = control_token
+    access: dict[str, str] = {}
+    for method, path, handler, level in ROUTES:
+        if level not in auth.LEVELS:
+            raise ValueError(f"route {method} {path}: unknown access level {level!r}")
+        route = app.router.add_route(method, path, handler)
+        access[route.resource.canonical] = level  # type: ignore[union-attr]
+    static = app.router.add_static(STATIC_PREFIX + "/", STATIC_DIR, append_version=False)
+    access[static.canonical] = PUBLIC
+    missing = [r.canonical for r in app.router.resources() if r.canonical not in access]
+    if missing:
+        raise ValueError(f"console routes without an access level: {missing}")
+    app[auth.ACCESS_KEY] = access
 
     async def _headers(request: web.Request, response: web.StreamResponse) -> None:
         for key, value in SECURITY_HEADERS.items():
@@ -469,10 +380,15 @@ def make_app(service: "Service", host: str = "127.0.0.1") -> web.Application:
 
 
 async def start_console(service: "Service", host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
-    """Serve the console; port 0 picks a free port. Returns the runner (``await runner.cleanup()``) and URL."""
+    """Serve the console; port 0 picks a free port. Returns the runner (``await runner.cleanup()``) and URL.
+
+    Refuses (:class:`bot.local.auth.ConsoleRefused`) to serve beyond loopback without sign-in
+    and a public URL. Writes a fresh control token for the command line (mode 0600)."""
     host = host or "127.0.0.1"
-    app = make_app(service, host)
-    runner = web.AppRunner(app, access_log=None)
+    await auth.check_binding(service.settings, host, service.db)
+    token = write_token(service.settings.data_dir)
+    app = make_app(service, host, token)
+    runner = web.AppRunner(app, access_log=None)  # no access log: URLs may carry a sign-in token
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -6,6 +6,7 @@
   const $ = (id) => document.getElementById(id);
   const VIEWS = ["patient", "reviewer", "moderator"];
   let current = "patient";
+  let me = { signed_in: false }; // who is signed in (GET /api/me); the server checks every request anyway
 
   // ------------------------------------------------------------------ helpers
 
@@ -51,11 +52,29 @@
     node.classList.toggle("error", Boolean(isError));
   }
 
-  function remember(input, key) {
-    const stored = localStorage.getItem(key);
-    if (stored && !input.value) input.value = stored;
-    input.addEventListener("change", () => localStorage.setItem(key, input.value.trim()));
+  function can(role) {
+    return Boolean(me.signed_in && me.roles && me.roles.includes(role));
   }
+
+  const SIGN_IN_TEXT = "Your sign-in has ended. Sign in again (Staff sign-in, top right).";
+
+  // ------------------------------------------------------------------ sign-in state
+
+  async function refreshMe() {
+    const result = await api("GET", "/api/me");
+    me = result.ok ? result.data : { signed_in: false };
+    $("who-text").textContent = me.signed_in ? `Signed in as ${me.name} (${me.role})` : "";
+    $("sign-in").hidden = me.signed_in;
+    $("sign-out").hidden = !me.signed_in;
+    $("reviewer-signin").hidden = can("reviewer");
+    $("moderator-signin").hidden = can("moderator");
+  }
+
+  $("sign-out").addEventListener("click", async () => {
+    await api("POST", "/api/logout");
+    await refreshMe();
+    show(current);
+  });
 
   function timeOf(seconds) {
     if (!seconds) return "";
@@ -81,7 +100,6 @@
 
   // ------------------------------------------------------------------ patient
 
-  const patientName = $("patient-name");
   const patientText = $("patient-text");
   const patientStatus = $("patient-status");
   const thread = $("thread");
@@ -106,12 +124,7 @@
   }
 
   async function refreshThread() {
-    const user = patientName.value.trim();
-    if (!user) {
-      if (lastThread !== "") { thread.replaceChildren(); lastThread = ""; }
-      return;
-    }
-    const result = await api("GET", "/api/patient/conversation?user=" + encodeURIComponent(user));
+    const result = await api("GET", "/api/patient/conversation");
     if (!result.ok) return;
     const key = JSON.stringify(result.data.entries);
     if (key === lastThread) return;
@@ -123,15 +136,12 @@
 
   $("patient-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    const user = patientName.value.trim();
-    if (!user) { setStatus(patientStatus, "Please enter your name first.", true); patientName.focus(); return; }
-    localStorage.setItem("llm4sweat.patient", user);
     const text = patientText.value;
     patientText.value = "";
     sending += 1;
     setStatus(patientStatus, "Sent. The assistant is writing an answer…");
     setTimeout(refreshThread, 150);
-    const result = await api("POST", "/api/patient/messages", { user, text });
+    const result = await api("POST", "/api/patient/messages", { text });
     sending -= 1;
     if (!result.ok) {
       patientText.value = text;
@@ -151,13 +161,9 @@
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("patient-form").requestSubmit();
   });
 
-  patientName.addEventListener("input", () => { lastThread = null; refreshThread(); });
-
   $("patient-forget").addEventListener("click", async () => {
-    const user = patientName.value.trim();
-    if (!user) { setStatus(patientStatus, "Please enter your name first.", true); return; }
-    if (!window.confirm(`Delete everything stored for "${user}"? This cannot be undone.`)) return;
-    const result = await api("POST", "/api/patient/forget", { user });
+    if (!window.confirm("Delete everything you wrote in this browser? This cannot be undone.")) return;
+    const result = await api("POST", "/api/patient/forget", {});
     setStatus(patientStatus, result.ok ? result.data.text : result.data.error, !result.ok);
     lastThread = null;
     refreshThread();
@@ -165,7 +171,6 @@
 
   // ------------------------------------------------------------------ reviewer
 
-  const reviewerName = $("reviewer-name");
   const reviewerStatus = $("reviewer-status");
   const queue = $("review-queue");
   const cards = new Map(); // item id -> card element (kept while a reviewer works on it)
@@ -227,10 +232,7 @@
   }
 
   async function decide(card, id, action, text, resultNode) {
-    const reviewer = reviewerName.value.trim();
-    if (!reviewer) { setStatus(resultNode, "Please enter your reviewer name first.", true); reviewerName.focus(); return; }
-    localStorage.setItem("llm4sweat.reviewer", reviewer);
-    const body = { reviewer, action };
+    const body = { action };
     if (action === "edit") body.text = text;
     for (const select of card.querySelectorAll("select")) body[select.name] = select.value ? Number(select.value) : null;
     const buttons = card.querySelectorAll("button");
@@ -238,7 +240,8 @@
     const result = await api("POST", `/api/reviews/${id}/decision`, body);
     if (!result.ok) {
       buttons.forEach((b) => (b.disabled = false));
-      setStatus(resultNode, result.data.error, true);
+      setStatus(resultNode, result.status === 401 ? SIGN_IN_TEXT : result.data.error, true);
+      if (result.status === 401) refreshMe();
       return;
     }
     setStatus(resultNode, result.data.message);
@@ -256,8 +259,18 @@
   }
 
   async function refreshQueue() {
+    if (!can("reviewer")) {
+      for (const card of cards.values()) card.remove();
+      cards.clear();
+      $("queue-empty").hidden = true;
+      return;
+    }
     const result = await api("GET", "/api/reviews");
-    if (!result.ok) { setStatus(reviewerStatus, result.data.error, true); return; }
+    if (!result.ok) {
+      setStatus(reviewerStatus, result.status === 401 ? SIGN_IN_TEXT : result.data.error, true);
+      if (result.status === 401) refreshMe();
+      return;
+    }
     setStatus(reviewerStatus, "");
     const items = result.data.items;
     const ids = new Set(items.map((i) => i.item_id));
@@ -295,21 +308,21 @@
 
   // ------------------------------------------------------------------ moderator
 
-  const moderatorName = $("moderator-name");
   const moderatorOutput = $("moderator-output");
 
   async function runCommand(command) {
-    const moderator = moderatorName.value.trim();
-    if (!moderator) { setStatus(moderatorOutput, "Please enter your moderator name first.", true); moderatorName.focus(); return; }
-    localStorage.setItem("llm4sweat.moderator", moderator);
-    const body = { moderator, command };
+    const body = { command };
     if (command === "rollback" || command === "promote") body.argument = $("moderator-argument").value.trim();
     setStatus(moderatorOutput, `Running ${command}…`);
     const buttons = document.querySelectorAll(".commands button");
     buttons.forEach((b) => (b.disabled = true));
     const result = await api("POST", "/api/moderator/command", body);
     buttons.forEach((b) => (b.disabled = false));
-    if (!result.ok) { setStatus(moderatorOutput, result.data.error, true); return; }
+    if (!result.ok) {
+      setStatus(moderatorOutput, result.status === 401 ? SIGN_IN_TEXT : result.data.error, true);
+      if (result.status === 401) refreshMe();
+      return;
+    }
     setStatus(moderatorOutput, result.data.text, !result.data.ok);
     refreshAlerts();
   }
@@ -319,9 +332,8 @@
   }
 
   async function refreshAlerts() {
-    const moderator = moderatorName.value.trim();
-    if (!moderator) return;
-    const result = await api("GET", "/api/moderator/alerts?moderator=" + encodeURIComponent(moderator));
+    if (!can("moderator")) return;
+    const result = await api("GET", "/api/moderator/alerts");
     if (!result.ok) return;
     $("alerts").replaceChildren(...result.data.alerts.map((a) =>
       el("li", { class: a.urgent ? "urgent" : "", testid: "alert" }, `${timeOf(a.at)} · ${a.text}`)));
@@ -331,22 +343,19 @@
     $("incidents-empty").hidden = result.data.incidents.length > 0;
   }
 
-  moderatorName.addEventListener("change", refreshAlerts);
-
   // ------------------------------------------------------------------ start
 
-  remember(patientName, "llm4sweat.patient");
-  remember(reviewerName, "llm4sweat.reviewer");
-  remember(moderatorName, "llm4sweat.moderator");
+  // Names typed by earlier versions of this page are no longer used by anything.
+  for (const key of ["llm4sweat.patient", "llm4sweat.reviewer", "llm4sweat.moderator"]) localStorage.removeItem(key);
 
-  api("GET", "/api/info").then((result) => {
-    if (!result.ok) return;
-    $("demo-banner").hidden = !result.data.demo;
-    if (result.data.title) $("condition-title").textContent = `local console · ${result.data.title}`;
+  Promise.all([api("GET", "/api/info"), refreshMe()]).then(([result]) => {
+    if (result.ok) {
+      $("demo-banner").hidden = !result.data.demo;
+      if (result.data.title) $("condition-title").textContent = `local console · ${result.data.title}`;
+    }
+    show(location.hash.slice(1) || "patient");
     document.body.dataset.ready = "1";
   });
-
-  show(location.hash.slice(1) || "patient");
   setInterval(() => {
     if (document.hidden) return;
     if (current === "patient") refreshThread();
