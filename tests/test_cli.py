@@ -54,3 +54,48 @@ def test_platform_start_error_is_one_line(tmp_path):
     assert out.returncode == 2
     assert "cannot connect" in out.stderr and "APP_TOKEN" in out.stderr
     assert "Traceback" not in out.stderr and "xoxb-not-shown" not in out.stdout + out.stderr
+
+
+def test_users_add_passwd_list_remove(tmp_path):
+    """Console accounts from the command line; the password comes from standard input or a
+    hidden prompt, never from an argument."""
+    import sqlite3
+
+    added = subprocess.run([sys.executable, "-m", "bot.cli", "users", "add", "rita", "--role", "reviewer",
+                            "--password-stdin"], input="first long password\n", capture_output=True, text=True,
+                           env={**{k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")},
+                                "LLM4SWEAT_DATA_DIR": str(tmp_path)}, timeout=120)
+    assert added.returncode == 0, added.stderr
+    assert "rita (reviewer) created" in added.stdout
+    with sqlite3.connect(tmp_path / "llm4sweat.db") as db:
+        first_hash = db.execute("SELECT password_hash FROM accounts WHERE name = 'rita'").fetchone()[0]
+    assert first_hash.startswith("$argon2id$") and "first long password" not in first_hash
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}, "LLM4SWEAT_DATA_DIR": str(tmp_path)}
+    short = subprocess.run([sys.executable, "-m", "bot.cli", "users", "passwd", "rita", "--password-stdin"],
+                           input="short\n", capture_output=True, text=True, env=env, timeout=120)
+    assert short.returncode == 2 and "at least 10 characters" in short.stderr
+    changed = subprocess.run([sys.executable, "-m", "bot.cli", "users", "passwd", "rita", "--password-stdin"],
+                             input="second long password\n", capture_output=True, text=True, env=env, timeout=120)
+    assert changed.returncode == 0, changed.stderr
+    with sqlite3.connect(tmp_path / "llm4sweat.db") as db:
+        assert db.execute("SELECT password_hash FROM accounts WHERE name = 'rita'").fetchone()[0] != first_hash
+
+    listed = run_cli("users", "list", tmp_path=tmp_path)
+    assert listed.returncode == 0 and "rita" in listed.stdout and "reviewer" in listed.stdout
+    removed = run_cli("users", "remove", "rita", tmp_path=tmp_path)
+    assert removed.returncode == 0 and "removed" in removed.stdout
+    again = run_cli("users", "remove", "rita", tmp_path=tmp_path)
+    assert again.returncode == 1 and "no account named 'rita'" in again.stderr
+
+
+def test_no_users_command_takes_a_password_argument():
+    import typer
+
+    from bot.cli import app
+
+    users = typer.main.get_command(app).commands["users"]
+    for name, command in users.commands.items():
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        assert not any("password" in opt and opt != "--password-stdin" for opt in options), (name, options)
+        assert not any("password" in param.name for param in command.params if param.param_type_name == "argument")

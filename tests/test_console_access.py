@@ -420,3 +420,34 @@ async def test_run_refuses_a_wide_binding_in_one_line(tmp_path):
     assert len(lines) == 1 and "refusing to serve the console on 0.0.0.0" in lines[0], out.stderr
     assert "users add" in lines[0] and "public_url" in lines[0]
     assert "Building the offline demo model" not in out.stdout  # refused before any model work
+
+
+# ---------------------------------------------------------------------------- llm4sweat demo / run
+
+
+async def test_the_demo_prints_one_time_links_that_sign_in(service):
+    from bot import cli
+
+    runner, url = await start_console(service, "127.0.0.1", 0)
+    try:
+        with cli.console.capture() as run_output:
+            await cli._print_sign_in(service, url, demo=False)
+        assert "No reviewer or moderator accounts yet" in run_output.get() and "users add" in run_output.get()
+        printed = []
+        for _ in range(2):  # two demo starts: the accounts are made once, the links are new each time
+            with cli.console.capture() as demo_output:
+                await cli._print_sign_in(service, url, demo=True)
+            printed.append(re.findall(r"(\w+)\s+(http://\S+/login\?token=\S+)", demo_output.get()))
+        assert [role for role, _ in printed[0]] == ["reviewer", "moderator"]
+        assert [a.name for a in await accounts.all_accounts(service.db)] == ["demo-moderator", "demo-reviewer"]
+        assert printed[0][0][1] != printed[1][0][1]
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            for role, link in printed[1]:
+                async with browser.get(link, allow_redirects=False) as resp:
+                    assert resp.status == 303 and resp.headers["Location"] == f"/#{role}"
+                async with browser.get(url + "api/me") as resp:
+                    assert (await resp.json())["name"] == f"demo-{role}"
+                async with browser.get(link, allow_redirects=False) as resp:  # once only
+                    assert resp.headers["Location"] == "/login?link=invalid"
+    finally:
+        await runner.cleanup()

@@ -195,7 +195,10 @@ def test_compose_stack_is_what_llm4sweat_needs():
         == mount(trainer, "llm4sweat-data").split(":")[1] == "/var/lib/llm4sweat"
     assert mount(vllm, "llm4sweat-data").endswith(":ro")
     assert bot["depends_on"]["vllm"]["condition"] == "service_healthy"
-    # The console has no login: published on the host's loopback only.
+    # The console binds 0.0.0.0 in the container, which needs a public URL (and a moderator
+    # account, made before the first start); it is published on the host's loopback.
+    assert bot["command"][-2:] == ["--host", "0.0.0.0"]
+    assert bot["environment"]["LLM4SWEAT_LOCAL__PUBLIC_URL"].startswith(("http://", "https://"))
     assert all(str(p).startswith("127.0.0.1:") for p in bot["ports"])
     # Secrets come from the environment, never written in the file.
     for key, value in bot["environment"].items():
@@ -218,6 +221,7 @@ def test_settings_the_stack_runs_with_are_valid(monkeypatch):
     assert settings.inference.backend == "openai"
     assert settings.inference.openai_base_url == "http://vllm:8000/v1"
     assert str(settings.data_dir) == "/var/lib/llm4sweat"
+    assert settings.local.public_url == "http://127.0.0.1:8377"  # what a wide binding needs
     assert settings.training.lora_rank <= settings.serve.max_lora_rank
 
 

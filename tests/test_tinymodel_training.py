@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,10 @@ def test_lora_training_lowers_validation_loss_and_adapter_loads(tiny_model_dir: 
     assert manifest["training_seconds"] > 0 and manifest["code_version"]["package"]
     assert {p.name for p in out.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "manifest.json"}
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # work dir removed
+    # Weights learned from patients' words: owner-only, whatever the umask (issue 12).
+    modes = {p.relative_to(out): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert all(mode == (0o700 if (out / rel).is_dir() else 0o600) for rel, mode in modes.items()), \
+        {str(k): oct(v) for k, v in modes.items()}
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), local_files_only=True)
     model = PeftModel.from_pretrained(base, str(out))
