@@ -117,7 +117,7 @@ class ConversationCore:
         cfg = settings.outbox
         # What follows a decision is recorded with it and applied here at once, or by the worker later.
         self.outbox = Outbox(db, EffectApplier(self), retry_base_s=cfg.retry_base_s, retry_max_s=cfg.retry_max_s,
-                             max_attempts=cfg.max_attempts)
+                             max_attempts=cfg.max_attempts, redact=settings.redact)
 
     # ------------------------------------------------------------------ patients in
 

@@ -32,6 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
+from bot.redact import redact
 from bot.storage import Database, dumps, now
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,10 @@ class Outbox:
         max_attempts: int = 12,
         stale_s: float = 300.0,
         not_connected_retry_s: float = 5.0,
+        redact: Callable[[str], str] = redact,
     ):
         self.db = db
+        self._redact = redact  # a platform's error may quote a token; last_error is stored and shown
         self._apply = apply
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
@@ -155,7 +158,7 @@ class Outbox:
             for effect_id, error in failed:
                 (attempts, key) = conn.execute("SELECT attempts, idempotency_key FROM outbox WHERE id = ?",
                                                (effect_id,)).fetchone()
-                message = f"{type(error).__name__}: {error}"[:500]
+                message = self._redact(f"{type(error).__name__}: {error}")[:500]
                 if isinstance(error, (NotConnected, _Interrupted)):
                     delay, counted = self.not_connected_retry_s, attempts
                 else:

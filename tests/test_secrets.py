@@ -20,13 +20,15 @@ import pytest
 from aiohttp import web
 
 from bot.access import accounts
+from bot.inference.fixed import FixedBackend
 from bot.local.web import start_console
 from bot.redact import REDACTED, redact
 from bot.settings import load_settings
 from bot.slack_platform import start_slack
 from bot.storage import Database
+from reviewers.models import Actor
 from tests.slack_fake import FakeSlack
-from tests.test_slack import GROUP, REVIEWER, SUPPORT, slack_config
+from tests.test_slack import GROUP, REVIEWER, SECRET, slack_config
 
 # Async tests share the session's event loop (the platform fakes and servers run in it).
 in_session_loop = pytest.mark.asyncio(loop_scope="session")
@@ -259,3 +261,32 @@ async def test_an_existing_world_readable_database_is_tightened(tmp_path):
     db = await Database(path).open()
     await db.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@in_session_loop
+async def test_a_platform_error_quoting_a_token_is_stored_without_it(tmp_path):
+    """Slack's answer to a failed post may carry a token (here: the bot token in the error);
+    the outbox keeps the failure for a retry and for /status, without the token."""
+    from bot.service import Service
+    from tests.slack_fake import BOT_TOKEN
+
+    slack = await FakeSlack().start()
+    service = Service(load_settings(data_dir=tmp_path, slack=slack_config(slack)), FixedBackend())
+    await service.start(retry_loop=False)
+    slack_runner = await start_slack(service)
+    try:
+        # The bot token has a known shape; the signing secret is removed only because it is configured.
+        slack.fail("chat.postMessage", error=f"token_revoked ({BOT_TOKEN}, {SECRET})", times=3)
+        await service.core.alert_moderators("The model is failing: connection refused.")
+        await slack.wait_for(lambda: slack.attempts("chat.postMessage"))
+        row = await service.db.fetchone("SELECT status, last_error FROM outbox WHERE kind = 'alert' AND platform = 'slack'")
+        assert row["status"] == "pending" and "token_revoked" in row["last_error"], dict(row)
+        assert BOT_TOKEN not in row["last_error"] and SECRET not in row["last_error"] and REDACTED in row["last_error"]
+        status = await service.commands.run(Actor("cli", "operator", roles=frozenset({"moderator"})), "status")
+        assert BOT_TOKEN not in status.text + json.dumps(status.data, default=str)
+    finally:
+        await slack_runner.cleanup()
+        await service.stop()
+        await slack.stop()
+    raw = b"".join(p.read_bytes() for p in Path(tmp_path).glob("llm4sweat.db*"))
+    assert BOT_TOKEN.encode() not in raw and SECRET.encode() not in raw and b"token_revoked" in raw
