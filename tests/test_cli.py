@@ -69,7 +69,8 @@ def test_users_add_passwd_list_remove(tmp_path):
     assert "rita (reviewer) created" in added.stdout
     with sqlite3.connect(tmp_path / "llm4sweat.db") as db:
         first_hash = db.execute("SELECT password_hash FROM accounts WHERE name = 'rita'").fetchone()[0]
-    assert first_hash.startswith("$argon2id$") and "first long password" not in first_hash
+    # argon2id with argon2-cffi's production defaults (RFC 9106 low-memory: 64 MiB, t=3, p=4).
+    assert first_hash.startswith("$argon2id$v=19$m=65536,t=3,p=4$") and "first long password" not in first_hash
 
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}, "LLM4SWEAT_DATA_DIR": str(tmp_path)}
     short = subprocess.run([sys.executable, "-m", "bot.cli", "users", "passwd", "rita", "--password-stdin"],

@@ -354,6 +354,9 @@ async def test_moderator_commands_need_the_role(console, service):
         for path in ("/api/moderator/status", "/api/moderator/alerts"):
             status, body = await who.get(path, moderator=MODERATOR)
             assert status == expected, (path, body)
+    refused = await service.db.fetchall("SELECT actor, detail FROM review_audit WHERE action = 'refused' ORDER BY id")
+    assert [r["actor"] for r in refused] == [f"console:{REVIEWER}"] * 3  # who tried is on the trail
+    assert refused[0]["detail"] == "POST /api/moderator/command: lacks the moderator role"
 
 
 async def test_moderator_commands_are_audited_with_the_account(console, service):

@@ -27,8 +27,16 @@ MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; a cap keeps one request fr
 DEMO_ACCOUNTS = {"demo-reviewer": REVIEWER_ROLE, "demo-moderator": MODERATOR_ROLE}
 
 _hasher = PasswordHasher()
-# Checked against when the name is unknown, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_dummy_hashes: dict[int, str] = {}
+
+
+def _dummy_hash() -> str:
+    """Checked against when the name is unknown, so a wrong name costs as long as a wrong
+    password (made on first use, with the hasher's own parameters)."""
+    key = id(_hasher)
+    if key not in _dummy_hashes:
+        _dummy_hashes[key] = _hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hashes[key]
 
 
 class AccountError(Exception):
@@ -133,7 +141,7 @@ async def count(db: Database, role: str | None = None) -> int:
 async def verify(db: Database, name: str, password: str) -> Account | None:
     """The account if ``password`` is its password; None otherwise (unknown name or wrong password)."""
     row = await db.fetchone("SELECT * FROM accounts WHERE name = ?", ((name or "").strip(),))
-    stored = row["password_hash"] if row is not None else _DUMMY_HASH
+    stored = row["password_hash"] if row is not None else await asyncio.to_thread(_dummy_hash)
     if len(password) > MAX_PASSWORD_CHARS:
         return None
     try:

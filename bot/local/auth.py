@@ -240,6 +240,8 @@ async def guard(request: web.Request) -> None:
         if level not in principal.roles:
             log.warning("console %s %s refused: %s lacks the %s role", request.method, request.path,
                         principal.label, level)
+            await _service(request).reviews.audit(None, principal.label, "refused",
+                                                  f"{request.method} {request.path}: lacks the {level} role")
             what = "moderators" if level == MODERATOR else "reviewers"
             raise BadRequest(f"Only {what} can do this; {principal.name} is signed in as a {principal.role}.", 403)
 
@@ -297,7 +299,7 @@ async def _start_session(request: web.Request, account: accounts.Account, how: s
     hours = request.app[SETTINGS_KEY].local.session_hours  # type: ignore[attr-defined]
     token = await sessions.create(request.app[DB_KEY], account, hours * 3600)  # type: ignore[arg-type]
     await _service(request).reviews.audit(None, Principal.of(account).label, "sign_in", how)
-    log.info("console: %s signed in (%s)", Principal.of(account).label, how)
+    log.info("%s signed in (%s)", Principal.of(account).label, how)
     return token
 
 
