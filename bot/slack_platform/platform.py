@@ -567,7 +567,8 @@ class SlackPlatform:
             return f":no_entry: {exc}"
         if exc is not None:
             log.error("slack: /%s failed", name, exc_info=exc)
-            return f":x: `{self.commands[name]}` failed: {blocks.escape(str(exc))[:500]}"
+            detail = self.service.settings.redact(str(exc))  # an upstream error may quote a key
+            return f":x: `{self.commands[name]}` failed: {blocks.escape(detail)[:500]}"
         reply = task.result()
         text = blocks.escape(reply.text)
         if name == "eval" and "\n" in text:
