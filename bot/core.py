@@ -122,22 +122,31 @@ class ConversationCore:
     # ------------------------------------------------------------------ patients in
 
     async def handle_message(self, msg: IncomingMessage) -> HandleResult:
-        """Store a patient's message, then answer it (or say clearly why not)."""
+        """Store a patient's message, then answer it (or say clearly why not).
+
+        Order: the message is committed first; then crisis triage, before every other branch
+        (rate limit, pause, language, scope): a crisis always gets the resources and an alert
+        (after the one-time consent notice on first contact, so the resources are shown last)."""
         text = msg.text.strip() if msg.text else ""
-        # --- safety layer (bot/safety/layer.py): /forget-me on any platform, per-patient rate limit
+        # --- safety layer (bot/safety/layer.py): /forget-me on any platform
         if self.safety.is_forget_command(text):
             return await self.safety.forget_me(msg)
-        if text and self.safety.over_limit(msg):
-            return await self.safety.rate_limited(msg, text)
         # --- end safety layer
         if not text and not msg.attachments:
             log.info("empty message from %s:%s ignored", msg.platform, msg.user_id)
             return await self._notice_only(msg, NOTICE_EMPTY, "empty")
-        stored_text = text[:MAX_STORED_CHARS]
-        conv, message_id, first_contact = await self._store_incoming(msg, stored_text)
+        limited = bool(text) and self.safety.over_limit(msg)
+        conv, message_id, first_contact = await self._store_incoming(msg, text[:MAX_STORED_CHARS])
         result = HandleResult(message_id, conv.id)
-        if first_contact:
+        verdict = await self.safety.triage_async(text) if text else None
+        crisis = verdict is not None and verdict.crisis
+        if limited and not crisis:  # a crisis is never rate limited
+            return await self.safety.rate_limited(msg, conv, message_id)
+        if first_contact:  # (before the crisis resources, so that they are the last thing on screen)
             result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_CONSENT.format(title=self.pack.title))))
+        if crisis:  # crisis first: paused, rate limited or in any language, resources and an alert
+            self._merge(result, await self.answer(message_id, verdict=verdict))
+            return result
         if not text:
             await self._set_message_status(message_id, "unsupported")
             result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_ATTACHMENT_ONLY)))
@@ -151,10 +160,13 @@ class ConversationCore:
             result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_PAUSED)))
             result.status = "paused"
             return result
-        answered = await self.answer(message_id)
+        self._merge(result, await self.answer(message_id, verdict=verdict))
+        return result
+
+    @staticmethod
+    def _merge(result: HandleResult, answered: HandleResult) -> None:
         result.reply_id, result.item_id, result.status = answered.reply_id, answered.item_id, answered.status
         result.views.extend(answered.views)
-        return result
 
     async def _notice_only(self, msg: IncomingMessage, text: str, status: str) -> HandleResult:
         conv = await self._find_conversation(msg)
@@ -212,7 +224,7 @@ class ConversationCore:
         """Age after which an 'answering' claim is taken as abandoned by a crashed process."""
         return self.settings.inference.deadline_s + CLAIM_MARGIN_S
 
-    async def answer(self, message_id: int) -> HandleResult:
+    async def answer(self, message_id: int, verdict: Triage | None = None) -> HandleResult:
         """The one way a stored message gets answered: live, retry loop, /resume and start-up recovery.
 
         The message is claimed in the database by a compare-and-set (``status`` → 'answering');
@@ -225,23 +237,28 @@ class ConversationCore:
         conversation_id = await self.db.fetchval("SELECT conversation_id FROM messages WHERE id = ?", (message_id,))
         if conversation_id is None:
             return HandleResult(None, None, status="missing")
+        if verdict is not None and verdict.crisis:  # no model involved: never waits behind a slow answer
+            return await self._answer_claimed(message_id, conversation_id, verdict)
         async with self._conversation_locks[conversation_id]:
-            if message_id in self._working:
-                return HandleResult(message_id, conversation_id, status="answering")
-            row = await self._claim(message_id)
-            if row is None:
-                status = await self.db.fetchval("SELECT status FROM messages WHERE id = ?", (message_id,))
-                return HandleResult(message_id, conversation_id, status=status or "missing")
-            conv = ConversationRef(row["conversation_id"], row["platform"], row["channel_id"], row["thread_id"],
-                                   row["platform_user_id"])
-            self._working.add(message_id)
-            try:
-                return await self._answer_locked(row, conv)
-            except BaseException as exc:
-                await self._release_claim(message_id, exc)
-                raise
-            finally:
-                self._working.discard(message_id)
+            return await self._answer_claimed(message_id, conversation_id, verdict)
+
+    async def _answer_claimed(self, message_id: int, conversation_id: int, verdict: Triage | None) -> HandleResult:
+        if message_id in self._working:
+            return HandleResult(message_id, conversation_id, status="answering")
+        row = await self._claim(message_id)
+        if row is None:
+            status = await self.db.fetchval("SELECT status FROM messages WHERE id = ?", (message_id,))
+            return HandleResult(message_id, conversation_id, status=status or "missing")
+        conv = ConversationRef(row["conversation_id"], row["platform"], row["channel_id"], row["thread_id"],
+                               row["platform_user_id"])
+        self._working.add(message_id)
+        try:
+            return await self._answer_locked(row, conv, verdict)
+        except BaseException as exc:
+            await self._release_claim(message_id, exc)
+            raise
+        finally:
+            self._working.discard(message_id)
 
     async def _claim(self, message_id: int) -> Any:
         """Compare-and-set the message to 'answering'; its row (with conversation) if this caller won."""
@@ -270,11 +287,12 @@ class ConversationCore:
         except Exception:  # the database may be closing; a stale claim is retaken later anyway
             log.exception("releasing the claim on message %s failed", message_id)
 
-    async def _answer_locked(self, row: Any, conv: ConversationRef) -> HandleResult:
+    async def _answer_locked(self, row: Any, conv: ConversationRef, verdict: Triage | None = None) -> HandleResult:
         message_id = row["id"]
         text = row["text"]
         result = HandleResult(message_id, conv.id)
-        verdict = await self.safety.triage_async(text)
+        if verdict is None:  # retry, /resume, recovery: triage again (the classifiers may have changed)
+            verdict = await self.safety.triage_async(text)
         if verdict.crisis:
             return await self._crisis(row, conv, verdict, result)
         # --- safety layer: unsupported language / out of scope get a fixed answer, the model is not asked
@@ -304,13 +322,16 @@ class ConversationCore:
         risk_flags = verdict.risk_flags + checked.flags
         review_first = verdict.review_first or not checked.ok
         # --- end safety layer
-        gated = self.settings.review.mode == "gated" or review_first or row["conv_status"] == "crisis_hold"
         task = classify_task(text)
-        priority = "high" if review_first or row["conv_status"] == "crisis_hold" else "normal"
-        delivery = "held" if gated else "shown"
         platforms = list(self.platforms)
 
-        def store(conn: sqlite3.Connection) -> tuple[int, int, list[Claimed]]:
+        def store(conn: sqlite3.Connection) -> tuple[int, int, bool, list[Claimed]]:
+            # Read now, not before the model: a crisis may have put the conversation on hold meanwhile.
+            (conv_status,) = conn.execute("SELECT status FROM conversations WHERE id = ?", (conv.id,)).fetchone()
+            hold = conv_status == "crisis_hold"
+            gated = self.settings.review.mode == "gated" or review_first or hold
+            priority = "high" if review_first or hold else "normal"
+            delivery = "held" if gated else "shown"
             reply_id = conn.execute(
                 "INSERT INTO replies (message_id, conversation_id, prompt, text, task, model, adapter_version,"
                 " latency_ms, risk_flags, delivery, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -330,9 +351,9 @@ class ConversationCore:
                 effects.reply_view(reply_id, conv.platform, "new"),
                 *(effects.review_card(item_id, name, "new", post=True) for name in platforms),
             ])
-            return reply_id, item_id, claimed
+            return reply_id, item_id, gated, claimed
 
-        reply_id, item_id, claimed = await self.db.run(store)
+        reply_id, item_id, gated, claimed = await self.db.run(store)
         await self.outbox.apply(claimed)
         view = self._gated_view() if gated else self._pending_view(reply_text)
         result.reply_id, result.item_id, result.status = reply_id, item_id, "held" if gated else "shown"

@@ -3,8 +3,8 @@
 The core calls these at a few well-marked points:
 
 * top of ``handle_message``: :meth:`SafetyLayer.is_forget_command` / :meth:`forget_me`
-  (a patient typing ``/forget-me`` on any platform) and :meth:`over_limit` /
-  :meth:`rate_limited` (the per-patient rate limit; a crisis is still handled);
+  (a patient typing ``/forget-me`` on any platform) and :meth:`over_limit`; after the message
+  is stored and triaged (crisis first), :meth:`rate_limited` (the per-patient rate limit);
 * ``_answer_locked`` before the model: :meth:`triage`, then :meth:`before_model` (a message
   in an unsupported language or out of scope gets its fixed answer and the model is not
   asked), :meth:`extra_system` (the prompt-injection guard) and :meth:`model_slot` (fair
@@ -172,14 +172,11 @@ class SafetyLayer:
     def over_limit(self, msg: IncomingMessage) -> bool:
         return not self.limiter.hit(patient_key(msg.platform, msg.user_id))
 
-    async def rate_limited(self, msg: IncomingMessage, text: str) -> "HandleResult":
-        """Store the message (nothing received is lost); answer only a crisis; say so politely once."""
-        from bot.core import MAX_STORED_CHARS, HandleResult
+    async def rate_limited(self, msg: IncomingMessage, conv: Any, message_id: int) -> "HandleResult":
+        """A stored message over the limit: not answered; say so politely once. (The core has already
+        triaged it: a crisis is never rate limited.)"""
+        from bot.core import HandleResult
 
-        verdict = await self.triage_async(text)
-        conv, message_id, _ = await self.core._store_incoming(msg, text[:MAX_STORED_CHARS])
-        if verdict.crisis:  # a crisis is never rate limited
-            return await self.core.answer(message_id)
         await self.core._set_message_status(message_id, "rate_limited")
         result = HandleResult(message_id, conv.id, status="rate_limited")
         key = patient_key(msg.platform, msg.user_id)
