@@ -6,9 +6,10 @@ the core hands it (``PatientView``, ``ReviewCard``, alerts). It holds no busines
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 class PlatformStartError(RuntimeError):
@@ -71,9 +72,40 @@ class ReviewCard:
     card_ref: str | None = None  # the platform's id for the posted card
 
 
+HealthState = Literal["connected", "connecting", "failed"]
+
+
+@dataclass(frozen=True)
+class PlatformHealth:
+    """A platform's connection as ``/readyz``, ``llm4sweat doctor`` and ``/status`` read it.
+
+    ``connected``: events arrive and posts can be made. ``connecting``: starting, or
+    reconnecting after a drop (the SDK retries by itself). ``failed``: the connection ended for
+    good (a revoked token, Discord close 4004 / 4013 / 4014, Slack ``invalid_auth`` …) and
+    nothing will bring it back without the operator; ``reason`` says what, in one line
+    without secrets. ``since`` is when the state began (``time.time()``)."""
+
+    state: HealthState
+    reason: str = ""
+    since: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "connected"
+
+    def describe(self) -> str:
+        return f"{self.state}: {self.reason}" if self.reason else self.state
+
+
+CONNECTED = PlatformHealth("connected")
+
+
 class Platform(Protocol):
     name: str
     max_message_chars: int
+    # The connection's state now (a platform without a connection of its own, like the local
+    # console, is always connected). Read by bot.health.
+    health: PlatformHealth
 
     async def send_to_patient(self, conv: ConversationRef, view: PatientView) -> list[str]:
         """Post a view in the patient's thread; returns the platform ids of the posted parts."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from bot.platform import ConversationRef, PatientView, ReviewCard
+from bot.platform import CONNECTED, ConversationRef, PatientView, ReviewCard
 
 PLATFORM = "local"
 
@@ -16,6 +16,7 @@ PLATFORM = "local"
 class LocalPlatform:
     name = PLATFORM
     max_message_chars = 100_000
+    health = CONNECTED  # no connection of its own: up while the process is
 
     def __init__(self) -> None:
         self.alerts: deque[dict] = deque(maxlen=100)

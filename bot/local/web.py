@@ -25,6 +25,7 @@ access level of each is in ``ROUTES``; the guard refuses reviewer and moderator 
     GET  /api/moderator/status           the /status command                          moderator
     POST /api/moderator/command          {command, argument}                          moderator
     GET  /api/moderator/alerts           alerts kept by the local platform + open incidents  moderator
+    GET  /healthz, /readyz               process up; ready to serve (bot/health.py)   public
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from bot.access.control import write_token
+from bot import health_http
 from bot.local import auth
 from bot.local.auth import MODERATOR, PATIENT, PUBLIC, REVIEWER
 from bot.local.http import MAX_BODY_BYTES, SECURITY_HEADERS, BadRequest, error, json_body, ok, text_field
@@ -339,6 +341,8 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/api/moderator/status", moderator_status, MODERATOR),
     ("POST", "/api/moderator/command", moderator_command, MODERATOR),
     ("GET", "/api/moderator/alerts", moderator_alerts, MODERATOR),
+    ("GET", "/healthz", health_http.healthz, PUBLIC),  # container health checks: nothing but up or not
+    ("GET", "/readyz", health_http.readyz, PUBLIC),
 ]
 STATIC_PREFIX = "/static"  # the page's own scripts and styles: public
 
@@ -352,6 +356,7 @@ def make_app(service: "Service", host: str = "127.0.0.1", control_token: str | N
     app[SERVICE_KEY] = service
     app[PLATFORM_KEY] = platform  # type: ignore[assignment]
     app[auth.SERVICE_KEY] = service
+    app[health_http.SERVICE_KEY] = service
     app[auth.SETTINGS_KEY] = service.settings
     app[auth.DB_KEY] = service.db
     app[auth.HOSTS_KEY] = auth.allowed_hosts(host, service.settings.local.public_url)

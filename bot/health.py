@@ -1,0 +1,157 @@
+"""Liveness and readiness of the running service: what ``/healthz`` and ``/readyz`` answer.
+
+``/healthz`` means the process is up and its event loop answers. ``/readyz`` means the service
+can do its job now:
+
+- every configured platform is connected (Discord when its token is set, Slack when its bot
+  token is set; the console always is). A platform whose connection ended for good — a reset
+  token (Discord close 4004), refused intents (4013/4014), a revoked Slack token — makes the
+  service not ready, with the reason;
+- the database takes a write (one row in ``service_state``, so a read-only file or a full disk
+  shows here, not at the next patient message);
+- the model answers, or the degraded mode is on: while no model server answers, patients get
+  the outage notice and the crisis resources and their messages are queued (bot.core), so a
+  model outage alone does not make the service unready — it is named in the answer
+  (``degraded``) and in ``/status``.
+
+The answer is deliberately short (ready or not, and one line per problem): the endpoints are
+unauthenticated, so reasons name the part and the kind of failure, never tokens, ids, paths or
+patient data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bot.platform import CONNECTED, PlatformHealth
+from bot.storage import now
+
+if TYPE_CHECKING:
+    from bot.service import Service
+    from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DB_PROBE_TIMEOUT_S = 5.0
+MAX_REASON_CHARS = 200
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    reasons: list[str] = field(default_factory=list)  # why not ready, one short line each
+    degraded: list[str] = field(default_factory=list)  # ready, but running without something
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"status": "ready" if self.ready else "not ready"}
+        if self.reasons:
+            data["reasons"] = self.reasons
+        if self.degraded:
+            data["degraded"] = self.degraded
+        return data
+
+
+def configured_platforms(settings: "Settings") -> list[str]:
+    """The chat platforms the settings ask for (a token set means: connect)."""
+    names = []
+    if settings.discord.token is not None:
+        names.append("discord")
+    if settings.slack.bot_token is not None:
+        names.append("slack")
+    return names
+
+
+def platform_health(platform: Any) -> PlatformHealth:
+    """A platform's health state; a platform that does not report one counts as connected
+    while it is registered with the core (it would have been removed had it failed to start)."""
+    health = getattr(platform, "health", None)
+    if callable(health):
+        health = health()
+    if isinstance(health, PlatformHealth):
+        return health
+    return _discord_task_health(platform) or CONNECTED
+
+
+def _discord_task_health(platform: Any) -> PlatformHealth | None:
+    """For a Discord platform that does not report health itself: the client task ending means
+    the gateway connection ended for good (discord.py reconnects by itself otherwise)."""
+    task = getattr(platform, "_task", None)
+    client = getattr(platform, "client", None)
+    if not isinstance(task, asyncio.Task) or client is None:
+        return None
+    if task.done():
+        exc = None if task.cancelled() else task.exception()
+        return PlatformHealth("failed", _close_reason(exc))
+    ready = getattr(client, "is_ready", None)
+    if callable(ready) and not ready():
+        return PlatformHealth("connecting")
+    return None
+
+
+def _close_reason(exc: BaseException | None) -> str:
+    code = getattr(exc, "code", None)
+    known = {
+        4004: "Discord refused the bot token (close code 4004): it was reset or revoked",
+        4013: "Discord refused the gateway intents (close code 4013)",
+        4014: "Discord refused a privileged intent (close code 4014): enable Message Content",
+    }
+    if code in known:
+        return known[code]
+    if exc is None:
+        return "the connection ended"
+    name = type(exc).__name__
+    return f"the connection ended ({name}{f', close code {code}' if code else ''})"
+
+
+async def database_writable(service: "Service") -> str | None:
+    """None when a write commits; else the reason, short."""
+
+    def probe(conn: Any) -> None:
+        conn.execute(
+            "INSERT INTO service_state (key, value, updated_at) VALUES ('ready_probe', '', ?)"
+            " ON CONFLICT(key) DO UPDATE SET updated_at = excluded.updated_at",
+            (now(),),
+        )
+
+    try:
+        await asyncio.wait_for(service.db.run(probe), DB_PROBE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        return f"database: a write did not finish within {DB_PROBE_TIMEOUT_S:g} s"
+    except Exception as exc:
+        return f"database: not writable ({type(exc).__name__}: {_first_line(str(exc))})"
+    return None
+
+
+async def readiness(service: "Service") -> Readiness:
+    """Is the service ready to serve? (``/readyz``)."""
+    reasons: list[str] = []
+    degraded: list[str] = []
+    for name in configured_platforms(service.settings):
+        platform = service.core.platforms.get(name)
+        if platform is None:
+            reasons.append(f"{name}: not connected")
+            continue
+        health = platform_health(platform)
+        if not health.ready:
+            reasons.append(_short(f"{name}: {health.describe()}", service.settings))
+    problem = await database_writable(service)
+    if problem:
+        reasons.append(_short(problem, service.settings))
+    if not service.backend.status().healthy:
+        degraded.append("model: no model server answers; patients get the outage notice and crisis resources")
+    return Readiness(not reasons, reasons, degraded)
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
+def _short(text: str, settings: "Settings") -> str:
+    """One line, no configured secret, at most MAX_REASON_CHARS."""
+    text = _first_line(text)
+    for secret in settings.secret_values():
+        text = text.replace(secret, "[secret]")
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
