@@ -136,6 +136,7 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
     service = Service(cfg, demo=is_demo, model_path=model_path)
     service.add_platform(LocalPlatform())
     runners: list[Any] = []
+    doctor: asyncio.Task[Any] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -159,8 +160,16 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
             console.print(f"[bold green]LLM4Sweat is running{label}.[/bold green] Open {url}")
             console.print(f"  patient chat {url}#patient · reviewer queue {url}#reviewer · moderator panel {url}#moderator")
             await _print_sign_in(service, cfg.local.public_url + "/" if cfg.local.public_url else url, demo)
+        else:
+            from bot.health_http import start_health_server
+
+            runner, url = await start_health_server(service, host, port)
+            runners.append(runner)
+        doctor = asyncio.create_task(_startup_doctor(service), name="startup-doctor")
         await stop.wait()
     finally:
+        if doctor is not None:
+            doctor.cancel()
         for runner in reversed(runners):
             try:
                 await runner.cleanup()
@@ -184,6 +193,18 @@ async def _print_sign_in(service: Any, url: str, demo: bool) -> None:
         console.print("  No reviewer or moderator accounts yet. Create one, then sign in at "
                       f"{url}login:\n    llm4sweat users add NAME --role moderator   (or --role reviewer)",
                       highlight=False)
+
+
+async def _startup_doctor(service: Any) -> None:
+    """The doctor's checks once the service is up (logged; the result shows in /status)."""
+    from bot.doctor import startup_checks
+
+    try:
+        await startup_checks(service)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("the start-up checks failed to run")
 
 
 @app.command()
@@ -224,6 +245,50 @@ def serve_cmd(
         warn=lambda text: err.print(text, highlight=False, markup=False, style="red"),
     )
     raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------- doctor
+
+
+@app.command("doctor")
+def doctor_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+    min_free_gb: float = typer.Option(2.0, "--min-free-gb", min=0, help="Free space the data directory needs."),
+) -> None:
+    """Check everything a deployment needs (settings, database, disk, pack, Discord, Slack, model
+    servers) and print ✓/✗ with the fix for each ✗; exits 1 when any check fails."""
+    from bot.doctor import Report, run_checks
+    from bot.doctor.local_checks import check_settings
+
+    cfg, loaded = check_settings(_state["config"])
+    report = Report([loaded])
+    if cfg is not None:
+        from bot.logs import setup_logging
+
+        setup_logging("ERROR", cfg.secret_values())
+        running = asyncio.run(_service_running(cfg))
+        checked = asyncio.run(run_checks(cfg, service_running=running, min_free_bytes=int(min_free_gb * 1024**3)))
+        report.checks += checked.checks
+    if as_json:
+        console.print_json(json.dumps(report.as_json()))
+    else:
+        console.print(report.text(), highlight=False, markup=False)
+        console.print(f"{report.summary()}" + ("" if report.passed else " — fix the ✗ lines above"),
+                      highlight=False, markup=False)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+async def _service_running(cfg: Settings) -> bool:
+    """Does a service answer on this machine's console port (its /healthz)?"""
+    import aiohttp
+
+    host = "127.0.0.1" if cfg.local.host in ("0.0.0.0", "", "::") else cfg.local.host
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5)) as session:
+            async with session.get(f"http://{host}:{cfg.local.port}/healthz") as resp:
+                return resp.status == 200
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return False
 
 
 # ---------------------------------------------------------------------------- db, settings, model

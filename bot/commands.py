@@ -3,6 +3,7 @@ and the local console's moderator panel. Each call checks the moderator role fir
 
 from __future__ import annotations
 
+import datetime
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,8 @@ class Commands:
             "open_incidents": [dict(r) for r in incidents],
             "effects": effects,
             "last_job": last_job,
+            "platforms": _platforms(self.service),
+            "doctor": _doctor_data(getattr(self.service, "doctor_report", None)),
         }
         job_text = (
             f"#{last_job['id']} {last_job['kind']} {last_job['status']} {last_job['progress'] or ''}".strip()
@@ -103,8 +106,9 @@ class Commands:
             _effects_line(effects),
             f"Open incidents: {len(incidents)}",
             f"Last job: {job_text}",
+            *_doctor_lines(getattr(self.service, "doctor_report", None)),
         ]
-        text = "\n".join(lines)
+        text = "\n".join([*lines[:1], *_platform_lines(data["platforms"]), *lines[1:]])
         return CommandReply(text, data)
 
     async def retrain(self, actor: Actor, argument: str | None = None) -> CommandReply:
@@ -203,6 +207,38 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{int(seconds // 60)} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _platforms(service: Any) -> dict[str, str]:
+    """Each configured chat platform's connection (bot/health.py)."""
+    from bot.health import configured_platforms, platform_health
+
+    out = {}
+    for name in configured_platforms(service.settings):
+        platform = service.core.platforms.get(name)
+        out[name] = platform_health(platform).describe() if platform is not None else "not connected"
+    return out
+
+
+def _platform_lines(platforms: dict[str, str]) -> list[str]:
+    return ["Platforms: " + ", ".join(f"{name} {state}" for name, state in platforms.items())] if platforms else []
+
+
+def _doctor_data(report: Any) -> dict[str, Any] | None:
+    return None if report is None else report.as_json()
+
+
+def _doctor_lines(report: Any) -> list[str]:
+    """The start-up checks' result: the summary and the first failures with their fixes."""
+    if report is None:
+        return ["Checks (llm4sweat doctor): not run yet"]
+    at = datetime.datetime.fromtimestamp(report.finished_at).strftime("%Y-%m-%d %H:%M")
+    lines = [f"Checks at start-up ({at}): {report.summary()}"]
+    for check in report.failed[:5]:
+        lines.append(f"  ✗ {check.title}: {check.detail} — fix: {check.fix}")
+    if len(report.failed) > 5:
+        lines.append(f"  … {len(report.failed) - 5} more: run `llm4sweat doctor`")
+    return lines
 
 
 def _ago(ts: float | None) -> str:

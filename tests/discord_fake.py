@@ -45,7 +45,17 @@ The fake is as strict as Discord, so that a bot passing here does not fail there
   unlocked archived thread unarchives it (THREAD_UPDATE).
 * **Direct messages** carry no ``guild_id`` and no ``member`` (messages and interactions alike).
 * **Gateway close codes** (#gateway-gateway-close-event-codes): ``drop_connection(4004)`` ends a
-  session the way a reset token does; discord.py must not resume it.
+  session the way a reset token does; discord.py must not resume it. ``reset_token()`` is the
+  whole of a token reset in the Developer Portal: the open session closes with 4004, every REST
+  call answers 401, and a new IDENTIFY is closed with 4004 again.
+* **Roles and permissions** (topics/permissions#permission-overwrites): the bot holds a managed
+  role named after it carrying the invite link's permissions (``bot_role``, as Discord creates
+  at an invite); roles are not mentionable unless set (Discord's default for a new role);
+  channels carry ``permission_overwrites`` (``overwrite``). ``GET /guilds/{id}``,
+  ``/guilds/{id}/channels`` and ``/guilds/{id}/members/{user}`` serve them, so discord.py's own
+  ``permissions_for`` computes what the bot may do. The application's flags carry the Message
+  Content intent switch (``app_flags``; 1 << 19 = GATEWAY_MESSAGE_CONTENT_LIMITED, what the
+  portal sets for a bot in fewer than 100 servers), and ``interactions_endpoint_url`` is unset.
 """
 
 from __future__ import annotations
@@ -104,6 +114,9 @@ LABEL_DESCRIPTION_MAX = 100
 TEXT_INPUT_VALUE_MAX = 4000
 TEXT_INPUT_PLACEHOLDER_MAX = 100
 INTERACTION_DEADLINE_S = 3.0
+# What the invite link in docs/discord.md asks for (tests/test_doctor.py checks the two agree):
+# Discord gives the bot a managed role with exactly these permissions when it joins.
+DOCUMENTED_INVITE_PERMISSIONS = 309237869568
 
 MISSING_PERMISSIONS = 50013
 CANNOT_MESSAGE_USER = 50007
@@ -276,6 +289,7 @@ class FakeDiscord:
         self.everyone_role = self.guild_id
         self.reviewer_role = self.snowflake()
         self.moderator_role = self.snowflake()
+        self.bot_role = self.snowflake()
         self.category_id = self.snowflake()
         self.support_id = self.snowflake()
         self.category_channel_id = self.snowflake()  # a text channel inside the support category
@@ -293,6 +307,9 @@ class FakeDiscord:
         self.reactions: list[tuple[str, str, str, str]] = []  # (op, message id, emoji, user)
         self.deny_threads = False
         self.refuse_identify_with: int | None = None  # a close code to answer IDENTIFY with (e.g. 4014)
+        self.token_revoked = False  # reset_token(): REST answers 401, IDENTIFY is closed with 4004
+        self.app_flags = 1 << 19  # GATEWAY_MESSAGE_CONTENT_LIMITED: the Message Content switch is on
+        self.interactions_endpoint_url: str | None = None
         self.interaction_deadline_s = INTERACTION_DEADLINE_S
         self.late_interactions: list[Interaction] = []  # callbacks refused with 10062 (too late)
         self._forbidden: list[tuple[str | None, re.Pattern[str], int]] = []  # method, path, JSON code
@@ -309,7 +326,8 @@ class FakeDiscord:
         self.port = 0
         self.bot_user = self._user_payload(self.bot_id, "LLM4Sweat", bot=True)
         self.users[self.bot_id] = self.bot_user
-        self.members[self.bot_id] = []
+        self.members[self.bot_id] = [self.bot_role]
+        self.roles: dict[str, dict[str, Any]] = {}
         self._build_guild()
 
     # ------------------------------------------------------------------ set-up
@@ -338,6 +356,27 @@ class FakeDiscord:
         self._channel(self.reviewer_channel_id, "expert-review", 0, position=3)
         self._channel(self.mods_channel_id, "moderators", 0, position=4)
         self._channel(self.voice_id, "voice-lounge", 2, parent=self.category_id, position=5)
+        for rid, name, position, permissions in (
+            (self.everyone_role, "@everyone", 0, discord.Permissions.general().value),
+            (self.reviewer_role, "Reviewer", 1, 0),
+            (self.moderator_role, "Moderator", 2, discord.Permissions.all().value),
+            (self.bot_role, "LLM4Sweat", 3, DOCUMENTED_INVITE_PERMISSIONS),
+        ):
+            self.roles[rid] = self._role(rid, name, position, permissions)
+        self.roles[self.bot_role].update(managed=True, tags={"bot_id": self.bot_id})
+
+    def set_role(self, role_id: str, *, permissions: int | None = None, mentionable: bool | None = None) -> None:
+        """A server admin edits a role (Server Settings → Roles)."""
+        if permissions is not None:
+            self.roles[role_id]["permissions"] = str(permissions)
+        if mentionable is not None:
+            self.roles[role_id]["mentionable"] = mentionable
+
+    def overwrite(self, channel_id: str, target_id: str, *, allow: int = 0, deny: int = 0, member: bool = False) -> None:
+        """A server admin sets a channel permission overwrite for a role (or a member)."""
+        overwrites = [o for o in self.channels[channel_id]["permission_overwrites"] if o["id"] != target_id]
+        overwrites.append({"id": target_id, "type": 1 if member else 0, "allow": str(allow), "deny": str(deny)})
+        self.channels[channel_id]["permission_overwrites"] = overwrites
 
     def add_member(self, name: str, roles: tuple[str, ...] = ()) -> str:
         """A guild member; roles by name: 'reviewer', 'moderator'."""
@@ -349,7 +388,7 @@ class FakeDiscord:
 
     def _role(self, rid: str, name: str, position: int, permissions: int) -> dict[str, Any]:
         return {"id": rid, "name": name, "color": 0, "colors": {"primary_color": 0}, "hoist": False,
-                "position": position, "permissions": str(permissions), "managed": False, "mentionable": True,
+                "position": position, "permissions": str(permissions), "managed": False, "mentionable": False,
                 "flags": 0}
 
     def _member(self, uid: str, with_user: bool = True) -> dict[str, Any]:
@@ -366,9 +405,7 @@ class FakeDiscord:
             "id": self.guild_id, "name": "Hyperhidrosis Community", "icon": None, "splash": None,
             "discovery_splash": None, "owner_id": self.snowflake(), "afk_channel_id": None, "afk_timeout": 300,
             "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
-            "roles": [self._role(self.everyone_role, "@everyone", 0, discord.Permissions.general().value),
-                      self._role(self.reviewer_role, "Reviewer", 1, 0),
-                      self._role(self.moderator_role, "Moderator", 2, discord.Permissions.all().value)],
+            "roles": [dict(r) for r in self.roles.values()],
             "emojis": [], "stickers": [], "features": [], "mfa_level": 0, "application_id": None,
             "system_channel_id": None, "system_channel_flags": 0, "rules_channel_id": None,
             "vanity_url_code": None, "description": None, "banner": None, "premium_tier": 0,
@@ -443,6 +480,9 @@ class FakeDiscord:
 
     async def _identify(self, ws: web.WebSocketResponse, d: dict[str, Any]) -> None:
         self.identifies += 1
+        if self.token_revoked:
+            await ws.close(code=4004, message=b"Authentication failed.")
+            return
         if self.refuse_identify_with is not None:
             await ws.close(code=self.refuse_identify_with, message=b"Disallowed intent(s).")
             return
@@ -491,6 +531,11 @@ class FakeDiscord:
         if ws is not None:
             await ws.close(code=code, message=b"dropped by the test")
 
+    async def reset_token(self) -> None:
+        """The owner resets the bot's token in the Developer Portal while the bot runs."""
+        self.token_revoked = True
+        await self.drop_connection(4004)
+
     async def wait_connected(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._ws_ready.wait(), timeout)
 
@@ -522,6 +567,9 @@ class FakeDiscord:
                 body = await request.text()
         call = Call(request.method, path, dict(request.query), body)
         self.calls.append(call)
+        if self.token_revoked:
+            call.status = 401
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
         for limit in self._rate_limits:
             method, regex, remaining, retry_after = limit
             if remaining > 0 and method == request.method and regex.fullmatch(path):
@@ -566,6 +614,9 @@ class FakeDiscord:
             ("POST", r"/webhooks/([0-9]+)/([^/]+)", self._followup),
             ("PATCH", r"/webhooks/([0-9]+)/([^/]+)/messages/([^/]+)", self._edit_followup),
             ("POST", "/users/@me/channels", self._open_dm),
+            ("GET", f"/guilds/{s}", self._get_guild),
+            ("GET", f"/guilds/{s}/channels", self._get_guild_channels),
+            ("GET", f"/guilds/{s}/members/{s}", self._get_guild_member),
         ]
 
     async def _get_me(self, call: Call) -> web.Response:
@@ -575,8 +626,30 @@ class FakeDiscord:
         return _json({"id": self.app_id, "name": "LLM4Sweat", "icon": None, "description": "", "rpc_origins": [],
                       "bot_public": False, "bot_require_code_grant": False, "bot": self.bot_user,
                       "owner": self._user_payload(self.snowflake(), "owner"), "summary": "", "verify_key": "00",
-                      "team": None, "flags": 0, "interactions_endpoint_url": None, "redirect_uris": [],
+                      "team": None, "flags": self.app_flags,
+                      "interactions_endpoint_url": self.interactions_endpoint_url, "redirect_uris": [],
                       "approximate_guild_count": 1})
+
+    async def _get_guild(self, call: Call, guild_id: str) -> web.Response:
+        if guild_id != self.guild_id:
+            return _json({"message": "Unknown Guild", "code": 10004}, 404)
+        payload = self.guild_payload()
+        for key in ("channels", "members", "threads", "voice_states", "presences", "joined_at", "large",
+                    "member_count", "unavailable"):
+            payload.pop(key, None)  # REST guild objects carry none of the gateway-only fields
+        return _json(payload)
+
+    async def _get_guild_channels(self, call: Call, guild_id: str) -> web.Response:
+        if guild_id != self.guild_id:
+            return _json({"message": "Unknown Guild", "code": 10004}, 404)
+        return _json([dict(c) for c in self.channels.values() if c.get("guild_id") == guild_id])
+
+    async def _get_guild_member(self, call: Call, guild_id: str, user_id: str) -> web.Response:
+        if guild_id != self.guild_id:
+            return _json({"message": "Unknown Guild", "code": 10004}, 404)
+        if user_id not in self.members:
+            return _json({"message": "Unknown Member", "code": 10007}, 404)
+        return _json(self._member(user_id))
 
     def _message_payload(self, channel_id: str, author_id: str, content: str, **extra: Any) -> dict[str, Any]:
         mid = extra.pop("id", None) or self.snowflake()

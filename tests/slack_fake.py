@@ -34,6 +34,14 @@ As strict as Slack, so that an app passing here does not fail there:
   ``http_error`` after a 5xx), in Socket Mode with ``retry_attempt`` / ``retry_reason``
   (https://docs.slack.dev/apis/events-api/#retries: up to three retries).
 * Ack and ``respond()`` payloads are held to the same Block Kit limits (``invalid_responses``).
+* Scopes (https://docs.slack.dev/reference/scopes; each method's page names its scope): every
+  Web API answer to a bot token carries the scopes granted to it in ``x-oauth-scopes``, as
+  Slack's does; a method whose scope is not granted answers ``missing_scope`` with ``needed`` and
+  ``provided``. ``scopes`` starts as what the app made from deploy/slack-manifest.yaml is granted.
+* Channel membership (conversations.history, chat.postMessage: "not_in_channel" / "channel_not_found"):
+  ``remove_bot(channel)`` takes the bot out of a channel; reading or posting there is then
+  refused with ``not_in_channel`` (a public channel) or ``channel_not_found`` (a private one, which
+  the bot cannot even see).
 
 Nothing here imports the bot: it speaks Slack's wire format only.
 """
@@ -77,6 +85,14 @@ MODAL_TITLE_MAX = 24
 PRIVATE_METADATA_MAX = 3000
 ACK_DEADLINE_S = 3.0
 EVENT_RETRY_DELAYS_S = (0.0, 60.0, 300.0)  # Slack: at once, after a minute, after five minutes
+# The bot scopes of deploy/slack-manifest.yaml (tests/test_doctor.py checks they agree).
+MANIFEST_SCOPES = ("app_mentions:read", "channels:history", "groups:history", "im:history", "chat:write", "commands",
+                   "reactions:read", "usergroups:read", "users:read")
+# The scope each Web API method the bot calls needs (history: by the kind of conversation).
+METHOD_SCOPES = {"chat.postMessage": "chat:write", "chat.update": "chat:write", "chat.delete": "chat:write",
+                 "chat.postEphemeral": "chat:write", "usergroups.users.list": "usergroups:read",
+                 "users.info": "users:read"}
+HISTORY_METHODS = ("conversations.history", "conversations.replies")
 
 BOT_TOKEN = "xoxb-test-bot-token"
 APP_TOKEN = "xapp-test-app-token"
@@ -234,6 +250,9 @@ class FakeSlack:
         self.users: dict[str, dict[str, Any]] = {}
         self.bot_tokens = {BOT_TOKEN}
         self.app_tokens = {APP_TOKEN}
+        self.scopes: set[str] = set(MANIFEST_SCOPES)  # granted to the bot token
+        self.private_channels: set[str] = set()  # channels that are private (groups:history)
+        self.not_member: set[str] = set()  # channels the bot is not in (remove_bot)
         self.user_messages: list[dict[str, Any]] = []  # what people wrote (for history and replies)
         self.ack_deadline_s = ACK_DEADLINE_S
         self.event_retry_delays_s = EVENT_RETRY_DELAYS_S
@@ -282,6 +301,12 @@ class FakeSlack:
         return f"http://127.0.0.1:{self.port}/response/{name or uuid.uuid4().hex}"
 
     # ------------------------------------------------------------------ test controls
+
+    def remove_bot(self, channel: str, private: bool = False) -> None:
+        """Someone removes the bot from ``channel`` (or it was never invited)."""
+        self.not_member.add(channel)
+        if private:
+            self.private_channels.add(channel)
 
     def fail(self, method: str, error: str = "internal_error", times: int = 1) -> None:
         """The next ``times`` calls of ``method`` answer ``{"ok": false, "error": error}``."""
@@ -363,7 +388,8 @@ class FakeSlack:
                 return web.json_response(body, status=status, headers=headers)
             body = self._answer(method, args, token)
             call.response = body
-            return web.json_response(body)
+            headers = {"x-oauth-scopes": ",".join(sorted(self.scopes))} if token in self.bot_tokens else {}
+            return web.json_response(body, headers=headers)
         finally:
             await self._notify()
 
@@ -378,7 +404,21 @@ class FakeSlack:
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return {"ok": False, "error": "unknown_method", "req_method": method}
+        needed = self._needed_scope(method, args)
+        if needed is not None and needed not in self.scopes:
+            return {"ok": False, "error": "missing_scope", "needed": needed, "provided": ",".join(sorted(self.scopes))}
+        channel = args.get("channel", "")
+        if (method in HISTORY_METHODS or method == "chat.postMessage") and channel in self.not_member:
+            return {"ok": False, "error": "channel_not_found" if channel in self.private_channels else "not_in_channel"}
         return handler(args)
+
+    def _needed_scope(self, method: str, args: dict[str, Any]) -> str | None:
+        if method in HISTORY_METHODS:
+            channel = str(args.get("channel", ""))
+            if channel.startswith("D"):
+                return "im:history"
+            return "groups:history" if channel in self.private_channels else "channels:history"
+        return METHOD_SCOPES.get(method)
 
     @staticmethod
     def _refused(args: dict[str, Any]) -> dict[str, Any] | None:

@@ -8,6 +8,14 @@ cannot read the weights); ``POST /v1/unload_lora_adapter``; ``POST /v1/chat/comp
 (404 for an unknown model). A chat answer names what produced it: ``[base] …`` or
 ``[<adapter folder name>] …``, so tests see which adapter answered.
 
+Configurations an operator gets wrong, as vLLM answers them (vllm/entrypoints/serve/lora and
+the API server's authentication middleware): ``runtime_lora=False`` (no
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): the load/unload routes do not exist, FastAPI's bare
+``404 {"detail": "Not Found"}``; ``lora_enabled=False`` (no ``--enable-lora``): a load passes the
+name checks, then the engine refuses it, 400 "LoRA is not enabled."; ``api_key`` set
+(``--api-key``): every ``/v1/*`` request without ``Authorization: Bearer <key>`` is answered
+``401 {"error": "Unauthorized"}``, ``/health`` stays open.
+
 The real server is covered by tests/test_vllm_real.py; this fake makes the replica, health and
 reload logic testable in milliseconds, including failures a real server rarely shows on cue.
 """
@@ -40,6 +48,9 @@ class FakeVLLM:
     unloads: list[str] = field(default_factory=list)
     busy_unloads: list[str] = field(default_factory=list)  # unloaded while requests were running on it
     errors: list[tuple[int, str]] = field(default_factory=list)
+    lora_enabled: bool = True  # --enable-lora
+    runtime_lora: bool = True  # VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
+    api_key: str | None = None  # --api-key
     _runner: web.AppRunner | None = None
 
     @property
@@ -51,7 +62,16 @@ class FakeVLLM:
         return self._runner is not None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        @web.middleware
+        async def gate(request: web.Request, handler: Any) -> web.StreamResponse:
+            if self.api_key and request.path.startswith("/v1") and \
+                    request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return web.json_response({"error": "Unauthorized"}, status=401)
+            if not self.runtime_lora and request.path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+                return web.json_response({"detail": "Not Found"}, status=404)
+            return await handler(request)
+
+        app = web.Application(middlewares=[gate])
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/load_lora_adapter", self._load)
@@ -108,6 +128,8 @@ class FakeVLLM:
         self.loads.append(name)
         if name in self.loaded and not body.get("load_inplace"):
             return self._error(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
+        if not self.lora_enabled:
+            return self._error(400, "LoRA is not enabled.", "BadRequestError")
         if not os.path.isdir(path):
             return self._error(404, f"Loading lora {name} failed: No adapter found for {path}", "NotFoundError")
         if path in self.fail_load_paths:
