@@ -150,8 +150,6 @@ def _first_line(text: str) -> str:
 
 
 def _short(text: str, settings: "Settings") -> str:
-    """One line, no configured secret, at most MAX_REASON_CHARS."""
-    text = _first_line(text)
-    for secret in settings.secret_values():
-        text = text.replace(secret, "[secret]")
+    """One line, no configured secret or token-shaped text (bot.redact), at most MAX_REASON_CHARS."""
+    text = settings.redact(_first_line(text))
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"

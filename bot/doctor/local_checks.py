@@ -46,6 +46,7 @@ async def check_database(settings: Settings) -> list[Check]:
         return [fail("database.open", f"{path} does not exist and {parent} is not writable",
                      f"make {parent} writable for the user the service runs as, or set LLM4SWEAT_DATA_DIR")]
     checks: list[Check] = []
+    modes = _owner_only(path)  # before opening: opening tightens the database file itself
     db = Database(path)
     try:
         await db.open(migrate=False)
@@ -60,7 +61,7 @@ async def check_database(settings: Settings) -> list[Check]:
         checks.append(await _writable(db))
     finally:
         await db.close()
-    checks.append(_owner_only(path))
+    checks.append(modes)
     return checks
 
 
@@ -121,7 +122,8 @@ def _owner_only(path: Path) -> Check:
             loose.append(f"{candidate.name} {mode:04o}")
     if loose:
         return fail("database.permissions", f"readable by others: {', '.join(loose)}",
-                    f"chmod 600 {path}* (it holds patients' messages)")
+                    f"chmod 600 {path}* (it holds patients' messages), and find what loosened it (a copy, a restore, "
+                    "a umask); the service tightens the main file when it opens it")
     return ok("database.permissions", "owner-only (0600)")
 
 
