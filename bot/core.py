@@ -333,10 +333,10 @@ class ConversationCore:
             priority = "high" if review_first or hold else "normal"
             delivery = "held" if gated else "shown"
             reply_id = conn.execute(
-                "INSERT INTO replies (message_id, conversation_id, prompt, text, task, model, adapter_version,"
-                " latency_ms, risk_flags, delivery, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (message_id, conv.id, dumps(messages), reply_text, task, generation.model, generation.adapter_version,
-                 generation.latency_s * 1000, dumps(risk_flags), delivery, now(), now()),
+                "INSERT INTO replies (message_id, conversation_id, prompt, text, shown_text, task, model, adapter_version,"
+                " latency_ms, risk_flags, delivery, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (message_id, conv.id, dumps(messages), reply_text, None if gated else reply_text, task, generation.model,
+                 generation.adapter_version, generation.latency_s * 1000, dumps(risk_flags), delivery, now(), now()),
             ).lastrowid
             conn.execute(
                 "UPDATE messages SET status = 'answered', attempts = attempts + 1, last_error = NULL WHERE id = ?",
@@ -368,7 +368,8 @@ class ConversationCore:
         platforms = list(self.platforms)
 
         def store(conn: sqlite3.Connection) -> list[Claimed]:
-            conn.execute("UPDATE messages SET status = 'crisis' WHERE id = ?", (row["id"],))
+            # The resources are kept with the message: the next prompt carries what the patient was shown.
+            conn.execute("UPDATE messages SET status = 'crisis', response_text = ? WHERE id = ?", (message, row["id"]))
             conn.execute("UPDATE conversations SET status = 'crisis_hold' WHERE id = ?", (conv.id,))
             conn.execute(
                 "INSERT INTO incidents (kind, detail, message_id, created_at) VALUES ('crisis', ?, ?, ?)",
@@ -437,17 +438,21 @@ class ConversationCore:
         return answered
 
     async def _history(self, conversation_id: int, before_message_id: int) -> list[tuple[str, str]]:
+        """The conversation so far as the patient saw it: their messages, the replies shown to them
+        (``shown_text``: as edited; never a held, rejected or expired-unseen reply) and the crisis
+        resources they were given."""
         rows = await self.db.fetchall(
-            "SELECT m.id, m.text, r.text AS reply, r.shown_text, i.state FROM messages m"
-            " LEFT JOIN replies r ON r.message_id = m.id LEFT JOIN review_items i ON i.reply_id = r.id"
-            " WHERE m.conversation_id = ? AND m.id < ? AND m.status = 'answered' ORDER BY m.id",
+            "SELECT m.text, m.status, m.response_text, r.shown_text FROM messages m"
+            " LEFT JOIN replies r ON r.message_id = m.id"
+            " WHERE m.conversation_id = ? AND m.id < ? AND m.status IN ('answered', 'crisis') ORDER BY m.id",
             (conversation_id, before_message_id),
         )
         history: list[tuple[str, str]] = []
         for row in rows:
             history.append(("user", row["text"]))
-            if row["reply"] is not None and row["state"] != ReviewState.REJECTED.value:
-                history.append(("assistant", row["shown_text"] or row["reply"]))
+            shown = row["response_text"] if row["status"] == "crisis" else row["shown_text"]
+            if shown:
+                history.append(("assistant", shown))
         return history
 
     # ------------------------------------------------------------------ views
@@ -536,11 +541,9 @@ class ConversationCore:
         source = "expert_edited" if item["state"] == ReviewState.EDITED.value else "expert_approved"
         final_text = item["final_text"] or reply["text"]
         decisions = await self.reviews.decisions(item_id)
-        messages = [
-            {"role": "system", "content": self.pack.system_message()},  # as in seeds, training and serving
-            {"role": "user", "content": item["patient_text"]},
-            {"role": "assistant", "content": final_text},
-        ]
+        # The conversation as the model saw it (system prompt, history, question), answered as the
+        # experts decided; patient turns are scrubbed of identifying details by dataset.add_example.
+        messages = [*json.loads(reply["prompt"]), {"role": "assistant", "content": final_text}]
         provenance = {
             "review_item_id": item_id,
             "reviewers": [f"{d['reviewer_platform']}:{d['reviewer_id']}" for d in decisions],

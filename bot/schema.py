@@ -108,4 +108,13 @@ MIGRATIONS = [
         CREATE INDEX outbox_due ON outbox (status, next_attempt_at)
         """,
     ),
+    Migration(
+        "bot",
+        4,
+        "what_the_patient_saw",
+        """
+        ALTER TABLE messages ADD COLUMN response_text TEXT;
+        UPDATE replies SET shown_text = text WHERE delivery = 'shown' AND shown_text IS NULL
+        """,
+    ),
 ]
