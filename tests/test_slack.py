@@ -575,6 +575,65 @@ async def test_slash_commands_refused_for_patients_and_reviewers(http_slack, fak
     assert await service.db.fetchval("SELECT COUNT(*) FROM jobs") == 0
 
 
+async def test_commands_ack_in_time_while_the_user_group_is_rate_limited(http_slack, fake):
+    """usergroups.users.list answers 429 (Retry-After 4 s, longer than Slack's 3 s for an ack):
+    a moderator's command is acknowledged in time, and answered."""
+    service, runner, http = http_slack
+    fake.rate_limit("usergroups.users.list", times=3, retry_after=4)
+    started = time.monotonic()
+    status, body = await http.command(fake, "/sweat-status", MODERATOR, response_name="limited")
+    assert status == 200 and time.monotonic() - started < fake.ack_deadline_s
+    assert not fake.late_acks
+    assert "Model:" in json.loads(body)["text"]  # moderators are listed ids: nothing to wait for
+    status, body = await http.command(fake, "/sweat-pause", REVIEWER)
+    assert "Only moderators" in json.loads(body)["text"] and not fake.late_acks
+
+
+async def test_edit_submission_acks_in_time_while_the_user_group_is_rate_limited(http_slack, fake):
+    """A reviewer (by user group) saves an edit while usergroups.users.list answers 429 with
+    Retry-After 4 s and nothing is cached: the modal closes within Slack's 3 s and the edit is
+    applied once Slack answers the lookup."""
+    service, runner, http = http_slack
+    ts, card = await ask(http, fake, "Can I use antiperspirant on my feet?")
+    view = blocks_edit_view(card)
+    fake.rate_limit("usergroups.users.list", times=1, retry_after=4)
+    started = time.monotonic()
+    status, body = await http.interact(view_submission(view, REVIEWER, "Yes, at night on dry skin."))
+    assert status == 200 and body == "" and time.monotonic() - started < fake.ack_deadline_s
+    assert not fake.late_acks
+    await fake.wait_for(lambda: section_texts(fake.thread(SUPPORT, ts)[1])[0] == "Yes, at night on dry skin.",
+                        timeout=15)
+    assert await service.db.fetchval("SELECT state FROM review_items WHERE id = ?", (item_of(card),)) == "edited"
+
+
+async def test_user_group_members_are_cached_and_newcomers_looked_up(http_slack, fake):
+    """Once read, the group list answers without a call while it is fresh (a 429 then costs
+    nothing); someone not in it is looked up again, so a member added now may review now."""
+    service, runner, http = http_slack
+    ts1, card1 = await ask(http, fake, "first question about sweaty palms")
+    ts2, card2 = await ask(http, fake, "second question about sweaty palms", user=PATIENT2)
+    await http.interact(block_action(fake, "review_approve", item_of(card1), REVIEWER, card1["ts"]))
+    await fake.wait_for(lambda: any(LABEL_APPROVED in t for t in context_texts(fake.thread(SUPPORT, ts1)[1])))
+    lookups = len(fake.attempts("usergroups.users.list"))
+    fake.rate_limit("usergroups.users.list", times=1, retry_after=30)
+    started = time.monotonic()
+    await http.interact(block_action(fake, "review_approve", item_of(card2), REVIEWER, card2["ts"]))
+    await fake.wait_for(lambda: any(LABEL_APPROVED in t for t in context_texts(fake.thread(SUPPORT, ts2)[1])))
+    assert time.monotonic() - started < 3 and len(fake.attempts("usergroups.users.list")) == lookups
+    fake._failures.clear()
+    ts3, card3 = await ask(http, fake, "third question about sweaty palms")
+    fake.usergroups[GROUP].append(STRANGER)
+    await http.interact(block_action(fake, "review_approve", item_of(card3), STRANGER, card3["ts"]))
+    await fake.wait_for(lambda: any(LABEL_APPROVED in t for t in context_texts(fake.thread(SUPPORT, ts3)[-1])))
+    assert len(fake.attempts("usergroups.users.list")) == lookups + 1
+
+
+def blocks_edit_view(card: dict[str, Any]) -> dict[str, Any]:
+    """The edit modal as the app opens it for ``card`` (callback id and metadata are what a submission echoes)."""
+    return {"callback_id": "review_edit_modal",
+            "private_metadata": json.dumps({"item_id": item_of(card), "channel": REVIEW})}
+
+
 async def test_slow_command_is_acknowledged_then_answered_through_respond(http_slack, fake, monkeypatch):
     service, runner, http = http_slack
     original = service.commands.run
@@ -694,10 +753,11 @@ async def test_web_api_ok_false_and_429_are_handled(http_slack, fake):
     assert len(fake.thread(SUPPORT, ts)) == 2  # notice + reply, none doubled
     # an ok:false from chat.update while deciding: the decision still stands
     fake.fail("chat.update", "message_not_found")
-    await http.interact(block_action(fake, "review_approve", item_of(card), REVIEWER, card["ts"]))
+    await http.interact(block_action(fake, "review_approve", item_of(card), LISTED, card["ts"]))
     await fake.wait_for(lambda: len(fake.attempts("chat.update")) >= 2)
     assert await service.db.fetchval("SELECT state FROM review_items WHERE id = ?", (item_of(card),)) == "approved"
-    # the usergroup lookup failing falls back to listed reviewer ids (and refuses the rest)
+    # the usergroup lookup failing, with no list read before, falls back to listed reviewer ids
+    # (and refuses the rest)
     fake.fail("usergroups.users.list", "missing_scope", times=5)
     ts3, card3 = await ask(http, fake, "question three about sweating")
     await http.interact(block_action(fake, "review_approve", item_of(card3), REVIEWER, card3["ts"]))

@@ -73,6 +73,59 @@ class _Seen:
         return key in self._items
 
 
+class ReviewerRoster:
+    """Members of the reviewer user group, kept in memory so that no acknowledgement waits on Slack.
+
+    ``usergroups.users.list`` is rate limited (Tier 2); under a 429 the SDK waits ``Retry-After``
+    seconds, longer than Slack's 3-second window for acknowledging a request. So the list is
+    cached: a member found in a list younger than ``ttl_s`` is trusted without a call (someone
+    removed from the group loses the role within ``ttl_s``); anyone not in it is looked up again
+    at once (someone just added may review at once). Concurrent lookups share one call, and a
+    failed lookup keeps the last list that Slack gave."""
+
+    def __init__(self, client: AsyncWebClient, group: str | None, ttl_s: float = 60.0):
+        self.client = client
+        self.group = group
+        self.ttl_s = ttl_s
+        self._members: frozenset[str] | None = None
+        self._fetched_at = float("-inf")
+        self._inflight: asyncio.Task[frozenset[str] | None] | None = None
+
+    def cached(self, user_id: str) -> bool | None:
+        """True when a fresh list has the user; None when only Slack can tell."""
+        if self._members is not None and user_id in self._members and self.fresh:
+            return True
+        return None
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() - self._fetched_at < self.ttl_s
+
+    async def contains(self, user_id: str) -> bool:
+        if not self.group:
+            return False
+        if self.cached(user_id):
+            return True
+        members = await self.refresh()
+        return members is not None and user_id in members
+
+    async def refresh(self) -> frozenset[str] | None:
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._fetch())
+        return await asyncio.shield(self._inflight)
+
+    async def _fetch(self) -> frozenset[str] | None:
+        try:
+            response = await self.client.usergroups_users_list(usergroup=self.group)
+        except SlackApiError as exc:
+            log.error("slack: cannot read the reviewer user group %s (%s); %s", self.group, _error(exc),
+                      "using the list read earlier" if self._members is not None else "only listed reviewer ids count")
+            return self._members
+        self._members = frozenset(response.get("users") or [])
+        self._fetched_at = time.monotonic()
+        return self._members
+
+
 def command_names(cfg: SlackSettings) -> dict[str, str]:
     """Slash command for each moderator command and the patient's forget-me, with overrides."""
     names = {name: f"/{cfg.command_prefix}{name}" for name in COMMANDS}
@@ -105,6 +158,7 @@ class SlackPlatform:
         self.job_watch_limit_s = 30 * 60.0  # a response_url is valid for 30 minutes
         self._events = _Seen()
         self._messages = _Seen()
+        self.roster = ReviewerRoster(client, cfg.reviewer_usergroup_id)
         self._card_items: dict[str, int] = {}  # "channel:ts" of a card -> review item id
         self._names: dict[str, tuple[str, float]] = {}
         self._regions: dict[str, tuple[str | None, float]] = {}
@@ -192,26 +246,15 @@ class SlackPlatform:
 
     # ================================================================== roles
 
-    async def actor(self, user_id: str, display_name: str = "") -> Actor:
-        """The user with the roles they hold right now (looked up on every action, never cached)."""
+    async def actor(self, user_id: str, display_name: str = "", *, group: bool = True) -> Actor:
+        """The user with the roles they hold (the reviewer group through :class:`ReviewerRoster`;
+        ``group=False`` when only the listed ids matter, as for moderator commands)."""
         roles: set[str] = set()
-        if user_id in self.cfg.reviewer_user_ids or await self._in_reviewer_group(user_id):
+        if user_id in self.cfg.reviewer_user_ids or (group and await self.roster.contains(user_id)):
             roles.add(REVIEWER_ROLE)
         if user_id in self.cfg.moderator_user_ids:
             roles.add(MODERATOR_ROLE)
         return Actor(PLATFORM, user_id, display_name or await self._display_name(user_id), frozenset(roles))
-
-    async def _in_reviewer_group(self, user_id: str) -> bool:
-        group = self.cfg.reviewer_usergroup_id
-        if not group:
-            return False
-        try:
-            response = await self.client.usergroups_users_list(usergroup=group)
-        except SlackApiError as exc:
-            log.error("slack: cannot read the reviewer user group %s (%s); only listed reviewer ids count",
-                      group, _error(exc))
-            return False
-        return user_id in (response.get("users") or [])
 
     async def _display_name(self, user_id: str) -> str:
         """A name for audit trails and cards (cached an hour; names are not permissions)."""
@@ -513,12 +556,16 @@ class SlackPlatform:
                       errors={blocks.EDIT_BLOCK: f"The reply is {len(text)} characters; the limit is {EDIT_LIMIT}."})
             return
         user = body.get("user") or {}
-        actor = await self.actor(user.get("id", ""), _user_name(user))
-        if not actor.has(REVIEWER_ROLE):
+        # Refusing inside the modal needs the answer before the ack; Slack allows 3 s for the ack,
+        # so the role lookup gets a budget, after which the modal closes and the core checks again.
+        lookup = asyncio.ensure_future(self.actor(user.get("id", ""), _user_name(user)))
+        done, _ = await asyncio.wait({lookup}, timeout=self.ack_budget_s / 2)
+        if lookup in done and not lookup.result().has(REVIEWER_ROLE):
             await ack(response_action="errors",
                       errors={blocks.EDIT_BLOCK: "Only members of the reviewer group can review replies."})
             return
         await ack()
+        actor = await lookup
         try:
             metadata = json.loads(view.get("private_metadata") or "{}")
         except ValueError:
@@ -546,9 +593,14 @@ class SlackPlatform:
 
     async def _run_command(self, name: str, ack: Any, command: dict, respond: Any) -> None:
         slash = self.commands[name]
-        actor = await self.actor(command.get("user_id", ""), command.get("user_name", ""))
         argument = (command.get("text") or "").strip() or None
-        task = asyncio.ensure_future(self.service.commands.run(actor, name, argument))
+
+        async def run() -> Any:
+            # Moderator commands need the moderator ids only: no user-group call before the ack.
+            actor = await self.actor(command.get("user_id", ""), command.get("user_name", ""), group=False)
+            return await self.service.commands.run(actor, name, argument)
+
+        task = asyncio.ensure_future(run())
         done, _ = await asyncio.wait({task}, timeout=self.ack_budget_s)
         if task in done:
             await ack(text=self._command_text(name, task), response_type="ephemeral")
