@@ -143,14 +143,18 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
         loop.add_signal_handler(sig, stop.set)
     await service.start()
     try:
+        # Each chat platform connects in its own supervised task: one that cannot start is one
+        # log line and a failed health state, and the console and the others keep running.
+        from bot.supervisor import supervise
+
         if cfg.discord.token is not None:
             from bot.discord_platform import start_discord
 
-            runners.append(await start_discord(service))
+            supervise(service, "discord", lambda health: start_discord(service, health=health))
         if cfg.slack.bot_token is not None:
             from bot.slack_platform import start_slack
 
-            runners.append(await start_slack(service))
+            supervise(service, "slack", lambda health: start_slack(service, health))
         if console_enabled:
             from bot.local.web import start_console
 

@@ -588,11 +588,13 @@ class ConversationCore:
             state=item["state"], priority=item["priority"], decided_by=decided,
         )
 
-    async def alert_moderators(self, text: str, urgent: bool = False, key: str | None = None) -> None:
-        """Tell moderators and on-duty reviewers on every connected platform (through the outbox:
-        an alert that fails is retried and counted in /status). ``key`` makes it once-only."""
+    async def alert_moderators(self, text: str, urgent: bool = False, key: str | None = None,
+                               skip: set[str] | frozenset[str] = frozenset()) -> None:
+        """Tell moderators and on-duty reviewers on every connected platform but those in ``skip``
+        (through the outbox: an alert that fails is retried and counted in /status). ``key`` makes
+        it once-only."""
         text = self.settings.redact(text)  # stored in the outbox and posted: never a key
-        platforms = list(self.platforms)
+        platforms = [name for name in self.platforms if name not in skip]
         if not platforms:
             return
         key = key or f"adhoc:{uuid.uuid4().hex}"

@@ -9,11 +9,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 
 class PlatformStartError(RuntimeError):
-    """A platform cannot start (bad token, missing intent, port in use); one line for the operator."""
+    """A platform cannot start (bad token, missing intent, port in use); one line for the operator.
+
+    ``retryable``: trying again later can help (the platform is unreachable, not refusing us)."""
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,15 @@ class ReviewCard:
 HealthState = Literal["connected", "connecting", "failed"]
 
 
-@dataclass(frozen=True)
+class ConnectionState(str, Enum):
+    """The values of ``PlatformHealth.state`` (equal to the plain strings)."""
+
+    CONNECTED = "connected"
+    CONNECTING = "connecting"  # starting, or reconnecting after a drop
+    FAILED = "failed"  # ended for good (bad or revoked token, intents refused): a person must act
+
+
+@dataclass
 class PlatformHealth:
     """A platform's connection as ``/readyz``, ``llm4sweat doctor`` and ``/status`` read it.
 
@@ -83,21 +97,41 @@ class PlatformHealth:
     reconnecting after a drop (the SDK retries by itself). ``failed``: the connection ended for
     good (a revoked token, Discord close 4004 / 4013 / 4014, Slack ``invalid_auth`` …) and
     nothing will bring it back without the operator; ``reason`` says what, in one line
-    without secrets. ``since`` is when the state began (``time.time()``)."""
+    without secrets. ``since`` is when the state began (``time.time()``).
 
-    state: HealthState
+    One object per platform, kept by its supervisor (bot.supervisor) and updated in place as
+    the connection changes, so whoever holds it reads the state now. ``problems`` are things
+    that do not break the connection but break a promise while they last, keyed by what they
+    concern (e.g. ``"reviewer_channel"`` → missing permission Send Messages in #expert-review)."""
+
+    state: HealthState = "connecting"
     reason: str = ""
     since: float = field(default_factory=time.time)
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def set(self, state: HealthState | ConnectionState, reason: str = "") -> None:
+        state = ConnectionState(state)
+        if state != self.state:
+            self.since = time.time()
+        self.state, self.reason = state, reason
 
     @property
     def ready(self) -> bool:
         return self.state == "connected"
 
     def describe(self) -> str:
-        return f"{self.state}: {self.reason}" if self.reason else self.state
+        """``connected``, ``connecting: why`` or ``failed: why``, then any problems."""
+        text = f"{ConnectionState(self.state).value}: {self.reason}" if self.reason else ConnectionState(self.state).value
+        if self.problems:
+            text += "; " + "; ".join(self.problems.values())
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": ConnectionState(self.state).value, "reason": self.reason, "since": self.since,
+                "problems": dict(self.problems)}
 
 
-CONNECTED = PlatformHealth("connected")
+CONNECTED = PlatformHealth("connected")  # for platforms without a connection of their own; never updated
 
 
 class Platform(Protocol):

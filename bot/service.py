@@ -15,7 +15,7 @@ from bot.commands import Commands
 from bot.core import ConversationCore
 from bot.inference import InferenceBackend, make_backend
 from bot.inference.base import AdapterLoadError
-from bot.platform import Platform
+from bot.platform import Platform, PlatformHealth
 from bot.settings import Settings
 from bot.storage import Database, now
 from pipeline import dataset, jobs, registry
@@ -52,10 +52,15 @@ class Service:
         self._outbox_task: asyncio.Task[Any] | None = None
         self.retry_interval_s = RETRY_INTERVAL_S
         self._swap_lock = asyncio.Lock()
+        # Each configured platform's connection health (bot.supervisor keeps those of Discord and
+        # Slack, also before they connect); /readyz, `llm4sweat doctor` and /status read it.
+        self.platform_health: dict[str, PlatformHealth] = {}
+        self.supervisors: list[Any] = []  # bot.supervisor.PlatformSupervisor
 
     def add_platform(self, platform: Platform) -> None:
         self.core.platforms[platform.name] = platform
         self.core.outbox.platform_ready(platform.name)  # effects that waited for it are due now
+        self.platform_health[platform.name] = platform.health
 
     async def start(self, retry_loop: bool = True) -> None:
         await self.db.open()
@@ -141,6 +146,9 @@ class Service:
             await asyncio.sleep(self.retry_interval_s)
 
     async def stop(self) -> None:
+        for supervisor in reversed(self.supervisors):
+            await supervisor.stop()
+        self.supervisors.clear()
         running = [t for t in (self._retry_task, self._scheduler_task, self._outbox_task, *self._tasks) if t is not None]
         for task in running:
             task.cancel()

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, TypeVar
 import discord
 from discord import app_commands
 
-from bot.platform import PlatformStartError
+from bot.platform import ConnectionState, PlatformHealth, PlatformStartError
 from bot.discord_platform import render
 from bot.discord_platform.components import DYNAMIC_ITEMS
 from bot.discord_platform.throttle import CoalescingThrottle
 from bot.platform import ConversationRef, IncomingMessage, PatientView, ReviewCard
 from bot.settings import DiscordSettings
+from bot.supervisor import ConnectionEnded
 from bot.text import split_message
 from reviewers.models import (
     MODERATOR_ROLE,
@@ -90,10 +91,16 @@ class L4SClient(discord.Client):
 
     async def on_ready(self) -> None:
         log.info("Discord: connected as %s (%d guild(s))", self.user, len(self.guilds))
+        self.platform.health.set(ConnectionState.CONNECTED)
         self.platform.ready.set()
 
     async def on_resumed(self) -> None:
         log.info("Discord: gateway session resumed")
+        self.platform.health.set(ConnectionState.CONNECTED)
+
+    async def on_disconnect(self) -> None:
+        if not self.is_closed() and self.platform.health.state == ConnectionState.CONNECTED:
+            self.platform.health.set(ConnectionState.CONNECTING, "gateway connection lost; discord.py is reconnecting")
 
     async def on_message(self, message: discord.Message) -> None:
         await self.platform.on_message(message)
@@ -134,9 +141,11 @@ class DiscordPlatform:
     name = PLATFORM
     max_message_chars = render.MAX_MESSAGE_CHARS
 
-    def __init__(self, service: "Service", cfg: DiscordSettings | None = None, **client_options: Any):
+    def __init__(self, service: "Service", cfg: DiscordSettings | None = None, health: PlatformHealth | None = None,
+                 **client_options: Any):
         self.service = service
         self.cfg = cfg or service.settings.discord
+        self.health = health or PlatformHealth()
         self.client = L4SClient(self, **client_options)
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -161,9 +170,26 @@ class DiscordPlatform:
         if self._task in done:
             exc = self._task.exception()
             await self.close()
-            raise DiscordStartError(_explain_start_failure(exc)) from exc
+            reason, retryable = _explain_start_failure(exc)
+            raise DiscordStartError(reason, retryable=retryable) from exc
         await self.close()
-        raise DiscordStartError(f"Discord did not get ready within {timeout:.0f} s")
+        raise DiscordStartError(f"Discord did not get ready within {timeout:.0f} s", retryable=True)
+
+    async def wait_closed(self) -> ConnectionEnded:
+        """Wait until the gateway connection ends for good (discord.py reconnects by itself until then)."""
+        assert self._task is not None
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if not self._task.done():
+                raise
+        except Exception:
+            pass
+        exc = None if self._task.cancelled() else self._task.exception()
+        if exc is None:
+            return ConnectionEnded("the Discord client stopped", retryable=True)
+        reason, retryable = _explain_start_failure(exc, running=True)
+        return ConnectionEnded(reason, retryable)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -743,13 +769,33 @@ def _job_line(job: dict[str, Any]) -> str:
     return line[: render.MAX_MESSAGE_CHARS]
 
 
-def _explain_start_failure(exc: BaseException | None) -> str:
+# Gateway close codes after which reconnecting cannot help (https://discord.com/developers/docs/topics/
+# opcodes-and-status-codes#gateway-gateway-close-event-codes): a person must fix the token or settings.
+_FINAL_CLOSE_CODES = {
+    4004: "the bot token is not valid any more (close code 4004, authentication failed): reset it in the developer "
+          "portal (Bot → Reset Token), set LLM4SWEAT_DISCORD__TOKEN and restart",
+    4010: "Discord refused the shard (close code 4010)",
+    4011: "the bot is in too many servers for one connection (close code 4011, sharding required)",
+    4012: "Discord refused the gateway version (close code 4012)",
+    4013: "Discord refused the gateway intents (close code 4013, invalid intents)",
+    4014: "Discord refused the connection: enable the Message Content intent for the bot in the developer "
+          "portal (Bot → Privileged Gateway Intents) (close code 4014)",
+}
+
+
+def _explain_start_failure(exc: BaseException | None, running: bool = False) -> tuple[str, bool]:
+    """One line for the operator, and whether connecting again can help."""
     if isinstance(exc, discord.LoginFailure):
-        return "Discord refused the bot token (LLM4SWEAT_DISCORD__TOKEN); create a new token in the developer portal"
+        return ("Discord refused the bot token (LLM4SWEAT_DISCORD__TOKEN); create a new token in the developer portal",
+                False)
     if isinstance(exc, discord.PrivilegedIntentsRequired):
-        return ("Discord refused the connection: enable the Message Content intent for the bot in the developer "
-                "portal (Bot → Privileged Gateway Intents)")
-    return f"Discord connection failed: {exc.__class__.__name__}: {exc}" if exc else "Discord connection failed"
+        return _FINAL_CLOSE_CODES[4014], False
+    if isinstance(exc, discord.ConnectionClosed) and exc.code in _FINAL_CLOSE_CODES:
+        prefix = "Discord ended the connection: " if running else ""
+        return prefix + _FINAL_CLOSE_CODES[exc.code], False
+    if exc is None:
+        return "Discord connection failed", True
+    return f"Discord connection failed: {exc.__class__.__name__}: {exc}", True
 
 
 # ---------------------------------------------------------------------- entry point
@@ -767,12 +813,15 @@ class DiscordRunner:
         if self.service.core.platforms.get(PLATFORM) is self.platform:
             del self.service.core.platforms[PLATFORM]
 
+    async def wait_closed(self) -> ConnectionEnded:
+        return await self.platform.wait_closed()
+
     def __repr__(self) -> str:
         return "DiscordRunner()"
 
 
 async def start_discord(service: "Service", *, token: str | None = None, ready_timeout: float = 60.0,
-                        **client_options: Any) -> DiscordRunner:
+                        health: PlatformHealth | None = None, **client_options: Any) -> DiscordRunner:
     """Join Discord with the service's settings; returns once the bot is connected and ready."""
     cfg = service.settings.discord
     if token is None:
@@ -783,7 +832,7 @@ async def start_discord(service: "Service", *, token: str | None = None, ready_t
         log.warning("Discord: reviewer_channel_id is not set; replies will not be shown to reviewers on Discord")
     if not cfg.support_channel_ids and not cfg.support_category_ids and not cfg.allow_dms:
         log.warning("Discord: no support channels, categories or DMs configured; the bot will answer nobody")
-    platform = DiscordPlatform(service, cfg, **client_options)
+    platform = DiscordPlatform(service, cfg, health, **client_options)
     service.add_platform(platform)
     try:
         await platform.start(token, ready_timeout)

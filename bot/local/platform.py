@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from bot.platform import CONNECTED, ConversationRef, PatientView, ReviewCard
+from bot.platform import ConversationRef, PatientView, PlatformHealth, ReviewCard
 
 PLATFORM = "local"
 
@@ -16,9 +16,9 @@ PLATFORM = "local"
 class LocalPlatform:
     name = PLATFORM
     max_message_chars = 100_000
-    health = CONNECTED  # no connection of its own: up while the process is
 
     def __init__(self) -> None:
+        self.health = PlatformHealth("connected")  # no connection of its own: up while the process is
         self.alerts: deque[dict] = deque(maxlen=100)
         self.notices: dict[int, list[dict]] = {}  # conversation id -> service notices shown to the patient
 

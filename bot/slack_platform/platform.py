@@ -25,7 +25,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.commands import COMMANDS
-from bot.platform import ConversationRef, IncomingMessage, PatientView, ReviewCard
+from bot.platform import ConversationRef, IncomingMessage, PatientView, PlatformHealth, ReviewCard
 from bot.settings import SlackSettings
 from bot.slack_platform import blocks
 from pipeline import jobs
@@ -151,6 +151,8 @@ class SlackPlatform:
         self.service = service
         self.client = client
         self.cfg = cfg
+        self.health = PlatformHealth()
+        self.on_tokens_revoked: Any = None  # set by the runner: Slack says the app lost its tokens
         self.commands = command_names(cfg)
         self.bot_user_id: str | None = None
         self.ack_budget_s = ACK_BUDGET_S
@@ -302,6 +304,8 @@ class SlackPlatform:
         app.event("message")(track(self._on_message))
         app.event("app_mention")(track(self._on_mention))
         app.event("reaction_added")(track(self._on_reaction))
+        app.event("tokens_revoked")(self._on_revoked)
+        app.event("app_uninstalled")(self._on_revoked)
         app.action(blocks.ACTION_APPROVE)(track(self._on_approve))
         app.action(blocks.ACTION_REJECT)(track(self._on_reject))
         app.action(blocks.ACTION_EDIT)(track(self._on_edit))
@@ -354,6 +358,11 @@ class SlackPlatform:
 
     async def _ack_only(self, ack: Any) -> None:
         await ack()
+
+    async def _on_revoked(self, event: dict) -> None:
+        what = "installation" if event.get("type") == "app_uninstalled" else "tokens"
+        if self.on_tokens_revoked is not None:
+            self.on_tokens_revoked(what)
 
     # ------------------------------------------------------------------ patients
 

@@ -2,14 +2,24 @@
 
 ``start_slack(service)`` checks the settings, builds the Web API client and the bolt app,
 registers the platform with the service, connects, and returns a runner whose ``cleanup()``
-disconnects. Secrets are read from the settings object and never logged.
+disconnects and whose ``wait_closed()`` returns when Slack ends the app's access for good.
+Secrets are read from the settings object and never logged.
+
+What ends it for good (https://docs.slack.dev/reference/methods/auth.test#errors and the
+``tokens_revoked`` / ``app_uninstalled`` events): ``invalid_auth``, ``not_authed``,
+``token_revoked``, ``token_expired``, ``account_inactive`` from any Web API call (the bot token,
+or the app-level token when Socket Mode asks for a new connection), or Slack telling the app its
+tokens were revoked. Retrying does not help; a person must reinstall the app or set a new token.
+Network failures and Slack's own errors at start-up are worth trying again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -22,9 +32,10 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.platform import PlatformStartError
+from bot.platform import ConnectionState, PlatformHealth, PlatformStartError
 from bot.settings import SlackSettings
 from bot.slack_platform.platform import SlackPlatform
+from bot.supervisor import ConnectionEnded
 
 if TYPE_CHECKING:
     from bot.service import Service
@@ -32,10 +43,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE_URL = "https://slack.com/api/"
+FATAL_ERRORS = frozenset({"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive"})
+RETRYABLE_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
+                              "request_timeout"})
+_ENV = "LLM4SWEAT_SLACK__"
 
 
 class SlackStartError(PlatformStartError):
     """Slack cannot start with these settings; the message is one line for the operator."""
+
+
+class WatchedWebClient(AsyncWebClient):
+    """The Web API client, telling the platform when an answer means its token is dead for good."""
+
+    on_fatal: Callable[[str, str], None] | None = None
+
+    async def api_call(self, api_method: str, **kwargs: Any) -> Any:  # type: ignore[override]
+        try:
+            return await super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or "")
+            if error in FATAL_ERRORS and self.on_fatal is not None:
+                self.on_fatal(api_method, error)
+            raise
+
+
+def fatal_reason(method: str, error: str) -> str:
+    """One line: which token Slack refused, and what to do."""
+    if method == "apps.connections.open":
+        return (f"Slack refused the app-level token ({error}); generate a new one with connections:write, "
+                f"set {_ENV}APP_TOKEN and restart")
+    return (f"Slack refused the bot token ({error}); reinstall the app to the workspace, "
+            f"set {_ENV}BOT_TOKEN to the new xoxb- token and restart")
 
 
 class SlackRunner:
@@ -45,6 +84,7 @@ class SlackRunner:
         self.platform = platform
         self.app = app
         self.mode = mode
+        self.ended: asyncio.Future[ConnectionEnded] = asyncio.get_running_loop().create_future()
         self.socket_handler: AsyncSocketModeHandler | None = None
         self.web_runner: web.AppRunner | None = None
         self.host: str | None = None
@@ -59,6 +99,14 @@ class SlackRunner:
         host = "127.0.0.1" if self.host in (None, "0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}{self.path}"
 
+    def end(self, reason: str, retryable: bool = False) -> None:
+        """Slack ended the app's access: the supervisor logs it once and marks the platform failed."""
+        if not self.ended.done():
+            self.ended.set_result(ConnectionEnded(reason, retryable))
+
+    async def wait_closed(self) -> ConnectionEnded:
+        return await asyncio.shield(self.ended)
+
     async def cleanup(self) -> None:
         if self.socket_handler is not None:
             try:
@@ -71,14 +119,16 @@ class SlackRunner:
             self.web_runner = None
         await self.platform.drain()  # acknowledged requests finish before the database closes
         await self.platform.close()
+        if self.platform.service.core.platforms.get(self.platform.name) is self.platform:
+            del self.platform.service.core.platforms[self.platform.name]
         log.info("slack: disconnected")
 
 
-def make_client(cfg: SlackSettings) -> AsyncWebClient:
+def make_client(cfg: SlackSettings) -> WatchedWebClient:
     base_url = cfg.api_base_url or DEFAULT_API_BASE_URL
     if not base_url.endswith("/"):
         base_url += "/"  # slack_sdk joins "base_url + method"
-    return AsyncWebClient(
+    return WatchedWebClient(
         token=cfg.bot_token.get_secret_value() if cfg.bot_token else None,
         base_url=base_url,
         retry_handlers=[
@@ -121,7 +171,11 @@ def build_app(service: "Service", cfg: SlackSettings, client: AsyncWebClient) ->
     return app, platform
 
 
-async def start_slack(service: "Service") -> SlackRunner:
+def _unreachable(client: AsyncWebClient, exc: BaseException) -> SlackStartError:
+    return SlackStartError(f"cannot reach Slack at {client.base_url} ({type(exc).__name__}: {exc})", retryable=True)
+
+
+async def start_slack(service: "Service", health: PlatformHealth | None = None) -> SlackRunner:
     """Connect to Slack with the service's settings; returns the runner (``await runner.cleanup()``)."""
     cfg = service.settings.slack
     check_settings(cfg)
@@ -130,23 +184,33 @@ async def start_slack(service: "Service") -> SlackRunner:
         app, platform = build_app(service, cfg, client)
     except ValueError as exc:
         raise SlackStartError(str(exc)) from None
+    if health is not None:
+        platform.health = health
     try:
         identity = await client.auth_test()
     except SlackApiError as exc:
-        raise SlackStartError(f"Slack refused the bot token: {exc.response.get('error')}") from None
+        error = str(exc.response.get("error"))
+        raise SlackStartError(f"Slack refused the bot token: {error}" + (
+            "" if error in RETRYABLE_ERRORS else f" (set {_ENV}BOT_TOKEN to the app's xoxb- token)"),
+            retryable=error in RETRYABLE_ERRORS) from None
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise _unreachable(client, exc) from None
     platform.bot_user_id = identity.get("user_id")
     log.info("slack: signed in as %s in workspace %s", identity.get("user"), identity.get("team"))
-    service.add_platform(platform)
     runner = SlackRunner(platform, app, cfg.mode)
+    client.on_fatal = lambda method, error: runner.end(fatal_reason(method, error))
+    platform.on_tokens_revoked = lambda what: runner.end(
+        f"Slack revoked the app's {what}; reinstall the app, set {_ENV}BOT_TOKEN and restart")
+    service.add_platform(platform)
     try:
         if cfg.mode == "http":
             await _start_http(runner, cfg)
         else:
             await _start_socket(runner, cfg, client)
     except BaseException:
-        service.core.platforms.pop(platform.name, None)
         await runner.cleanup()
         raise
+    platform.health.set(ConnectionState.CONNECTED)
     return runner
 
 
@@ -157,12 +221,28 @@ async def _start_socket(runner: SlackRunner, cfg: SlackSettings, client: AsyncWe
     try:
         opened = await client.apps_connections_open(app_token=app_token)
     except SlackApiError as exc:
+        error = str(exc.response.get("error"))
         raise SlackStartError(
-            f"Slack refused the app-level token for Socket Mode: {exc.response.get('error')} "
-            "(it needs the connections:write scope, and Socket Mode must be enabled for the app)"
+            f"Slack refused the app-level token for Socket Mode: {error} "
+            "(it needs the connections:write scope, and Socket Mode must be enabled for the app)",
+            retryable=error in RETRYABLE_ERRORS,
         ) from None
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise _unreachable(client, exc) from None
     handler = AsyncSocketModeHandler(runner.app, app_token=app_token, web_client=client)
     handler.client.wss_uri = opened["url"]
+    health = runner.platform.health
+
+    async def on_message(message: Any) -> None:
+        if '"type":"hello"' in str(getattr(message, "data", "")).replace(" ", ""):
+            health.set(ConnectionState.CONNECTED)
+
+    async def on_close(message: Any) -> None:
+        if not runner.ended.done():
+            health.set(ConnectionState.CONNECTING, "Socket Mode connection closed; slack_sdk is reconnecting")
+
+    handler.client.on_message_listeners.append(on_message)
+    handler.client.on_close_listeners.append(on_close)
     runner.socket_handler = handler
     await handler.connect_async()
     log.info("slack: connected in Socket Mode")
