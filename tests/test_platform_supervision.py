@@ -78,15 +78,20 @@ class Supervised:
             task.cancel()
 
     async def console_patient(self, text: str) -> dict:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(self.console_url + "api/patient/messages",
-                                    json={"user": "console-patient", "text": text}) as response:
-                assert response.status == 200
-                return await response.json()
+        return await console_patient(self.console_url, text)
 
     def slack_http(self) -> SignedHTTP:
         self.http = SignedHTTP(self.sl, self.slack.runner.url)
         return self.http
+
+
+async def console_patient(url: str, text: str) -> dict:
+    """A patient's browser on the console (an anonymous cookie, the page's Origin)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(url + "api/patient/messages", json={"text": text},
+                                headers={"Origin": url.rstrip("/")}) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
 
 
 def supervisor_errors(caplog, name: str) -> list[logging.LogRecord]:
@@ -256,9 +261,7 @@ async def test_llm4sweat_run_with_a_bad_slack_token_keeps_the_console(tmp_path, 
             assert line, f"the service ended: {output[-2000:]}"
             output += line.decode(errors="replace")
         url = re.search(r"Open (http://\S+/)", output).group(1)
-        async with aiohttp.ClientSession() as session:
-            async with session.post(url + "api/patient/messages", json={"user": "p1", "text": "Do sweaty feet smell?"}) as resp:
-                assert resp.status == 200 and (await resp.json())["status"] == "shown"
+        assert (await console_patient(url, "Do sweaty feet smell?"))["status"] == "shown"
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)

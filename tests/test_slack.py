@@ -842,10 +842,10 @@ async def test_start_errors_are_one_clear_line(tmp_path, fake):
         with pytest.raises(SlackStartError, match="APP_TOKEN"):
             await start_slack(service)
         service.settings.slack.app_token = load_settings(slack={"app_token": "xapp-wrong"}).slack.app_token
-        with pytest.raises(SlackStartError, match="app-level token.*invalid_auth"):
+        with pytest.raises(SlackStartError, match=r"app-level token for Socket Mode \(invalid_auth\)"):
             await start_slack(service)
         service.settings.slack.bot_token = load_settings(slack={"bot_token": "xoxb-revoked"}).slack.bot_token
-        with pytest.raises(SlackStartError, match="bot token: invalid_auth") as info:
+        with pytest.raises(SlackStartError, match=r"bot token \(invalid_auth\)") as info:
             await start_slack(service)
         assert "xoxb-revoked" not in str(info.value)
         service.settings.slack.mode = "http"

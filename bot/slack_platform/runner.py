@@ -190,7 +190,7 @@ async def start_slack(service: "Service", health: PlatformHealth | None = None) 
         identity = await client.auth_test()
     except SlackApiError as exc:
         error = str(exc.response.get("error"))
-        raise SlackStartError(f"Slack refused the bot token: {error}" + (
+        raise SlackStartError(f"Slack refused the bot token ({error})" + (
             "" if error in RETRYABLE_ERRORS else f" (set {_ENV}BOT_TOKEN to the app's xoxb- token)"),
             retryable=error in RETRYABLE_ERRORS) from None
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -223,8 +223,8 @@ async def _start_socket(runner: SlackRunner, cfg: SlackSettings, client: AsyncWe
     except SlackApiError as exc:
         error = str(exc.response.get("error"))
         raise SlackStartError(
-            f"Slack refused the app-level token for Socket Mode: {error} "
-            "(it needs the connections:write scope, and Socket Mode must be enabled for the app)",
+            f"Slack refused the app-level token for Socket Mode ({error}); "
+            "it needs the connections:write scope, and Socket Mode must be enabled for the app",
             retryable=error in RETRYABLE_ERRORS,
         ) from None
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
