@@ -211,12 +211,12 @@ def _duration(seconds: float) -> str:
 
 def _platforms(service: Any) -> dict[str, str]:
     """Each configured chat platform's connection (bot/health.py)."""
-    from bot.health import configured_platforms, platform_health
+    from bot.health import configured_health, configured_platforms
 
     out = {}
     for name in configured_platforms(service.settings):
-        platform = service.core.platforms.get(name)
-        out[name] = platform_health(platform).describe() if platform is not None else "not connected"
+        health = configured_health(service, name)
+        out[name] = health.describe() if health is not None else "not connected"
     return out
 
 

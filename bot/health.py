@@ -65,45 +65,23 @@ def configured_platforms(settings: "Settings") -> list[str]:
 
 
 def platform_health(platform: Any) -> PlatformHealth:
-    """A platform's health state; a platform that does not report one counts as connected
-    while it is registered with the core (it would have been removed had it failed to start)."""
+    """A platform's health state (Discord and Slack keep theirs up to date, with the reason when
+    the connection ended for good: bot/discord_platform, bot/slack_platform/runner.py); a
+    platform that does not report one counts as connected while it is registered with the core."""
     health = getattr(platform, "health", None)
     if callable(health):
         health = health()
-    if isinstance(health, PlatformHealth):
-        return health
-    return _discord_task_health(platform) or CONNECTED
+    return health if isinstance(health, PlatformHealth) else CONNECTED
 
 
-def _discord_task_health(platform: Any) -> PlatformHealth | None:
-    """For a Discord platform that does not report health itself: the client task ending means
-    the gateway connection ended for good (discord.py reconnects by itself otherwise)."""
-    task = getattr(platform, "_task", None)
-    client = getattr(platform, "client", None)
-    if not isinstance(task, asyncio.Task) or client is None:
-        return None
-    if task.done():
-        exc = None if task.cancelled() else task.exception()
-        return PlatformHealth("failed", _close_reason(exc))
-    ready = getattr(client, "is_ready", None)
-    if callable(ready) and not ready():
-        return PlatformHealth("connecting")
-    return None
-
-
-def _close_reason(exc: BaseException | None) -> str:
-    code = getattr(exc, "code", None)
-    known = {
-        4004: "Discord refused the bot token (close code 4004): it was reset or revoked",
-        4013: "Discord refused the gateway intents (close code 4013)",
-        4014: "Discord refused a privileged intent (close code 4014): enable Message Content",
-    }
-    if code in known:
-        return known[code]
-    if exc is None:
-        return "the connection ended"
-    name = type(exc).__name__
-    return f"the connection ended ({name}{f', close code {code}' if code else ''})"
+def configured_health(service: "Service", name: str) -> PlatformHealth | None:
+    """A configured platform's health: its supervisor's (bot/supervisor.py: known from the first
+    start attempt on, also when it failed before ever connecting), else the registered platform's."""
+    supervised = getattr(service, "platform_health", {}).get(name)
+    if supervised is not None:
+        return supervised
+    platform = service.core.platforms.get(name)
+    return None if platform is None else platform_health(platform)
 
 
 async def database_writable(service: "Service") -> str | None:
@@ -130,11 +108,10 @@ async def readiness(service: "Service") -> Readiness:
     reasons: list[str] = []
     degraded: list[str] = []
     for name in configured_platforms(service.settings):
-        platform = service.core.platforms.get(name)
-        if platform is None:
+        health = configured_health(service, name)
+        if health is None:
             reasons.append(f"{name}: not connected")
             continue
-        health = platform_health(platform)
         if not health.ready:
             reasons.append(_short(f"{name}: {health.describe()}", service.settings))
     problem = await database_writable(service)

@@ -162,6 +162,7 @@ class DiscordPlatform:
 
     async def start(self, token: str, timeout: float = 60.0) -> None:
         self._task = asyncio.create_task(self.client.start(token), name="discord-client")
+        self._task.add_done_callback(self._client_ended)
         ready = asyncio.create_task(self.ready.wait())
         done, _ = await asyncio.wait({self._task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if ready in done:
@@ -174,6 +175,17 @@ class DiscordPlatform:
             raise DiscordStartError(reason, retryable=retryable) from exc
         await self.close()
         raise DiscordStartError(f"Discord did not get ready within {timeout:.0f} s", retryable=True)
+
+    def _client_ended(self, task: asyncio.Task[None]) -> None:
+        """The client task ends only when discord.py gives up (or we close it): say so in the health
+        state at once, whoever watches (the supervisor logs, alerts and records it)."""
+        if not self.ready.is_set() or task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return  # closed by us
+        reason, retryable = _explain_start_failure(exc, running=True)
+        self.health.set(ConnectionState.CONNECTING if retryable else ConnectionState.FAILED, reason)
 
     async def wait_closed(self) -> ConnectionEnded:
         """Wait until the gateway connection ends for good (discord.py reconnects by itself until then)."""
@@ -812,6 +824,17 @@ class DiscordRunner:
         await self.platform.close()
         if self.service.core.platforms.get(PLATFORM) is self.platform:
             del self.service.core.platforms[PLATFORM]
+
+    def _client_ended(self, task: asyncio.Task[None]) -> None:
+        """The client task ends only when discord.py gives up (or we close it): say so in the health
+        state at once, whoever watches (the supervisor logs, alerts and records it)."""
+        if not self.ready.is_set() or task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return  # closed by us
+        reason, retryable = _explain_start_failure(exc, running=True)
+        self.health.set(ConnectionState.CONNECTING if retryable else ConnectionState.FAILED, reason)
 
     async def wait_closed(self) -> ConnectionEnded:
         return await self.platform.wait_closed()

@@ -102,6 +102,7 @@ class SlackRunner:
     def end(self, reason: str, retryable: bool = False) -> None:
         """Slack ended the app's access: the supervisor logs it once and marks the platform failed."""
         if not self.ended.done():
+            self.platform.health.set(ConnectionState.CONNECTING if retryable else ConnectionState.FAILED, reason)
             self.ended.set_result(ConnectionEnded(reason, retryable))
 
     async def wait_closed(self) -> ConnectionEnded:
