@@ -173,6 +173,12 @@ class TrainingSettings(Section):
     max_length: int = Field(1024, ge=16)
     retrain_min_new_examples: int = Field(20, ge=1)
     retrain_interval_hours: float = Field(24.0, gt=0)
+    # Scheduled retraining (every retrain_interval_hours, when retrain_min_new_examples expert
+    # examples are new): "request" tells moderators a round is due and how to run the GPU trainer
+    # job (deploy/README.md) — nothing trains in the serving process; "in_service" trains inside
+    # the serving process (its CPU unless it has a GPU: fine for small models and the demo);
+    # "off" schedules nothing. A moderator's /retrain always trains in the service.
+    retrain_schedule: Literal["request", "in_service", "off"] = "request"
     # The promotion gate (pipeline/gate.py) decides on the pack's dev questions: a candidate
     # must gain at least gate_min_gain_points (percentage points of gate_metric accuracy) with an
     # exact McNemar p below gate_alpha; held-out safety replies must reach gate_safety_floor.

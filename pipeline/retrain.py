@@ -770,21 +770,67 @@ async def retrain_due(service: Any) -> tuple[bool, str]:
 
 
 async def retrain_scheduler(service: Any, check_every_s: float = 600.0) -> None:
-    """Forever: start a retraining job when ``retrain_due`` says so."""
+    """Forever, as ``training.retrain_schedule`` says: start a retraining job in this process when
+    ``retrain_due`` says so ("in_service"), or tell moderators a round is due for the trainer job
+    ("request"); "off" returns at once."""
+    mode = service.settings.training.retrain_schedule
+    if mode == "off":
+        return
+    check = _start_if_due if mode == "in_service" else _request_if_due
     while True:
         try:
-            due, why = await retrain_due(service)
-            if due:
-                request = await jobs.request(service.db, "retrain", "scheduler")
-                if request.created:
-                    log.info("scheduled retraining job #%s: %s", request.job_id, why)
-                    await tell_moderators(service, f"Scheduled retraining job #{request.job_id} started: {why}.")
-                    service.start_retrain(request.job_id)
+            await check(service)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("retraining scheduler check failed")
         await asyncio.sleep(check_every_s)
+
+
+async def _start_if_due(service: Any) -> None:
+    due, why = await retrain_due(service)
+    if due:
+        request = await jobs.request(service.db, "retrain", "scheduler")
+        if request.created:
+            log.info("scheduled retraining job #%s: %s", request.job_id, why)
+            await tell_moderators(service, f"Scheduled retraining job #{request.job_id} started: {why}.")
+            service.start_retrain(request.job_id)
+
+
+TRAINER_HINT = ("This deployment trains on the GPU trainer job (training.retrain_schedule = \"request\"): on the "
+                "server, `docker compose -f deploy/compose.yaml --profile train run --rm trainer` (deploy/README.md, "
+                "Retraining on the GPU); /retrain trains here instead, on this machine's CPU.")
+
+
+async def retrain_request_due(service: Any) -> tuple[bool, str]:
+    """"request" mode: due when at least ``retrain_min_new_examples`` expert examples were added
+    since the newest adapter was trained (by the trainer job, /retrain or the CLI) and the last
+    reminder is older than ``retrain_interval_hours``."""
+    db: Database = service.db
+    cfg = service.settings.training
+    last = await jobs.latest(db, "retrain_request")
+    if last and now() - last["created_at"] < cfg.retrain_interval_hours * 3600:
+        hours = (now() - last["created_at"]) / 3600
+        return False, f"moderators were told {hours:.1f} h ago; the interval is {cfg.retrain_interval_hours:g} h"
+    since = float(await db.fetchval("SELECT COALESCE(MAX(created_at), 0) FROM adapters") or 0)
+    new = await db.fetchval(
+        "SELECT COUNT(*) FROM dataset_examples WHERE created_at > ? AND source IN (?, ?)", (since, *EXPERT_SOURCES)
+    )
+    if new < cfg.retrain_min_new_examples:
+        return False, f"{new} new expert examples; {cfg.retrain_min_new_examples} are needed"
+    return True, f"{new} new expert examples since the last adapter was trained"
+
+
+async def _request_if_due(service: Any) -> None:
+    due, why = await retrain_request_due(service)
+    if not due:
+        return
+    request = await jobs.request(service.db, "retrain_request", "scheduler", {"reason": why})
+    if not request.created:
+        return
+    await jobs.finish(service.db, request.job_id, "succeeded", result={"reason": why, "where": "trainer job"})
+    log.info("retraining is due (%s); moderators told to run the trainer job", why)
+    await tell_moderators(service, f"Retraining is due: {why}. {TRAINER_HINT}")
 
 
 def start_scheduler(service: Any, check_every_s: float = 600.0) -> asyncio.Task:

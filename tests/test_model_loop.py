@@ -466,6 +466,7 @@ async def test_scheduler_retrains_when_enough_new_expert_examples(service, monke
     training = service.settings.training
     monkeypatch.setattr(training, "retrain_min_new_examples", 2)
     monkeypatch.setattr(training, "retrain_interval_hours", 1.0)
+    monkeypatch.setattr(training, "retrain_schedule", "in_service")  # explicitly: train in this process
     due, why = await rt.retrain_due(service)
     assert not due and "0 new expert examples" in why  # seeds do not count
     patient = await consented_patient(service.db)
