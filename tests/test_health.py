@@ -8,6 +8,7 @@ a fake vLLM (tests/vllm_fake.py).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import aiohttp
@@ -19,7 +20,9 @@ from bot.health_http import start_health_server
 from bot.inference.fixed import FixedBackend
 from bot.inference.openai_backend import OpenAIBackend
 from bot.local.platform import LocalPlatform
+from bot.core import NOTICE_UNAVAILABLE
 from bot.local.web import start_console
+from bot.platform import IncomingMessage, ViewKind
 from bot.settings import load_settings
 from reviewers.models import MODERATOR_ROLE, Actor
 from tests.discord_fake import FakeDiscord
@@ -119,28 +122,45 @@ async def test_readyz_names_a_database_that_takes_no_write(running, monkeypatch)
     await until(ready_again, what="/readyz to recover once the lock is released")
 
 
-async def test_a_model_outage_is_degraded_not_unready(tmp_path):
-    """With no model server answering, patients still get the outage notice and crisis
-    resources: ready, with the degradation named."""
+async def test_the_bot_starts_before_the_model_server_and_runs_degraded(tmp_path):
+    """Compose starts the bot without waiting for vLLM: with no model server answering yet the
+    service starts, patients get the outage notice (their message kept) and crisis resources,
+    and /readyz is ready with the degradation named; when the server comes up, it is used."""
     from bot.service import Service
 
-    vllm = await FakeVLLM(base_model="base").start()
-    settings = load_settings(data_dir=tmp_path, inference={"backend": "openai", "openai_base_url": vllm.url,
-                                                           "base_model": "base", "openai_health_interval_s": 0})
+    with socket.socket() as probe:  # a port where nothing listens yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = load_settings(data_dir=tmp_path, inference={
+        "backend": "openai", "openai_base_url": f"http://127.0.0.1:{port}/v1", "base_model": "base",
+        "openai_health_interval_s": 0, "max_retries": 0, "timeout_s": 5})
     service = Service(settings, OpenAIBackend(settings.inference, "base"))
     service.add_platform(LocalPlatform())
     await service.start(retry_loop=False)
+    vllm = FakeVLLM(base_model="base", port=port)
     try:
-        state = await health.readiness(service)
-        assert state.ready and not state.degraded
-        await vllm.stop()
-        await service.backend.check_health()
         state = await health.readiness(service)
         assert state.ready and state.degraded == [
             "model: no model server answers; patients get the outage notice and crisis resources"]
+        asked = await service.core.handle_message(patient("Does iontophoresis help sweaty feet?"))
+        assert asked.status == "queued_retry" and asked.views[-1].text == NOTICE_UNAVAILABLE
+        crisis = await service.core.handle_message(patient("I want to kill myself tonight", user="p2"))
+        assert crisis.status == "crisis" and crisis.views[-1].kind is ViewKind.CRISIS
+        assert "emergency number" in crisis.views[-1].text
+
+        await vllm.start()  # the model download finished
+        await service.backend.check_health()
+        state = await health.readiness(service)
+        assert state.ready and not state.degraded
+        assert await service.core.retry_queued() == 1
+        assert vllm.chats["base"] == 1
     finally:
         await service.stop()
         await vllm.stop()
+
+
+def patient(text: str, user: str = "p1") -> IncomingMessage:
+    return IncomingMessage("local", user, "console", user, text, display_name=user)
 
 
 async def test_health_without_the_console(service):
