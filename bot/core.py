@@ -69,6 +69,12 @@ LABEL_PENDING = "AI-written · pending review by a specialist"
 LABEL_APPROVED = "AI-written · reviewed by a specialist"
 LABEL_EDITED = "Reviewed and edited by a specialist"
 LABEL_DEMO = "DEMO MODEL — not medical advice"
+LABEL_NOT_REVIEWED = "AI-written · NOT reviewed: no specialist could check this answer in time"
+EXPIRED_HELD_TEXT = (
+    "I'm sorry: no specialist could check my answer to your question in time, so I am not showing you an answer "
+    "that nobody has checked. Please ask your question again here, or ask your doctor or another clinician. "
+    "If you feel unwell or it is urgent, contact a doctor now."
+)
 
 # Statuses of a stored message that still wants an answer; 'answering' is a claim (see ``answer``).
 CLAIMABLE_STATUSES = ("received", "queued_retry", "paused")
@@ -477,6 +483,10 @@ class ConversationCore:
             return PatientView(ViewKind.REVIEWED, final_text or reply_text, self._label(LABEL_EDITED), self._disclaimer())
         if state == ReviewState.REJECTED.value:
             return PatientView(ViewKind.WITHDRAWN, WITHDRAWN_TEXT)
+        if state == ReviewState.EXPIRED.value:
+            if delivery == "held":  # never shown: the unchecked answer stays unshown
+                return PatientView(ViewKind.WITHDRAWN, EXPIRED_HELD_TEXT)
+            return PatientView(ViewKind.PENDING_REVIEW, reply_text, self._label(LABEL_NOT_REVIEWED), self._disclaimer())
         if delivery == "held":
             return self._gated_view()
         return self._pending_view(reply_text)
@@ -526,6 +536,27 @@ class ConversationCore:
             todo.append(effects.reply_view(reply["id"], reply["platform"], "closed"))
         todo += [effects.review_card(item_id, name, f"d{decided}") for name in platforms]
         return self.outbox.enqueue(conn, todo)
+
+    async def expire_reviews(self) -> int:
+        """Expire items undecided after ``review.expire_after_hours``: the patient is told (a held
+        answer is replaced by an honest notice; a shown one is labelled as not reviewed) and the
+        cards close, through the outbox like a decision. Returns how many expired."""
+        platforms = list(self.platforms)
+        claimed: list[Claimed] = []
+
+        def record_effects(conn: sqlite3.Connection, item_ids: list[int]) -> None:
+            todo = []
+            for item_id in item_ids:
+                reply = conn.execute(
+                    "SELECT r.id, c.platform FROM review_items i JOIN replies r ON r.id = i.reply_id"
+                    " JOIN conversations c ON c.id = r.conversation_id WHERE i.id = ?", (item_id,)).fetchone()
+                todo.append(effects.reply_view(reply["id"], reply["platform"], "expired"))
+                todo += [effects.review_card(item_id, name, "expired") for name in platforms]
+            claimed.extend(self.outbox.enqueue(conn, todo))
+
+        expired = await self.reviews.expire_old(self.settings.review.expire_after_hours * 3600, effects=record_effects)
+        await self.outbox.apply(claimed)
+        return len(expired)
 
     async def add_to_dataset(self, item_id: int) -> None:
         """The expert example made from a closed, accepted review item (idempotent: keyed by the item)."""

@@ -139,7 +139,7 @@ class Service:
             try:
                 if not await self.core.is_paused():
                     await self.core.retry_queued()
-                await self.reviews.expire_old(self.settings.review.expire_after_hours * 3600)
+                await self.core.expire_reviews()
                 await self.core.outbox.prune()
             except Exception:
                 log.exception("retry loop iteration failed")

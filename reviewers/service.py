@@ -157,13 +157,30 @@ class ReviewService:
             return f"{len(decisions)} of {self.quorum} reviews"
         return None
 
-    async def expire_old(self, older_than_s: float) -> int:
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "UPDATE review_items SET state = 'expired', closed_at = ? WHERE state = 'pending' AND created_at < ?",
-                (now(), now() - older_than_s),
-            )
-            return cursor.rowcount
+    async def expire_old(self, older_than_s: float,
+                         effects: Callable[[sqlite3.Connection, list[int]], None] | None = None) -> list[int]:
+        """Close items nobody decided within ``older_than_s`` as expired; returns their ids.
+
+        ``effects(conn, item_ids)`` runs in the same transaction (the core records the patient
+        notices and card updates that must follow)."""
+
+        def expire(conn: sqlite3.Connection) -> list[int]:
+            t = now()
+            ids = [row[0] for row in conn.execute(
+                "UPDATE review_items SET state = 'expired', closed_at = ? WHERE state = 'pending' AND created_at < ?"
+                " RETURNING id", (t, t - older_than_s)).fetchall()]
+            for item_id in ids:
+                conn.execute(
+                    "INSERT INTO review_audit (item_id, actor, action, detail, created_at)"
+                    " VALUES (?, 'system', 'expired', ?, ?)", (item_id, f"undecided after {older_than_s / 3600:g} h", t))
+            if ids and effects is not None:
+                effects(conn, ids)
+            return ids
+
+        ids = await self.db.run(expire)
+        if ids:
+            log.warning("%d review item(s) expired undecided", len(ids))
+        return ids
 
     async def pending(self, limit: int = 50) -> list[dict]:
         rows = await self.db.fetchall(
