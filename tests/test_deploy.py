@@ -433,7 +433,11 @@ def test_scripts_parse_and_train_job_matches_the_cli_output():
 
 def test_operator_guide_covers_the_topics():
     guide = (DEPLOY / "README.md").read_text(encoding="utf-8").lower()
-    for topic in ("first start", "where data lives", "backup", "upgrad", "replica", "what to watch", "llm4sweat serve"):
+    for topic in ("first start", "where data lives", "backup", "upgrad", "replica", "what to watch", "llm4sweat serve",
+                  # the day-2 runbook
+                  "resource plan", "rotating tokens", "llm4sweat db backup", "llm4sweat db restore", "migrations",
+                  "gpu server is down", "llm4sweat doctor", "/readyz", "/status", "log_max_size", "/metrics",
+                  "--profile train run --rm trainer", "retrain_schedule", "slack http mode behind tls"):
         assert topic in guide, topic
 
 
