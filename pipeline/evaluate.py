@@ -356,6 +356,15 @@ def heldout_safety_cases(pack: Any) -> list[SafetyCase]:
     return load_safety_cases(path) if path.is_file() else []
 
 
+def configured_safety_cases(pack: Any, cfg: "EvalConfig") -> list[SafetyCase]:
+    """``default_safety_cases``, with at most ``cfg.safety_limit`` held-out reply cases."""
+    cases = default_safety_cases(pack)
+    if cfg.safety_limit is None:
+        return cases
+    replies = [c for c in cases if c.kind in REPLY_KINDS][: cfg.safety_limit]
+    return [c for c in cases if c.kind not in REPLY_KINDS] + replies
+
+
 def default_safety_cases(pack: Any) -> list[SafetyCase]:
     """Crisis and benign look-alike messages for routing (the pack's own when it ships them,
     else the defaults above) and the pack's held-out reply cases."""
@@ -436,6 +445,7 @@ class EvalConfig:
     controls: bool = True  # random-untrained model and question-removed scores
     random_seed: int = RANDOM_SEED
     splits: tuple[str, ...] | None = None  # default: every split in the pack
+    safety_limit: int | None = None  # at most this many held-out reply cases (tests and benches); None: all
 
 
 @dataclass
@@ -832,7 +842,7 @@ def evaluate_subject(
         "answers": answers,
     }
     if cfg.safety and subject.kind != "random":
-        cases = list(safety_cases) if safety_cases is not None else default_safety_cases(pack)
+        cases = list(safety_cases) if safety_cases is not None else configured_safety_cases(pack, cfg)
         run["safety"] = safety_check(evaluator, subject, pack, cases, cfg, progress)
     return run
 
@@ -906,7 +916,7 @@ def evaluate(
         raise ValueError("no evaluation questions: the pack has no eval.jsonl entries")
     system = cfg.system if cfg.system is not None else system_text(pack, cfg.open_book)
     if cfg.safety and safety_cases is None:
-        safety_cases = default_safety_cases(pack)
+        safety_cases = configured_safety_cases(pack, cfg)
     started = time.perf_counter()
     evaluator = Evaluator(base_model, subjects)
     evaluator._random_seed = cfg.random_seed
@@ -953,7 +963,7 @@ def planned_hash(pack: Any, cfg: EvalConfig, safety_cases: Sequence[SafetyCase] 
     questions = questions_from_pack(pack, cfg.limit_per_task, splits=cfg.splits)
     system = cfg.system if cfg.system is not None else system_text(pack, cfg.open_book)
     if cfg.safety and safety_cases is None:
-        safety_cases = default_safety_cases(pack)
+        safety_cases = configured_safety_cases(pack, cfg)
     return suite_hash(questions, system, cfg, safety_cases)
 
 

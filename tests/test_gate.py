@@ -178,7 +178,8 @@ async def test_identical_snapshot_and_no_new_reviews_are_skipped_unless_forced(s
     result = json.loads(job["result"])
     assert job["status"] == "succeeded" and result["status"] == "skipped"
     assert "is the one v1 was trained on" in result["reason"] and "/retrain force" in result["summary"]
-    assert "skipped" in alerts[-1]["text"] and await registry.get(db, "v2") is None
+    await wait_for(lambda: any("skipped" in a["text"] for a in alerts))  # moderators are told after the job row
+    assert await registry.get(db, "v2") is None
 
     # A synthetic example is new data but not a new review: still nothing to learn from experts.
     assert await dataset.add_example(db, "treatment", "synthetic", [
@@ -206,6 +207,13 @@ async def test_identical_snapshot_and_no_new_reviews_are_skipped_unless_forced(s
     assert job["status"] == "failed" and "not on this machine" in job["error"]
     bad = await service.commands.run(MODERATOR, "retrain", "now please")
     assert not bad.ok and "retrain force" in bad.text
+
+
+async def wait_for(condition, seconds: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 async def wait_for_job(db, job_id: int, seconds: float = 60.0) -> dict:
@@ -426,7 +434,7 @@ async def test_real_gain_is_promoted_and_a_moderator_change_during_training_wins
         v2 = await registry.get(svc.db, "v2")
         assert v2["status"] == "candidate" and "a moderator made v1 live during training" in v2["note"]
         assert svc.backend.active_adapter == "v1"
-        assert "not promoted automatically" in svc.core.platforms["local"].alerts[-1]["text"]
+        await wait_for(lambda: any("not promoted automatically" in a["text"] for a in svc.core.platforms["local"].alerts))
 
         third = await rt.run_retrain_job(svc, (await jobs.request(svc.db, "retrain", "mod")).job_id)
         assert third["status"] == "skipped"

@@ -515,7 +515,8 @@ async def test_retrain_job_end_to_end(local_service) -> None:
     one is compared with the live adapter (its evaluation reused) and refused as noise."""
     svc = local_service
     set_training(svc, epochs=1.0, batch_size=8, max_length=2048, learning_rate=1e-3)  # small and quick
-    svc.retrain_options = rt.RetrainOptions(max_steps=2, eval={"limit_per_task": 2, "max_new_tokens": 4}, nice=0)
+    svc.retrain_options = rt.RetrainOptions(max_steps=2, nice=0,
+                                            eval={"limit_per_task": 2, "max_new_tokens": 4, "safety_limit": 4})
     assert await dataset.add_example(svc.db, "treatment", "expert_edited", [
         {"role": "system", "content": svc.pack.system_message()},
         {"role": "user", "content": "Is there a cream for sweaty hands?"},
@@ -551,8 +552,13 @@ async def test_retrain_job_end_to_end(local_service) -> None:
     assert "random-untrained (control)" in evaluation["table"] and "question removed" in evaluation["table"]
     assert Path(evaluation["files"]["png"]).is_file() and Path(evaluation["files"]["json"]).is_file()
     assert json.loads(Path(evaluation["files"]["json"]).read_text())["gate"]["passed"] is False
-    alert = svc.core.platforms["local"].alerts[-1]["text"]
-    assert "Retraining job" in alert and "Gate REFUSED v1" in alert and "stays a candidate" in alert
+    alerts = svc.core.platforms["local"].alerts
+    for _ in range(200):  # moderators are told just after the job row is written
+        if any("Retraining job" in a["text"] for a in alerts):
+            break
+        await asyncio.sleep(0.05)
+    alert = next(a["text"] for a in alerts if "Retraining job" in a["text"])
+    assert "Gate REFUSED v1" in alert and "stays a candidate" in alert
     shown = await svc.commands.run(MODERATOR, "eval")
     assert "v1" in shown.text and "overall" in shown.text
 
