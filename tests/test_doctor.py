@@ -242,6 +242,11 @@ async def little_disk_space(w: World) -> dict[str, Any]:
     return {}
 
 
+async def no_support_channels(w: World) -> dict[str, Any]:
+    # The example settings as shipped: a token, and nowhere to answer.
+    return {"discord": {"support_channel_ids": [], "support_category_ids": [], "allow_dms": False}}
+
+
 async def region_without_resources(w: World) -> dict[str, Any]:
     return {"safety": {"regions": ["US", "BR"]}}
 
@@ -254,6 +259,7 @@ CASES: list[Case] = [
     ("category channel denies threads", category_channel_denies_threads, {"discord.channel_permissions"},
      "Create Public Threads"),
     ("moderator role not mentionable", moderators_cannot_be_pinged, {"discord.moderator_mention"}, "mention"),
+    ("no support channels", no_support_channels, {"discord.configuration"}, "answers nobody"),
     ("bot not in a guild", unknown_guild, {"discord.guild"}, "invite"),
     ("reviewer channel id wrong", unknown_reviewer_channel, {"discord.channel"}, "not found"),
     ("reviewer role missing", missing_discord_role, {"discord.roles"}, "Specialists"),

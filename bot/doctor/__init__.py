@@ -9,7 +9,7 @@ Checks, by name (each failure comes with a one-line fix):
   migrations are current, a write commits, only its owner can read it.
 - ``disk.space`` — free space in the data directory.
 - ``pack.crisis_resources`` — the pack has crisis resources for every region in ``safety.regions``.
-- ``discord.token``, ``.intents``, ``.interactions_url``, ``.guild``, ``.channel``, ``.roles``,
+- ``discord.token``, ``.configuration`` (somewhere to answer), ``.intents``, ``.interactions_url``, ``.guild``, ``.channel``, ``.roles``,
   ``.channel_permissions``, ``.moderator_mention`` — when ``discord.token`` is set.
 - ``slack.token``, ``.scopes``, ``.connection``, ``.channels``, ``.reviewer_group`` — when
   ``slack.bot_token`` is set.

@@ -56,10 +56,22 @@ async def _checks(client: discord.Client, cfg: DiscordSettings) -> list[Check]:
                      "and restart (docs/discord.md, token rotation)")]
     me = client.user
     assert me is not None
-    checks = [ok("discord.token", f"valid: bot {me} (id {me.id})")]
+    checks = [ok("discord.token", f"valid: bot {me} (id {me.id})"), _configuration(cfg)]
     checks += _application_checks(client.application)
     checks += await _guild_checks(client, cfg, me.id)
     return checks
+
+
+def _configuration(cfg: DiscordSettings) -> Check:
+    """A token with no place to answer makes a bot that answers nobody (the example settings)."""
+    if not cfg.support_channel_ids and not cfg.support_category_ids and not cfg.allow_dms:
+        return fail("discord.configuration", "no support channels or categories and DMs off: the bot answers nobody",
+                    "set discord.support_channel_ids (or support_category_ids, or allow_dms) in the settings file "
+                    "the service reads (compose: deploy/llm4sweat.toml)")
+    where = [f"{len(cfg.support_channel_ids)} support channel(s)", f"{len(cfg.support_category_ids)} categories",
+             "DMs" if cfg.allow_dms else "no DMs"]
+    review = "review cards in the reviewer channel" if cfg.reviewer_channel_id else "no reviewer channel (no cards on Discord)"
+    return ok("discord.configuration", f"answers in {', '.join(where)}; {review}")
 
 
 def _application_checks(app: discord.AppInfo | None) -> list[Check]:
