@@ -16,8 +16,9 @@ live there so no caller can forget them:
   ``consent = 0`` means the example is refused; :func:`examples` also leaves out examples of
   a patient who withdrew consent later. Forgetting a patient deletes their examples (cascade).
 * **The evaluation set never becomes training data**: an example in which an evaluation
-  question appears or nearly appears (``pipeline.packs.find_eval_leaks``) is refused at
-  insertion, and dropped again at export in case the evaluation set grew since.
+  question or one of its long options appears or nearly appears, a light edit included
+  (``pipeline.packs.find_eval_leaks``), is refused at insertion, and dropped again at export
+  in case the evaluation set grew since.
 * **Duplicates**: the same content (sha256 of the messages), the same review item, or the
   same generation plan key is stored once.
 
@@ -133,22 +134,23 @@ _INDEX_CACHE: dict[tuple[tuple[str, str], ...], Any] = {}
 
 
 def _question_index(questions: Sequence[Any]) -> Any:
-    """The shingle index of ``questions``, built once per question set (building costs ~20 ms
-    for 130 questions, checking one example against it ~1 ms)."""
-    from pipeline.packs import SHINGLE_SIZE, _QuestionIndex
+    """The index of ``questions``' held-out texts (stems and long options), built once per
+    question set."""
+    from pipeline.packs import SHINGLE_SIZE, _QuestionIndex, eval_heldout_items
 
-    key = tuple((q.id, q.question) for q in questions)
+    key = tuple((q.id, q.question, tuple(getattr(q, "options", ()) or ())) for q in questions)
     index = _INDEX_CACHE.get(key)
     if index is None:
         if len(_INDEX_CACHE) > 8:
             _INDEX_CACHE.clear()
-        index = _INDEX_CACHE[key] = _QuestionIndex(list(questions), SHINGLE_SIZE)
+        index = _INDEX_CACHE[key] = _QuestionIndex(eval_heldout_items(questions), SHINGLE_SIZE)
     return index
 
 
 def leaked_questions(messages: Messages | str, questions: Sequence[Any]) -> list[str]:
-    """Ids of evaluation questions that appear or nearly appear (``find_eval_leaks``' rule) in
-    the example's training text (or in ``messages`` given as plain text)."""
+    """Ids of evaluation questions whose stem or a long option appears or nearly appears
+    (``find_eval_leaks``' rule) in the example's training text (or in ``messages`` given as
+    plain text), best match first."""
     from pipeline.packs import NEAR_DUPLICATE_THRESHOLD
 
     if not questions:
@@ -156,8 +158,12 @@ def leaked_questions(messages: Messages | str, questions: Sequence[Any]) -> list
     text = messages if isinstance(messages, str) else training_text(messages)
     index = _question_index(questions)
     scores = index.scores(text, NEAR_DUPLICATE_THRESHOLD)
-    return [index.questions[qi].id for qi, score in sorted(scores.items(), key=lambda kv: -kv[1])
-            if score >= NEAR_DUPLICATE_THRESHOLD]
+    found: list[str] = []
+    for qi, score in sorted(scores.items(), key=lambda kv: -kv[1]):
+        qid = index.questions[qi].id
+        if score >= NEAR_DUPLICATE_THRESHOLD and qid not in found:
+            found.append(qid)
+    return found
 
 
 # ------------------------------------------------------------------------------ insertion

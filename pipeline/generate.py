@@ -6,7 +6,9 @@ reference reply, tied to the pack's facts. Nothing it returns is trusted.
 
 **The plan.** :func:`build_plan` spreads the vignettes over task × site × severity (HDSS
 1-4) × age band × primary/secondary, so the set is not dominated by the most common case
-(the "mode collapse" the LLM4Sweat paper warns about). Sites come from the pack's seeds
+(the "mode collapse" the LLM4Sweat paper warns about), and over the pack's facts: the k-th
+slot of a task must use fact k (mod the task's number of facts, in a fixed shuffled order,
+:func:`plan_facts`), so every fact gets its share of vignettes in every prefix of the plan. Sites come from the pack's seeds
 (``[generation] sites`` in ``pack.toml`` overrides), and only (site, kind) pairs the seeds use
 are planned (no "primary generalized"). Slots are picked greedily so that every prefix of
 the plan is balanced on each dimension (counts of its values differ by at most two), then
@@ -29,15 +31,19 @@ stopped by the server's content filter (``refused``); a reply cut off at the tok
 (``truncated``); an empty reply of a reasoning model that spent its whole budget on reasoning,
 even after the budget was raised (``reasoning_budget``); a reply that is not JSON
 (``invalid_json``) or not the schema (``invalid_schema``); a vignette for another slot than
-asked (``off_plan``); one citing no fact (``no_facts``) or an id the pack does not have
-(``unknown_fact``); one contradicting the red-flag rules: a secondary profile, or a patient
+asked (``off_plan``); one citing no fact (``no_facts``), an id the pack does not have
+(``unknown_fact``) or not the plan's fact (``fact_missing``); an answer that cites a fact it
+does not put into words (``fact_not_used``) or states a number the fact contradicts
+(``fact_contradicted``; both rules in ``pipeline.fact_check``); one contradicting the red-flag rules: a secondary profile, or a patient
 message showing a red flag, whose reply does not send the patient to a doctor
 (``red_flag_no_doctor``), a "primary" patient whose message shows a red flag or whose onset
 was at 25 or later, or a "secondary" one whose message shows none (``kind_mismatch``); a patient message
-with personal identifiers (``personal_details``); one in which an evaluation question
-appears (``eval_leak``). Near-duplicates of a stored or seed question (MinHash LSH over
-character shingles, confirmed by the estimated Jaccard against ``near_duplicate_threshold``) and
-exact duplicates are counted as ``duplicates``. A rejected slot is asked again up to
+with personal identifiers (``personal_details``); one whose question or answer contains an
+evaluation question or one of its long options, light edits included (``eval_leak``, the
+dataset's guard: ``pipeline.packs.find_eval_leaks``). A vignette whose question is nearly a
+stored or seed question, or whose answer is nearly a stored or seed answer (datasketch
+MinHash LSH over character shingles, confirmed by the exact Jaccard against
+``near_duplicate_threshold``), and exact duplicates are counted as ``duplicates``. A rejected slot is asked again up to
 ``attempts_per_slot`` times per run.
 
 **Usage.** Settings live in ``[generation]`` (``base_url``, ``model``, ``concurrency``,
@@ -80,7 +86,6 @@ import logging
 import os
 import re
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +97,7 @@ from bot.settings import GenerationSettings
 from bot.storage import Database
 from pipeline import dataset
 from pipeline.dataset import AGE_BANDS, age_band
+from pipeline.fact_check import FactChecker
 from pipeline.generation_requests import RequestParams, classify_bad_request, error_fields, operator_message
 from pipeline.packs import DOCTOR_ADVICE_RE, ConditionPack, Profile, jaccard, shingles
 from pipeline.privacy import scrub
@@ -99,7 +105,7 @@ from pipeline.privacy import scrub
 log = logging.getLogger(__name__)
 
 # Bump when the prompt templates or the schema change: stored with every synthetic example.
-PROMPT_VERSION = "vignette-v1"
+PROMPT_VERSION = "vignette-v2"
 
 PLAN_AGE_BANDS = ("teen", "young_adult", "adult", "older_adult")
 SEVERITIES = (1, 2, 3, 4)
@@ -115,6 +121,9 @@ REJECT_REASONS = (
     "off_plan",
     "no_facts",
     "unknown_fact",
+    "fact_missing",
+    "fact_not_used",
+    "fact_contradicted",
     "red_flag_no_doctor",
     "kind_mismatch",
     "personal_details",
@@ -186,6 +195,7 @@ class Slot:
     age_band: str
     kind: str
     occurrence: int
+    fact: str | None = None  # the pack fact this vignette's reply must use (balanced per task)
 
     def _pick(self, salt: str, n: int) -> int:
         return int.from_bytes(hashlib.sha256(f"{self.key}|{salt}".encode()).digest()[:8], "big") % n
@@ -224,6 +234,8 @@ class Slot:
         if self.kind == "secondary" and pack.red_flags:
             flag = pack.red_flags[self._pick("flag", len(pack.red_flags))]
             spec["warning_sign"] = flag.name
+        if self.fact is not None:
+            spec["fact"] = self.fact
         if variant:
             spec["variant"] = variant
         return spec
@@ -328,21 +340,37 @@ def build_plan(
     if not allowed:
         raise GenerationError("the plan has no allowed combination")
     slots = []
+    facts = plan_facts(pack, tasks)
+    seen: Counter[str] = Counter()
     for (task, site, hdss, band, kind), occurrence in _ordering(dims, allowed, count):
         key = f"{pack.name}/{task}/{site}/hdss{hdss}/{band}/{kind}/#{occurrence}"
-        slots.append(Slot(key, task, site, hdss, band, kind, occurrence))
+        fact = facts[task][seen[task] % len(facts[task])] if facts.get(task) else None
+        seen[task] += 1
+        slots.append(Slot(key, task, site, hdss, band, kind, occurrence, fact))
     return slots
 
 
+def plan_facts(pack: ConditionPack, tasks: Sequence[str]) -> dict[str, list[str]]:
+    """Per task, the order in which its facts are handed to the task's slots: a fixed
+    pseudo-random order (so neighbouring facts such as HDSS 1 … 4 are spread out), repeated.
+    The k-th slot of a task in the plan gets fact ``k mod n``; every prefix of the plan
+    therefore gives each fact of a task its share (counts differ by at most one), and the fact
+    of a slot never changes when the plan grows."""
+    return {task: sorted((f.id for f in pack.facts_for(task)), key=lambda fid: _stable_rank(f"{pack.name}|{fid}"))
+            for task in tasks}
+
+
 def plan_balance(slots: Sequence[Slot]) -> dict[str, dict[str, int]]:
-    """Counts per value of each plan dimension."""
-    out: dict[str, Counter[str]] = {d: Counter() for d in ("task", "site", "hdss", "age_band", "kind")}
+    """Counts per value of each plan dimension (``fact``: slots per fact id)."""
+    out: dict[str, Counter[str]] = {d: Counter() for d in ("task", "site", "hdss", "age_band", "kind", "fact")}
     for s in slots:
         out["task"][s.task] += 1
         out["site"][s.site] += 1
         out["hdss"][f"HDSS {s.hdss}"] += 1
         out["age_band"][s.age_band] += 1
         out["kind"][s.kind] += 1
+        if s.fact is not None:
+            out["fact"][s.fact] += 1
     return {d: dict(sorted(c.items())) for d, c in out.items()}
 
 
@@ -416,9 +444,11 @@ def parse_vignette(content: str | None) -> tuple[Vignette | None, str | None]:
         return None, "invalid_schema"
 
 
-def check_vignette(vignette: Vignette, slot: Slot, pack: ConditionPack, flags: list[Any] | None = None) -> str | None:
+def check_vignette(vignette: Vignette, slot: Slot, pack: ConditionPack, flags: list[Any] | None = None,
+                   facts: FactChecker | None = None) -> str | None:
     """Why the vignette cannot be used for ``slot`` (a ``REJECT_REASONS`` entry), or None.
-    ``flags``: the red flags of the question, when already computed."""
+    ``flags``: the red flags of the question, when already computed; ``facts``: the pack's
+    :class:`~pipeline.fact_check.FactChecker`, when already built."""
     p = vignette.profile
     if (vignette.task != slot.task or p.kind != slot.kind or p.hdss != slot.hdss
             or slot.site not in p.sites or age_band(p.age) != slot.age_band):
@@ -428,6 +458,8 @@ def check_vignette(vignette: Vignette, slot: Slot, pack: ConditionPack, flags: l
     known = {f.id for f in pack.facts}
     if any(fid not in known for fid in vignette.fact_ids):
         return "unknown_fact"
+    if slot.fact is not None and slot.fact not in vignette.fact_ids:
+        return "fact_missing"
     if flags is None:
         flags = pack.find_red_flags(vignette.question)
     if (flags or p.kind == "secondary") and not DOCTOR_ADVICE_RE.search(vignette.answer):
@@ -438,8 +470,24 @@ def check_vignette(vignette: Vignette, slot: Slot, pack: ConditionPack, flags: l
         return "kind_mismatch"
     if scrub(vignette.question) != vignette.question:
         return "personal_details"
+    problem = (facts or fact_checker(pack)).check(vignette.answer, vignette.fact_ids,
+                                                    patient_ages=[p.age, p.onset_age])
+    if problem is not None:
+        log.debug("vignette for %s: %s %s: %s", slot.key, problem.reason, problem.fact_id, problem.detail)
+        return problem.reason
     # eval_leak is decided by the dataset's own guard when the vignette is stored.
     return None
+
+
+_CHECKERS: dict[str, FactChecker] = {}
+
+
+def fact_checker(pack: ConditionPack) -> FactChecker:
+    """The pack's fact checker, built once per pack version."""
+    key = pack.fingerprint()
+    if key not in _CHECKERS:
+        _CHECKERS[key] = FactChecker(pack.facts)
+    return _CHECKERS[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,107 +495,92 @@ def check_vignette(vignette: Vignette, slot: Slot, pack: ConditionPack, flags: l
 
 
 class NearDuplicates:
-    """Patient questions seen so far, for near-duplicate checks.
+    """Patient questions and reference answers seen so far, for near-duplicate checks.
 
-    MinHash LSH over the same character shingles as the pack's leak check: each text gets a
-    128-value MinHash signature (numpy), cut into bands; texts sharing a band are candidates,
-    and a candidate is a near-duplicate when the exact Jaccard similarity of the two texts'
-    shingle sets reaches ``threshold``. Deterministic (fixed hash seeds), about 1.5 KB per
-    text, and no pairwise comparison with every stored question."""
+    A vignette is a near-duplicate when its question is nearly a stored (or seed) question, or
+    its answer nearly a stored answer: the two texts' sets of character shingles (the same
+    shingles as the pack's leak check) have a Jaccard similarity of at least ``threshold``.
+    Candidates come from MinHash LSH (``datasketch``: 128 permutations, an LSH threshold 0.15
+    below ``threshold`` and weighted towards recall, so a pair at ``threshold`` is almost never
+    missed); each candidate is confirmed with the exact Jaccard of the shingle sets.
+    Deterministic (fixed seed), and no pairwise comparison with every stored text."""
 
     NUM_PERM = 128
-    _PRIME = (1 << 61) - 1
+    KINDS = ("question", "answer")
 
     def __init__(self, threshold: float) -> None:
-        import numpy as np
+        from datasketch import MinHashLSH
 
         self.threshold = threshold
-        rng = np.random.RandomState(1)
-        self._a = rng.randint(1, self._PRIME, size=self.NUM_PERM, dtype=np.uint64)
-        self._b = rng.randint(0, self._PRIME, size=self.NUM_PERM, dtype=np.uint64)
-        # The most rows per band whose threshold ((1/b)^(1/r)) stays well below ``threshold``:
-        # 32 bands of 4 rows for 0.6 (a pair at 0.6 becomes a candidate with probability 0.99).
-        self.rows = 1
-        for rows in (2, 4, 8, 16):
-            if (rows / self.NUM_PERM) ** (1 / rows) <= threshold - 0.15:
-                self.rows = rows
-        self.buckets: list[dict[bytes, list[str]]] = [{} for _ in range(self.NUM_PERM // self.rows)]
-        self.signatures: dict[str, Any] = {}
-        self.texts: dict[str, str] = {}
+        lsh_threshold = max(0.1, threshold - 0.15)
+        self.lsh = {kind: MinHashLSH(threshold=lsh_threshold, num_perm=self.NUM_PERM, weights=(0.2, 0.8))
+                    for kind in self.KINDS}
+        self.grams: dict[str, dict[str, set[str]]] = {kind: {} for kind in self.KINDS}
 
-    def signature(self, text: str) -> Any:
-        import numpy as np
+    def signature(self, grams: set[str]) -> Any:
+        from datasketch import MinHash
 
-        grams = shingles(text) or {""}
-        values = np.fromiter((zlib.crc32(g.encode("utf-8")) for g in grams), dtype=np.uint64, count=len(grams))
-        with np.errstate(over="ignore"):
-            hashed = (np.outer(values, self._a) + self._b) % np.uint64(self._PRIME)
-        return (hashed & np.uint64(0xFFFFFFFF)).min(axis=0)
-
-    def _bands(self, sig: Any) -> list[bytes]:
-        return [sig[i * self.rows:(i + 1) * self.rows].tobytes() for i in range(len(self.buckets))]
+        sig = MinHash(num_perm=self.NUM_PERM, seed=1)
+        sig.update_batch([g.encode("utf-8") for g in grams or {""}])
+        return sig
 
     def similarity(self, a: str, b: str) -> float:
         """Estimated (MinHash) Jaccard similarity of two texts' shingle sets."""
-        return float((self.signature(a) == self.signature(b)).mean())
+        return float(self.signature(shingles(a)).jaccard(self.signature(shingles(b))))
 
-    def match(self, text: str) -> tuple[str | None, Any]:
-        """The key of a stored near-duplicate of ``text`` (or None) and ``text``'s signature."""
-        sig = self.signature(text)
-        grams: set[str] | None = None
-        seen: set[str] = set()
-        for bucket, band in zip(self.buckets, self._bands(sig)):
-            for key in bucket.get(band, ()):
-                if key in seen:
-                    continue
-                seen.add(key)
-                # The signature estimate (±0.05) rules out most candidates cheaply; the exact
-                # Jaccard decides the rest.
-                if float((self.signatures[key] == sig).mean()) < self.threshold - 0.15:
-                    continue
-                grams = grams if grams is not None else shingles(text)
-                if jaccard(grams, shingles(self.texts[key])) >= self.threshold:
-                    return key, sig
-        return None, sig
+    def match(self, text: str, kind: str = "question") -> tuple[str | None, Any]:
+        """The key of a stored near-duplicate of ``text`` among ``kind`` texts (or None), and
+        what :meth:`add` needs to store ``text`` without hashing it again."""
+        grams = shingles(text)
+        sig = self.signature(grams)
+        stored = self.grams[kind]
+        for key in sorted(self.lsh[kind].query(sig)):
+            if jaccard(grams, stored[key]) >= self.threshold:
+                return key, (grams, sig)
+        return None, (grams, sig)
 
-    def add(self, key: str, text: str, sig: Any = None) -> None:
-        if key in self.signatures:
+    def add(self, key: str, text: str, kind: str = "question", prepared: Any = None) -> None:
+        if not text or key in self.grams[kind]:
             return
-        sig = sig if sig is not None else self.signature(text)
-        self.signatures[key] = sig
-        self.texts[key] = text
-        for bucket, band in zip(self.buckets, self._bands(sig)):
-            bucket.setdefault(band, []).append(key)
+        grams, sig = prepared if prepared is not None else (shingles(text), None)
+        self.grams[kind][key] = grams
+        self.lsh[kind].insert(key, sig if sig is not None else self.signature(grams))
 
-    def check_and_add(self, key: str, text: str) -> str | None:
-        """Atomically (no await inside): the near-duplicate's key, or None after adding ``text``."""
-        found, sig = self.match(text)
-        if found is None:
-            self.add(key, text, sig)
-        return found
+    def check_and_add(self, key: str, question: str, answer: str = "") -> tuple[str, str] | None:
+        """Atomically (no await inside): ``(kind, key of the near-duplicate)``, or None after
+        adding both texts under ``key``."""
+        found_q, prep_q = self.match(question, "question")
+        if found_q is not None:
+            return "question", found_q
+        prep_a = None
+        if answer:
+            found_a, prep_a = self.match(answer, "answer")
+            if found_a is not None:
+                return "answer", found_a
+        self.add(key, question, "question", prep_q)
+        if answer:
+            self.add(key, answer, "answer", prep_a)
+        return None
 
     def remove(self, key: str) -> None:
-        sig = self.signatures.pop(key, None)
-        if sig is None:
-            return
-        del self.texts[key]
-        for bucket, band in zip(self.buckets, self._bands(sig)):
-            keys = bucket.get(band)
-            if keys and key in keys:
-                keys.remove(key)
+        for kind in self.KINDS:
+            if self.grams[kind].pop(key, None) is not None:
+                self.lsh[kind].remove(key)
 
     def __len__(self) -> int:
-        return len(self.signatures)
+        return len(self.grams["question"])
 
     @classmethod
     async def from_dataset(cls, db: Database, pack: ConditionPack, threshold: float) -> "NearDuplicates":
         index = cls(threshold)
         for seed in pack.seeds:
-            index.add(f"seed:{seed.id}", seed.question)
+            index.add(f"seed:{seed.id}", seed.question, "question")
+            index.add(f"seed:{seed.id}", seed.answer, "answer")
         for item in await dataset.examples(db):
             user = next((m["content"] for m in item["messages"] if m["role"] == "user"), "")
-            if user:
-                index.add(f"example:{item['id']}", user)
+            reply = next((m["content"] for m in reversed(item["messages"]) if m["role"] == "assistant"), "")
+            index.add(f"example:{item['id']}", user, "question")
+            index.add(f"example:{item['id']}", reply, "answer")
         return index
 
 
@@ -591,8 +624,10 @@ The patient's message:
 The reply:
 - warm and plain; acknowledge the feeling first; at most about 150 words; end with a concrete
   next step;
-- rely only on the knowledge below and list the ids of the facts it uses in fact_ids (at least
-  one, only ids that appear below);
+- rely only on the knowledge below; it must use the fact whose id the plan names ("fact"),
+  saying what that fact says in plain words (keep its numbers exactly as they are);
+- list in fact_ids the ids of the facts the reply actually uses, the plan's fact first (only
+  ids that appear below; never cite a fact the reply does not put into words);
 - never claims to be a doctor, gives no doses or schedules, and does not diagnose;
 - when the profile is secondary or the message shows a warning sign, it says clearly that a
   doctor should check this and how soon.
@@ -635,6 +670,7 @@ class GenerationSummary:
     already_stored: int = 0
     generated: int = 0
     duplicates: int = 0
+    duplicate_kinds: Counter = field(default_factory=Counter)  # "question" / "answer"
     rejected: Counter = field(default_factory=Counter)
     failed: Counter = field(default_factory=Counter)
     requests: int = 0
@@ -667,6 +703,7 @@ class GenerationSummary:
             "generated": self.generated,
             "rejected": dict(self.rejected),
             "duplicates": self.duplicates,
+            "duplicate_kinds": dict(self.duplicate_kinds),
             "failed": dict(self.failed),
             "remaining": self.remaining,
             "requests": self.requests,
@@ -687,7 +724,7 @@ class GenerationSummary:
             f"planned {self.planned}: {self.already_stored} already stored, {self.generated} generated now, "
             f"{self.remaining} still missing",
             f"rejected {sum(self.rejected.values())} ({reasons(self.rejected)})",
-            f"duplicates {self.duplicates}",
+            f"duplicates {self.duplicates}" + (f" ({reasons(self.duplicate_kinds)})" if self.duplicates else ""),
             f"failed requests {sum(self.failed.values())} ({reasons(self.failed)})",
             f"tokens {self.total_tokens} ({self.prompt_tokens} prompt + {self.completion_tokens} completion"
             + (f", of which {self.reasoning_tokens} reasoning" if self.reasoning_tokens else "")
@@ -725,6 +762,7 @@ class _Run:
         self._logged_errors: set[str] = set()
         self.system = {m: system_prompt(pack, with_schema=(m != "json_schema")) for m in ("json_schema", "json_object", "none")}
         self.schema = vignette_json_schema(pack)
+        self.facts = fact_checker(pack)
         self.fingerprint = pack.fingerprint()
 
     def _response_format(self, mode: str) -> dict[str, Any] | None:
@@ -850,14 +888,16 @@ class _Run:
                     vignette, reason = parse_vignette(content)
                 if vignette is not None:
                     flags = self.pack.find_red_flags(vignette.question)
-                    reason = check_vignette(vignette, slot, self.pack, flags)
+                    reason = check_vignette(vignette, slot, self.pack, flags, self.facts)
                 if reason is not None:
                     s.rejected[reason] += 1
                     log.debug("rejected a vignette for %s: %s", slot.key, reason)
                     continue
                 assert vignette is not None
-                if self.dedup.check_and_add(slot.key, vignette.question) is not None:
+                duplicate = self.dedup.check_and_add(slot.key, vignette.question, vignette.answer)
+                if duplicate is not None:
                     s.duplicates += 1
+                    s.duplicate_kinds[duplicate[0]] += 1
                     continue
                 stored = await self._store(slot, vignette, response, flags)
                 if stored.stored:
@@ -889,7 +929,7 @@ class _Run:
             "generator": {"model": self.settings.model, "prompt_version": PROMPT_VERSION,
                           "structured_output": self.mode, "response_id": getattr(response, "id", None)},
             "plan": {"task": slot.task, "site": slot.site, "hdss": slot.hdss, "age_band": slot.age_band,
-                     "kind": slot.kind, "occurrence": slot.occurrence},
+                     "kind": slot.kind, "occurrence": slot.occurrence, "fact": slot.fact},
             "profile": vignette.profile.model_dump(),
             "fact_ids": vignette.fact_ids,
             "red_flags": [flag.id for flag in flags],

@@ -28,6 +28,28 @@ conversation while ignoring a long text that merely shares the topic's vocabular
 containment would flag most on-topic texts against short questions). Case, punctuation and
 a changed word or two keep a copied question well above 0.6; distinct questions on the same
 topic stay below about 0.5 against the shipped seeds.
+
+Character shingles alone miss about half of two-word edits (a changed word breaks every
+shingle that overlaps it: measured on the shipped questions, 42-47% of two-word edits reached
+0.6). A second rule therefore works on words: a held-out text of at least
+``EDIT_MIN_WORDS`` (6) words also *nearly appears* when its normalized words can be turned
+into some stretch of the text's words with at most ``max(2, words // 5)`` word edits
+(substitutions, insertions, deletions; an approximate substring match, Sellers' algorithm). A
+text is flagged when either rule fires. Measured on the shipped pack: every two-word edit of
+every evaluation question is caught; reordered clauses are caught by the shingle rule (every
+question with its first clause moved to the end scored at least 0.75); no seed text is within
+the edit budget of any question. What neither rule catches: a paraphrase that changes more
+than a fifth of the words (synonyms throughout), a translation, or a question split across
+distant sentences.
+
+**What is held out**: every evaluation question's stem and every option of at least
+``OPTION_MIN_WORDS`` (8) words that does not itself nearly appear in one of the pack's facts
+(:func:`eval_heldout_items`). Shorter options are common short phrases ("the face and
+scalp", "sweating on one side of the body") that a good answer must be free to use: the
+shipped seed answers contain several of them word for word, while no option of 8 words or more
+comes within two edits of any seed text. An option that repeats a fact ("a doctor, often a GP
+then a dermatologist") is the knowledge training is meant to teach, so an answer that quotes
+the fact is not a leak.
 """
 
 from __future__ import annotations
@@ -40,6 +62,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +102,8 @@ __all__ = [
     "pack_check_report",
     "find_eval_leaks",
     "find_text_leaks",
+    "eval_heldout_items",
+    "word_edits",
     "shingles",
     "jaccard",
     "resolve_pack_path",
@@ -122,6 +147,8 @@ MIN_CRISIS_ADJACENT_CASES = 10  # distress, dark humour, overdose questions, cal
 OPTIONS_PER_QUESTION = 4
 NEAR_DUPLICATE_THRESHOLD = 0.6
 SHINGLE_SIZE = 5
+EDIT_MIN_WORDS = 6  # held-out texts this long are also matched word by word, with a few edits allowed
+OPTION_MIN_WORDS = 8  # options this long are held out like questions (shorter ones are common phrases)
 # guidance.md goes into every prompt: keep it short (the prompt budget is small).
 GUIDANCE_MAX_WORDS = 350
 
@@ -327,6 +354,10 @@ class EvalQuestion(_Record):
     def valid_id(cls, value: str) -> str:
         return _check_id(value)
 
+    # The texts of the pack's facts (set by the pack): options that repeat a fact are knowledge,
+    # not evaluation secrets (see eval_heldout_items).
+    _pack_fact_texts: tuple[str, ...] = PrivateAttr(default=())
+
     @property
     def correct_option(self) -> str:
         return self.options[self.answer]
@@ -438,6 +469,9 @@ class ConditionPack(BaseModel):
 
     def model_post_init(self, __context: Any) -> None:
         self._facts_by_id = {f.id: f for f in self.facts}
+        fact_texts = tuple(f.text for f in self.facts)
+        for q in self.eval_questions:  # the leak guard exempts options that only repeat a fact
+            q._pack_fact_texts = fact_texts
 
     # -- identity and standing texts -------------------------------------------------------
     @property
@@ -722,6 +756,41 @@ def jaccard(a: str | set[str], b: str | set[str]) -> float:
     return len(sa & sb) / union if union else 0.0
 
 
+def words_of(text: str) -> list[str]:
+    """The normalized words of ``text`` (the same normalization as :func:`shingles`)."""
+    return _normalize(text).split()
+
+
+def allowed_edits(n_words: int) -> int:
+    """How many word edits still count as "nearly appears" for a held-out text of ``n_words``
+    (-1: too short for the word rule)."""
+    return max(2, n_words // 5) if n_words >= EDIT_MIN_WORDS else -1
+
+
+def word_edits(needle: Sequence[str], haystack: Sequence[str]) -> int:
+    """The fewest word edits (substitute, insert, delete) that turn ``needle`` into some
+    contiguous stretch of ``haystack`` (approximate substring matching, Sellers 1980), computed
+    row by row with numpy: O(len(needle) * len(haystack))."""
+    import numpy as np
+
+    if not needle:
+        return 0
+    if not haystack:
+        return len(needle)
+    vocab: dict[str, int] = {}
+    h = [vocab.setdefault(w, len(vocab)) for w in needle]
+    t = np.fromiter((vocab.setdefault(w, len(vocab)) for w in haystack), dtype=np.int64, count=len(haystack))
+    n = len(haystack)
+    steps = np.arange(n + 1)
+    row = np.zeros(n + 1, dtype=np.int64)  # a match may start anywhere in the haystack
+    for i, word in enumerate(h, start=1):
+        diagonal = np.empty(n + 1, dtype=np.int64)
+        diagonal[0] = i
+        diagonal[1:] = np.minimum(row[:-1] + (t != word), row[1:] + 1)
+        row = np.minimum.accumulate(diagonal - steps) + steps  # insertions along the row
+    return int(row.min())
+
+
 @dataclass(frozen=True)
 class Leak:
     """An evaluation question found (or nearly found) in a training text."""
@@ -739,10 +808,47 @@ class _HeldOut:
     question: str
 
 
+def eval_heldout_items(questions: Iterable[Any]) -> list[_HeldOut]:
+    """What must never appear in training text, for evaluation questions (or anything with
+    ``id`` and ``question``): each question's stem, and each of its options of at least
+    ``OPTION_MIN_WORDS`` words that does not itself nearly appear in one of the pack's facts
+    (such an option is the knowledge a good answer teaches, not the evaluation's wording), all
+    under the question's id."""
+    questions = list(questions)
+    items = []
+    long_options: dict[tuple[str, ...], set[str]] = {}
+    for q in questions:
+        for option in getattr(q, "options", ()) or ():
+            if len(words_of(option)) >= OPTION_MIN_WORDS:
+                long_options.setdefault(getattr(q, "_pack_fact_texts", ()), set()).add(option)
+    knowledge: set[str] = set()
+    for facts, options in long_options.items():
+        if facts:
+            knowledge |= _options_in_facts(facts, tuple(sorted(options)))
+    for q in questions:
+        items.append(_HeldOut(q.id, q.question))
+        for option in getattr(q, "options", ()) or ():
+            if len(words_of(option)) >= OPTION_MIN_WORDS and option not in knowledge:
+                items.append(_HeldOut(q.id, option))
+    return items
+
+
+@lru_cache(maxsize=8)
+def _options_in_facts(facts: tuple[str, ...], options: tuple[str, ...]) -> frozenset[str]:
+    """The options that nearly appear in one of the facts (computed once per pack)."""
+    index = _QuestionIndex([_HeldOut(str(i), option) for i, option in enumerate(options)], SHINGLE_SIZE)
+    found: set[str] = set()
+    for text in facts:
+        for oi, score in index.scores(text, NEAR_DUPLICATE_THRESHOLD).items():
+            if score >= NEAR_DUPLICATE_THRESHOLD:
+                found.add(options[oi])
+    return frozenset(found)
+
+
 class _QuestionIndex:
-    """Shingles of held-out texts (anything with ``id`` and ``question``: evaluation questions,
-    :class:`_HeldOut` safety cases), indexed for one pass over each training text.
-    ``pipeline.dataset`` keeps one per question set for its insertion guard."""
+    """Shingles and words of held-out texts (anything with ``id`` and ``question``: evaluation
+    questions and long options, :class:`_HeldOut` safety cases), indexed for one pass over each
+    training text. ``pipeline.dataset`` keeps one per question set for its insertion guard."""
 
     def __init__(self, questions: Sequence[Any], size: int) -> None:
         self.size = size
@@ -750,6 +856,9 @@ class _QuestionIndex:
         self.index: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self.distinct: list[int] = []  # distinct shingles per question
         self.width: list[int] = []  # shingle positions per question (its length in shingles)
+        self.words = [words_of(q.question) for q in self.questions]
+        self.word_sets = [set(w) for w in self.words]
+        self.edits = [allowed_edits(len(w)) for w in self.words]
         for qi, question in enumerate(self.questions):
             norm = _normalize(question.question)
             grams = [norm[i : i + size] for i in range(max(1, len(norm) - size + 1))] if norm else []
@@ -762,7 +871,8 @@ class _QuestionIndex:
             self.width.append(len(grams))
 
     def scores(self, text: str, threshold: float) -> dict[int, float]:
-        """Best windowed Jaccard per question that could reach ``threshold`` in ``text``."""
+        """Per held-out text that could reach ``threshold`` in ``text``: its best windowed
+        Jaccard, or its word-rule score when that is higher."""
         norm = _normalize(text)
         size = self.size
         hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -794,7 +904,19 @@ class _QuestionIndex:
                     left += 1
                 best = max(best, len(window))
             result[qi] = best / (q_size + width - best)
+        self._add_word_matches(norm.split(), result)
         return result
+
+    def _add_word_matches(self, text_words: list[str], result: dict[int, float]) -> None:
+        """The word rule: a held-out text within its edit budget of some stretch of the text
+        scores ``1 - edits / words`` (at least 0.66, so at least the shingle threshold)."""
+        present = set(text_words)
+        for qi, budget in enumerate(self.edits):
+            if budget < 0 or len(self.word_sets[qi] - present) > budget:
+                continue  # every missing distinct word costs at least one edit
+            edits = word_edits(self.words[qi], text_words)
+            if edits <= budget:
+                result[qi] = max(result.get(qi, 0.0), 1 - edits / len(self.words[qi]))
 
 
 def find_eval_leaks(
@@ -810,7 +932,7 @@ def find_eval_leaks(
     streamed once each against an index of the questions' shingles, so large datasets are
     fine.
     """
-    return find_text_leaks([(q.id, q.question) for q in questions], texts, threshold)
+    return find_text_leaks([(item.id, item.question) for item in eval_heldout_items(questions)], texts, threshold)
 
 
 def find_text_leaks(
@@ -823,9 +945,12 @@ def find_text_leaks(
     index = _QuestionIndex([_HeldOut(item_id, text) for item_id, text in items], SHINGLE_SIZE)
     leaks = []
     for ti, text in enumerate(texts):
+        best: dict[str, float] = {}  # one leak per held-out id and text (a question and its options)
         for qi, score in index.scores(text, threshold).items():
             if score >= threshold:
-                leaks.append(Leak(index.questions[qi].id, ti, round(score, 3)))
+                item_id = index.questions[qi].id
+                best[item_id] = max(best.get(item_id, 0.0), score)
+        leaks.extend(Leak(item_id, ti, round(score, 3)) for item_id, score in best.items())
     leaks.sort(key=lambda leak: -leak.score)
     return leaks
 

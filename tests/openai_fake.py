@@ -334,6 +334,22 @@ def _babble(seed: str, words: int = 30) -> str:
     return " ".join("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(words))
 
 
+_COMMON = {"hyperhidrosis", "sweating", "sweat", "sweats", "treatment", "treatments"}
+
+
+def _fact_words(text: str, n: int = 4) -> str:
+    """A few distinctive words of a fact (enough for the fact check to see it used, without
+    copying the fact's sentence, which may be close to an evaluation question)."""
+    from pipeline.fact_check import STOPWORDS
+
+    found: list[str] = []
+    for word in re.findall(r"[A-Za-z]{5,}", text):
+        low = word.lower()
+        if low not in _COMMON and low not in STOPWORDS and low not in found:
+            found.append(low)
+    return ", ".join(found[:n])
+
+
 def vignette_for(plan: dict[str, Any], pack: Any, salt: str = "") -> dict[str, Any]:
     """A vignette that passes every check of ``pipeline.generate`` for ``plan``."""
     seed = json.dumps(plan, sort_keys=True) + salt
@@ -342,6 +358,8 @@ def vignette_for(plan: dict[str, Any], pack: Any, salt: str = "") -> dict[str, A
     age = plan["age"]
     where = _SITE_WORDS.get(site, site)
     secondary = plan["kind"] == "secondary"
+    facts = [plan["fact"]] if plan.get("fact") else [f.id for f in pack.facts_for(plan["task"])][:1]
+    uses = "; ".join(_fact_words(pack.fact(fid).text) for fid in facts)
     if secondary:
         candidates = [p for p in _WARNING_PHRASES if pack.find_red_flags(p)]
         warning = candidates[rng.randrange(len(candidates))]
@@ -349,17 +367,16 @@ def vignette_for(plan: dict[str, Any], pack: Any, salt: str = "") -> dict[str, A
                     f"{plan['situation']}. My own notes say {_babble(seed)}. Should I worry?")
         answer = ("That sounds worrying and exhausting, and you were right to ask. Sweating with a sign like this "
                   "can have another cause, so please see a doctor within the next week or two to check it. "
-                  "Until then, keep a short diary of when it happens.")
+                  f"Worth knowing: {uses}. Until then, keep a short diary: {_babble(seed + 'a', 24)}.")
         onset = max(age - 1, 26) if age > 26 else age
     else:
         question = (f"I am {age} and my {where} have sweated far more than other people's since I was a child, "
                     f"especially during {plan['situation']}. It is on both sides and stops when I sleep. "
                     f"Words from my diary: {_babble(seed)}. What can I do?")
         answer = ("That sounds really frustrating, and it is not your fault. What you describe fits primary focal "
-                  "hyperhidrosis, which is common and treatable. A dermatologist or GP can confirm it and talk "
-                  "through the options step by step.")
+                  f"hyperhidrosis, which is common and treatable. Worth knowing: {uses}. A dermatologist or GP can "
+                  f"confirm it and talk through the options step by step: {_babble(seed + 'a', 24)}.")
         onset = min(age, 12)
-    facts = [f.id for f in pack.facts_for(plan["task"])][:2]
     return {
         "task": plan["task"],
         "profile": {"age": age, "sex": plan["sex"], "sites": [site], "hdss": plan["hdss"], "onset_age": onset,
