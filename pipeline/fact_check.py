@@ -10,8 +10,15 @@ English function words, minus the words that occur in more than ``COMMON_TERM_SH
 of the pack's facts (in the hyperhidrosis pack: "sweating", "hyperhidrosis", "treatment" …:
 words every answer has). Words are compared by their first ``STEM_LETTERS`` (5) letters, so
 "injections" matches "injection" and "months" matches "month". A cited fact is *used* when the
-answer contains at least ``min(2, number of key terms)`` of its key terms; otherwise the
-vignette is refused as ``fact_not_used``, naming the fact.
+answer contains at least two of its key terms (one if it has only one), or one key term that
+occurs in at most ``RARE_TERM_FACTS`` (2) of the pack's facts (a distinctive word such as
+"bromhidrosis"); otherwise the vignette is refused as ``fact_not_used``, naming the fact.
+
+Measured on the hyperhidrosis pack (106 facts): of 200 seed answers paired with a fact they do
+not cite, 72% are refused (59% when the fact is from the seed's own task). The hand-written
+seeds cite loosely (a "validation" fact for a reply that only says "not your fault"): 26 of 40
+would pass for every fact they cite. Generated replies are told to put each cited fact into
+words, so the rule is strict on purpose; a refused slot is simply asked again.
 
 **Not contradicted.** Numbers with a unit (months, weeks, days, hours, years, age, %, times,
 sessions, minutes; digits or the words one to twelve) are read from the fact and from the
