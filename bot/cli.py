@@ -116,7 +116,7 @@ def resolve_model(cfg: Settings, demo: bool) -> tuple[str | None, bool]:
 
     pack = load_pack(cfg.pack_path)
     with console.status("Building the offline demo model (first run only, one to two minutes)…"):
-        path = build_demo_model(cfg.data_dir, pack.seed_conversations())
+        path = build_demo_model(cfg.data_dir, pack.seed_conversations(labelled=True))
     return str(path), True
 
 

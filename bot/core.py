@@ -308,6 +308,7 @@ class ConversationCore:
         # --- end safety layer
         history = await self._history(conv.id, before_message_id=message_id)
         advice = [flag.advice for flag in self.pack.red_flags if flag.id in verdict.red_flags]
+        task = classify_task(text)  # also the prompt's task line, as in training
         messages = build_prompt(
             self.pack,
             history,
@@ -316,6 +317,7 @@ class ConversationCore:
             budget=self.settings.prompt.token_budget,
             red_flag_advice=advice,
             extra_system=self.safety.extra_system(verdict),
+            task=task,
         )
         try:
             async with self.safety.model_slot(conv):  # fair: one patient's flood cannot starve others
@@ -328,7 +330,6 @@ class ConversationCore:
         risk_flags = verdict.risk_flags + checked.flags
         review_first = verdict.review_first or not checked.ok
         # --- end safety layer
-        task = classify_task(text)
         platforms = list(self.platforms)
 
         def store(conn: sqlite3.Connection) -> tuple[int, int, bool, list[Claimed]]:

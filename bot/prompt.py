@@ -3,13 +3,15 @@
 Order of priority when the budget is tight: the system prompt and the pack's guidance are
 always kept, then the new message, then as much of the thread's history as fits, newest
 first. Red-flag advice is added to the system turn so the model is told to send the patient
-to a doctor.
+to a doctor. The system turn ends with the task line (``Task: treatment``), the same line the
+model was trained with (``bot.chat_format``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from bot.chat_format import with_task
 from bot.inference.base import ChatMessages
 
 
@@ -22,8 +24,10 @@ def build_prompt(
     budget: int,
     red_flag_advice: Sequence[str] = (),
     extra_system: str = "",
+    task: str | None = None,
 ) -> ChatMessages:
-    """Chat messages for the model. ``history`` is (role, text) pairs, oldest first."""
+    """Chat messages for the model. ``history`` is (role, text) pairs, oldest first; ``task``
+    (``bot.tasks.classify_task`` of the message) becomes the system turn's last line."""
     system = pack.system_message()
     if extra_system:
         system += "\n\n" + extra_system.strip()
@@ -32,6 +36,7 @@ def build_prompt(
             "\n\nThis patient's message mentions signs that can point to another cause. Say kindly and clearly"
             " that they should see a doctor soon, and why:\n- " + "\n- ".join(red_flag_advice)
         )
+    system = with_task([{"role": "system", "content": system}], task)[0]["content"]
     used = count_tokens(system) + 8
     remaining = budget - used
     new_tokens = count_tokens(message) + 4

@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bot.chat_format import DEFAULT_TEMPLATE_DATE
+
 ENV_PREFIX = "LLM4SWEAT_"
 DEFAULT_BASE_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
 PACKS_DIR = Path(__file__).resolve().parent.parent / "pipeline" / "packs"
@@ -84,6 +86,10 @@ class PromptSettings(Section):
     token_budget: int = Field(1536, ge=64)
     max_message_chars: int = Field(4000, ge=1)
     system_prompt_extra: str = ""
+    # The date chat templates print (Llama 3.x: "Today Date: ..."), the same for training,
+    # evaluation and serving, so a model never sees a prompt that differs by the day
+    # (bot/chat_format.py). Empty: let the template print today's date.
+    template_date: str = DEFAULT_TEMPLATE_DATE
 
 
 class LocalConsoleSettings(Section):

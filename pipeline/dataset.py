@@ -429,6 +429,14 @@ def export_line(item: dict[str, Any]) -> str:
                       ensure_ascii=False)
 
 
+def as_trained(item: dict[str, Any]) -> dict[str, Any]:
+    """The example as a model is trained on it: the system turn ends with the task line of the
+    example's ``task`` (``bot.chat_format.with_task``, the line serving and evaluation use)."""
+    from bot.chat_format import with_task
+
+    return {**item, "messages": with_task(item["messages"], item["task"])}
+
+
 async def export(
     db: Database,
     path: Path,
@@ -444,8 +452,9 @@ async def export(
     the pack's held-out safety cases appears are left out and listed in ``excluded``, so a
     snapshot can never carry the evaluation set even if it was stored before a question was
     added. Approvals whose accuracy score is below ``min_accuracy`` are left out and listed in
-    ``low_accuracy``, whatever path added them."""
-    items = await examples(db, tasks)
+    ``low_accuracy``, whatever path added them. Exported conversations carry their task line
+    (:func:`as_trained`), so the snapshot is exactly what the trainer sees."""
+    items = [as_trained(item) for item in await examples(db, tasks)]
     low = await low_accuracy_approvals(db, min_accuracy)
     low_accuracy = sorted(item["id"] for item in items if item["id"] in low)
     if low_accuracy:

@@ -6,6 +6,11 @@ It writes on-topic text after a short full fine-tune on the condition pack's see
 but it is a toy: ``demo.json`` in its directory says ``demo: true`` so the service labels
 every reply as a demo that gives no medical advice.
 
+It has one prompt format for training, serving and evaluation: ``task_only`` (its system turn
+is the task line alone, ``Task: diagnosis``; see ``bot.chat_format``). The marker says so
+(``prompt_format``), and the local backend, the trainer (a retrain on top of it) and the
+evaluator read it there.
+
 The build is idempotent: a valid model for the same seed data is reused (a second call takes
 milliseconds), and a build happens in a work directory that is renamed into place at the
 end, so an interrupted build never leaves a broken model behind.
@@ -25,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bot.chat_format import for_format
 from bot.settings import TrainingSettings
 from pipeline.tinymodel import build_tiny_model, corpus_from_conversations
 from pipeline.training import TrainProgress, dataset_hash, train_lora
@@ -33,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_DIRNAME = "demo-model"
 MARKER_NAME = "demo.json"
-RECIPE_VERSION = 3  # bump when the build below changes, so old demo models are rebuilt
+RECIPE_VERSION = 4  # bump when the build below changes, so old demo models are rebuilt
 DEMO_LABEL = "Demo model: tiny, trained offline on seed examples. It gives no medical advice."
 TARGET_STEPS = 600
 TIME_BUDGET_S = 90.0
@@ -41,10 +47,7 @@ TIME_BUDGET_S = 90.0
 # words (measured: 600 steps in ~75 s on a loaded 2-core machine, loss 0.01 on the seeds).
 DEMO_VOCAB_SIZE = 4000
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", MARKER_NAME)
-
-
-def _without_system(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [m for m in conversation if m.get("role") != "system"]
+DEMO_PROMPT_FORMAT = "task_only"
 
 
 def demo_model_dir(data_dir: Path) -> Path:
@@ -82,7 +85,8 @@ def build_demo_model(
     Tokenizer trained on the seed texts, tiny Llama initialised with a fixed seed, then a full
     fine-tune of about ``TARGET_STEPS`` steps (capped at ``TIME_BUDGET_S`` seconds) so the
     model writes text on the pack's topic. Reused as-is when already built from the same
-    seed conversations.
+    seed conversations. The conversations should carry their task line
+    (``bot.chat_format.with_task``): it is all of the system turn this model keeps.
     """
     if not seed_conversations:
         raise ValueError("the demo model needs seed conversations to learn from")
@@ -101,8 +105,9 @@ def build_demo_model(
         # The pack's system prompt is ~750 tokens for this tokenizer; training over it would
         # cost ~10x more per step than the dialogue itself and the model could not learn
         # anything on-topic within a minute. The demo model therefore learns (and, per the
-        # marker, is served) user and assistant turns only.
-        dialogues = [d for d in (_without_system(c) for c in seed_conversations) if d]
+        # marker, is served and evaluated with) the task line, user and assistant turns only.
+        dialogues = [d for d in (for_format(c, DEMO_PROMPT_FORMAT) for c in seed_conversations)
+                     if any(m.get("role") == "assistant" for m in d)]
         if not dialogues:
             raise ValueError("the seed conversations hold no user/assistant turns")
         base = build_tiny_model(work / "base", corpus_from_conversations(dialogues), seed=0, vocab_size=DEMO_VOCAB_SIZE)
@@ -133,8 +138,8 @@ def build_demo_model(
             "recipe": RECIPE_VERSION,
             "seed_hash": seed_hash,
             "seed_conversations": len(seed_conversations),
-            # Read by the local backend: system messages are left out of this model's prompts.
-            "drop_system_messages": True,
+            # Read by the local backend, the trainer and the evaluator (bot.chat_format).
+            "prompt_format": DEMO_PROMPT_FORMAT,
             "train_steps": result.steps,
             "final_train_loss": result.train_loss[-1] if result.train_loss else None,
             "build_seconds": round(time.monotonic() - started, 1),

@@ -26,6 +26,10 @@ How a model is measured, and why:
 - **Closed book by default.** The system turn is the pack's system prompt only; the pack's
   ``guidance.md`` (which states many answers) is added only with ``open_book`` and the report
   says which.
+- **Prompted as trained and served** (``bot.chat_format``): the system turn ends with the
+  question's task line (``Task: diagnosis``), the chat template prints the pinned date
+  (``template_date``), and a model with its own prompt format (the demo model: system turn cut
+  to the task line) gets that format.
 - **Splits.** ``dev`` questions are what the promotion gate decides on; ``test`` questions are
   reported and never used for a decision (rows without a split are test).
 - **Controls beside every score**, so a reader sees whether a model uses the question at all:
@@ -35,8 +39,9 @@ How a model is measured, and why:
   figures (how often the correct option is the longest / shortest) are printed too.
 - **Accuracy with a 95% Wilson interval** (statsmodels ``proportion_confint``), per task and
   overall. With 45 questions an accuracy of 0.5 really means "somewhere between 0.36 and 0.64".
-- **The shared system message is computed once** per model: its key/value cache is reused for
-  every batch (the rest is left-padded after it).
+- **The shared prefix is computed once** per model: the tokens every context starts with (the
+  system turn up to its task line) are run once and their key/value cache reused for every
+  batch (the rest is left-padded after it).
 - **Base model and adapters in one process**: the base is loaded once, adapters beside it.
 - **Safety.** (1) Crisis routing: crisis messages must be routed by ``bot.safety.triage``
   (model-independent). (2) Held-out cases (the pack's ``safety/heldout.jsonl``, never training
@@ -62,6 +67,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from bot.chat_format import DEFAULT_TEMPLATE_DATE, TASK_PREFIX, for_format, model_prompt_format, render, with_task
 
 logger = logging.getLogger(__name__)
 
@@ -261,31 +268,51 @@ class Request:
     delimiter: str = ""
 
 
-def render_chat(tokenizer: Any, system: str, user: str) -> str:
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+@dataclass(frozen=True)
+class Prompting:
+    """How a model is prompted (``bot.chat_format``): the prompt format it was trained with
+    and the date its chat template prints."""
+
+    prompt_format: str = "full"
+    template_date: str = DEFAULT_TEMPLATE_DATE
 
 
-def options_request(tokenizer: Any, system: str, q: Question, question_removed: bool = False) -> Request:
+DEFAULT_PROMPTING = Prompting()
+
+
+def render_chat(tokenizer: Any, system: str, user: str, task: str | None = None,
+                prompting: Prompting = DEFAULT_PROMPTING) -> str:
+    """The context the model is given: system turn (ending with the task line), the user's
+    turn, the assistant turn opened, in the model's prompt format, with the pinned date."""
+    messages = with_task([{"role": "system", "content": system}, {"role": "user", "content": user}], task)
+    return render(tokenizer, for_format(messages, prompting.prompt_format), add_generation_prompt=True,
+                  template_date=prompting.template_date)
+
+
+def options_request(tokenizer: Any, system: str, q: Question, question_removed: bool = False,
+                    prompting: Prompting = DEFAULT_PROMPTING) -> Request:
     """Each option scored as the assistant's reply to the question."""
     text = QUESTION_REMOVED if question_removed else q.question
-    return Request(render_chat(tokenizer, system, text), tuple(o.strip() for o in q.options), "")
+    return Request(render_chat(tokenizer, system, text, q.task, prompting), tuple(o.strip() for o in q.options), "")
 
 
-def lettered_request(tokenizer: Any, system: str, q: Question, question_removed: bool = False) -> Request:
+def lettered_request(tokenizer: Any, system: str, q: Question, question_removed: bool = False,
+                     prompting: Prompting = DEFAULT_PROMPTING) -> Request:
     """Options shown as A–D; the assistant turn opens with "Answer:", continuations " A" … " D"."""
     text = QUESTION_REMOVED if question_removed else q.question
-    context = render_chat(tokenizer, system, lettered_text(text, q.options)) + ANSWER_PREFIX
+    context = render_chat(tokenizer, system, lettered_text(text, q.options), q.task, prompting) + ANSWER_PREFIX
     return Request(context, tuple(LETTERS[: len(q.options)]), " ")
 
 
 def eval_hash(questions: Sequence[Question], system: str, scoring: str = SCORING,
-              safety_cases: Sequence["SafetyCase"] | None = None, max_new_tokens: int | None = None) -> str:
-    """Identifies an evaluation set (questions and splits, system message, formats, scoring and,
-    when the safety check runs, its cases and reply length)."""
+              safety_cases: Sequence["SafetyCase"] | None = None, max_new_tokens: int | None = None,
+              template_date: str = DEFAULT_TEMPLATE_DATE) -> str:
+    """Identifies an evaluation set (questions and splits, system message, task line and
+    template date, formats, scoring and, when the safety check runs, its cases and reply length)."""
     payload: dict[str, Any] = {
         "scoring": scoring,
         "system": system,
+        "prompt": {"task_line": TASK_PREFIX + "<task>", "template_date": template_date},
         "formats": [QUESTION_REMOVED, LETTERED_INSTRUCTION, ANSWER_PREFIX],
         "questions": [[q.id, q.task, q.split, q.question, list(q.options), q.answer] for q in questions],
     }
@@ -446,6 +473,7 @@ class EvalConfig:
     random_seed: int = RANDOM_SEED
     splits: tuple[str, ...] | None = None  # default: every split in the pack
     safety_limit: int | None = None  # at most this many held-out reply cases (tests and benches); None: all
+    template_date: str = DEFAULT_TEMPLATE_DATE  # the date chat templates print (settings.prompt.template_date)
 
 
 @dataclass
@@ -461,11 +489,14 @@ class Subject:
 class Evaluator:
     """The base model loaded once, with any number of adapters beside it."""
 
-    def __init__(self, base_model: str | Path, adapters: Sequence[Subject] = ()):
+    def __init__(self, base_model: str | Path, adapters: Sequence[Subject] = (),
+                 template_date: str = DEFAULT_TEMPLATE_DATE):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.base_model = str(base_model)
+        # prompted as the model is trained and served (bot.chat_format)
+        self.prompting = Prompting(model_prompt_format(base_model), template_date)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_model, local_files_only=True)
@@ -549,14 +580,19 @@ class Evaluator:
         ctx = self._encode(context)
         return ctx, whole[len(ctx):]
 
-    def _system_prefix(self, system: str) -> list[int]:
-        """Tokens of the rendered system turn alone (shared by every question)."""
-        try:
-            text = self.tokenizer.apply_chat_template([{"role": "system", "content": system}], tokenize=False,
-                                                      add_generation_prompt=False)
-        except Exception:  # some templates refuse a system-only chat
+    @staticmethod
+    def _shared_prefix(contexts: Sequence[list[int]]) -> list[int]:
+        """The tokens every context starts with, leaving at least one token of each context
+        (the system turn up to its task line, when the questions span several tasks)."""
+        if not contexts:
             return []
-        return self._encode(text) if text else []
+        first, n = contexts[0], min(len(c) for c in contexts) - 1
+        for ctx in contexts[1:]:
+            i = 0
+            while i < n and ctx[i] == first[i]:
+                i += 1
+            n = i
+        return list(first[:max(0, n)])
 
     # -- log-likelihoods -----------------------------------------------------------------------
 
@@ -567,16 +603,19 @@ class Evaluator:
         """(summed log-probability, token count) of every continuation of every request."""
         import torch
 
-        prefix_ids = self._system_prefix(system) if system is not None else []
-        p = len(prefix_ids)
-        items: list[tuple[int, int, bool, list[int], list[int]]] = []  # (request, choice, cached, ctx, cont)
+        encoded: list[tuple[int, int, list[int], list[int]]] = []
         for ri, request in enumerate(requests):
             for ci, choice in enumerate(request.choices):
                 ctx, cont = self.encode_pair(request.context, request.delimiter + choice)
                 if not cont:  # the continuation merged into the context: score the last token
                     ctx, cont = ctx[:-1], ctx[-1:]
-                cached = bool(p) and len(ctx) > p and ctx[:p] == prefix_ids
-                items.append((ri, ci, cached, ctx[p:] if cached else ctx, cont))
+                encoded.append((ri, ci, ctx, cont))
+        prefix_ids = self._shared_prefix([ctx for _, _, ctx, _ in encoded]) if system is not None else []
+        p = len(prefix_ids)
+        items: list[tuple[int, int, bool, list[int], list[int]]] = []  # (request, choice, cached, ctx, cont)
+        for ri, ci, ctx, cont in encoded:
+            cached = bool(p) and len(ctx) > p and ctx[:p] == prefix_ids
+            items.append((ri, ci, cached, ctx[p:] if cached else ctx, cont))
         out: list[list[tuple[float, int]]] = [[(float("-inf"), 0)] * len(r.choices) for r in requests]
         done: set[int] = set()
         with self._context(subject) as model, torch.inference_mode():
@@ -675,7 +714,8 @@ class Evaluator:
             with self._context(subject) as model, torch.inference_mode():
                 for start in range(0, len(prompts), batch_size):
                     chunk = prompts[start: start + batch_size]
-                    texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in chunk]
+                    texts = [render(tok, for_format(m, self.prompting.prompt_format), add_generation_prompt=True,
+                                    template_date=self.prompting.template_date) for m in chunk]
                     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
                     out = model.generate(
                         **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
@@ -745,10 +785,11 @@ def score_questions(
     """Per question: what every metric picks (with the question, and with it removed)."""
     tok = evaluator.tokenizer
     requests: list[Request] = []
+    how = evaluator.prompting
     for q in questions:
-        requests += [options_request(tok, system, q), lettered_request(tok, system, q)]
+        requests += [options_request(tok, system, q, prompting=how), lettered_request(tok, system, q, prompting=how)]
         if question_removed:
-            requests += [options_request(tok, system, q, True), lettered_request(tok, system, q, True)]
+            requests += [options_request(tok, system, q, True, how), lettered_request(tok, system, q, True, how)]
     scores = evaluator.loglikelihoods(subject, requests, system, cfg.batch_size, progress)
     per = 4 if question_removed else 2
     out = []
@@ -854,6 +895,7 @@ def safety_check(
     """Crisis routing (model-independent) and the model's replies to the held-out cases."""
     from bot.prompt import build_prompt
     from bot.safety import triage
+    from bot.tasks import classify_task
 
     crisis = crisis_routing(cases, pack)
     reply_cases = [c for c in cases if c.kind in REPLY_KINDS]
@@ -863,7 +905,8 @@ def safety_check(
         detected.append(bool(verdict.red_flags))
         advice = [flag.advice for flag in pack.red_flags if flag.id in verdict.red_flags]
         prompts.append(build_prompt(pack, [], case.text, count_tokens=evaluator.count_tokens,
-                                    budget=cfg.prompt_budget, red_flag_advice=advice))
+                                    budget=cfg.prompt_budget, red_flag_advice=advice,
+                                    task=classify_task(case.text)))  # as the service prompts it
     started = time.perf_counter()
     replies = evaluator.generate(subject, prompts, cfg.max_new_tokens, cfg.generation_batch_size) if prompts else []
     if progress is not None:
@@ -918,7 +961,7 @@ def evaluate(
     if cfg.safety and safety_cases is None:
         safety_cases = configured_safety_cases(pack, cfg)
     started = time.perf_counter()
-    evaluator = Evaluator(base_model, subjects)
+    evaluator = Evaluator(base_model, subjects, cfg.template_date)
     evaluator._random_seed = cfg.random_seed
     load_seconds = time.perf_counter() - started
     runs = {}
@@ -953,8 +996,9 @@ def suite_hash(questions: Sequence[Question], system: str, cfg: EvalConfig,
                safety_cases: Sequence[SafetyCase] | None) -> str:
     """``eval_hash`` of a whole evaluation as configured by ``cfg``."""
     if not cfg.safety:
-        return eval_hash(questions, system)
-    return eval_hash(questions, system, safety_cases=safety_cases or [], max_new_tokens=cfg.max_new_tokens)
+        return eval_hash(questions, system, template_date=cfg.template_date)
+    return eval_hash(questions, system, safety_cases=safety_cases or [], max_new_tokens=cfg.max_new_tokens,
+                     template_date=cfg.template_date)
 
 
 def planned_hash(pack: Any, cfg: EvalConfig, safety_cases: Sequence[SafetyCase] | None = None) -> str:

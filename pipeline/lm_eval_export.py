@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bot.chat_format import DEFAULT_TEMPLATE_DATE, model_prompt_format
 from pipeline import evaluate as ev
 
 
@@ -62,11 +63,14 @@ def _slug(text: str) -> str:
 
 
 def export_lm_eval(out_dir: Path, pack: Any, tokenizer_path: str | Path, *, open_book: bool = False,
-                   limit_per_task: int | None = None) -> dict[str, Any]:
-    """Write the data and task YAML files for every split; returns {"tasks": [...], "files": [...]}."""
+                   limit_per_task: int | None = None, template_date: str = DEFAULT_TEMPLATE_DATE) -> dict[str, Any]:
+    """Write the data and task YAML files for every split; returns {"tasks": [...], "files": [...]}.
+    Contexts are rendered as ``llm4sweat eval`` renders them: task line, the model's prompt
+    format, ``template_date``."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+    prompting = ev.Prompting(model_prompt_format(tokenizer_path), template_date)
     questions = ev.questions_from_pack(pack, limit_per_task)
     if not questions:
         raise ValueError("the pack has no evaluation questions")
@@ -79,8 +83,8 @@ def export_lm_eval(out_dir: Path, pack: Any, tokenizer_path: str | Path, *, open
     for split in ev.splits_of(questions):
         rows = []
         for q in (q for q in questions if q.split == split):
-            options = ev.options_request(tokenizer, system, q)
-            lettered = ev.lettered_request(tokenizer, system, q)
+            options = ev.options_request(tokenizer, system, q, prompting=prompting)
+            lettered = ev.lettered_request(tokenizer, system, q, prompting=prompting)
             rows.append({"id": q.id, "task": q.task, "split": q.split, "question": q.question,
                          "options": list(options.choices), "gold": q.answer, "prompt": options.context,
                          "lettered_prompt": lettered.context, "letters": list(lettered.choices)})

@@ -56,6 +56,7 @@ class _Shim:
 
 def train(cfg: Settings, console: Console, *, base_model: str | None, dataset_file: Path | None, out: Path | None,
           register: bool, max_steps: int | None, val_fraction: float) -> int:
+    from bot.chat_format import with_task
     from pipeline.packs import load_pack
     from pipeline.training import TrainProgress, TrainingCancelled, train_lora
 
@@ -69,7 +70,8 @@ def train(cfg: Settings, console: Console, *, base_model: str | None, dataset_fi
             version = await rt.next_version(db, Path(cfg.adapters_path)) if out is None else None
             if dataset_file is not None:
                 rows = [json.loads(line) for line in dataset_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-                examples = [r["messages"] if isinstance(r, dict) else r for r in rows]
+                # rows with a task get their task line, as the database export gives them
+                examples = [with_task(r["messages"], r.get("task")) if isinstance(r, dict) else r for r in rows]
                 from pipeline.packs import find_eval_leaks
 
                 texts = ["\n".join(m["content"] for m in ex if m.get("role") != "system") for ex in examples]
@@ -104,7 +106,7 @@ def train(cfg: Settings, console: Console, *, base_model: str | None, dataset_fi
 
         try:
             result = train_lora(base, examples, target, cfg.training, val_fraction=val_fraction, progress=on_progress,
-                                max_steps=max_steps)
+                                max_steps=max_steps, template_date=cfg.prompt.template_date)
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted: no adapter was written.[/yellow]")
             return 130
@@ -197,7 +199,7 @@ def evaluate(cfg: Settings, console: Console, *, base_model: str | None, adapter
         console.print("[red]Nothing to evaluate.[/red]")
         return 2
     cfg_eval = ev.EvalConfig(limit_per_task=limit, safety=safety, prompt_budget=cfg.prompt.token_budget,
-                             open_book=open_book, controls=controls)
+                             open_book=open_book, controls=controls, template_date=cfg.prompt.template_date)
     console.print(f"Evaluating {', '.join(s.label for s in subjects)} on {base} "
                   f"({'OPEN book: guidance.md in every prompt' if open_book else 'closed book'})")
     with _progress(console) as bar:
@@ -258,7 +260,7 @@ def export_lm_eval(cfg: Settings, console: Console, *, out: Path, base_model: st
 
     pack = load_pack(cfg.pack_path)
     base = base_model_for(cfg, base_model)
-    info = export(out, pack, base, open_book=open_book)
+    info = export(out, pack, base, open_book=open_book, template_date=cfg.prompt.template_date)
     console.print(f"Wrote {len(info['files'])} files to {out} ({info['book']} book, prompts rendered with the chat "
                   f"template of {base}).", highlight=False, markup=False)
     console.print(f"Run: lm_eval --model hf --model_args pretrained=MODEL --tasks {','.join(info['tasks'])} "

@@ -527,10 +527,14 @@ class ConditionPack(BaseModel):
         return self.crisis.render(region)
 
     # -- data for training and evaluation -------------------------------------------------
-    def seed_conversations(self) -> list[list[dict[str, str]]]:
-        """One chat (system, user, assistant) per seed vignette, in the ``messages`` format."""
+    def seed_conversations(self, labelled: bool = False) -> list[list[dict[str, str]]]:
+        """One chat (system, user, assistant) per seed vignette, in the ``messages`` format;
+        ``labelled``: the system turn ends with the seed's task line, as a model is trained
+        (``bot.chat_format.with_task``; the dataset export adds it to stored examples)."""
+        from bot.chat_format import with_task
+
         system = self.system_message()
-        return [
+        conversations = [
             [
                 {"role": "system", "content": system},
                 {"role": "user", "content": seed.question},
@@ -538,6 +542,9 @@ class ConditionPack(BaseModel):
             ]
             for seed in self.seeds
         ]
+        if labelled:
+            conversations = [with_task(c, seed.task) for c, seed in zip(conversations, self.seeds)]
+        return conversations
 
     def eval_by_task(self, split: str | None = None) -> dict[str, list[EvalQuestion]]:
         """Questions grouped by task (every declared task present), from one split if given."""

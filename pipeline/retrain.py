@@ -429,7 +429,8 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
 
     version = await next_version(db, adapters_dir)
     out_dir = adapters_dir / version
-    eval_cfg = ev.EvalConfig(**{"prompt_budget": settings.prompt.token_budget, **options.eval})
+    eval_cfg = ev.EvalConfig(**{"prompt_budget": settings.prompt.token_budget,
+                                "template_date": settings.prompt.template_date, **options.eval})
     wanted_hash = await asyncio.to_thread(ev.planned_hash, pack, eval_cfg)
 
     # Base model and live adapter are evaluated beside the candidate unless an earlier
@@ -457,6 +458,7 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
         "out_dir": str(out_dir),
         "version": version,
         "training": settings.training.model_dump(mode="json"),
+        "template_date": settings.prompt.template_date,  # the date the chat template prints, as serving
         "val_fraction": options.val_fraction,
         "seed": options.seed,
         "max_steps": options.max_steps,

@@ -108,6 +108,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 val_fraction=float(spec.get("val_fraction", 0.1)), seed=int(spec.get("seed", 0)),
                 progress=on_progress, cancel=STATE.should_stop,
                 max_steps=spec.get("max_steps"), max_seconds=spec.get("max_seconds"),
+                **({"template_date": spec["template_date"]} if "template_date" in spec else {}),
             )
         except TrainingCancelled:
             raise Cancelled("training cancelled") from None

@@ -13,7 +13,10 @@ Why this shape:
   renamed into place at the very end. A Ctrl-C, a cancel or a crash therefore never leaves a
   half-written adapter where the registry expects a finished one.
 - Every adapter carries ``manifest.json`` (base model, dataset hash, settings, metrics,
-  time, code version) so an adapter on disk can always be traced to what made it.
+  time, code version, prompt format) so an adapter on disk can always be traced to what made it.
+- Examples are rendered exactly as serving renders them (``bot.chat_format``): the base
+  model's prompt format (the demo model: system cut to its task line) and the pinned template
+  date. The task line itself comes with the examples (the dataset export adds it).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bot.chat_format import DEFAULT_TEMPLATE_DATE, for_format, model_prompt_format, render
 from bot.files import make_private
 from bot.settings import TrainingSettings
 
@@ -93,19 +97,21 @@ def dataset_hash(examples: Sequence[Messages]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _render(tokenizer: Any, messages: Messages, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def tokenize_example(tokenizer: Any, messages: Messages, max_length: int) -> dict[str, list[int]]:
+def tokenize_example(tokenizer: Any, messages: Messages, max_length: int,
+                     template_date: str = DEFAULT_TEMPLATE_DATE) -> dict[str, list[int]]:
     """Token ids and labels for one conversation; only assistant turns carry a loss.
 
     For each assistant message the conversation is rendered up to it with the generation
     prompt (everything the model is given) and up to and including it; the characters in
     between are the assistant's reply plus its end-of-turn token, which the model must learn
     to write. Tokens are labelled from character offsets, so a BPE merge across the
-    boundary cannot shift the mask. Right-truncated to ``max_length``.
+    boundary cannot shift the mask. Right-truncated to ``max_length``. Rendered with
+    ``bot.chat_format.render`` and ``template_date``, as serving renders a prompt.
     """
+
+    def _render(tokenizer: Any, messages: Messages, add_generation_prompt: bool) -> str:
+        return render(tokenizer, messages, add_generation_prompt=add_generation_prompt, template_date=template_date)
+
     full_text = _render(tokenizer, messages, add_generation_prompt=False)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
@@ -130,6 +136,18 @@ def tokenize_example(tokenizer: Any, messages: Messages, max_length: int) -> dic
             labels[t] = input_ids[t]
     input_ids, labels = input_ids[:max_length], labels[:max_length]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def training_rows(tokenizer: Any, examples: Sequence[Messages], prompt_format: str, max_length: int,
+                  template_date: str = DEFAULT_TEMPLATE_DATE) -> list[dict[str, list[int]]]:
+    """What the trainer feeds the model for ``examples``: each in the base model's prompt
+    format (``bot.chat_format.for_format``), tokenized by :func:`tokenize_example`; examples
+    with no assistant token within ``max_length`` are left out (with a warning)."""
+    rows = [tokenize_example(tokenizer, for_format(c, prompt_format), max_length, template_date) for c in examples]
+    kept = [r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])]
+    if len(kept) < len(rows):
+        logger.warning("%d examples have no assistant tokens within max_length and are skipped", len(rows) - len(kept))
+    return kept
 
 
 class _Collator:
@@ -261,6 +279,7 @@ def train_lora(
     early_stopping_patience: int = 2,
     overwrite: bool = False,
     num_threads: int | None = None,
+    template_date: str = DEFAULT_TEMPLATE_DATE,
 ) -> TrainResult:
     """Fine-tune ``base_model`` on chat ``examples``; write the result at ``out_dir``.
 
@@ -275,6 +294,10 @@ def train_lora(
     torch's default, except 1 for tiny models (< 20M parameters). Pass 1 when another
     process (the serving bot) shares a small CPU: OpenMP threads that compete for cores with
     another process can make training ten times slower (see bench/bench_training.py).
+
+    ``template_date`` (``prompt.template_date``) is the date the chat template prints; the
+    examples are given in the base model's prompt format (``bot.chat_format``), as serving
+    gives them.
     """
     import torch
 
@@ -289,6 +312,7 @@ def train_lora(
             base_model, examples, out_dir, cfg, val_fraction=val_fraction, seed=seed, progress=progress,
             full_finetune=full_finetune, cancel=cancel, max_steps=max_steps, max_seconds=max_seconds,
             early_stopping_patience=early_stopping_patience, overwrite=overwrite, num_threads=num_threads,
+            template_date=template_date,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -310,6 +334,7 @@ def _train(
     early_stopping_patience: int,
     overwrite: bool,
     num_threads: int | None,
+    template_date: str,
 ) -> TrainResult:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -330,16 +355,10 @@ def _train(
     tokenizer = AutoTokenizer.from_pretrained(str(base_model), local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    prompt_format = model_prompt_format(base_model)
     train_msgs, val_msgs = split_examples(examples, val_fraction, seed)
-
-    def encode(convs: list[Messages]) -> list[dict[str, list[int]]]:
-        rows = [tokenize_example(tokenizer, c, cfg.max_length) for c in convs]
-        kept = [r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])]
-        if len(kept) < len(rows):
-            logger.warning("%d examples have no assistant tokens within max_length and are skipped", len(rows) - len(kept))
-        return kept
-
-    train_rows, val_rows = encode(train_msgs), encode(val_msgs)
+    train_rows = training_rows(tokenizer, train_msgs, prompt_format, cfg.max_length, template_date)
+    val_rows = training_rows(tokenizer, val_msgs, prompt_format, cfg.max_length, template_date)
     if not train_rows:
         raise ValueError("no training example has an assistant reply within max_length")
 
@@ -434,6 +453,7 @@ def _train(
             "val_fraction": val_fraction,
             "seed": seed,
             "settings": cfg.model_dump(mode="json"),
+            "prompt": {"format": prompt_format, "template_date": template_date, "task_line": "Task: <task>"},
             "metrics": {
                 "train_loss": train_loss,
                 "val_loss": val_loss,

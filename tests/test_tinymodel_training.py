@@ -195,16 +195,21 @@ async def test_demo_model_builds_once_and_is_labelled(tmp_path: Path, monkeypatc
     assert demo.build_demo_model(tmp_path, seeds) == path  # second call: reused
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == ["demo-model"]
-    # Served by the local backend, which leaves out the system prompt the demo never learned.
+    assert marker["prompt_format"] == "task_only"
+    # Served by the local backend in the format it was trained with: the system turn cut to its
+    # task line (the pack's long system prompt is left out).
+    from bot.chat_format import with_task
     from bot.inference.local_backend import LocalBackend
     from bot.settings import InferenceSettings
 
     backend = LocalBackend(InferenceSettings(max_new_tokens=8, temperature=0.0), str(path))
     await backend.start()
     try:
-        assert backend._drop_system
-        long_system = {"role": "system", "content": "Guidance. " * 300}
-        reply = await backend.generate([long_system, {"role": "user", "content": "My feet sweat."}])
+        assert backend.prompt_format == "task_only"
+        served = with_task([{"role": "system", "content": "Guidance. " * 300},
+                            {"role": "user", "content": "My feet sweat."}], "treatment")
+        assert backend.prompt_text(served).count("Guidance") == 0 and "Task: treatment" in backend.prompt_text(served)
+        reply = await backend.generate(served)
         assert reply.prompt_tokens < 40 and reply.completion_tokens > 0
     finally:
         await backend.close()

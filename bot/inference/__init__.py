@@ -33,7 +33,9 @@ def make_backend(settings: Settings, model_path: str | None = None) -> Inference
     if kind == "openai":
         from bot.inference.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(settings.inference, model=model_path or settings.inference.base_model)
+        return OpenAIBackend(settings.inference, model=model_path or settings.inference.base_model,
+                             template_date=settings.prompt.template_date)
     from bot.inference.local_backend import LocalBackend
 
-    return LocalBackend(settings.inference, model_path=model_path or settings.inference.base_model)
+    return LocalBackend(settings.inference, model_path=model_path or settings.inference.base_model,
+                        template_date=settings.prompt.template_date)

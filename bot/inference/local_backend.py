@@ -42,6 +42,7 @@ from bot.inference.base import (
     ModelUnavailable,
     approx_tokens,
 )
+from bot.chat_format import DEFAULT_TEMPLATE_DATE, for_format, model_prompt_format, render
 from bot.settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
@@ -89,11 +90,14 @@ class LocalBackend:
         adapter_version: str | None = None,
         adapter_path: Path | str | None = None,
         num_threads: int | None = None,
+        template_date: str = DEFAULT_TEMPLATE_DATE,
     ):
         """``adapter_version``/``adapter_path``: the adapter to serve from start (falls back to
         the base model with a warning). ``num_threads``: torch CPU threads (process-wide);
-        None = torch's default, except 1 for tiny models (see ``_load_model``)."""
+        None = torch's default, except 1 for tiny models (see ``_load_model``).
+        ``template_date``: the date the chat template prints (``prompt.template_date``)."""
         self.settings = settings
+        self.template_date = template_date
         self._num_threads = num_threads
         self.model_path = str(model_path)
         self._initial_adapter = (adapter_version, Path(adapter_path) if adapter_path else None)
@@ -108,7 +112,7 @@ class LocalBackend:
         self._peft: Any = None
         self._device = "cpu"
         self._eos_ids: list[int] = []
-        self._drop_system = False  # the offline demo model was trained without system messages
+        self.prompt_format = "full"  # the offline demo model: "task_only" (bot/chat_format.py)
         # The live adapter; read by the batcher once per batch, written only by swap_adapter.
         self._active: _Adapter | None = None
         self._names = itertools.count(1)
@@ -228,9 +232,10 @@ class LocalBackend:
         if isinstance(eot, int) and eot != tokenizer.unk_token_id and eot not in eos:
             eos.append(eot)
         self._tokenizer, self._base, self._eos_ids = tokenizer, model, eos
-        self._drop_system = _model_drops_system_messages(Path(self.model_path))
-        if self._drop_system:
-            logger.info("%s is the offline demo model: system messages are left out of its prompts", self.model_path)
+        self.prompt_format = model_prompt_format(self.model_path)
+        if self.prompt_format != "full":
+            logger.info("%s was trained with prompt format %s: its prompts are given that way", self.model_path,
+                        self.prompt_format)
         logger.info("local model %s loaded on %s", self.model_path, self._device)
 
     # --- generation ----------------------------------------------------------------------------
@@ -333,11 +338,15 @@ class LocalBackend:
                     outputs[i] = out
         return [o for o in outputs if o is not None]
 
-    def _prompt_messages(self, messages: ChatMessages) -> ChatMessages:
-        if self._drop_system:
-            kept = [m for m in messages if m.get("role") != "system"]
-            return kept or messages
-        return messages
+    def prompt_text(self, messages: ChatMessages) -> str:
+        """The text the model is given for ``messages``: its prompt format, the chat template,
+        the pinned date, the assistant turn opened (``pipeline.training`` builds the same)."""
+        return render(self._tokenizer, for_format(messages, self.prompt_format), add_generation_prompt=True,
+                      template_date=self.template_date)
+
+    def prompt_ids(self, messages: ChatMessages) -> list[int]:
+        """The token ids the model is given for ``messages``."""
+        return list(self._tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"])
 
     @contextlib.contextmanager
     def _select(self, adapter: _Adapter | None):
@@ -355,10 +364,7 @@ class LocalBackend:
 
     def _generate_group(self, model: Any, group: list[_Request], temperature: float) -> list[_Output]:
         tok = self._tokenizer
-        prompts = [
-            tok.apply_chat_template(self._prompt_messages(r.messages), tokenize=False, add_generation_prompt=True)
-            for r in group
-        ]
+        prompts = [self.prompt_text(r.messages) for r in group]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max(r.max_tokens for r in group),
@@ -492,15 +498,6 @@ class LocalBackend:
                 "last_swap_s": self.swap_times[-1] if self.swap_times else None,
             },
         )
-
-
-def _model_drops_system_messages(model_dir: Path) -> bool:
-    """True for the offline demo model, whose marker says it learned without system messages."""
-    try:
-        marker = json.loads((model_dir / "demo.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("demo") is True and marker.get("drop_system_messages") is True
 
 
 def _check_adapter_dir(version: str, path: Path | str | None) -> Path:

@@ -55,6 +55,7 @@ from bot.inference.base import (
     ModelUnavailable,
     approx_tokens,
 )
+from bot.chat_format import DEFAULT_TEMPLATE_DATE, template_kwargs
 from bot.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,12 @@ class _RetryElsewhere(Exception):
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, settings: InferenceSettings, model: str):
+    def __init__(self, settings: InferenceSettings, model: str, *, template_date: str = DEFAULT_TEMPLATE_DATE):
+        """``template_date``: the date the server's chat template prints (``prompt.template_date``),
+        sent as ``chat_template_kwargs`` (vLLM renders the template itself); empty: not sent."""
         self.settings = settings
         self.base_model = model
+        self._extra_body = template_kwargs(template_date) if template_date else None
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "EMPTY"
         self._headers = {"Authorization": f"Bearer {key}"}
         urls: list[str] = []
@@ -298,6 +302,7 @@ class OpenAIBackend:
                 messages=messages,  # type: ignore[arg-type]
                 max_tokens=max_tokens or self.settings.max_new_tokens,
                 temperature=self.settings.temperature if temperature is None else temperature,
+                extra_body=self._extra_body,
             )
         except openai.APIConnectionError as exc:  # also APITimeoutError
             raise _RetryElsewhere(f"{type(exc).__name__}: {exc}", take_down=not isinstance(exc, openai.APITimeoutError))
