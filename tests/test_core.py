@@ -97,7 +97,8 @@ async def test_edit_reaches_patient_and_dataset(service):
     assert "Anna" not in messages[1]["content"] and "[name]" in messages[1]["content"]
     provenance = json.loads(rows[0]["provenance"])
     assert provenance["original_reply"] == scrub(reply["text"]) and provenance["reviewers"] == ["local:rev1"]
-    assert messages[0]["content"] == service.pack.system_message()
+    # the system prompt as sent, ending with the task line the model was given
+    assert messages[0]["content"] == service.pack.system_message() + "\n\nTask: treatment" and rows[0]["task"] == "treatment"
     # deciding again, by the same or another reviewer, changes nothing and adds no example
     again = await service.core.decide(result.item_id, REVIEWER, Action.APPROVE)
     other = await service.core.decide(result.item_id, REVIEWER2, Action.REJECT)
