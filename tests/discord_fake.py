@@ -904,8 +904,9 @@ class FakeDiscord:
     # ------------------------------------------------------------------ acting as users
 
     async def say(self, user_id: str, channel_id: str, content: str, *, mention_bot: bool = False,
-                  reply_to: str | None = None, attachments: int = 0) -> dict[str, Any]:
-        """A member posts a message (MESSAGE_CREATE), within what Discord lets a member send."""
+                  reply_to: str | None = None, attachments: int = 0, deliver: bool = True) -> dict[str, Any]:
+        """A member posts a message (MESSAGE_CREATE), within what Discord lets a member send.
+        ``deliver=False``: the message is in the channel but the bot's session never gets the event."""
         if len(content) > USER_CONTENT_MAX:
             raise AssertionError(f"Discord does not let a member send {len(content)} characters (max {USER_CONTENT_MAX})")
         archived = self._archived(channel_id)
@@ -928,7 +929,8 @@ class FakeDiscord:
                                     for i in range(attachments)]
         message = self._message_payload(channel_id, user_id, content, **extra)
         self.messages[message["id"]] = message
-        await self.dispatch("MESSAGE_CREATE", message)
+        if deliver:
+            await self.dispatch("MESSAGE_CREATE", message)
         return message
 
     async def react(self, user_id: str, channel_id: str, message_id: str, emoji: str) -> None:

@@ -502,6 +502,14 @@ class FakeSlack:
         self.user_messages.append(event)
         return dict(event)
 
+    def record_user_message(self, event: dict[str, Any]) -> None:
+        """What a person wrote is in Slack's history whether or not the app got the event."""
+        if event.get("type") not in ("message", "app_mention") or event.get("bot_id") or event.get("subtype") \
+                not in (None, "file_share", "thread_broadcast") or not event.get("ts") or not event.get("channel"):
+            return
+        if not any(m["ts"] == event.get("ts") and m["channel"] == event.get("channel") for m in self.user_messages):
+            self.user_messages.append({k: v for k, v in event.items() if k != "event_ts"} | {"type": "message"})
+
     def _all_in(self, channel: str) -> list[dict[str, Any]]:
         stored = [dict(m, type="message") for m in self.messages.values() if m["channel"] == channel]
         stored += [m for m in self.user_messages if m["channel"] == channel]
@@ -607,6 +615,8 @@ class FakeSlack:
         """Push one envelope to the connected app; returns its envelope_id. Slack waits
         ``ack_deadline_s`` for the ack; a late one is recorded and an event is sent again."""
         await self.wait_for(lambda: self.ws is not None and not self.ws.closed)
+        if kind == "events_api":
+            self.record_user_message(payload.get("event") or {})
         envelope_id = uuid.uuid4().hex
         envelope: dict[str, Any] = {"envelope_id": envelope_id, "type": kind, "payload": payload,
                                     "accepts_response_payload": kind != "events_api"}

@@ -769,3 +769,69 @@ async def test_render_patient_parts():
     parts = render.patient_parts(PatientView(ViewKind.REVIEWED, text, LABEL_APPROVED, "d"))
     assert len(parts) == 2 and all(len(p) <= 2000 for p in parts) and parts[-1].endswith("d")
     assert re.sub(r"\s+", " ", " ".join(p.split("\n\n-#")[0] for p in parts)) == re.sub(r"\s+", " ", text)
+
+
+# ---------------------------------------------------------------------- restarts
+
+
+async def test_messages_posted_while_the_bot_was_stopped_are_answered_once(tmp_path, fake, people):
+    """Discord replays nothing to a new session: a follow-up in a patient's thread, a DM and a new
+    question in the support channel, all written while the bot was stopped, are fetched when it
+    starts again (history after the last stored message) and answered once, even when the
+    catch-up runs twice at once or after another restart."""
+    first = await Bot(tmp_path, fake).start()
+    dm = fake.dm_channel(people["other"])
+    try:
+        thread = await first.ask(people["patient"], "Do antiperspirants work on hands?")
+        await fake.say(people["other"], dm, "Private question: is iontophoresis safe?")
+        await fake.wait_for(lambda: any(REPLY in m["content"] for m in fake.bot_messages(dm)), what="the DM answer")
+    finally:
+        await first.stop()
+    in_thread = len(thread_texts(fake, thread["id"]))
+    in_dm = len(fake.bot_messages(dm))
+
+    # while the bot is stopped
+    await fake.say(people["patient"], thread["id"], "And does it work on feet as well?")
+    await fake.say(people["other"], dm, "Also, how often would I need it?")
+    newcomer = fake.add_member("kai")
+    question = await fake.say(newcomer, fake.support_id, "Is excessive sweating hereditary?")
+    await fake.say(people["reviewer"], fake.reviewer_channel_id, "reviewers chatting meanwhile")
+
+    second = await Bot(tmp_path, fake).start()
+    try:
+        await asyncio.wait_for(second.platform.caught_up.wait(), 15)
+        assert len(second.backend.calls) == 3  # the follow-up, the DM and the new question; not the reviewers
+        assert len(thread_texts(fake, thread["id"])) == in_thread + 1
+        assert len(fake.bot_messages(dm)) == in_dm + 1
+        assert question["id"] in fake.threads  # the new question got its own thread, and an answer
+        assert any(REPLY in t for t in thread_texts(fake, question["id"]))
+        history = [c for c in fake.calls_to("GET", r"/channels/\d+/messages") if "after" in c.query]
+        assert {c.path.split("/")[2] for c in history} >= {thread["id"], dm, fake.support_id}
+        stored = await second.service.db.fetchval("SELECT COUNT(*) FROM messages")
+        # run again twice at once: nothing is answered a second time
+        await asyncio.gather(second.platform.catch_up(), second.platform.catch_up())
+        assert len(second.backend.calls) == 3
+        assert await second.service.db.fetchval("SELECT COUNT(*) FROM messages") == stored
+    finally:
+        await second.stop()
+
+    third = await Bot(tmp_path, fake).start()
+    try:
+        await asyncio.wait_for(third.platform.caught_up.wait(), 15)
+        assert not third.backend.calls
+    finally:
+        await third.stop()
+
+
+async def test_catching_up_three_times_at_once_answers_each_message_once(bot, fake, people):
+    """Messages the session never received (lost events) are found by the catch-up; three
+    catch-ups at once (a reconnect while one runs) hand each message to the core once."""
+    thread = await bot.ask(people["patient"], "Can sweating be treated with a cream?")
+    await fake.say(people["patient"], thread["id"], "And would it help my feet too?", deliver=False)
+    await fake.say(people["other"], fake.support_id, "Does botox hurt?", deliver=False)
+    calls = len(bot.backend.calls)
+    await asyncio.gather(*(bot.platform.catch_up() for _ in range(3)))
+    await fake.wait_for(lambda: len(bot.backend.calls) >= calls + 2, what="both answered")
+    await bot.platform.catch_up()
+    assert len(bot.backend.calls) == calls + 2
+    assert await bot.service.db.fetchval("SELECT COUNT(*) FROM messages") == 3

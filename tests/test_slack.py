@@ -118,6 +118,7 @@ class SignedHTTP(SlackHTTP):
         headers = {}
         if retry_num:
             headers = {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"}
+        self.fake.record_user_message(event)
         return await self.post(json.dumps(event_body(event, event_id)), "application/json", headers, kind="event",
                                retry=retry_num or 0, **kwargs)
 
@@ -990,3 +991,41 @@ async def test_llm4sweat_run_connects_in_socket_mode(tmp_path, fake):
     assert proc.returncode == 0, output[-2000:]
     assert "connected in Socket Mode" in output and "slack: disconnected" in output
     assert BOT_TOKEN not in output and APP_TOKEN not in output
+
+
+# ====================================================================== restarts
+
+
+async def test_messages_posted_while_the_app_was_stopped_are_answered_once(tmp_path, fake):
+    """Slack retries an event for a few minutes only: a follow-up in a patient's thread and a new
+    question in the support channel, written while the app was stopped, are fetched when it
+    starts (conversations.replies / conversations.history after the last stored message) and
+    answered once; Slack's late retry of one of them, and another restart, answer nothing again."""
+    async with running(tmp_path, fake) as (service, runner):
+        http = SignedHTTP(fake, runner.url)
+        ts, _ = await ask(http, fake, "Which antiperspirant works for hands?")
+        await http.close()
+    # while the app is stopped
+    follow_up = fake.post_as_user(SUPPORT, PATIENT, "And does it work on feet too?", thread_ts=ts)
+    question = fake.post_as_user(SUPPORT, PATIENT2, "Is hyperhidrosis hereditary?")
+    fake.post_as_user(OTHER, STRANGER, "lunch anyone?")  # not a support channel: not read, not answered
+
+    async with running(tmp_path, fake) as (service, runner):
+        await asyncio.wait_for(runner.platform.caught_up.wait(), 10)
+        assert len(service.backend.calls) == 2
+        assert len(fake.thread(SUPPORT, ts)) == 3  # notice, the first answer, the follow-up's answer
+        assert len(fake.thread(SUPPORT, question["ts"])) == 2  # a first contact: notice, answer
+        replies = fake.calls_to("conversations.replies")
+        assert [(c.args["ts"], c.args["oldest"]) for c in replies] == [(ts, ts)]
+        assert {c.args["channel"] for c in fake.calls_to("conversations.history")} == {SUPPORT}
+        # Slack's retry of the follow-up's event arrives late: recognised, not answered again
+        http = SignedHTTP(fake, runner.url)
+        assert (await http.event(follow_up, retry_num=3))[0] == 200
+        await runner.platform.drain()
+        await http.close()
+        assert len(service.backend.calls) == 2
+        assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 3
+
+    async with running(tmp_path, fake) as (service, runner):
+        await asyncio.wait_for(runner.platform.caught_up.wait(), 10)
+        assert not service.backend.calls

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, TypeVar
 import discord
 from discord import app_commands
 
+from bot import catchup
 from bot.platform import ConnectionState, PlatformHealth, PlatformStartError
 from bot.discord_platform import render
 from bot.discord_platform.components import DYNAMIC_ITEMS
@@ -93,6 +94,8 @@ class L4SClient(discord.Client):
         log.info("Discord: connected as %s (%d guild(s))", self.user, len(self.guilds))
         self.platform.health.set(ConnectionState.CONNECTED)
         self.platform.ready.set()
+        # A new session (not a resume): Discord replays nothing, so look for what was missed.
+        self.platform._spawn(self.platform.catch_up(), "discord-catch-up")
 
     async def on_resumed(self) -> None:
         log.info("Discord: gateway session resumed")
@@ -156,6 +159,8 @@ class DiscordPlatform:
         # Rubric scores a reviewer chose on a card, recorded with their decision (lost on restart).
         self._rubrics: _Lru[tuple[int, str], dict[str, int]] = _Lru()
         self._background: set[asyncio.Task[Any]] = set()
+        self._handled: _Lru[int, bool] = _Lru()  # message ids handed to the core by this process
+        self.caught_up = asyncio.Event()  # set when a catch-up pass has finished
         self.cards = CoalescingThrottle(self.cfg.card_edit_interval_s, self._edit_card)
 
     # ------------------------------------------------------------------ lifecycle
@@ -263,10 +268,63 @@ class DiscordPlatform:
             return
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return
+        # At most once: a live event and the catch-up may bring the same message (bot/catchup.py).
+        if message.id in self._handled:
+            return
+        self._handled[message.id] = True
         try:
+            if await catchup.is_stored(self.service.db, PLATFORM, str(message.id)):
+                return
             await self._route(message)
         except Exception:
             log.exception("Discord: handling message %s failed", message.id)
+
+    async def catch_up(self) -> int:
+        """Hand the core what patients wrote while the bot was away (bot/catchup.py): follow-ups in
+        the threads and DMs of recent conversations, and new questions in the support channels
+        after the newest one stored. Returns how many messages were looked at."""
+        self.caught_up.clear()
+        seen = 0
+        try:
+            known = await catchup.known_conversations(self.service.db, PLATFORM, int)
+            places: dict[int, int] = {}  # channel or thread id -> read after this message id
+            for k in known:
+                if k.thread_id.isdigit():  # a thread, or a DM channel (in-place answers have no own channel)
+                    places[int(k.thread_id)] = max(places.get(int(k.thread_id), 0), int(k.last_message_id))
+            for channel_id in self._support_channel_ids():
+                newest = catchup.newest_in_channel(known, str(channel_id), int)
+                if newest is not None:
+                    places[channel_id] = max(places.get(channel_id, 0), int(newest))
+            for channel_id, after in places.items():
+                seen += await self._catch_up_in(channel_id, after)
+            if seen:
+                log.info("Discord: looked at %d message(s) posted while the bot was away", seen)
+        except Exception:
+            log.exception("Discord: catching up on missed messages failed")
+        finally:
+            self.caught_up.set()
+        return seen
+
+    async def _catch_up_in(self, channel_id: int, after: int) -> int:
+        try:
+            channel = self.client.get_channel(channel_id) or await self.client.fetch_channel(channel_id)
+            missed = [m async for m in channel.history(after=discord.Object(after), limit=catchup.MAX_MESSAGES_PER_PLACE,
+                                                        oldest_first=True)]
+        except discord.HTTPException as exc:
+            log.warning("Discord: cannot read what was missed in channel %s (%s %s)", channel_id, exc.status, exc.text)
+            return 0
+        if len(missed) == catchup.MAX_MESSAGES_PER_PLACE:
+            log.warning("Discord: %d or more messages were missed in channel %s; the first %d are answered",
+                        len(missed), channel_id, len(missed))
+        for message in missed:
+            await self.on_message(message)
+        return len(missed)
+
+    def _support_channel_ids(self) -> list[int]:
+        ids = set(self.cfg.support_channel_ids)
+        for guild in self.client.guilds:
+            ids.update(c.id for c in guild.text_channels if c.category_id in self.cfg.support_category_ids)
+        return sorted(ids)
 
     async def _route(self, message: discord.Message) -> None:
         channel = message.channel

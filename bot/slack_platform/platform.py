@@ -24,6 +24,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import catchup
 from bot.commands import COMMANDS
 from bot.platform import ConversationRef, IncomingMessage, PatientView, PlatformHealth, ReviewCard
 from bot.settings import SlackSettings
@@ -165,6 +166,7 @@ class SlackPlatform:
         self._names: dict[str, tuple[str, float]] = {}
         self._regions: dict[str, tuple[str | None, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.caught_up = asyncio.Event()  # set when a catch-up pass has finished
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -401,7 +403,7 @@ class SlackPlatform:
         channel, user, ts = event["channel"], event["user"], event["ts"]
         # A message mentioning the bot arrives twice (message + app_mention) under two event
         # ids, and a retry may arrive after a restart: the message itself is the key.
-        if not self._messages.add(f"{channel}:{ts}") or await self._already_stored(channel, ts):
+        if not self._messages.add(f"{channel}:{ts}") or await catchup.is_stored(self.service.db, PLATFORM, ts, channel):
             return
         if event.get("thread_ts"):
             owner = await self._thread_owner(channel, thread_ts)
@@ -430,13 +432,64 @@ class SlackPlatform:
         except Exception:
             log.exception("slack: handling message %s in %s failed", ts, channel)
 
-    async def _already_stored(self, channel: str, ts: str) -> bool:
-        row = await self.service.db.fetchone(
-            "SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-            " WHERE c.platform = ? AND c.channel_id = ? AND m.platform_message_id = ? LIMIT 1",
-            (PLATFORM, channel, ts),
-        )
-        return row is not None
+    # ------------------------------------------------------------------ what was missed
+
+    def spawn_catch_up(self) -> None:
+        self._spawn(self.catch_up())
+
+    async def catch_up(self) -> int:
+        """Hand the listeners what patients wrote while the app was away (bot/catchup.py): replies
+        in the threads of recent conversations (``conversations.replies``), and top-level messages
+        in DMs and support channels after the newest one stored (``conversations.history``).
+        Returns how many messages were looked at."""
+        self.caught_up.clear()
+        seen = 0
+        try:
+            known = await catchup.known_conversations(self.service.db, PLATFORM, float)
+            channels: dict[str, str] = {}  # channel -> top-level messages after this ts
+            for k in known:
+                if k.channel_id.startswith("D"):
+                    channels[k.channel_id] = max(channels.get(k.channel_id, "0"), k.last_message_id, key=float)
+                if k.thread_id != k.channel_id:
+                    seen += await self._catch_up(k.channel_id, k.last_message_id, thread_ts=k.thread_id)
+            for channel in self.cfg.support_channel_ids:
+                newest = catchup.newest_in_channel(known, channel, float)
+                if newest is not None:
+                    channels[channel] = max(channels.get(channel, "0"), newest, key=float)
+            for channel, oldest in channels.items():
+                seen += await self._catch_up(channel, oldest)
+            if seen:
+                log.info("slack: looked at %d message(s) posted while the app was away", seen)
+        except Exception:
+            log.exception("slack: catching up on missed messages failed")
+        finally:
+            self.caught_up.set()
+        return seen
+
+    async def _catch_up(self, channel: str, oldest: str, thread_ts: str | None = None) -> int:
+        missed: list[dict] = []
+        cursor = None
+        try:
+            while len(missed) < catchup.MAX_MESSAGES_PER_PLACE:
+                if thread_ts:
+                    page = await self.client.conversations_replies(channel=channel, ts=thread_ts, oldest=oldest,
+                                                                   limit=100, cursor=cursor)
+                else:
+                    page = await self.client.conversations_history(channel=channel, oldest=oldest, limit=100,
+                                                                   cursor=cursor)
+                missed += [m for m in page.get("messages") or [] if float(m.get("ts", 0)) > float(oldest)]
+                cursor = (page.get("response_metadata") or {}).get("next_cursor")
+                if not page.get("has_more") or not cursor:
+                    break
+        except SlackApiError as exc:
+            log.warning("slack: cannot read what was missed in %s (%s)", channel, _error(exc))
+        missed = sorted(missed, key=lambda m: float(m["ts"]))[: catchup.MAX_MESSAGES_PER_PLACE]
+        context = {"bot_user_id": self.bot_user_id}
+        for message in missed:
+            event = {**message, "type": "message", "channel": channel,
+                     "channel_type": "im" if channel.startswith("D") else "channel"}
+            await self._on_message(event, context)
+        return len(missed)
 
     async def _thread_owner(self, channel: str, thread_ts: str) -> str | None:
         row = await self.service.db.fetchone(

@@ -212,6 +212,7 @@ async def start_slack(service: "Service", health: PlatformHealth | None = None) 
         await runner.cleanup()
         raise
     platform.health.set(ConnectionState.CONNECTED)
+    platform.spawn_catch_up()  # what patients wrote while the app was away (bot/catchup.py)
     return runner
 
 
@@ -236,7 +237,10 @@ async def _start_socket(runner: SlackRunner, cfg: SlackSettings, client: AsyncWe
 
     async def on_message(message: Any) -> None:
         if '"type":"hello"' in str(getattr(message, "data", "")).replace(" ", ""):
+            reconnected = health.state == ConnectionState.CONNECTING and runner.socket_handler is not None
             health.set(ConnectionState.CONNECTED)
+            if reconnected:  # Slack retries events for minutes only: look for what a long gap lost
+                runner.platform.spawn_catch_up()
 
     async def on_close(message: Any) -> None:
         if not runner.ended.done():
