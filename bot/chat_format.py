@@ -115,9 +115,11 @@ def model_prompt_format(model_dir: str | Path) -> PromptFormat:
 
 def render(tokenizer: Any, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool,
            template_date: str = DEFAULT_TEMPLATE_DATE) -> str:
-    """The model's chat template applied to ``messages`` with the pinned date (text, not ids)."""
+    """The model's chat template applied to ``messages`` with the pinned date (text, not ids);
+    an empty ``template_date`` lets the template print what it likes (today's date)."""
+    extra = {"date_string": template_date} if template_date else {}
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         date_string=template_date)
+                                         **extra)
 
 
 def template_kwargs(template_date: str = DEFAULT_TEMPLATE_DATE) -> dict[str, Any]:

@@ -137,6 +137,7 @@ def test_the_template_date_is_pinned(dated_model_dir):
     pinned = render(tok, convo, add_generation_prompt=True)
     assert f"Today Date: {DEFAULT_TEMPLATE_DATE}\n" in pinned and today not in pinned
     assert "Today Date: 01 Mar 2025" in render(tok, convo, add_generation_prompt=True, template_date="01 Mar 2025")
+    assert f"Today Date: {today}" in render(tok, convo, add_generation_prompt=True, template_date="")  # not pinned
     assert load_settings().prompt.template_date == DEFAULT_TEMPLATE_DATE
 
 
@@ -213,3 +214,25 @@ def test_evaluation_contexts_are_rendered_as_serving_renders_them(pack, tiny_mod
 def test_the_evaluator_scores_with_the_models_format(demo_format_dir):
     evaluator = ev.Evaluator(demo_format_dir, template_date="06 Jun 2025")
     assert evaluator.prompting == ev.Prompting("task_only", "06 Jun 2025")
+
+
+async def test_vllm_is_asked_to_render_the_template_with_the_pinned_date():
+    """vLLM renders the chat template itself: the openai backend sends the date as
+    chat_template_kwargs, so the served prompt has the date training used."""
+    from bot.inference import make_backend
+    from tests.vllm_fake import FakeVLLM
+
+    server = await FakeVLLM().start()
+    try:
+        settings = load_settings(inference={"backend": "openai", "openai_base_url": server.url,
+                                            "openai_health_interval_s": 0, "base_model": "base"},
+                                 prompt={"template_date": "07 Jul 2025"})
+        backend = make_backend(settings)
+        await backend.start()
+        try:
+            await backend.generate([{"role": "user", "content": "Hi"}])
+        finally:
+            await backend.close()
+    finally:
+        await server.stop()
+    assert server.chat_bodies[-1]["chat_template_kwargs"] == {"date_string": "07 Jul 2025"}

@@ -48,6 +48,7 @@ class FakeVLLM:
     unloads: list[str] = field(default_factory=list)
     busy_unloads: list[str] = field(default_factory=list)  # unloaded while requests were running on it
     errors: list[tuple[int, str]] = field(default_factory=list)
+    chat_bodies: list[dict] = field(default_factory=list)  # every chat request's JSON body, in order
     lora_enabled: bool = True  # --enable-lora
     runtime_lora: bool = True  # VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
     api_key: str | None = None  # --api-key
@@ -151,6 +152,7 @@ class FakeVLLM:
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.chat_bodies.append(body)
         model = body["model"]
         if model != self.base_model and model not in self.loaded:
             return self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
