@@ -50,6 +50,9 @@ NOTICE_UNAVAILABLE = (
     "I'm sorry — the assistant is temporarily unavailable. Your message is saved and will be "
     "answered as soon as it is back."
 )
+NOTICE_SLOW = (
+    "This is taking longer than usual. Your message is saved; my answer will appear here as soon as it is ready."
+)
 NOTICE_PAUSED = (
     "The assistant is paused by the moderators for a short while. Your message is saved and will "
     "be answered when it resumes."
@@ -117,6 +120,7 @@ class ConversationCore:
         self.demo = demo
         self._conversation_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._working: set[int] = set()  # message ids this process is answering (claim held, maybe slow)
+        self._background: set[asyncio.Future[HandleResult]] = set()  # answers that outlived the live deadline
         self._last_outage_alert = float("-inf")  # monotonic time starts near 0 after a boot
         self._paused: bool | None = None  # cached; the database holds it across restarts
         self.safety = SafetyLayer(self)  # triage options, rate limit, fair model slots, reply checks
@@ -166,7 +170,8 @@ class ConversationCore:
             result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_PAUSED)))
             result.status = "paused"
             return result
-        self._merge(result, await self.answer(message_id, verdict=verdict))
+        self._merge(result, await self.answer(message_id, verdict=verdict,
+                                              deadline_s=self.settings.inference.deadline_s))
         return result
 
     @staticmethod
@@ -230,14 +235,18 @@ class ConversationCore:
         """Age after which an 'answering' claim is taken as abandoned by a crashed process."""
         return self.settings.inference.deadline_s + CLAIM_MARGIN_S
 
-    async def answer(self, message_id: int, verdict: Triage | None = None) -> HandleResult:
+    async def answer(self, message_id: int, verdict: Triage | None = None, *, deadline_s: float | None = None) -> HandleResult:
         """The one way a stored message gets answered: live, retry loop, /resume and start-up recovery.
 
         The message is claimed in the database by a compare-and-set (``status`` → 'answering');
         whoever loses the race finds nothing to do, so a message is answered at most once
         whatever the entry points. The per-conversation lock keeps one message of a conversation
         in the model at a time. A claim older than :attr:`claim_stale_s` belongs to a process
-        that died and may be taken again; this process never retakes its own (``_working``)."""
+        that died and may be taken again; this process never retakes its own (``_working``).
+
+        ``deadline_s`` (the live path): if the answer is not ready by then, the patient is told
+        once that it is coming, and the work goes on in the background; the reply is delivered
+        when it arrives (status 'delayed' is returned meanwhile)."""
         if message_id in self._working:
             return HandleResult(message_id, None, status="answering")
         conversation_id = await self.db.fetchval("SELECT conversation_id FROM messages WHERE id = ?", (message_id,))
@@ -245,8 +254,52 @@ class ConversationCore:
             return HandleResult(None, None, status="missing")
         if verdict is not None and verdict.crisis:  # no model involved: never waits behind a slow answer
             return await self._answer_claimed(message_id, conversation_id, verdict)
+        work = asyncio.ensure_future(self._answer_in_order(message_id, conversation_id, verdict))
+        if deadline_s is None:
+            return await work
+        try:
+            done, _ = await asyncio.wait({work}, timeout=deadline_s)
+        except asyncio.CancelledError:  # the caller went away: the answer still goes out
+            self._background.add(work)
+            work.add_done_callback(self._background_done)
+            raise
+        if work in done:
+            return work.result()
+        self._background.add(work)
+        work.add_done_callback(self._background_done)
+        return await self._tell_it_is_coming(message_id, conversation_id)
+
+    async def _answer_in_order(self, message_id: int, conversation_id: int, verdict: Triage | None) -> HandleResult:
         async with self._conversation_locks[conversation_id]:
             return await self._answer_claimed(message_id, conversation_id, verdict)
+
+    async def _tell_it_is_coming(self, message_id: int, conversation_id: int) -> HandleResult:
+        """The model deadline passed: a holding notice, once per message (outbox key), never the answer."""
+        row = await self.db.fetchone(
+            "SELECT c.platform, c.channel_id, c.thread_id, p.platform_user_id FROM conversations c"
+            " JOIN patients p ON p.id = c.patient_id WHERE c.id = ?", (conversation_id,))
+        view = PatientView(ViewKind.NOTICE, NOTICE_SLOW)
+        if row is not None:
+            conv = ConversationRef(conversation_id, row["platform"], row["channel_id"], row["thread_id"],
+                                   row["platform_user_id"])
+            claimed = await self.db.run(
+                lambda conn: self.outbox.enqueue(conn, [effects.patient_notice(f"slow:{message_id}", conv, view)]))
+            await self.outbox.apply(claimed)
+        log.warning("message %s: no answer within %.0f s; the patient was told it is coming", message_id,
+                    self.settings.inference.deadline_s)
+        return HandleResult(message_id, conversation_id, views=[view], status="delayed")
+
+    def _background_done(self, task: "asyncio.Future[HandleResult]") -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("answering in the background failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Stop answers still running in the background (their claims are given back for the retry loop)."""
+        running = list(self._background)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _answer_claimed(self, message_id: int, conversation_id: int, verdict: Triage | None) -> HandleResult:
         if message_id in self._working:
@@ -420,29 +473,55 @@ class ConversationCore:
         result.status = "queued_retry"
         return result
 
-    async def retry_queued(self, limit: int = 50) -> int:
+    async def retry_queued(self, limit: int = 200) -> int:
         """Answer messages left waiting (outage, pause, crash); returns how many got a reply.
 
         Candidates are messages queued for retry or paused, and messages received or claimed
         longer ago than the claim deadline (a live handler answers fresh ones itself); each
-        still goes through :meth:`answer`, whose claim decides."""
-        cutoff = now() - self.claim_stale_s
-        placeholders = ", ".join("?" * len(CLAIMABLE_STATUSES))
-        rows = await self.db.fetchall(
-            f"SELECT id FROM messages WHERE (status IN ({placeholders}) AND (status != 'received' OR created_at < ?))"
-            " OR (status = 'answering' AND claimed_at < ?) ORDER BY id LIMIT ?",
-            (*CLAIMABLE_STATUSES, cutoff, cutoff, limit),
-        )
+        still goes through :meth:`answer`, whose claim decides. The backlog is answered at the
+        model's capacity (``inference.max_concurrency`` conversations at once), each
+        conversation's messages one at a time, oldest first. A model failure stops the round
+        (try again later instead of hammering)."""
+        total = 0
+        while True:
+            cutoff = now() - self.claim_stale_s
+            placeholders = ", ".join("?" * len(CLAIMABLE_STATUSES))
+            rows = await self.db.fetchall(
+                f"SELECT id, conversation_id FROM messages WHERE (status IN ({placeholders})"
+                " AND (status != 'received' OR created_at < ?)) OR (status = 'answering' AND claimed_at < ?)"
+                " ORDER BY id LIMIT ?",
+                (*CLAIMABLE_STATUSES, cutoff, cutoff, limit),
+            )
+            by_conversation: dict[int, list[int]] = defaultdict(list)
+            for row in rows:
+                if row["id"] not in self._working:
+                    by_conversation[row["conversation_id"]].append(row["id"])
+            answered, stopped = await self._answer_backlog(list(by_conversation.values()))
+            total += answered
+            if stopped or answered == 0 or len(rows) < limit:
+                return total
+
+    async def _answer_backlog(self, conversations: list[list[int]]) -> tuple[int, bool]:
+        slots = asyncio.Semaphore(self.settings.inference.max_concurrency)
         answered = 0
-        for row in rows:
-            if await self.is_paused():
-                break
-            outcome = await self.answer(row[0])
-            if outcome.status in ("shown", "held", "crisis"):
-                answered += 1
-            elif outcome.status == "queued_retry":
-                break  # still down: try again later instead of hammering
-        return answered
+        stop = False
+
+        async def one_conversation(message_ids: list[int]) -> None:
+            nonlocal answered, stop
+            async with slots:
+                for message_id in message_ids:  # oldest first, one at a time
+                    if stop or await self.is_paused():
+                        stop = True
+                        return
+                    outcome = await self.answer(message_id)
+                    if outcome.status in ("shown", "held", "crisis"):
+                        answered += 1
+                    elif outcome.status == "queued_retry":
+                        stop = True  # the model is still down
+                        return
+
+        await asyncio.gather(*(one_conversation(ids) for ids in conversations))
+        return answered, stop
 
     async def _history(self, conversation_id: int, before_message_id: int) -> list[tuple[str, str]]:
         """The conversation so far as the patient saw it: their messages, the replies shown to them

@@ -149,6 +149,7 @@ class Service:
         for supervisor in reversed(self.supervisors):
             await supervisor.stop()
         self.supervisors.clear()
+        await self.core.close()  # answers running in the background give their claims back
         running = [t for t in (self._retry_task, self._scheduler_task, self._outbox_task, *self._tasks) if t is not None]
         for task in running:
             task.cancel()

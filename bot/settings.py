@@ -50,6 +50,9 @@ class InferenceSettings(Section):
     # on in the background). A message claimed for answering longer ago than this plus a margin
     # is taken as abandoned by a crashed process and answered again.
     deadline_s: float = Field(20.0, gt=0)
+    # Conversations answered at once when the retry loop works through a backlog (after an
+    # outage, a pause or a restart); about the model server's batch size.
+    max_concurrency: int = Field(8, ge=1, le=256)
     max_retries: int = Field(2, ge=0, le=10)
     max_new_tokens: int = Field(256, ge=1, le=8192)
     temperature: float = Field(0.3, ge=0.0, le=2.0)
