@@ -120,7 +120,38 @@ def resolve_model(cfg: Settings, demo: bool) -> tuple[str | None, bool]:
     return str(path), True
 
 
-async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enabled: bool) -> None:
+def demo_model(cfg: Settings, offline: bool) -> tuple[str | None, bool, str | None]:
+    """What `llm4sweat demo` serves: (model path, is the offline demo model, general model name).
+
+    Online, the small general model named in ``inference.demo_model`` (from the cache, or
+    downloaded once with progress); without a network, or with ``--offline``, the offline demo
+    model, said in one line. Another backend (vLLM) serves what it serves."""
+    if cfg.inference.backend != "local":
+        return None, False, None
+    name = cfg.inference.demo_model
+    if name and not offline:
+        from bot import hub
+
+        path = hub.cached(name)
+        if path is None:
+            console.print(f"Fetching {name}, a small general model (Apache-2.0, about 1 GB, once) so the demo "
+                          "writes real sentences. `llm4sweat demo --offline` skips this.", highlight=False)
+            try:
+                path = hub.download(name)
+            except hub.Offline as exc:
+                err.print(f"[yellow]No connection to the Hugging Face Hub ({exc}): starting the offline DEMO model "
+                          "instead (tiny, no medical advice).[/yellow]", highlight=False)
+            except hub.HubError as exc:
+                err.print(f"[yellow]Could not fetch {name}: {exc}. Starting the offline DEMO model instead (tiny, "
+                          "no medical advice).[/yellow]", highlight=False)
+        if path is not None:
+            return str(path), False, name
+    path, _ = resolve_model(cfg, demo=True)
+    return path, True, None
+
+
+async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enabled: bool,
+                 offline: bool = False) -> None:
     from bot.local.platform import LocalPlatform
     from bot.service import Service
 
@@ -132,8 +163,11 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
             await check_binding(cfg, host, db)
         finally:
             await db.close()
-    model_path, is_demo = resolve_model(cfg, demo)
-    service = Service(cfg, demo=is_demo, model_path=model_path)
+    if demo:
+        model_path, is_demo, general = demo_model(cfg, offline)
+    else:
+        (model_path, is_demo), general = resolve_model(cfg, demo), None
+    service = Service(cfg, demo=is_demo, model_path=model_path, general_model=general)
     service.add_platform(LocalPlatform())
     runners: list[Any] = []
     doctor: asyncio.Task[Any] | None = None
@@ -161,9 +195,17 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
             runner, url = await start_console(service, host, port)
             runners.append(runner)
             label = " (DEMO model — not medical advice)" if is_demo else ""
+            if general:
+                label = f" ({general}: a small general model, not fine-tuned for {service.pack.title} yet)"
             console.print(f"[bold green]LLM4Sweat is running{label}.[/bold green] Open {url}")
             console.print(f"  patient chat {url}#patient · reviewer queue {url}#reviewer · moderator panel {url}#moderator")
             await _print_sign_in(service, cfg.local.public_url + "/" if cfg.local.public_url else url, demo)
+        if cfg.metrics.port is not None:
+            from bot.metrics import start_metrics_server
+
+            runner, metrics_url = await start_metrics_server(service, cfg.metrics.host, cfg.metrics.port)
+            runners.append(runner)
+            console.print(f"  metrics for Prometheus at {metrics_url} (this machine only)", highlight=False)
         else:
             from bot.health_http import start_health_server
 
@@ -220,16 +262,24 @@ def run(
 ) -> None:
     """Run the service: the local console, plus Discord and Slack when their tokens are set."""
     cfg = settings()
-    run_async(_serve(cfg, demo, host or cfg.local.host, port if port is not None else cfg.local.port, not no_console))
+    run_async(_serve(cfg, demo, host or cfg.local.host, port if port is not None else cfg.local.port, not no_console,
+                     offline=True))
 
 
 @app.command("demo")
 def demo_cmd(
-    host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None)
+    host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+    offline: bool = typer.Option(False, "--offline", help="Use the offline demo model; download nothing."),
 ) -> None:
-    """Run the service on the offline demo model (no downloads, no GPU)."""
+    """Try the whole service on a laptop: a small general model when online (downloaded once), else the
+    offline demo model; demo accounts with one-time sign-in links. No GPU."""
     cfg = settings()
-    run_async(_serve(cfg, True, host or cfg.local.host, port if port is not None else cfg.local.port, True))
+    try:
+        run_async(_serve(cfg, True, host or cfg.local.host, port if port is not None else cfg.local.port, True,
+                         offline=offline))
+    except KeyboardInterrupt:
+        err.print("Stopped. Files downloaded so far are kept; `llm4sweat demo` continues from there.")
+        raise typer.Exit(130)
 
 
 @app.command("serve")
@@ -422,17 +472,24 @@ def show_settings() -> None:
 
 
 @model_app.command("download")
-def model_download() -> None:
-    """Download the configured base model into the Hugging Face cache (needs internet)."""
+def model_download(
+    model: Optional[str] = typer.Argument(None, help="A Hugging Face model id (default: inference.base_model)."),
+) -> None:
+    """Download a model into the Hugging Face cache, with progress; a dropped connection is resumed.
+    Gated models (Llama) need their licence accepted on the model page and HF_TOKEN set."""
     cfg = settings()
-    from huggingface_hub import snapshot_download
+    from bot import hub
 
+    name = model or cfg.inference.base_model
     try:
-        path = snapshot_download(cfg.inference.base_model)
-    except Exception as exc:
-        err.print(f"[red]Could not download {cfg.inference.base_model}:[/red] {exc}")
+        path = hub.download(name)
+    except hub.HubError as exc:
+        err.print(f"[red]Could not download {name}:[/red] {exc}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"{cfg.inference.base_model} is in {path}")
+    except KeyboardInterrupt:
+        err.print("Stopped. Files downloaded so far are kept; run the same command to continue.")
+        raise typer.Exit(130)
+    console.print(f"{name} is in {path}", highlight=False)
 
 
 # ---------------------------------------------------------------------------- pack, dataset
@@ -651,8 +708,9 @@ def _model_loop(command: Any, *args: Any, **kwargs: Any) -> int:
 
 
 @reviews_app.command("agreement")
-def reviews_agreement() -> None:
-    """Cohen's and Fleiss' kappa over items that several reviewers scored."""
+def reviews_agreement(as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON.")) -> None:
+    """Agreement per rubric axis: reviewers with each other (Cohen's kappa, quadratic-weighted for
+    scores, with a bootstrap 95% CI; Fleiss' kappa) and the LLM judge with the reviewers."""
     cfg = settings()
     from reviewers.agreement import agreement_report
 
@@ -663,11 +721,33 @@ def reviews_agreement() -> None:
         finally:
             await db.close()
 
-    table = Table("criterion", "items", "Cohen's kappa", "Fleiss' kappa")
-    for name, row in run_async(go()).items():
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        table.add_row(name, str(row["items"]), fmt(row["cohen_kappa"]), fmt(row["fleiss_kappa"]))
-    console.print(table)
+    report = run_async(go())
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    for table in agreement_tables(report):
+        console.print(table)
+
+
+def agreement_tables(report: dict[str, Any]) -> list[Table]:
+    """The agreement report as two tables: reviewers with each other, the judge with the reviewers."""
+
+    def fmt(value: Any, pattern: str = "{:.3f}") -> str:
+        return "-" if value is None else pattern.format(value)
+
+    def ci(figures: dict[str, Any]) -> str:
+        return "-" if not figures["ci95"] else f"{figures['ci95'][0]:.3f} to {figures['ci95'][1]:.3f}"
+
+    people = Table("criterion", "n", "exact agreement", "Cohen's kappa", "95% CI", "Fleiss' kappa",
+                   title="Reviewers with each other (items with two or more reviewers; kappa quadratic-weighted "
+                         "for scores, unweighted for the decision)")
+    for name, f in report["reviewers"].items():
+        people.add_row(name, str(f["n"]), fmt(f["exact"], "{:.0%}"), fmt(f["kappa"]), ci(f), fmt(f["fleiss_kappa"]))
+    judge = Table("criterion", "n", "exact agreement", "weighted kappa", "95% CI",
+                  title="The LLM judge with the reviewers (judge's score vs the reviewers' median per item)")
+    for name, f in report["judge"].items():
+        judge.add_row(name, str(f["n"]), fmt(f["exact"], "{:.0%}"), fmt(f["kappa"]), ci(f))
+    return [people, judge]
 
 
 # ---------------------------------------------------------------------------- triage

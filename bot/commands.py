@@ -80,6 +80,7 @@ class Commands:
             "adapter": backend.adapter_version or "base model",
             "registry_live": live["version"] if live else None,
             "demo": self.service.demo,
+            "general_model": self.service.core.general_model,
             "paused": await self.service.core.is_paused(),
             "review_queue": queue,
             "messages_waiting": waiting,
@@ -95,7 +96,8 @@ class Commands:
         )
         servers = backend.detail.get("replicas_up")
         lines = [
-            f"Model: {data['model']} ({data['backend']}{', DEMO' if data['demo'] else ''}), "
+            f"Model: {data['model']} ({data['backend']}{', DEMO' if data['demo'] else ''}"
+            f"{', small general model, not fine-tuned yet' if data['general_model'] and not backend.adapter_version else ''}), "
             f"{'healthy' if backend.healthy else 'FAILING'}",
             f"Live adapter: {data['adapter']}",
             *([f"Model servers up: {servers}"] if servers else []),

@@ -16,9 +16,9 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from bot import effects
+from bot import effects, metrics
 from bot.effects import EffectApplier
 from bot.inference.base import InferenceBackend, ModelUnavailable
 from bot.outbox import Claimed, Outbox
@@ -30,6 +30,7 @@ from bot.storage import Database, dumps, now
 from bot.tasks import classify_task
 from pipeline import dataset
 from pipeline.privacy import scrub
+from reviewers import judge
 from reviewers.models import Action, Actor, DecisionOutcome, ReviewState, Rubric
 from reviewers.service import ReviewService, insert_review_item
 
@@ -78,6 +79,7 @@ EXPIRED_HELD_TEXT = (
     "that nobody has checked. Please ask your question again here, or ask your doctor or another clinician. "
     "If you feel unwell or it is urgent, contact a doctor now."
 )
+LABEL_GENERAL = "small general model, not fine-tuned yet"
 
 # Statuses of a stored message that still wants an answer; 'answering' is a claim (see ``answer``).
 CLAIMABLE_STATUSES = ("received", "queued_retry", "paused")
@@ -110,6 +112,7 @@ class ConversationCore:
         reviews: ReviewService,
         platforms: dict[str, Platform] | None = None,
         demo: bool = False,
+        general_model: str | None = None,
     ):
         self.settings = settings
         self.db = db
@@ -118,6 +121,9 @@ class ConversationCore:
         self.reviews = reviews
         self.platforms: dict[str, Platform] = dict(platforms or {})
         self.demo = demo
+        # A small general model served by `llm4sweat demo` (not trained for the condition): its
+        # replies say so until an adapter trained on reviewed answers is live.
+        self.general_model = general_model
         self._conversation_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._working: set[int] = set()  # message ids this process is answering (claim held, maybe slow)
         self._background: set[asyncio.Future[HandleResult]] = set()  # answers that outlived the live deadline
@@ -128,6 +134,8 @@ class ConversationCore:
         # What follows a decision is recorded with it and applied here at once, or by the worker later.
         self.outbox = Outbox(db, EffectApplier(self), retry_base_s=cfg.retry_base_s, retry_max_s=cfg.retry_max_s,
                              max_attempts=cfg.max_attempts, redact=settings.redact)
+        # Told the id of each new review item once it is stored (the judge's worker wakes up).
+        self.item_listeners: list[Callable[[int], None]] = []
 
     # ------------------------------------------------------------------ patients in
 
@@ -226,6 +234,7 @@ class ConversationCore:
         conversation_id, message_id, first_contact = await self.db.run(store)
         conv = ConversationRef(int(conversation_id), msg.platform, msg.channel_id, msg.thread_id, msg.user_id)
         log.info("message %s stored (conversation %s, %d chars)", message_id, conversation_id, len(text))
+        metrics.MESSAGES.labels(platform=msg.platform).inc()
         return conv, int(message_id), first_contact
 
     # ------------------------------------------------------------------ answering
@@ -312,7 +321,9 @@ class ConversationCore:
                                row["platform_user_id"])
         self._working.add(message_id)
         try:
-            return await self._answer_locked(row, conv, verdict)
+            result = await self._answer_locked(row, conv, verdict)
+            metrics.REPLIES.labels(outcome=result.status).inc()
+            return result
         except BaseException as exc:
             await self._release_claim(message_id, exc)
             raise
@@ -376,7 +387,9 @@ class ConversationCore:
             async with self.safety.model_slot(conv):  # fair: one patient's flood cannot starve others
                 generation = await self.backend.generate(messages)
         except ModelUnavailable as exc:
+            metrics.MODEL_UNAVAILABLE.inc()
             return await self._model_failed(message_id, conv, str(exc), result)
+        metrics.MODEL_SECONDS.labels(replica=generation.replica or "in-process").observe(generation.latency_s)
         reply_text = generation.text.strip() or "I'm sorry, I could not put an answer together. A specialist will look at your question."
         # --- safety layer: a reply failing the checks is not posted; it goes to review marked blocked
         checked = self.safety.check_reply(reply_text, verdict)
@@ -415,6 +428,8 @@ class ConversationCore:
 
         reply_id, item_id, gated, claimed = await self.db.run(store)
         await self.outbox.apply(claimed)
+        for listener in self.item_listeners:
+            listener(item_id)
         view = self._gated_view() if gated else self._pending_view(reply_text)
         result.reply_id, result.item_id, result.status = reply_id, item_id, "held" if gated else "shown"
         result.views.append(view)
@@ -442,6 +457,7 @@ class ConversationCore:
 
         await self.outbox.apply(await self.db.run(store))
         log.warning("crisis triage on message %s (conversation %s)", row["id"], conv.id)
+        metrics.CRISIS_ALERTS.inc()
         result.status = "crisis"
         result.views.append(view)
         return result
@@ -544,7 +560,11 @@ class ConversationCore:
     # ------------------------------------------------------------------ views
 
     def _label(self, base: str) -> str:
-        return f"{base} · {LABEL_DEMO}" if self.demo else base
+        if self.demo:
+            return f"{base} · {LABEL_DEMO}"
+        if self.general_model and self.backend.status().adapter_version is None:
+            return f"{base} · {LABEL_GENERAL}"
+        return base
 
     def _disclaimer(self) -> str:
         return self.pack.demo_disclaimer if self.demo else self.pack.disclaimer
@@ -587,11 +607,16 @@ class ConversationCore:
         example. The effects are then applied at once; the worker retries any that fail."""
         platforms = list(self.platforms)
         claimed: list[Claimed] = []
+        item_created: list[float] = []
 
         def record_effects(conn: sqlite3.Connection, outcome: DecisionOutcome) -> None:
             claimed.extend(self._decision_effects(conn, item_id, outcome, platforms))
+            item_created.extend(conn.execute("SELECT created_at FROM review_items WHERE id = ?", (item_id,)).fetchone())
 
         outcome = await self.reviews.decide(item_id, actor, action, edited_text, rubric, comment, effects=record_effects)
+        if item_created:
+            metrics.DECISIONS.labels(action=Action(action).value).inc()
+            metrics.DECISION_SECONDS.observe(max(0.0, now() - item_created[0]))
         await self.outbox.apply(claimed)
         return outcome
 
@@ -692,11 +717,14 @@ class ConversationCore:
             note = await self.reviews.waiting_note(item_id)  # e.g. "Tie: one more review needed"
             if note:
                 decided.append(note)
+        # The judge's first reading (never a decision); "reading…" only while the item waits.
+        judged = await judge.verdict(self.db, item_id)
+        judge_line = judge.card_line(judged, self.settings.judge.enabled and item["state"] == ReviewState.PENDING.value)
         return ReviewCard(
             item_id=item_id, reply_id=item["reply_id"], patient_text=item["patient_text"],
             reply_text=item["final_text"] or item["reply_text"], task=item["task"],
             risk_flags=json.loads(item["risk_flags"]), adapter_version=item["adapter_version"],
-            state=item["state"], priority=item["priority"], decided_by=decided,
+            state=item["state"], priority=item["priority"], decided_by=decided, judge=judge_line,
         )
 
     async def alert_moderators(self, text: str, urgent: bool = False, key: str | None = None,

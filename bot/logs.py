@@ -36,5 +36,5 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "aiosqlite", "discord.gateway", "urllib3"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "aiosqlite", "discord.gateway", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -76,6 +76,9 @@ class ReviewCard:
     priority: str = "normal"
     decided_by: list[str] = field(default_factory=list)
     card_ref: str | None = None  # the platform's id for the posted card
+    # The LLM judge's first reading, one line ("Judge: accuracy 2/5 — states a wrong dose …"), or
+    # "Judge unavailable (…)"; None without a judge. Shown as information, never a decision.
+    judge: str | None = None
 
 
 HealthState = Literal["connected", "connecting", "failed"]

@@ -35,6 +35,7 @@ class Service:
         demo: bool = False,
         model_path: str | None = None,
         pack: Any = None,
+        general_model: str | None = None,
     ):
         from pipeline.packs import load_pack
 
@@ -44,7 +45,8 @@ class Service:
         self.demo = demo
         self.backend = backend or make_backend(settings, model_path=model_path)
         self.reviews = ReviewService(self.db, quorum=settings.review.quorum)
-        self.core = ConversationCore(settings, self.db, self.backend, self.pack, self.reviews, demo=demo)
+        self.core = ConversationCore(settings, self.db, self.backend, self.pack, self.reviews, demo=demo,
+                                     general_model=general_model)
         self.commands = Commands(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_task: asyncio.Task[Any] | None = None
@@ -56,6 +58,7 @@ class Service:
         # Slack, also before they connect); /readyz, `llm4sweat doctor` and /status read it.
         self.platform_health: dict[str, PlatformHealth] = {}
         self.supervisors: list[Any] = []  # bot.supervisor.PlatformSupervisor
+        self.judging: Any = None  # bot.judging.JudgeWorker when settings.judge.enabled
 
     def add_platform(self, platform: Platform) -> None:
         self.core.platforms[platform.name] = platform
@@ -73,6 +76,13 @@ class Service:
         recovered = await self.core.outbox.recover()  # effects a crash left behind (decisions, deliveries)
         if recovered:
             log.info("applied %d effect(s) left pending by the last run", recovered)
+        if self.settings.judge.enabled:
+            # A first reader of every reply, in a worker of its own: nothing waits for it.
+            from bot.judging import JudgeWorker
+
+            self.judging = JudgeWorker(self)
+            self.core.item_listeners.append(lambda item_id: self.judging.wake())
+            self.judging.start()
         if retry_loop:
             from pipeline.retrain import start_scheduler
 
@@ -154,5 +164,7 @@ class Service:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)  # none of them touches the database after this
+        if self.judging is not None:
+            await self.judging.stop()
         await self.backend.close()
         await self.db.close()

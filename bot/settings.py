@@ -25,6 +25,7 @@ from bot.chat_format import DEFAULT_TEMPLATE_DATE
 
 ENV_PREFIX = "LLM4SWEAT_"
 DEFAULT_BASE_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
+DEFAULT_DEMO_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # Apache-2.0, about 1 GB
 PACKS_DIR = Path(__file__).resolve().parent.parent / "pipeline" / "packs"
 
 
@@ -37,6 +38,10 @@ class Section(BaseModel):
 class InferenceSettings(Section):
     backend: Literal["local", "openai", "fixed"] = "local"
     base_model: str = DEFAULT_BASE_MODEL
+    # What `llm4sweat demo` serves when the Hugging Face Hub is reachable: a small instruct model
+    # with a permissive licence (no licence to accept, no token) that runs on a laptop CPU.
+    # Empty: always the offline demo model. Why this one: docs/models.md.
+    demo_model: str = DEFAULT_DEMO_MODEL
     # Served model name for the openai backend when no adapter is live (vLLM: the base model).
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     # Extra replica URLs for the openai backend (vLLM replicas): requests go to the healthy
@@ -82,6 +87,62 @@ class OutboxSettings(Section):
     retry_max_s: float = Field(3600.0, gt=0)
     # After this many failed attempts an effect is marked dead (counted in /status, logged).
     max_attempts: int = Field(12, ge=1, le=1000)
+
+
+class JudgeSettings(Section):
+    """An LLM judge as a first reader of every reply (reviewers/judge.py, bot/judging.py).
+
+    Optional and never a decision: it scores each stored reply on the reviewers' rubric with a
+    one-line reason, shown on the review card, and orders the reviewer queue. Any
+    OpenAI-compatible model: the served model (default: the vLLM address and base model below)
+    or a frontier one. The API key comes from the environment only."""
+
+    enabled: bool = False
+    base_url: str = "http://127.0.0.1:8000/v1"
+    # None: the served base model (inference.base_model).
+    model: str | None = None
+    api_key: SecretStr | None = None
+    # Seconds one judge request may take; a timeout is one failed attempt.
+    timeout_s: float = Field(30.0, gt=0)
+    # Attempts per reply before its card says "judge unavailable"; waits between them double
+    # from retry_base_s.
+    max_attempts: int = Field(3, ge=1, le=20)
+    retry_base_s: float = Field(30.0, gt=0)
+    # Replies judged at once.
+    concurrency: int = Field(1, ge=1, le=16)
+    # Pack facts given to the judge per reply (the most relevant to the question and reply).
+    facts: int = Field(8, ge=1, le=64)
+    max_tokens: int = Field(300, ge=32, le=4096)
+    # json_schema: structured output; none: JSON asked for in the prompt; auto: json_schema,
+    # falling back to JSON in the text when the server refuses it. Replies are validated either way.
+    structured_output: Literal["auto", "json_schema", "none"] = "auto"
+
+
+class MetricsSettings(Section):
+    """Prometheus metrics (bot/metrics.py). Always served at /metrics on the console, for signed-in
+    moderators and for the control token (a scraper on this machine reads it from
+    <data_dir>/control-token). ``port`` also serves them, without sign-in, on a loopback port of
+    their own — for a scraper on the same machine; off by default, so nothing unauthenticated
+    listens unless asked for."""
+
+    port: int | None = Field(None, ge=1, le=65535)
+    host: str = "127.0.0.1"
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        import ipaddress
+
+        if value == "localhost":
+            return value
+        try:
+            loopback = ipaddress.ip_address(value).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError("metrics without sign-in are served on a loopback address only (127.0.0.1 or ::1); "
+                             "elsewhere, scrape the console's /metrics with the control token")
+        return value
 
 
 class PromptSettings(Section):
@@ -283,6 +344,7 @@ SECRET_KEYS = {
     ("slack", "app_token"),
     ("slack", "signing_secret"),
     ("generation", "api_key"),
+    ("judge", "api_key"),
 }
 
 
@@ -310,6 +372,8 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     local: LocalConsoleSettings = Field(default_factory=LocalConsoleSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)

@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from bot import metrics
 from bot.storage import Database, dumps, now
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,13 @@ async def progress(db: Database, job_id: int, text: str) -> None:
 
 
 async def finish(db: Database, job_id: int, status: str, result: Any = None, error: str | None = None) -> None:
-    await db.execute(
-        "UPDATE jobs SET status = ?, result = ?, error = ?, finished_at = ? WHERE id = ?",
-        (status, dumps(result) if result is not None else None, error, now(), job_id),
-    )
+    t = now()
+    row = await db.run(lambda conn: conn.execute(
+        "UPDATE jobs SET status = ?, result = ?, error = ?, finished_at = ? WHERE id = ? RETURNING kind, started_at",
+        (status, dumps(result) if result is not None else None, error, t, job_id),
+    ).fetchone())
+    if row is not None and row[1] is not None:
+        metrics.JOB_SECONDS.labels(kind=row[0], status=status).observe(max(0.0, t - row[1]))
 
 
 async def mark_interrupted(db: Database) -> int:

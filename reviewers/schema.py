@@ -44,4 +44,33 @@ MIGRATIONS = [
         )
         """,
     ),
+    Migration(
+        "reviewers",
+        2,
+        "judge",
+        # The LLM judge's verdict on a review item (reviewers/judge.py): a first reader's scores,
+        # never a decision. One row per item; status 'judging' is a claim (compare-and-set),
+        # 'pending' waits for its next attempt, 'done' holds scores, 'unavailable' gave up.
+        """
+        CREATE TABLE judge_verdicts (
+            id INTEGER PRIMARY KEY,
+            item_id INTEGER NOT NULL UNIQUE REFERENCES review_items(id) ON DELETE CASCADE,
+            status TEXT NOT NULL CHECK (status IN ('judging', 'pending', 'done', 'unavailable')),
+            accuracy INTEGER CHECK (accuracy BETWEEN 1 AND 5),
+            appropriateness INTEGER CHECK (appropriateness BETWEEN 1 AND 5),
+            empathy INTEGER CHECK (empathy BETWEEN 1 AND 5),
+            reason TEXT,
+            model TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            claimed_by TEXT,
+            claimed_at REAL,
+            next_attempt_at REAL,
+            latency_ms REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX judge_verdicts_status ON judge_verdicts (status, next_attempt_at)
+        """,
+    ),
 ]

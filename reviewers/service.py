@@ -183,11 +183,19 @@ class ReviewService:
         return ids
 
     async def pending(self, limit: int = 50) -> list[dict]:
+        """Items waiting for a decision, those most needing a person first: high priority (held for
+        review first), then any risk flag, then the LLM judge's lowest score (reviewers/judge.py;
+        unjudged items after judged ones), then oldest first. The judge only orders the queue."""
         rows = await self.db.fetchall(
             "SELECT i.id AS item_id, i.priority, i.state, i.created_at, r.id AS reply_id, r.text AS reply_text,"
-            " r.task, r.risk_flags, r.adapter_version, r.model, m.text AS patient_text"
+            " r.task, r.risk_flags, r.adapter_version, r.model, m.text AS patient_text,"
+            " j.status AS judge_status, j.accuracy AS judge_accuracy, j.appropriateness AS judge_appropriateness,"
+            " j.empathy AS judge_empathy, j.reason AS judge_reason, j.error AS judge_error,"
+            " CASE WHEN j.status = 'done' THEN MIN(j.accuracy, j.appropriateness, j.empathy) END AS judge_min"
             " FROM review_items i JOIN replies r ON r.id = i.reply_id JOIN messages m ON m.id = r.message_id"
-            " WHERE i.state = 'pending' ORDER BY (i.priority = 'high') DESC, i.id LIMIT ?",
+            " LEFT JOIN judge_verdicts j ON j.item_id = i.id"
+            " WHERE i.state = 'pending' ORDER BY (i.priority = 'high') DESC, (r.risk_flags NOT IN ('[]', '')) DESC,"
+            " judge_min IS NULL, judge_min, i.id LIMIT ?",
             (limit,),
         )
         return [dict(row) for row in rows]

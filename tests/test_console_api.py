@@ -158,7 +158,7 @@ async def test_message_reply_review_edit_dataset(console, service):
     assert audited == f"console:{REVIEWER}"  # the signed-in account, never a typed name
 
     status, agreement = await console.reviewer.get("/api/reviews/agreement")
-    assert status == 200 and set(agreement["agreement"]) >= {"action", "accuracy", "appropriateness", "empathy"}
+    assert status == 200 and set(agreement["agreement"]["reviewers"]) >= {"action", "accuracy", "appropriateness", "empathy"}
 
 
 async def test_a_patient_cannot_review_whatever_name_they_type(console, service):

@@ -268,9 +268,9 @@ async def test_agreement_report(service):
         r = await service.core.handle_message(msg(f"q{i}", user=f"a{i}"))
         await service.core.decide(r.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 4, 4 if i % 2 else 3))
         await service.core.decide(r.item_id, REVIEWER2, Action.APPROVE, rubric=Rubric(4, 4, 3))
-    report = await agreement_report(service.db)
-    assert report["action"]["items"] == 4
-    assert report["empathy"]["cohen_kappa"] is not None
+    report = (await agreement_report(service.db))["reviewers"]
+    assert report["action"]["items"] == report["action"]["n"] == 4 and report["action"]["exact"] == 1.0
+    assert report["empathy"]["kappa"] is not None and report["empathy"]["exact"] == 0.5
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt_config", "empty_weights"])

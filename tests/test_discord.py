@@ -835,3 +835,29 @@ async def test_catching_up_three_times_at_once_answers_each_message_once(bot, fa
     await bot.platform.catch_up()
     assert len(bot.backend.calls) == calls + 2
     assert await bot.service.db.fetchval("SELECT COUNT(*) FROM messages") == 3
+
+
+async def test_the_judges_first_reading_appears_on_the_card(tmp_path, fake, people):
+    """With an LLM judge (a local OpenAI-compatible server), the posted card is edited to show its
+    verdict as information; the buttons stay, nothing is decided."""
+    from tests.openai_fake import FakeOpenAI
+
+    verdict = json.dumps({"accuracy": 2, "appropriateness": 4, "empathy": 5, "reason": "states a wrong dose"})
+    async with FakeOpenAI(lambda body, i: verdict) as judge_server:
+        harness = await Bot(tmp_path, fake, judge={"enabled": True, "base_url": judge_server.base_url,
+                                                   "model": "judge"}).start()
+        try:
+            await harness.ask(people["patient"], "Which antiperspirant works for underarm sweating?")
+            card = fake.bot_messages(fake.reviewer_channel_id)[0]
+            item = await harness.item_for_card(card)
+
+            def first_reading():
+                fields = {f["name"]: f["value"] for f in fake.messages[card["id"]]["embeds"][0]["fields"]}
+                return fields.get("First reading", "").startswith("Judge: accuracy 2/5 — states a wrong dose") and fields
+
+            await fake.wait_for(first_reading, what="the judge's verdict on the card")
+            assert custom_ids(fake.messages[card["id"]])[:3] == [f"l4s:approve:{item}", f"l4s:edit:{item}",
+                                                                 f"l4s:reject:{item}"]
+            assert await harness.service.db.fetchval("SELECT state FROM review_items WHERE id = ?", (item,)) == "pending"
+        finally:
+            await harness.stop()

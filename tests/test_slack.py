@@ -1029,3 +1029,32 @@ async def test_messages_posted_while_the_app_was_stopped_are_answered_once(tmp_p
     async with running(tmp_path, fake) as (service, runner):
         await asyncio.wait_for(runner.platform.caught_up.wait(), 10)
         assert not service.backend.calls
+
+
+async def test_the_judges_first_reading_appears_on_the_card(tmp_path, fake):
+    """With an LLM judge (a local OpenAI-compatible server), the card is updated (chat.update) with its
+    verdict as a context line; the buttons stay and nothing is decided."""
+    from bot.service import Service
+    from tests.openai_fake import FakeOpenAI
+
+    verdict = json.dumps({"accuracy": 5, "appropriateness": 2, "empathy": 4, "reason": "no referral for a red flag"})
+    async with FakeOpenAI(lambda body, i: verdict) as judge_server:
+        settings = load_settings(data_dir=tmp_path, slack=slack_config(fake, "http"),
+                                 judge={"enabled": True, "base_url": judge_server.base_url, "model": "judge"})
+        service = Service(settings, FixedBackend())
+        await service.start(retry_loop=False)
+        runner = await start_slack(service)
+        http = SignedHTTP(fake, runner.url)
+        try:
+            ts, card = await ask(http, fake, "Is hyperhidrosis hereditary?")
+            line = "Judge: appropriateness 2/5 — no referral for a red flag"
+            updated = await fake.wait_for(
+                lambda: any(t.startswith(line) for t in context_texts(fake.messages[card["ts"]]))
+                and fake.messages[card["ts"]])
+            assert [e["action_id"] for b in updated["blocks"] if b["type"] == "actions" for e in b["elements"]][-3:] \
+                == ["review_approve", "review_edit", "review_reject"]
+            assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
+        finally:
+            await http.close()
+            await runner.cleanup()
+            await service.stop()

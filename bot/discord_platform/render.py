@@ -117,6 +117,8 @@ def card_embed(card: ReviewCard) -> discord.Embed:
     embed.add_field(name="Task", value=card.task or "unknown")
     embed.add_field(name="Risk flags", value=", ".join(card.risk_flags) or "none")
     embed.add_field(name="Adapter", value=card.adapter_version or "base model")
+    if card.judge:
+        embed.add_field(name="First reading", value=truncate(card.judge, EMBED_FIELD_CHARS), inline=False)
     decided = "\n".join(card.decided_by) if card.decided_by else "nobody yet"
     embed.add_field(name=f"State: {state}", value=truncate(decided, EMBED_FIELD_CHARS), inline=False)
     if state == "pending":

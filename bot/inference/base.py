@@ -30,6 +30,7 @@ class Generation:
     latency_s: float
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    replica: str = ""  # which model server answered (the openai backend's replica URL); "" in-process
 
 
 @dataclass

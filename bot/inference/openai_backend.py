@@ -47,6 +47,7 @@ from typing import Any
 import aiohttp
 import openai
 
+from bot import metrics
 from bot.inference.base import (
     AdapterLoadError,
     BackendStatus,
@@ -240,6 +241,7 @@ class OpenAIBackend:
                     response = await self._complete(replica, model, messages, max_tokens, temperature)
                 except _RetryElsewhere as exc:
                     reasons.append(f"{replica.url}: {exc.reason}")
+                    metrics.MODEL_ERRORS.labels(replica=replica.url).inc()
                     replica.failed += 1
                     replica.fail_streak += 1
                     if exc.take_down or replica.fail_streak >= 3:
@@ -258,6 +260,7 @@ class OpenAIBackend:
                     latency_s=time.perf_counter() - started,
                     prompt_tokens=usage.prompt_tokens if usage else 0,
                     completion_tokens=usage.completion_tokens if usage else 0,
+                    replica=replica.url,
                 )
             if not reasons:
                 reasons = [f"{r.url}: {r.error or 'out of rotation'}" for r in self.replicas]

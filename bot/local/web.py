@@ -18,13 +18,14 @@ access level of each is in ``ROUTES``; the guard refuses reviewer and moderator 
     POST /api/patient/messages           {text}                                       patient (own cookie id)
     GET  /api/patient/conversation       this browser's conversation                  patient
     POST /api/patient/forget             delete this browser's conversation           patient
-    GET  /api/reviews                    pending items, high priority first           reviewer
+    GET  /api/reviews                    pending items, most in need first (priority, risk, judge)  reviewer
     POST /api/reviews/{id}/decision      {action, text, accuracy, appropriateness, empathy, comment}  reviewer
     GET  /api/reviews/agreement          reviewer agreement (kappa)                   reviewer
     GET  /api/dataset                    example counts per task and source           reviewer
     GET  /api/moderator/status           the /status command                          moderator
     POST /api/moderator/command          {command, argument}                          moderator
     GET  /api/moderator/alerts           alerts kept by the local platform + open incidents  moderator
+    GET  /metrics                        Prometheus text format (bot/metrics.py)      moderator or control token
     GET  /healthz, /readyz               process up; ready to serve (bot/health.py)   public
 """
 
@@ -45,6 +46,7 @@ from bot.local.http import MAX_BODY_BYTES, SECURITY_HEADERS, BadRequest, error, 
 from bot.local.platform import PLATFORM, LocalPlatform
 from bot.platform import IncomingMessage, PatientView
 from pipeline import dataset
+from reviewers import judge
 from reviewers.agreement import agreement_report
 from reviewers.models import (
     RUBRIC_CRITERIA,
@@ -135,7 +137,9 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def info(request: web.Request) -> web.Response:
     service = _service(request)
-    return ok({"demo": bool(service.demo), "title": getattr(service.pack, "title", ""), "platform": PLATFORM})
+    general = service.core.general_model if service.backend.status().adapter_version is None else None
+    return ok({"demo": bool(service.demo), "general_model": general, "title": getattr(service.pack, "title", ""),
+               "platform": PLATFORM})
 
 
 # ---------------------------------------------------------------------------- patient
@@ -229,6 +233,7 @@ async def reviews_pending(request: web.Request) -> web.Response:
             "created_at": item["created_at"], "reply_id": item["reply_id"], "patient_text": item["patient_text"],
             "reply_text": item["reply_text"], "task": item["task"], "risk_flags": flags,
             "adapter_version": item["adapter_version"], "model": item["model"],
+            "judge": judge.queue_line(item, service.settings.judge.enabled),
         })
     return ok({"items": items, "quorum": service.reviews.quorum})
 
@@ -318,6 +323,13 @@ async def moderator_alerts(request: web.Request) -> web.Response:
     return ok({"alerts": alerts, "incidents": [{**dict(row), "detail": redact(row["detail"])} for row in incidents]})
 
 
+async def metrics_page(request: web.Request) -> web.Response:
+    """The operator's figures in Prometheus text format (bot/metrics.py)."""
+    from bot.metrics import metrics_response
+
+    return await metrics_response(_service(request), request.headers.get("Accept", ""))
+
+
 # ---------------------------------------------------------------------------- app
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -341,6 +353,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/api/moderator/status", moderator_status, MODERATOR),
     ("POST", "/api/moderator/command", moderator_command, MODERATOR),
     ("GET", "/api/moderator/alerts", moderator_alerts, MODERATOR),
+    ("GET", "/metrics", metrics_page, MODERATOR),  # Prometheus: moderators, or the control token as bearer
     ("GET", "/healthz", health_http.healthz, PUBLIC),  # container health checks: nothing but up or not
     ("GET", "/readyz", health_http.readyz, PUBLIC),
 ]

@@ -160,6 +160,8 @@ def review_card(card: ReviewCard) -> dict[str, Any]:
                                      "text": "*Reply*\n" + (fit(card.reply_text, CARD_REPLY_LIMIT) or " ")}},
         _context(facts),
     ]
+    if card.judge:
+        blocks.append(_context([fit(card.judge, 2000)]))
     if card.decided_by:
         blocks.append(_context(["Decided by " + fit("; ".join(card.decided_by), 2000)]))
     if card.state == "pending":

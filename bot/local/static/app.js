@@ -207,6 +207,7 @@
       el("p", { class: "quote", testid: "review-patient-text", text: item.patient_text }),
       el("h4", { text: "AI reply" }),
       el("p", { class: "quote", testid: "review-reply-text", text: item.reply_text }),
+      el("p", { class: "judge", testid: "review-judge", text: item.judge || "", hidden: !item.judge }),
       el("div", { class: "rubric", role: "group", "aria-label": "Rubric scores, 1 to 5" },
         scoreSelect(id, "accuracy", "Accuracy"),
         scoreSelect(id, "appropriateness", "Appropriateness"),
@@ -279,6 +280,9 @@
     }
     for (const item of items) {
       if (!cards.has(item.item_id)) cards.set(item.item_id, renderCard(item));
+      const judge = cards.get(item.item_id).querySelector('[data-testid="review-judge"]');
+      judge.textContent = item.judge || "";
+      judge.hidden = !item.judge;  // the judge's first reading arrives after the card
     }
     // Keep the server's order (high priority first), moving only cards that are out of place.
     let previous = null;
@@ -299,9 +303,16 @@
     out.hidden = false;
     if (!result.ok) { setStatus(out, result.data.error, true); return; }
     const fmt = (v) => (v === null || v === undefined ? "n/a" : Number(v).toFixed(2));
-    const lines = ["Agreement over items with two or more reviewers"];
-    for (const [field, r] of Object.entries(result.data.agreement)) {
-      lines.push(`${field.padEnd(16)} items ${String(r.items).padStart(3)}   Cohen's κ ${fmt(r.cohen_kappa)}   Fleiss' κ ${fmt(r.fleiss_kappa)}`);
+    const pct = (v) => (v === null || v === undefined ? "n/a" : `${Math.round(v * 100)}%`);
+    const ci = (r) => (r.ci95 ? ` (95% CI ${fmt(r.ci95[0])} to ${fmt(r.ci95[1])})` : "");
+    const { reviewers, judge } = result.data.agreement;
+    const lines = ["Reviewers with each other (items with two or more reviewers)"];
+    for (const [field, r] of Object.entries(reviewers)) {
+      lines.push(`${field.padEnd(16)} n ${String(r.n).padStart(3)}   exact ${pct(r.exact)}   Cohen's κ ${fmt(r.kappa)}${ci(r)}   Fleiss' κ ${fmt(r.fleiss_kappa)}`);
+    }
+    lines.push("", "The LLM judge with the reviewers (judge vs the reviewers' median score)");
+    for (const [field, r] of Object.entries(judge)) {
+      lines.push(`${field.padEnd(16)} n ${String(r.n).padStart(3)}   exact ${pct(r.exact)}   weighted κ ${fmt(r.kappa)}${ci(r)}`);
     }
     setStatus(out, lines.join("\n"));
   });
