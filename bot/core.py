@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sqlite3
 import time
 import uuid
@@ -22,7 +23,7 @@ from bot import effects, metrics
 from bot.effects import EffectApplier
 from bot.inference.base import InferenceBackend, ModelUnavailable
 from bot.outbox import Claimed, Outbox
-from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, ViewKind
+from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, ViewKind, is_dm_key
 from bot.prompt import build_prompt
 from bot.safety import SafetyLayer, Triage, crisis_text
 from bot.settings import Settings
@@ -62,8 +63,15 @@ NOTICE_CONSENT = (
     "Welcome. I'm an AI assistant for people living with {title}. Your messages and my replies are "
     "stored, and medical and psychological specialists may read them to check my answers and improve "
     "the service; details that identify you are removed before anything is used for training. "
-    "You can ask to have everything deleted at any time with /forget-me."
+    "You can ask to have everything deleted at any time with /forget-me. In a direct message, "
+    "type “new conversation” to start afresh."
 )
+NOTICE_NEW_CONVERSATION = (
+    "A new conversation starts here: I won't use what we talked about before. Your earlier messages "
+    "stay stored until you ask to have them deleted with /forget-me."
+)
+# A direct message holds one conversation per patient; this message starts a new one.
+NEW_CONVERSATION_COMMAND = re.compile(r"^\s*[\"“']?new\s+conversation[\"”']?\s*[.!]*\s*$", re.IGNORECASE)
 GATED_TEXT = "Thank you for your question. A specialist is reviewing my answer before you see it; it will appear here."
 WITHDRAWN_TEXT = (
     "A specialist reviewed my earlier answer and withdrew it because it was not good enough. "
@@ -199,6 +207,37 @@ class ConversationCore:
                 await platform.send_to_patient(ref, view)
         return HandleResult(None, conv.id if conv else None, views=[view], status=status)
 
+    # ------------------------------------------------------------------ direct messages
+
+    @staticmethod
+    def is_new_conversation_command(text: str) -> bool:
+        return bool(NEW_CONVERSATION_COMMAND.match(text or ""))
+
+    async def dm_conversation_key(self, platform: str, channel_id: str) -> str:
+        """The key (``thread_id``) of the patient's current conversation in a direct-message
+        channel: the newest one opened there (bot.platform.dm_key), or the channel itself."""
+        rows = await self.db.fetchall(
+            "SELECT thread_id FROM conversations WHERE platform = ? AND channel_id = ? ORDER BY created_at DESC, id DESC",
+            (platform, channel_id),
+        )
+        return next((row[0] for row in rows if is_dm_key(channel_id, row[0])), channel_id)
+
+    async def start_new_conversation(self, msg: IncomingMessage) -> HandleResult:
+        """Open an empty conversation under ``msg``'s key (a new direct-message key the platform
+        made from the command's message id) and tell the patient; the command itself is not stored.
+        Idempotent: the same command seen again (a retry, a catch-up) changes nothing."""
+        t = now()
+        conversation_id, first_contact, new = await self.db.run(lambda conn: self._open_conversation(conn, msg, t))
+        conv = ConversationRef(conversation_id, msg.platform, msg.channel_id, msg.thread_id, msg.user_id)
+        result = HandleResult(None, conversation_id, status="new_conversation" if new else "already_started")
+        if not new:
+            return result
+        log.info("conversation %s started afresh in a direct message on %s", conversation_id, msg.platform)
+        if first_contact:
+            result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_CONSENT.format(title=self.pack.title))))
+        result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_NEW_CONVERSATION)))
+        return result
+
     async def _find_conversation(self, msg: IncomingMessage) -> ConversationRef | None:
         row = await self.db.fetchone(
             "SELECT c.id FROM conversations c WHERE c.platform = ? AND c.channel_id = ? AND c.thread_id = ?",
@@ -206,30 +245,36 @@ class ConversationCore:
         )
         return ConversationRef(row[0], msg.platform, msg.channel_id, msg.thread_id, msg.user_id) if row else None
 
+    @staticmethod
+    def _open_conversation(conn: sqlite3.Connection, msg: IncomingMessage, t: float) -> tuple[int, bool, bool]:
+        """Patient and conversation rows for ``msg`` (made if new): (conversation id, first contact,
+        conversation new). Consent is given by continuing after the notice shown on first contact."""
+        patient_id, created_at = conn.execute(
+            "INSERT INTO patients (platform, platform_user_id, display_name, consent, consent_at, region, created_at)"
+            " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (platform, platform_user_id)"
+            " DO UPDATE SET region = COALESCE(excluded.region, region) RETURNING id, created_at",
+            (msg.platform, msg.user_id, msg.display_name, t, msg.region, t),
+        ).fetchone()
+        conversation_id, conversation_created = conn.execute(
+            "INSERT INTO conversations (patient_id, platform, channel_id, thread_id, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, channel_id, thread_id)"
+            " DO UPDATE SET updated_at = excluded.updated_at RETURNING id, created_at",
+            (patient_id, msg.platform, msg.channel_id, msg.thread_id, t, t),
+        ).fetchone()
+        return int(conversation_id), created_at == t, conversation_created == t
+
     async def _store_incoming(self, msg: IncomingMessage, text: str) -> tuple[ConversationRef, int, bool]:
         """Patient, conversation and message in one committed transaction."""
         t = now()
 
         def store(conn: sqlite3.Connection) -> tuple[int, int, bool]:
-            # Consent is given by continuing after the notice shown on first contact.
-            patient_id, created_at = conn.execute(
-                "INSERT INTO patients (platform, platform_user_id, display_name, consent, consent_at, region, created_at)"
-                " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (platform, platform_user_id)"
-                " DO UPDATE SET region = COALESCE(excluded.region, region) RETURNING id, created_at",
-                (msg.platform, msg.user_id, msg.display_name, t, msg.region, t),
-            ).fetchone()
-            (conversation_id,) = conn.execute(
-                "INSERT INTO conversations (patient_id, platform, channel_id, thread_id, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, channel_id, thread_id)"
-                " DO UPDATE SET updated_at = excluded.updated_at RETURNING id",
-                (patient_id, msg.platform, msg.channel_id, msg.thread_id, t, t),
-            ).fetchone()
+            conversation_id, first_contact, _ = self._open_conversation(conn, msg, t)
             message_id = conn.execute(
                 "INSERT INTO messages (conversation_id, text, attachments, platform_message_id, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (conversation_id, text, msg.attachments, msg.platform_message_id, t),
             ).lastrowid
-            return conversation_id, message_id, created_at == t
+            return conversation_id, message_id, first_contact
 
         conversation_id, message_id, first_contact = await self.db.run(store)
         conv = ConversationRef(int(conversation_id), msg.platform, msg.channel_id, msg.thread_id, msg.user_id)

@@ -35,6 +35,20 @@ class IncomingMessage:
     region: str | None = None
 
 
+DM_KEY_PREFIX = "dm:"
+
+
+def dm_key(channel_id: str, started_by: str | None = None) -> str:
+    """The conversation key (``thread_id``) of a direct message: one conversation per patient, the
+    DM channel itself, until the patient starts afresh (the key then names the message that did)."""
+    return channel_id if started_by is None else f"{DM_KEY_PREFIX}{started_by}"
+
+
+def is_dm_key(channel_id: str, thread_id: str) -> bool:
+    """Whether a conversation is a whole direct-message channel (answers go to the channel, not a thread)."""
+    return thread_id == channel_id or thread_id.startswith(DM_KEY_PREFIX)
+
+
 @dataclass(frozen=True)
 class ConversationRef:
     id: int

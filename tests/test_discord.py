@@ -332,6 +332,26 @@ async def test_direct_messages_when_allowed(bot, fake, people):
     assert tuple(conv) == (dm, dm)
 
 
+async def test_dm_is_one_conversation_and_new_conversation_starts_afresh(bot, fake, people):
+    dm = fake.dm_channel(people["patient"])
+    await fake.say(people["patient"], dm, "My palms sweat a lot, what can I do?")
+    await fake.wait_for(lambda: any(REPLY in m["content"] for m in fake.bot_messages(dm)), what="the first answer")
+    assert "new conversation" in fake.bot_messages(dm)[0]["content"]  # told in the first-contact notice
+    await fake.say(people["patient"], dm, "And is iontophoresis safe?")
+    await fake.wait_for(lambda: len(bot.backend.calls) == 2, what="the second answer")
+    assert any("palms sweat" in m["content"] for m in bot.backend.calls[-1] if m["role"] == "user")
+    await fake.say(people["patient"], dm, "new conversation")
+    await fake.wait_for(lambda: any("new conversation starts" in m["content"] for m in fake.bot_messages(dm)),
+                        what="the fresh start confirmed")
+    await fake.say(people["patient"], dm, "Does botox help for feet?")
+    await fake.wait_for(lambda: len(bot.backend.calls) == 3, what="the third answer")
+    assert not any("palms sweat" in m["content"] for m in bot.backend.calls[-1] if m["role"] == "user")
+    rows = await bot.service.db.fetchall("SELECT channel_id, thread_id FROM conversations ORDER BY id")
+    assert [r["channel_id"] for r in rows] == [dm, dm] and rows[0]["thread_id"] == dm
+    assert rows[1]["thread_id"].startswith("dm:")
+    assert all(m["channel_id"] == dm for m in fake.bot_messages(dm)) and not fake.threads
+
+
 async def test_bot_ignores_itself_and_the_reviewer_channel(bot, fake, people):
     await fake.say(people["reviewer"], fake.reviewer_channel_id, "hello team")
     await asyncio.sleep(0.2)

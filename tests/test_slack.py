@@ -319,10 +319,41 @@ async def test_mention_anywhere_and_dm(http_slack, fake):
     assert len(fake.thread(OTHER, event["ts"])) == 3
     # plain chatter in a channel that is not a support channel is ignored
     await http.event(message("lunch anyone?", channel=OTHER))
-    # DMs are answered (allow_dms), in the thread of the message
+    # DMs are answered (allow_dms), in the DM itself: one conversation per patient
     ts, _ = await ask(http, fake, "private question about sweating", channel=DM, channel_type="im", user=PATIENT2)
-    assert len(fake.thread(DM, ts)) == 2
+    assert not fake.thread(DM, ts) and len(fake.channel_messages(DM)) == 2
     assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 3
+
+
+async def test_one_dm_conversation_per_patient_and_a_way_to_start_afresh(http_slack, fake):
+    """Every top-level DM used to start a new conversation (no history). Now a DM is one
+    conversation per patient, answered in the DM itself; typing “new conversation” starts a
+    fresh one (told in the first-contact notice)."""
+    service, runner, http = http_slack
+    first, _ = await ask(http, fake, "My palms sweat a lot, what can I do?", channel=DM, channel_type="im")
+    notice = fake.channel_messages(DM)[0]
+    assert "new conversation" in notice["text"] and notice.get("thread_ts") is None
+    await ask(http, fake, "And is iontophoresis safe for that?", channel=DM, channel_type="im")
+    assert await service.db.fetchval("SELECT COUNT(*) FROM conversations") == 1
+    prompt = service.backend.calls[-1]
+    assert any("palms sweat" in m["content"] for m in prompt if m["role"] == "user")  # the earlier turn is there
+    assert all(m.get("thread_ts") is None for m in fake.channel_messages(DM))  # answered in the DM, not threads
+
+    event = message("New conversation", channel=DM, channel_type="im")
+    await http.event(event)
+    started = await fake.wait_for(lambda: [m for m in fake.channel_messages(DM) if "new conversation starts" in m["text"]])
+    assert started[0].get("thread_ts") is None
+    assert len(service.backend.calls) == 2  # the command is not a question for the model
+    await ask(http, fake, "Does botox help for feet?", channel=DM, channel_type="im")
+    assert await service.db.fetchval("SELECT COUNT(*) FROM conversations") == 2
+    prompt = service.backend.calls[-1]
+    assert not any("palms sweat" in m["content"] for m in prompt if m["role"] == "user")  # a fresh start
+    assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 3  # the command is not stored
+    # Slack's retry of the command changes nothing
+    await http.event(event, retry_num=1)
+    await runner.platform.drain()
+    assert len([m for m in fake.channel_messages(DM) if "new conversation starts" in m["text"]]) == 1
+    assert await service.db.fetchval("SELECT COUNT(*) FROM conversations") == 2
 
 
 async def test_dms_refused_when_not_enabled(tmp_path, fake):

@@ -28,7 +28,7 @@ from bot.platform import ConnectionState, PlatformHealth, PlatformStartError
 from bot.discord_platform import render
 from bot.discord_platform.components import DYNAMIC_ITEMS
 from bot.discord_platform.throttle import CoalescingThrottle
-from bot.platform import ConversationRef, IncomingMessage, PatientView, ReviewCard
+from bot.platform import ConversationRef, IncomingMessage, PatientView, ReviewCard, dm_key, is_dm_key
 from bot.settings import DiscordSettings
 from bot.supervisor import ConnectionEnded
 from bot.text import split_message
@@ -289,8 +289,10 @@ class DiscordPlatform:
             known = await catchup.known_conversations(self.service.db, PLATFORM, int)
             places: dict[int, int] = {}  # channel or thread id -> read after this message id
             for k in known:
-                if k.thread_id.isdigit():  # a thread, or a DM channel (in-place answers have no own channel)
-                    places[int(k.thread_id)] = max(places.get(int(k.thread_id), 0), int(k.last_message_id))
+                # a thread, or a DM channel; conversations answered in place have no channel of their own
+                where = k.channel_id if is_dm_key(k.channel_id, k.thread_id) else k.thread_id
+                if where.isdigit():
+                    places[int(where)] = max(places.get(int(where), 0), int(k.last_message_id))
             for channel_id in self._support_channel_ids():
                 newest = catchup.newest_in_channel(known, str(channel_id), int)
                 if newest is not None:
@@ -358,8 +360,15 @@ class DiscordPlatform:
             with contextlib.suppress(discord.HTTPException):
                 await message.channel.send("I only answer in the community's support channels. Please ask there.")
             return
+        # One conversation per patient in their DM (bot.platform.dm_key); “new conversation” starts afresh.
         channel_id = str(message.channel.id)
-        await self._answer(message, message.channel.id, channel_id, channel_id)
+        core = self.service.core
+        if core.is_new_conversation_command(message.content):
+            await core.start_new_conversation(IncomingMessage(
+                PLATFORM, str(message.author.id), channel_id, dm_key(channel_id, str(message.id)), "",
+                display_name=message.author.display_name, platform_message_id=str(message.id)))
+            return
+        await self._answer(message, message.channel.id, channel_id, await core.dm_conversation_key(PLATFORM, channel_id))
 
     async def _thread_message(self, message: discord.Message, thread: discord.Thread) -> None:
         owner = await self._thread_owner(thread)
@@ -460,6 +469,8 @@ class DiscordPlatform:
 
     def _target(self, conv: ConversationRef) -> tuple[discord.PartialMessageable, bool]:
         """Where a conversation's messages go, and whether it is an in-place (mention) conversation."""
+        if is_dm_key(conv.channel_id, conv.thread_id):
+            return self.client.get_partial_messageable(int(conv.channel_id)), False
         if conv.thread_id.isdigit():
             return self.client.get_partial_messageable(int(conv.thread_id)), False
         return self.client.get_partial_messageable(int(conv.channel_id)), True

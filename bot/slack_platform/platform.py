@@ -26,7 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import catchup
 from bot.commands import COMMANDS
-from bot.platform import ConversationRef, IncomingMessage, PatientView, PlatformHealth, ReviewCard
+from bot.platform import ConversationRef, IncomingMessage, PatientView, PlatformHealth, ReviewCard, dm_key, is_dm_key
 from bot.settings import SlackSettings
 from bot.slack_platform import blocks
 from pipeline import jobs
@@ -173,12 +173,17 @@ class SlackPlatform:
 
     # ================================================================== out: Platform protocol
 
+    @staticmethod
+    def _thread_of(conv: ConversationRef) -> str | None:
+        """Where a conversation's messages go: its thread, or the DM itself (one conversation per patient)."""
+        return None if is_dm_key(conv.channel_id, conv.thread_id) else conv.thread_id
+
     async def send_to_patient(self, conv: ConversationRef, view: PatientView) -> list[str]:
         posted: list[str] = []
         for message in blocks.patient_messages(view):
             try:
                 response = await self.client.chat_postMessage(
-                    channel=conv.channel_id, thread_ts=conv.thread_id, text=message["text"],
+                    channel=conv.channel_id, thread_ts=self._thread_of(conv), text=message["text"],
                     blocks=message["blocks"], unfurl_links=False, unfurl_media=False,
                 )
             except SlackApiError as exc:
@@ -205,7 +210,7 @@ class SlackPlatform:
                         raise
                     log.warning("slack: reply %s cannot be updated (%s); posting it again", message_ids[index], _error(exc))
             response = await self.client.chat_postMessage(
-                channel=conv.channel_id, thread_ts=conv.thread_id, text=message["text"],
+                channel=conv.channel_id, thread_ts=self._thread_of(conv), text=message["text"],
                 blocks=message["blocks"], unfurl_links=False, unfurl_media=False,
             )
             showing.append(response["ts"])
@@ -379,21 +384,43 @@ class SlackPlatform:
             if not self.cfg.allow_dms:
                 await self._dm_not_enabled(event)
                 return
-        elif channel not in self.cfg.support_channel_ids:
+            await self._direct_message(event, context)
+            return
+        if channel not in self.cfg.support_channel_ids:
             # Elsewhere only follow-ups in a thread the patient started by mentioning the bot;
             # new mentions arrive as app_mention.
             if not event.get("thread_ts") or self._mentions_bot(event.get("text", "")):
                 return
             if await self._thread_owner(channel, thread_ts) is None:
                 return
-        await self._patient_message(event, thread_ts, context, explicit=event.get("channel_type") == "im")
+        await self._patient_message(event, thread_ts, context, explicit=False)
 
     async def _on_mention(self, event: dict, context: Any) -> None:
         if event.get("bot_id") or not event.get("user") or event.get("channel") == self.cfg.reviewer_channel_id:
             return
-        if event.get("channel_type") == "im" and not self.cfg.allow_dms:
+        if event.get("channel_type") == "im" or str(event.get("channel", "")).startswith("D"):
+            if self.cfg.allow_dms:
+                await self._direct_message(event, context)
             return
         await self._patient_message(event, event.get("thread_ts") or event["ts"], context, explicit=True)
+
+    async def _direct_message(self, event: dict, context: Any) -> None:
+        """A DM is one conversation per patient (the core's key: bot.platform.dm_key); typing
+        “new conversation” starts a fresh one. A reply inside one of the older per-message DM
+        threads stays in that thread's conversation."""
+        channel, ts = event["channel"], event["ts"]
+        core = self.service.core
+        if core.is_new_conversation_command(event.get("text") or ""):
+            if self._messages.add(f"{channel}:{ts}"):
+                await core.start_new_conversation(IncomingMessage(
+                    PLATFORM, event["user"], channel, dm_key(channel, ts), "", platform_message_id=ts))
+            return
+        thread_ts = event.get("thread_ts")
+        if thread_ts and await self._thread_owner(channel, thread_ts) is not None:
+            key = thread_ts
+        else:
+            key = await core.dm_conversation_key(PLATFORM, channel)
+        await self._patient_message(event, key, context, explicit=True)
 
     def _mentions_bot(self, text: str) -> bool:
         return bool(self.bot_user_id) and f"<@{self.bot_user_id}" in text
@@ -450,7 +477,7 @@ class SlackPlatform:
             for k in known:
                 if k.channel_id.startswith("D"):
                     channels[k.channel_id] = max(channels.get(k.channel_id, "0"), k.last_message_id, key=float)
-                if k.thread_id != k.channel_id:
+                if not is_dm_key(k.channel_id, k.thread_id):
                     seen += await self._catch_up(k.channel_id, k.last_message_id, thread_ts=k.thread_id)
             for channel in self.cfg.support_channel_ids:
                 newest = catchup.newest_in_channel(known, channel, float)
