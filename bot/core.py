@@ -23,7 +23,7 @@ from bot import effects, metrics
 from bot.effects import EffectApplier
 from bot.inference.base import InferenceBackend, ModelUnavailable
 from bot.outbox import Claimed, Outbox
-from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, ViewKind, is_dm_key
+from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, Turn, ViewKind, is_dm_key
 from bot.prompt import build_prompt
 from bot.safety import SafetyLayer, Triage, crisis_text
 from bot.settings import Settings
@@ -37,6 +37,7 @@ from reviewers.service import ReviewService, insert_review_item
 
 log = logging.getLogger(__name__)
 
+CARD_THREAD_TURNS = 6  # earlier turns shown on a review card (platforms shorten older ones first)
 MAX_STORED_CHARS = 100_000  # beyond this a message is cut before storing (and the patient told)
 
 NOTICE_EMPTY = "Your message was empty. Please type your question in words and send it again."
@@ -770,7 +771,16 @@ class ConversationCore:
             reply_text=item["final_text"] or item["reply_text"], task=item["task"],
             risk_flags=json.loads(item["risk_flags"]), adapter_version=item["adapter_version"],
             state=item["state"], priority=item["priority"], decided_by=decided, judge=judge_line,
+            thread=await self._card_thread(item["reply_id"]),
         )
+
+    async def _card_thread(self, reply_id: int) -> list[Turn]:
+        """The last turns before the reviewed message, as the patient saw them (``_history``)."""
+        row = await self.db.fetchone("SELECT message_id, conversation_id FROM replies WHERE id = ?", (reply_id,))
+        if row is None:
+            return []
+        history = await self._history(row["conversation_id"], before_message_id=row["message_id"])
+        return [Turn("patient" if role == "user" else "assistant", text) for role, text in history[-CARD_THREAD_TURNS:]]
 
     async def alert_moderators(self, text: str, urgent: bool = False, key: str | None = None,
                                skip: set[str] | frozenset[str] = frozenset()) -> None:

@@ -77,6 +77,15 @@ class PatientView:
     disclaimer: str = ""
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One earlier turn of a conversation as the patient saw it: ``patient`` wrote ``text``, or
+    the service showed it (``assistant``: a reply as shown, crisis resources)."""
+
+    role: str  # "patient" | "assistant"
+    text: str
+
+
 @dataclass
 class ReviewCard:
     item_id: int
@@ -93,6 +102,9 @@ class ReviewCard:
     # The LLM judge's first reading, one line ("Judge: accuracy 2/5 — states a wrong dose …"), or
     # "Judge unavailable (…)"; None without a judge. Shown as information, never a decision.
     judge: str | None = None
+    # The turns before the patient's message, oldest first (the last few; the core fills it),
+    # so a reviewer judges the reply in its context. Platforms shorten older turns first.
+    thread: list[Turn] = field(default_factory=list)
 
 
 HealthState = Literal["connected", "connecting", "failed"]

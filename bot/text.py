@@ -54,3 +54,21 @@ def _open_fence_lang(part: str) -> str:
     last = part.rfind(FENCE)
     match = re.match(r"[A-Za-z0-9_+-]*", part[last + len(FENCE):])
     return match.group(0) if match else ""
+
+
+def fit_lines(lines: list[str], limit: int, sep: str = "\n") -> str:
+    """Join ``lines`` (oldest first) in at most ``limit`` characters: the newest are kept, and
+    what does not fit is taken from the oldest — dropped, or the oldest kept one cut short."""
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        gap = len(sep) if kept else 0
+        if used + gap + len(line) <= limit:
+            kept.append(line)
+            used += gap + len(line)
+            continue
+        room = limit - used - gap
+        if room >= 40:  # a cut turn still says something
+            kept.append(line[: room - 1].rstrip() + "…")
+        break
+    return sep.join(reversed(kept))

@@ -881,3 +881,30 @@ async def test_the_judges_first_reading_appears_on_the_card(tmp_path, fake, peop
             assert await harness.service.db.fetchval("SELECT state FROM review_items WHERE id = ?", (item,)) == "pending"
         finally:
             await harness.stop()
+
+
+async def test_cards_show_the_recent_thread_within_discords_limits(tmp_path, fake, people):
+    """A card shows the turns before the patient's message (what the patient saw), older turns
+    shortened first, within the 6,000 characters of an embed (the fake refuses more), and the
+    reply under review is never the part that is cut."""
+    long_reply = ("Strong antiperspirants applied at night help many people with sweaty palms. " * 60)[:3000]
+    harness = await Bot(tmp_path, fake, reply=long_reply).start()
+    try:
+        thread = await harness.ask(people["patient"], "My palms drip with sweat. Why?")
+        first_card = fake.bot_messages(fake.reviewer_channel_id)[0]["embeds"][0]
+        assert all(f["name"] != render.THREAD_FIELD for f in first_card["fields"])  # nothing before it
+        for i in range(3):
+            follow_up = f"Follow-up {i}: " + ("my hands are wet all day and it is hard to write. " * 80)[:3900]
+            await fake.say(people["patient"], thread["id"], follow_up)
+            await fake.wait_for(lambda: len(fake.bot_messages(fake.reviewer_channel_id)) == i + 2, what="a card")
+        card = fake.bot_messages(fake.reviewer_channel_id)[-1]["embeds"][0]
+        earlier = card["fields"][0]
+        assert earlier["name"] == render.THREAD_FIELD and len(earlier["value"]) <= 1024
+        assert "Follow-up 1" in earlier["value"] and "**Shown:** Strong antiperspirants" in earlier["value"]
+        assert "My palms drip" not in earlier["value"]  # the oldest turns gave way first
+        assert long_reply in card["description"]  # the reply under review is whole
+        total = len(card["title"]) + len(card["description"]) + len(card["footer"]["text"]) + sum(
+            len(f["name"]) + len(f["value"]) for f in card["fields"])
+        assert total <= 6000
+    finally:
+        await harness.stop()

@@ -301,6 +301,22 @@ async def test_follow_up_in_thread_continues_the_conversation(http_slack, fake):
     assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 2
 
 
+async def test_cards_show_the_recent_thread(http_slack, fake):
+    """A follow-up's card shows the earlier turns (the patient's question and the reply shown),
+    shortened from the oldest within Block Kit's limits (the fake refuses more)."""
+    service, runner, http = http_slack
+    ts, first = await ask(http, fake, "Which antiperspirant works for hands & feet?")
+    assert "Earlier in the conversation" not in json.dumps(first["blocks"])
+    _, card = await ask(http, fake, "And how often should I apply it?", thread_ts=ts)
+    earlier = next(t for t in section_texts(card) if t.startswith("*Earlier in the conversation*"))
+    assert "*Patient:* Which antiperspirant works for hands &amp; feet?" in earlier
+    assert "*Shown:* Thank you for your question about: Which" in earlier  # what the patient saw (the fixed backend echoes)
+    for i in range(4):
+        _, card = await ask(http, fake, f"Follow-up {i}: " + "my hands are wet all day long. " * 120, thread_ts=ts)
+    earlier = next(t for t in section_texts(card) if t.startswith("*Earlier in the conversation*"))
+    assert len(earlier) <= 1600 and "Follow-up 2" in earlier and "hands &amp; feet" not in earlier
+
+
 async def test_mention_anywhere_and_dm(http_slack, fake):
     service, runner, http = http_slack
     event = mention("do you know about iontophoresis?")

@@ -35,3 +35,15 @@ def test_code_fence_closed_and_reopened():
 def test_limit_too_small():
     with pytest.raises(ValueError):
         split_message("x", 5)
+
+
+def test_fit_lines_gives_way_from_the_oldest():
+    from bot.text import fit_lines
+
+    lines = ["oldest " + "a" * 60, "middle " + "b" * 60, "newest " + "c" * 60]
+    assert fit_lines(lines, 1000) == "\n".join(lines)
+    two = fit_lines(lines, 140)
+    assert two == "\n".join(lines[1:])  # the oldest dropped whole
+    cut = fit_lines(lines, 190)
+    assert cut.endswith("\n".join(lines[1:])) and cut.startswith("oldest") and "…" in cut and len(cut) <= 190
+    assert fit_lines(lines, 30) == ""  # not even the newest fits: nothing rather than a stub

@@ -19,12 +19,15 @@ from __future__ import annotations
 import discord
 
 from bot.platform import PatientView, ReviewCard, ViewKind
-from bot.text import split_message
+from bot.text import fit_lines, split_message
 from reviewers.models import RUBRIC_CRITERIA
 
 MAX_MESSAGE_CHARS = 2000
 EMBED_DESCRIPTION_CHARS = 4096
 EMBED_FIELD_CHARS = 1024
+EMBED_TOTAL_CHARS = 6000  # all text of a message's embeds together
+EMBED_TITLE_CHARS = 256
+TURN_CHARS = 400  # one earlier turn on a card, at most
 REPLY_IN_CARD_CHARS = 3500  # leaves room in the 6,000-character embed total for the other fields
 MAX_EDIT_CHARS = 4000
 
@@ -102,11 +105,18 @@ def truncate(text: str, limit: int, note: str = "…") -> str:
     return cut.rstrip() + note
 
 
+THREAD_FIELD = "Earlier in the conversation"
+
+
 def card_embed(card: ReviewCard) -> discord.Embed:
+    """The card: the reply (the most room), the patient's message, the earlier turns in the room
+    left (older turns shortened first; never the reply), then the facts. Within Discord's embed
+    limits, 6,000 characters in all."""
     state = card.state
     title = f"Review #{card.item_id} · {card.task}"
     if card.priority == "high":
         title = "\N{LARGE RED CIRCLE} " + title + " · high priority"
+    title = truncate(title, EMBED_TITLE_CHARS)
     reply = truncate(card.reply_text, REPLY_IN_CARD_CHARS, " … (cut here; Edit shows the whole reply)")
     embed = discord.Embed(
         title=title,
@@ -114,9 +124,9 @@ def card_embed(card: ReviewCard) -> discord.Embed:
         colour=discord.Colour.orange() if card.priority == "high" and state == "pending" else _STATE_COLOUR.get(state),
     )
     embed.add_field(name="Patient asked", value=truncate(card.patient_text, EMBED_FIELD_CHARS) or "(empty)", inline=False)
-    embed.add_field(name="Task", value=card.task or "unknown")
-    embed.add_field(name="Risk flags", value=", ".join(card.risk_flags) or "none")
-    embed.add_field(name="Adapter", value=card.adapter_version or "base model")
+    embed.add_field(name="Task", value=truncate(card.task or "unknown", EMBED_FIELD_CHARS))
+    embed.add_field(name="Risk flags", value=truncate(", ".join(card.risk_flags) or "none", EMBED_FIELD_CHARS))
+    embed.add_field(name="Adapter", value=truncate(card.adapter_version or "base model", EMBED_FIELD_CHARS))
     if card.judge:
         embed.add_field(name="First reading", value=truncate(card.judge, EMBED_FIELD_CHARS), inline=False)
     decided = "\n".join(card.decided_by) if card.decided_by else "nobody yet"
@@ -126,6 +136,12 @@ def card_embed(card: ReviewCard) -> discord.Embed:
                               "recorded with your decision.")
     else:
         embed.set_footer(text="Closed. The patient sees the outcome.")
+    if card.thread:
+        room = min(EMBED_FIELD_CHARS, EMBED_TOTAL_CHARS - len(embed) - len(THREAD_FIELD) - 10)
+        lines = [f"**{'Patient' if t.role == 'patient' else 'Shown'}:** {truncate(t.text, TURN_CHARS)}" for t in card.thread]
+        earlier = fit_lines(lines, room)
+        if earlier:
+            embed.insert_field_at(0, name=THREAD_FIELD, value=earlier, inline=False)
     return embed
 
 

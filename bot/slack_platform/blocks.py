@@ -14,13 +14,15 @@ import json
 from typing import Any
 
 from bot.platform import PatientView, ReviewCard, ViewKind
-from bot.text import split_message
+from bot.text import fit_lines, split_message
 from reviewers.models import RUBRIC_CRITERIA, Rubric
 
 SECTION_LIMIT = 3000
 PART_LIMIT = 2800  # raw text per message part, leaving room for escaping (& < > grow)
 CARD_PATIENT_LIMIT = 1200
 CARD_REPLY_LIMIT = 2600
+CARD_THREAD_LIMIT = 1500  # earlier turns on a card (older ones shortened first)
+TURN_LIMIT = 400
 MODAL_INPUT_LIMIT = 3000  # Slack's maximum for plain_text_input
 
 ACTION_APPROVE = "review_approve"
@@ -152,8 +154,14 @@ def review_card(card: ReviewCard) -> dict[str, Any]:
         f"Risk flags: {fit(', '.join(card.risk_flags), 1000) if card.risk_flags else 'none'}",
         _STATE_TEXT.get(card.state, escape(card.state)),
     ]
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": title}},
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": title}}]
+    if card.thread:
+        lines = [_quote(f"*{'Patient' if t.role == 'patient' else 'Shown'}:* " + fit(" ".join(t.text.split()), TURN_LIMIT))
+                 for t in card.thread]
+        earlier = fit_lines(lines, CARD_THREAD_LIMIT)
+        if earlier:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Earlier in the conversation*\n" + earlier}})
+    blocks += [
         {"type": "section", "text": {"type": "mrkdwn",
                                      "text": "*Patient asked*\n" + _excerpt(card.patient_text, CARD_PATIENT_LIMIT)}},
         {"type": "section", "text": {"type": "mrkdwn",
