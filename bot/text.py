@@ -72,3 +72,45 @@ def fit_lines(lines: list[str], limit: int, sep: str = "\n") -> str:
             kept.append(line[: room - 1].rstrip() + "…")
         break
     return sep.join(reversed(kept))
+
+
+# How a text split for editing was cut, one letter per cut: the separator removed there.
+EDIT_SEPARATORS = {"p": "\n\n", "l": "\n", "s": " ", "n": ""}
+
+
+def split_for_editing(text: str, limit: int, max_parts: int) -> tuple[list[str], str] | None:
+    """``text`` as at most ``max_parts`` parts of at most ``limit`` characters, for forms whose
+    inputs hold ``limit`` each, and the separators removed at the cuts (see EDIT_SEPARATORS);
+    :func:`join_edited` puts them back, so an unchanged form gives back exactly ``text``. Cuts
+    are at a paragraph, a line or a space in the second half of a part, else mid-word. None when
+    the text needs more parts (the caller must then say so, never cut silently)."""
+    parts: list[str] = []
+    seps = ""
+    rest = text
+    while len(rest) > limit:
+        if len(parts) + 1 >= max_parts:
+            return None
+        for key in ("p", "l", "s"):
+            sep = EDIT_SEPARATORS[key]
+            at = rest.rfind(sep, 0, limit + len(sep))
+            if at >= limit // 2 and at <= limit:
+                parts.append(rest[:at])
+                seps += key
+                rest = rest[at + len(sep):]
+                break
+        else:
+            parts.append(rest[:limit])
+            seps += "n"
+            rest = rest[limit:]
+    parts.append(rest)
+    return parts, seps
+
+
+def join_edited(parts: list[str], seps: str) -> str:
+    """The text of an edit form's parts (inverse of :func:`split_for_editing`)."""
+    out = []
+    for index, part in enumerate(parts):
+        out.append(part)
+        if index < len(parts) - 1:
+            out.append(EDIT_SEPARATORS.get(seps[index] if index < len(seps) else "p", "\n\n"))
+    return "".join(out)

@@ -22,7 +22,7 @@ from reviewers.models import (
 
 log = logging.getLogger(__name__)
 
-MAX_EDIT_CHARS = 4000
+MAX_EDIT_CHARS = 20_000  # the longest edit a platform's form carries (Discord: five inputs of 4,000)
 
 # Called inside a decision's (or an expiry's) transaction: the caller records what must follow.
 Effects = Callable[[sqlite3.Connection, DecisionOutcome], None]

@@ -908,3 +908,55 @@ async def test_cards_show_the_recent_thread_within_discords_limits(tmp_path, fak
         assert total <= 6000
     finally:
         await harness.stop()
+
+
+# ---------------------------------------------------------------------- long replies
+
+
+async def test_a_9000_character_reply_is_edited_whole_in_parts(tmp_path, fake, people):
+    """Edit forms used to cut a reply to 4,000 characters without a word. A 9,000-character reply
+    opens in several inputs (each within Discord's 4,000) that join back exactly; the edit made in
+    the last part reaches the patient and the dataset with nothing lost."""
+    long_reply = "\n\n".join(f"Paragraph {i}: " + "Strong antiperspirants at night help many people. " * 14
+                             for i in range(12))
+    assert 8500 < len(long_reply) < 9500
+    harness = await Bot(tmp_path, fake, reply=long_reply).start()
+    try:
+        thread = await harness.ask(people["patient"], "Tell me everything about treatments.")
+        card = fake.bot_messages(fake.reviewer_channel_id)[0]
+        item = await harness.item_for_card(card)
+        opened = await fake.click(people["reviewer"], card["id"], f"l4s:edit:{item}")
+        await fake.wait_for(lambda: opened.responses, what="the edit form")
+        inputs = {c["component"]["custom_id"]: c["component"]["value"] for c in opened.modal["components"]}
+        assert len(inputs) == 3 and all(len(v) <= 4000 for v in inputs.values())
+        stored = (await harness.service.reviews.item(item))["reply_text"]
+        assert render.parse_edit_form(opened.modal["custom_id"], inputs.get) == (item, stored)  # nothing cut
+        last = render.edit_text_id(3)
+        edited_last = inputs[last].replace("Paragraph 11:", "Paragraph 11 (checked by a dermatologist):")
+        submitted = await fake.submit_modal(people["reviewer"], opened, {**inputs, last: edited_last})
+        await fake.wait_for(lambda: submitted.followups, what="the confirmation")
+        assert "edited" in submitted.text
+        expected = stored.replace("Paragraph 11:", "Paragraph 11 (checked by a dermatologist):")
+        assert (await harness.service.reviews.item(item))["final_text"] == expected
+        parts = fake.bot_messages(thread["id"])[1:]
+        shown = " ".join(p["content"].split("\n\n-# ")[0] for p in parts)
+        assert shown.split() == expected.split() and LABEL_EDITED in parts[-1]["content"]
+        example = await harness.service.db.fetchone("SELECT messages FROM dataset_examples WHERE review_item_id = ?",
+                                                    (item,))
+        assert "checked by a dermatologist" in example["messages"] and "Paragraph 0:" in example["messages"]
+    finally:
+        await harness.stop()
+
+
+async def test_a_reply_too_long_for_a_form_is_refused_with_the_console_named(tmp_path, fake, people):
+    harness = await Bot(tmp_path, fake, reply="Sweating explained." + " Sweating explained." * 1299).start()
+    try:
+        await harness.ask(people["patient"], "Explain it all, please.")
+        card = fake.bot_messages(fake.reviewer_channel_id)[0]
+        item = await harness.item_for_card(card)
+        opened = await fake.click(people["reviewer"], card["id"], f"l4s:edit:{item}")
+        await fake.wait_for(lambda: opened.responses, what="the answer")
+        assert opened.modal is None and "console" in opened.text and "25,999 characters" in opened.text
+        assert opened.responses[0]["data"]["flags"] == EPHEMERAL
+    finally:
+        await harness.stop()

@@ -196,8 +196,10 @@ def block_action(fake: FakeSlack, action_id: str, item_id: int, user: str, card_
 
 
 def view_submission(opened_view: dict[str, Any], user: str, text: str | None,
-                    rubric: dict[str, int] | None = None) -> dict[str, Any]:
-    values: dict[str, Any] = {"edit_text": {"text": {"type": "plain_text_input", "value": text}}}
+                    rubric: dict[str, int] | None = None, parts: dict[str, str] | None = None) -> dict[str, Any]:
+    """The modal submitted: ``text`` in the (first) reply input, or ``parts`` by block id."""
+    values: dict[str, Any] = {block: {"text": {"type": "plain_text_input", "value": value}}
+                              for block, value in (parts or {"edit_text": text}).items()}
     for name, score in (rubric or {}).items():
         values[f"rubric:{name}"] = {f"rubric_{name}": {"type": "static_select",
                                                         "selected_option": {"value": str(score)}}}
@@ -874,6 +876,39 @@ async def test_long_reply_is_split_and_updated_in_place(tmp_path, fake):
         assert section_texts(fake.thread(SUPPORT, ts)[1])[0] == "Short, corrected answer."
         assert fake.thread(SUPPORT, ts)[1]["ts"] == parts[0]["ts"]
         assert len(fake.deleted) == len(parts) - 1
+        await http.close()
+
+
+async def test_a_9000_character_reply_is_edited_whole_in_parts(tmp_path, fake):
+    """The edit modal used to cut a reply to 3,000 characters without a word. A 9,000-character
+    reply opens in several inputs (each within plain_text_input's 3,000) that join back exactly;
+    the edit made in the last part reaches the patient with nothing lost."""
+    from bot.slack_platform import blocks
+
+    long_reply = "\n\n".join(f"Paragraph {i}: " + "Strong antiperspirants at night help many people. " * 14
+                             for i in range(12))
+    async with running(tmp_path, fake, backend=FixedBackend(reply=long_reply)) as (service, runner):
+        http = SignedHTTP(fake, runner.url)
+        ts, card = await ask(http, fake, "Tell me everything about the treatments, please")
+        item = item_of(card)
+        await http.interact(block_action(fake, "review_edit", item, REVIEWER, card["ts"]))
+        view = (await fake.wait_calls("views.open"))[0].args["view"]
+        inputs = {b["block_id"]: b["element"]["initial_value"] for b in view["blocks"] if b["type"] == "input"
+                  and b["block_id"].startswith("edit_text")}
+        assert len(inputs) >= 3 and all(len(v) <= 3000 for v in inputs.values())
+        stored = (await service.reviews.item(item))["reply_text"]
+        cuts = json.loads(view["private_metadata"])["cuts"]
+        joined, errors = blocks.edited_text({b: {"text": {"value": v}} for b, v in inputs.items()}, cuts)
+        assert joined == stored and not errors  # nothing cut
+        last = max(inputs, key=lambda b: int(b.rsplit("_", 1)[-1]) if b[-1].isdigit() else 1)
+        edited = {**inputs, last: inputs[last].replace("Paragraph 11:", "Paragraph 11 (checked by a dermatologist):")}
+        status, body = await http.interact(view_submission(view, REVIEWER, None, parts=edited))
+        assert status == 200 and body == ""
+        expected = stored.replace("Paragraph 11:", "Paragraph 11 (checked by a dermatologist):")
+        await fake.wait_for(lambda: any("checked by a dermatologist" in m["text"] for m in fake.thread(SUPPORT, ts)))
+        assert (await service.reviews.item(item))["final_text"] == expected
+        shown = " ".join(section_texts(m)[0] for m in fake.thread(SUPPORT, ts)[1:])
+        assert shown.split() == expected.split()
         await http.close()
 
 

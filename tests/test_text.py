@@ -47,3 +47,16 @@ def test_fit_lines_gives_way_from_the_oldest():
     cut = fit_lines(lines, 190)
     assert cut.endswith("\n".join(lines[1:])) and cut.startswith("oldest") and "…" in cut and len(cut) <= 190
     assert fit_lines(lines, 30) == ""  # not even the newest fits: nothing rather than a stub
+
+
+def test_split_for_editing_joins_back_exactly():
+    from bot.text import join_edited, split_for_editing
+
+    paragraphs = ["Paragraph %d. " % i + "word " * 150 for i in range(12)]
+    text = "\n\n".join(p.strip() for p in paragraphs) + "\nlast line " + "x" * 5000  # and a 5,000-char "word"
+    parts, seps = split_for_editing(text, 4000, 5)
+    assert all(len(p) <= 4000 for p in parts) and len(parts) <= 5 and len(seps) == len(parts) - 1
+    assert join_edited(parts, seps) == text
+    assert "p" in seps and "n" in seps  # paragraph boundaries where possible, mid-word only when forced
+    assert split_for_editing(text, 4000, 2) is None  # too long for the form: the caller must say so
+    assert split_for_editing("short", 3000, 1) == (["short"], "")

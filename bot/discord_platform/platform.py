@@ -628,18 +628,24 @@ class DiscordPlatform:
             await interaction.response.send_message(f"This reply was already {item['state']}; nothing to edit.",
                                                     ephemeral=True)
             return
-        await interaction.response.send_modal(render.edit_form(item_id, item["final_text"] or item["reply_text"]))
+        text = item["final_text"] or item["reply_text"]
+        form = render.edit_form(item_id, text)
+        if form is None:
+            await interaction.response.send_message(
+                f"This reply is {len(text):,} characters, more than a Discord form holds "
+                f"({render.MAX_EDIT_PARTS} × {render.MAX_EDIT_CHARS:,}). Edit it in the console's reviewer queue"
+                f"{(' (' + self.service.settings.local.public_url + '/#reviewer)') if self.service.settings.local.public_url else ''}"
+                ", or Approve / Reject it here.", ephemeral=True)
+            return
+        await interaction.response.send_modal(form)
 
     async def on_form_submit(self, interaction: discord.Interaction) -> None:
         data = interaction.data or {}
-        custom_id = str(data.get("custom_id", ""))
-        if not custom_id.startswith(render.EDIT_FORM_PREFIX):
+        components = data.get("components", [])
+        parsed = render.parse_edit_form(str(data.get("custom_id", "")), lambda cid: _form_value(components, cid))
+        if parsed is None:
             return
-        try:
-            item_id = int(custom_id[len(render.EDIT_FORM_PREFIX):])
-        except ValueError:
-            return
-        text = _form_value(data.get("components", []), render.EDIT_TEXT_ID)
+        item_id, text = parsed
         await interaction.response.defer(ephemeral=True, thinking=True)
         result = await self._decide(item_id, self.actor(interaction.user), Action.EDIT, text or "")
         await interaction.followup.send(result, ephemeral=True)

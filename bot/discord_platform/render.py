@@ -11,15 +11,21 @@ after a restart:
 
     l4s:approve:<item>   l4s:edit:<item>   l4s:reject:<item>   l4s:rate:<criterion>:<item>
 
-The Edit form (modal) is ``l4s:editform:<item>`` with one paragraph input ``l4s:edittext``.
+The Edit form (modal) is ``l4s:editform:<item>[:<cuts>]`` with one paragraph input
+``l4s:edittext`` per part of the reply (``l4s:edittext:2`` … for the second and later parts): a
+modal holds five inputs of 4,000 characters, so a longer reply is split into parts at paragraph,
+line or word boundaries, and ``<cuts>`` records what was removed at each cut
+(bot.text.split_for_editing) so that the parts join back exactly.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import discord
 
 from bot.platform import PatientView, ReviewCard, ViewKind
-from bot.text import fit_lines, split_message
+from bot.text import fit_lines, join_edited, split_for_editing, split_message
 from reviewers.models import RUBRIC_CRITERIA
 
 MAX_MESSAGE_CHARS = 2000
@@ -29,7 +35,8 @@ EMBED_TOTAL_CHARS = 6000  # all text of a message's embeds together
 EMBED_TITLE_CHARS = 256
 TURN_CHARS = 400  # one earlier turn on a card, at most
 REPLY_IN_CARD_CHARS = 3500  # leaves room in the 6,000-character embed total for the other fields
-MAX_EDIT_CHARS = 4000
+MAX_EDIT_CHARS = 4000  # one text input
+MAX_EDIT_PARTS = 5  # inputs in one modal
 
 ID_PREFIX = "l4s"
 APPROVE_TEMPLATE = r"l4s:approve:(?P<item>[0-9]+)"
@@ -160,17 +167,45 @@ def card_components(item_id: int, open_: bool) -> discord.ui.View | None:
     return view
 
 
-def edit_form(item_id: int, reply_text: str) -> discord.ui.Modal:
-    modal = discord.ui.Modal(title=f"Edit reply #{item_id}", custom_id=f"{EDIT_FORM_PREFIX}{item_id}", timeout=900)
-    text = discord.ui.TextInput(
-        style=discord.TextStyle.paragraph,
-        custom_id=EDIT_TEXT_ID,
-        default=reply_text[:MAX_EDIT_CHARS],
-        min_length=1,
-        max_length=MAX_EDIT_CHARS,
-        required=True,
-    )
-    modal.add_item(discord.ui.Label(text="Reply the patient will see",
-                                    description="Your edit replaces the AI reply and is recorded for training.",
-                                    component=text))
+def edit_form(item_id: int, reply_text: str) -> discord.ui.Modal | None:
+    """The Edit form with the whole reply, in up to five parts; None when it does not fit (the
+    caller says so and points to the console: a reply is never cut silently)."""
+    split = split_for_editing(reply_text, MAX_EDIT_CHARS, MAX_EDIT_PARTS)
+    if split is None:
+        return None
+    parts, cuts = split
+    custom_id = f"{EDIT_FORM_PREFIX}{item_id}" + (f":{cuts}" if cuts else "")
+    modal = discord.ui.Modal(title=f"Edit reply #{item_id}", custom_id=custom_id, timeout=900)
+    for index, part in enumerate(parts, start=1):
+        text = discord.ui.TextInput(
+            style=discord.TextStyle.paragraph,
+            custom_id=edit_text_id(index),
+            default=part,
+            min_length=1,
+            max_length=MAX_EDIT_CHARS,
+            required=True,
+        )
+        if len(parts) == 1:
+            label, description = "Reply the patient will see", "Your edit replaces the AI reply and is recorded for training."
+        else:
+            label = f"Reply the patient will see, part {index} of {len(parts)}"
+            description = ("The parts are joined in order. Your edit replaces the AI reply and is recorded for "
+                           "training." if index == 1 else "Continues the part above.")
+        modal.add_item(discord.ui.Label(text=label, description=description, component=text))
     return modal
+
+
+def edit_text_id(index: int) -> str:
+    return EDIT_TEXT_ID if index == 1 else f"{EDIT_TEXT_ID}:{index}"
+
+
+def parse_edit_form(custom_id: str, value_of: "Callable[[str], str | None]") -> tuple[int, str] | None:
+    """(item id, the edited reply) from a submitted Edit form, its parts joined back; None if it
+    is not one of ours. ``value_of`` gives an input's value by custom id."""
+    if not custom_id.startswith(EDIT_FORM_PREFIX):
+        return None
+    item, _, cuts = custom_id[len(EDIT_FORM_PREFIX):].partition(":")
+    if not item.isdigit():
+        return None
+    parts = [value_of(edit_text_id(index)) or "" for index in range(1, len(cuts) + 2)]
+    return int(item), join_edited(parts, cuts)

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from bot.platform import PatientView, ReviewCard, ViewKind
-from bot.text import fit_lines, split_message
+from bot.text import fit_lines, join_edited, split_for_editing, split_message
 from reviewers.models import RUBRIC_CRITERIA, Rubric
 
 SECTION_LIMIT = 3000
@@ -24,6 +24,7 @@ CARD_REPLY_LIMIT = 2600
 CARD_THREAD_LIMIT = 1500  # earlier turns on a card (older ones shortened first)
 TURN_LIMIT = 400
 MODAL_INPUT_LIMIT = 3000  # Slack's maximum for plain_text_input
+MAX_EDIT_PARTS = 7  # inputs for one reply in the Edit modal (7 × 3,000 ≥ reviewers.service.MAX_EDIT_CHARS)
 
 ACTION_APPROVE = "review_approve"
 ACTION_EDIT = "review_edit"
@@ -220,25 +221,42 @@ def rubric_from_values(values: dict[str, Any]) -> Rubric:
     return Rubric(**scores)
 
 
-def edit_modal(card: ReviewCard, metadata: dict[str, Any], rubric: Rubric) -> dict[str, Any]:
-    """The Edit modal: the reply prefilled, the rubric, validated by the app on submit."""
+def edit_block_id(index: int) -> str:
+    return EDIT_BLOCK if index == 1 else f"{EDIT_BLOCK}_{index}"
+
+
+def edit_modal(card: ReviewCard, metadata: dict[str, Any], rubric: Rubric) -> dict[str, Any] | None:
+    """The Edit modal: the whole reply prefilled (in several inputs of at most 3,000 characters
+    when it is longer; ``metadata["cuts"]`` joins them back, bot.text.split_for_editing), the
+    rubric, validated by the app on submit. None when the reply needs more inputs than the modal
+    has (the caller says so: a reply is never cut silently)."""
+    split = split_for_editing(card.reply_text, MODAL_INPUT_LIMIT, MAX_EDIT_PARTS)
+    if split is None:
+        return None
+    parts, cuts = split
+    metadata = {**metadata, "cuts": cuts}
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn",
                                      "text": "*Patient asked*\n" + _excerpt(card.patient_text, 600)}},
-        {
+    ]
+    for index, part in enumerate(parts, start=1):
+        label = "Corrected reply" if len(parts) == 1 else f"Corrected reply, part {index} of {len(parts)}"
+        block: dict[str, Any] = {
             "type": "input",
-            "block_id": EDIT_BLOCK,
-            "label": {"type": "plain_text", "text": "Corrected reply"},
+            "block_id": edit_block_id(index),
+            "label": {"type": "plain_text", "text": label},
             "element": {
                 "type": "plain_text_input",
                 "action_id": EDIT_INPUT,
                 "multiline": True,
-                "initial_value": card.reply_text[:MODAL_INPUT_LIMIT],
+                "initial_value": part,
                 "max_length": MODAL_INPUT_LIMIT,
             },
-            "hint": {"type": "plain_text", "text": "The patient's message is updated in place with this text."},
-        },
-    ]
+        }
+        if index == len(parts):
+            block["hint"] = {"type": "plain_text", "text": "The patient's message is updated in place with this text"
+                             + (" (the parts joined in order)." if len(parts) > 1 else ".")}
+        blocks.append(block)
     for criterion in RUBRIC_CRITERIA:
         blocks.append({
             "type": "input",
@@ -256,6 +274,18 @@ def edit_modal(card: ReviewCard, metadata: dict[str, Any], rubric: Rubric) -> di
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": blocks,
     }
+
+
+def edited_text(values: dict[str, Any], cuts: str) -> tuple[str, dict[str, str]]:
+    """The edit a submitted modal carries (its parts joined back), and per-block errors."""
+    parts: list[str] = []
+    errors: dict[str, str] = {}
+    for index in range(1, len(cuts) + 2):
+        value = ((values.get(edit_block_id(index)) or {}).get(EDIT_INPUT) or {}).get("value") or ""
+        if len(value) > MODAL_INPUT_LIMIT:
+            errors[edit_block_id(index)] = f"This part is {len(value)} characters; the limit is {MODAL_INPUT_LIMIT}."
+        parts.append(value)
+    return join_edited(parts, cuts).strip(), errors
 
 
 def forget_me_prompt() -> list[dict[str, Any]]:

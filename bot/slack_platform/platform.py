@@ -45,7 +45,7 @@ REJECT_REACTIONS = frozenset({"x", "heavy_multiplication_x"})  # ❌ ✖️
 # Message subtypes that are a person writing; edits, joins, deletions and bot posts are not.
 PATIENT_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 ACK_BUDGET_S = 2.0  # a slash command result faster than this goes in the ack itself (Slack allows 3 s)
-EDIT_LIMIT = min(MAX_EDIT_CHARS, blocks.MODAL_INPUT_LIMIT)
+EDIT_LIMIT = MAX_EDIT_CHARS
 _MENTION = re.compile(r"<@([UW][A-Z0-9]+)(\|[^>]*)?>")
 
 
@@ -624,9 +624,16 @@ class SlackPlatform:
             return
         rubric = blocks.rubric_from_values((body.get("state") or {}).get("values") or {})
         metadata = {"item_id": item_id, "channel": channel}
+        modal = blocks.edit_modal(card, metadata, rubric)
+        if modal is None:
+            await self._ephemeral(channel, user.get("id", ""),
+                                  f"This reply is {len(card.reply_text):,} characters, more than the edit window holds "
+                                  f"({blocks.MAX_EDIT_PARTS} × {blocks.MODAL_INPUT_LIMIT:,}). Edit it in the console's "
+                                  "reviewer queue, or approve or reject it here.")
+            return
         try:
             # A trigger_id lives 3 seconds: the modal opens before anything slow happens.
-            await self.client.views_open(trigger_id=trigger_id, view=blocks.edit_modal(card, metadata, rubric))
+            await self.client.views_open(trigger_id=trigger_id, view=modal)
         except SlackApiError as exc:
             log.warning("slack: the edit modal for item %s did not open: %s", item_id, _error(exc))
             await self._ephemeral(channel, user.get("id", ""),
@@ -635,7 +642,14 @@ class SlackPlatform:
 
     async def _on_edit_submit(self, ack: Any, body: dict, view: dict) -> None:
         values = (view.get("state") or {}).get("values") or {}
-        text = (((values.get(blocks.EDIT_BLOCK) or {}).get(blocks.EDIT_INPUT) or {}).get("value") or "").strip()
+        try:
+            metadata = json.loads(view.get("private_metadata") or "{}")
+        except ValueError:
+            metadata = {}
+        text, part_errors = blocks.edited_text(values, str(metadata.get("cuts") or ""))
+        if part_errors:
+            await ack(response_action="errors", errors=part_errors)
+            return
         if not text:
             await ack(response_action="errors",
                       errors={blocks.EDIT_BLOCK: "The corrected reply is empty. Write the text the patient should see."})
@@ -655,10 +669,6 @@ class SlackPlatform:
             return
         await ack()
         actor = await lookup
-        try:
-            metadata = json.loads(view.get("private_metadata") or "{}")
-        except ValueError:
-            metadata = {}
         channel = metadata.get("channel") or self.cfg.reviewer_channel_id or ""
         await self._decide(_int(metadata.get("item_id")), actor.user_id, actor.display_name, channel, Action.EDIT,
                            edited_text=text, rubric=blocks.rubric_from_values(values))
