@@ -438,7 +438,7 @@ class ConversationCore:
         metrics.MODEL_SECONDS.labels(replica=generation.replica or "in-process").observe(generation.latency_s)
         reply_text = generation.text.strip() or "I'm sorry, I could not put an answer together. A specialist will look at your question."
         # --- safety layer: a reply failing the checks is not posted; it goes to review marked blocked
-        checked = self.safety.check_reply(reply_text, verdict)
+        checked = await self.safety.check_reply_async(reply_text, verdict, text)
         risk_flags = verdict.risk_flags + checked.flags
         review_first = verdict.review_first or not checked.ok
         # --- end safety layer

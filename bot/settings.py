@@ -290,8 +290,41 @@ class GenerationSettings(Section):
     near_duplicate_threshold: float = Field(0.6, gt=0.0, le=1.0)
 
 
+class LlamaGuardSettings(Section):
+    """Llama Guard 3 served by vLLM (deploy/compose.yaml, profile ``llama-guard``): a second opinion
+    on patient messages and, with ``check_replies``, on model replies. Off while base_url is empty."""
+
+    base_url: str = ""  # e.g. http://llama-guard:8000/v1
+    model: str = "meta-llama/Llama-Guard-3-1B"
+    timeout_s: float = Field(3.0, gt=0, le=60)
+    # The environment variable holding the server's API key (vLLM --api-key); the key itself never
+    # goes in a settings file.
+    api_key_env: str = "LLAMA_GUARD_API_KEY"
+    check_replies: bool = True
+
+
+class ModerationSettings(Section):
+    """OpenAI moderation (omni-moderation-latest), used when the variable api_key_env names is set."""
+
+    enabled: bool = True
+    api_key_env: str = "OPENAI_API_KEY"
+    model: str = "omni-moderation-latest"
+    base_url: str = ""  # empty: OpenAI's own
+    timeout_s: float = Field(3.0, gt=0, le=60)
+    # "violence" flagged counts as a crisis (harm to others); off: only noted.
+    violence_is_crisis: bool = True
+    check_replies: bool = False
+
+
 class SafetySettings(Section):
     """Abuse limits and language support of the safety layer (bot/safety/)."""
+
+    # Remote layers (both optional; the offline rules and learned model always run). All remote
+    # layers are asked at once; one that has not answered within remote_deadline_s, fails or
+    # answers something unreadable counts as "possible crisis", never "safe".
+    llama_guard: LlamaGuardSettings = Field(default_factory=LlamaGuardSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    remote_deadline_s: float = Field(4.0, gt=0, le=60)
 
     # Per-patient rate limit: at most rate_limit_messages within rate_limit_window_s seconds.
     rate_limit_messages: int = Field(8, ge=1, le=10_000)

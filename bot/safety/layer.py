@@ -27,6 +27,8 @@ from bot.safety.ratelimit import FairGate, RateLimiter
 from bot.safety.reply_checks import ReplyCheck, check_reply
 from bot.safety.detector import crisis_model, loggable, triage
 from bot.safety.language import language_notice
+from bot.safety.policy import combine, with_reply_layers
+from bot.safety.remote import SafetyClassifier, build_layers, run_layers
 from bot.safety.rules import INJECTION_GUARD
 from bot.safety.scope import BOUNDARY
 from bot.safety.verdict import Triage
@@ -64,6 +66,15 @@ class SafetyLayer:
         self.limiter = RateLimiter(cfg.rate_limit_messages, cfg.rate_limit_window_s)
         self.gate = FairGate(per_key=cfg.per_patient_concurrency)
         crisis_model(core.pack)  # train the classifier now (a fraction of a second), not on a patient's message
+        # Remote second opinions (Llama Guard, OpenAI moderation) when configured; none by default.
+        self.remote: list[SafetyClassifier] = build_layers(cfg)
+        self.reply_layers: list[SafetyClassifier] = [
+            layer for layer in self.remote
+            if (layer.name == "llama_guard" and cfg.llama_guard.check_replies)
+            or (layer.name == "openai_moderation" and cfg.moderation.check_replies)
+        ]
+        if self.remote:
+            log.info("remote safety layers: %s", ", ".join(layer.name for layer in self.remote))
 
     # ------------------------------------------------------------------ triage
 
@@ -77,7 +88,17 @@ class SafetyLayer:
         )
 
     async def triage_async(self, text: str) -> Triage:
-        """:meth:`triage`, off the event loop for long messages (about 10 ms per 1,000 characters)."""
+        """The offline :meth:`triage` combined with the remote layers (asked at once, within
+        ``remote_deadline_s``) by the recall-first policy of :mod:`bot.safety.policy`. Without
+        remote layers this is the offline verdict (off the event loop for long messages)."""
+        if not self.remote:
+            return await self._offline(text)
+        offline, verdicts = await asyncio.gather(
+            self._offline(text), run_layers(self.remote, text, "user", deadline_s=self.cfg.remote_deadline_s)
+        )
+        return combine(offline, verdicts)
+
+    async def _offline(self, text: str) -> Triage:
         if len(text) > LONG_MESSAGE_CHARS:
             return await asyncio.to_thread(self.triage, text)
         return self.triage(text)
@@ -217,8 +238,18 @@ class SafetyLayer:
 
     # ------------------------------------------------------------------ after the model
 
-    def check_reply(self, reply_text: str, verdict: Triage) -> ReplyCheck:
-        checked = check_reply(reply_text, self.core.pack, red_flags=verdict.red_flags)
+    async def check_reply_async(self, reply_text: str, verdict: Triage, patient_text: str = "") -> ReplyCheck:
+        """:meth:`check_reply`, plus the remote layers configured for replies: a reply they flag,
+        or cannot judge in time, is held for a specialist (``blocked:<layer>``)."""
+        if not self.reply_layers:
+            return self.check_reply(reply_text, verdict)
+        verdicts = await run_layers(
+            self.reply_layers, reply_text, "assistant", context=patient_text, deadline_s=self.cfg.remote_deadline_s
+        )
+        return self.check_reply(reply_text, verdict, remote=verdicts)
+
+    def check_reply(self, reply_text: str, verdict: Triage, remote: Any = ()) -> ReplyCheck:
+        checked = with_reply_layers(check_reply(reply_text, self.core.pack, red_flags=verdict.red_flags), remote)
         if not checked.ok:
             detail = ""
             if self.core.settings.log_message_text:  # off by default: logs carry no patient or reply text
