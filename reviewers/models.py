@@ -61,6 +61,29 @@ class Rubric:
             if value is not None and not (isinstance(value, int) and 1 <= value <= 5):
                 raise ValueError(f"rubric {name} must be an integer from 1 to 5, got {value!r}")
 
+    def missing(self) -> list[str]:
+        """The criteria not scored yet, in rubric order."""
+        return [name for name in RUBRIC_CRITERIA if getattr(self, name) is None]
+
+
+# Approving or editing a reply accepts it for the patient and for training: the experts' scores
+# must come with it (they decide whether an approval trains, and they rank adapter versions).
+SCORED_ACTIONS = frozenset({Action.APPROVE, Action.EDIT})
+
+
+def scores_needed(action: "Action | str", rubric: "Rubric | None") -> str | None:
+    """Why ``action`` cannot be taken with ``rubric`` (a sentence for the reviewer), or None.
+
+    The one place the rule lives; platforms call it early (before opening an edit form) only to
+    spare the reviewer typing, the review service enforces it."""
+    action = Action(action)
+    missing = (rubric or Rubric()).missing()
+    if action not in SCORED_ACTIONS or not missing:
+        return None
+    verb, again = ("Approving", "approve") if action is Action.APPROVE else ("An edit", "edit")
+    return (f"{verb} needs all three rubric scores (accuracy, appropriateness, empathy, 1–5); "
+            f"missing: {', '.join(missing)}. Choose the scores, then {again} again.")
+
 
 class PermissionDenied(Exception):
     """The actor lacks the role for this action; the message is safe to show them."""

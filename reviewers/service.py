@@ -18,6 +18,7 @@ from reviewers.models import (
     ReviewError,
     ReviewState,
     Rubric,
+    scores_needed,
 )
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class ReviewService:
         comment: str | None = None,
         effects: Effects | None = None,
     ) -> DecisionOutcome:
-        """Record one reviewer's decision; idempotent for repeats and closed items.
+        """Record one reviewer's decision; idempotent for repeats and closed items. Approving or
+        editing without all three rubric scores is refused (:func:`reviewers.models.scores_needed`).
 
         ``effects(conn, outcome)`` runs in the decision's transaction when a decision was recorded."""
         action = Action(action)
@@ -94,6 +96,17 @@ class ReviewService:
                 )
                 return DecisionOutcome(item_id, state, False, False, row["final_text"],
                                        f"This reply was already {state.value}; nothing changed.")
+            repeat = conn.execute(
+                "SELECT 1 FROM review_decisions WHERE item_id = ? AND reviewer_platform = ? AND reviewer_id = ?",
+                (item_id, actor.platform, actor.user_id)).fetchone()
+            if repeat is not None:
+                return DecisionOutcome(item_id, state, False, False, None,
+                                       "You have already reviewed this reply; your first decision stands.")
+            unscored = scores_needed(action, rubric)
+            if unscored:  # after the closed/repeat answers, which matter more to the reviewer
+                log.info("review decision refused: %s %s item %s without rubric scores", actor.label, action.value,
+                         item_id)
+                raise ReviewError(unscored)
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO review_decisions (item_id, reviewer_platform, reviewer_id, reviewer_name,"
                 " action, edited_text, accuracy, appropriateness, empathy, comment, created_at)"

@@ -889,7 +889,7 @@ class FakeDiscord:
         return _json({"message": "Unknown Message", "code": 10008}, 404)
 
     async def _open_dm(self, call: Call) -> web.Response:
-        recipient = (call.body or {}).get("recipient_id")
+        recipient = str((call.body or {}).get("recipient_id"))  # a snowflake: discord.py sends an int
         cid = self.dm_channel(recipient)
         return _json(self.channels[cid])
 

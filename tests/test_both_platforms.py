@@ -231,6 +231,13 @@ def people(discord_fake):
     }
 
 
+async def rate_on_discord(dc, user: str, card: dict[str, Any], item: int) -> None:
+    """A Discord reviewer chooses the rubric scores on the card (approving or editing needs them)."""
+    for criterion in ("accuracy", "appropriateness", "empathy"):
+        rated = await dc.select(user, card["id"], f"l4s:rate:{criterion}:{item}", ["4"])
+        await dc.wait_for(lambda: rated.responses, what=f"{criterion} rating acknowledged")
+
+
 def slack_card_decided(card: dict[str, Any], state_word: str) -> bool:
     text = json.dumps(card["blocks"])
     return state_word in text and "Decided by" in text and not [b for b in card["blocks"] if b["type"] == "actions"]
@@ -307,7 +314,7 @@ async def test_slack_reviewer_edits_the_discord_patients_reply(both, people):
     field = next(b for b in view["blocks"] if b.get("block_id") == "edit_text")
     assert field["element"]["initial_value"] == REPLY
     edited = "There is no permanent cure, but treatments work well. Please talk to a dermatologist."
-    status, body = await both.http.interact(view_submission(view, REVIEWER, edited, rubric={"accuracy": 3}))
+    status, body = await both.http.interact(view_submission(view, REVIEWER, edited, rubric={"accuracy": 3, "appropriateness": 4, "empathy": 4}))
     assert status == 200 and body == ""
 
     # the Discord patient's message is edited in place through discord.py's REST route
@@ -357,8 +364,7 @@ async def test_discord_reviewer_approves_the_slack_patients_reply(both, people):
     s_card_before = copy.deepcopy(await both.slack_card(item))
 
     # rubric scores chosen on the Discord card, then Approve
-    rated = await dc.select(people["reviewer"], d_card["id"], f"l4s:rate:empathy:{item}", ["4"])
-    await dc.wait_for(lambda: rated.responses, what="rating acknowledged")
+    await rate_on_discord(dc, people["reviewer"], d_card, item)
     click = await dc.click(people["reviewer"], d_card["id"], f"l4s:approve:{item}")
     await dc.wait_for(lambda: click.followups, what="the Discord reviewer's confirmation")
     assert "approved" in click.text and click.followups[0]["flags"] == EPHEMERAL
@@ -407,6 +413,7 @@ async def test_discord_reviewer_edits_the_slack_patients_reply_through_the_form(
     d_card = await both.discord_card(item)
     s_card = await both.slack_card(item)
 
+    await rate_on_discord(dc, people["reviewer"], d_card, item)
     opened = await dc.click(people["reviewer"], d_card["id"], f"l4s:edit:{item}")
     await dc.wait_for(lambda: opened.responses, what="the Discord edit form")
     assert opened.modal is not None and opened.modal["components"][0]["component"]["value"] == REPLY
@@ -431,6 +438,7 @@ async def test_reactions_decide_across_platforms(both, people):
 
     # ❌ on Slack withdraws the Discord patient's reply; ✅ on Discord approves the Slack patient's reply
     await both.http.event(reaction("x", REVIEWER, (await both.slack_card(discord_item))["ts"]))
+    await rate_on_discord(dc, people["reviewer"], await both.discord_card(slack_item), slack_item)
     await dc.react(people["reviewer"], dc.reviewer_channel_id, (await both.discord_card(slack_item))["id"],
                    render.APPROVE_EMOJI)
     await dc.wait_for(lambda: dc.messages[discord_answer]["content"] == WITHDRAWN_TEXT,
@@ -456,6 +464,7 @@ async def test_a_decision_updates_the_discord_card_too(both, people, decided_on)
         await both.http.interact(block_action(sl, "review_approve", item, REVIEWER, s_card["ts"]))
         who = f"{REVIEWER.lower()}: approve"
     else:
+        await rate_on_discord(dc, people["reviewer"], d_card, item)
         click = await dc.click(people["reviewer"], d_card["id"], f"l4s:approve:{item}")
         await dc.wait_for(lambda: click.followups, what="confirmation")
         who = "dr_lee: approve"
@@ -553,6 +562,7 @@ async def test_a_card_that_fails_on_slack_still_works_on_discord(both, people):
     except AssertionError as exc:
         raise AssertionError(f"card_ref is {await both.card_refs(item)!r}") from exc
     assert ref == f"{dc.reviewer_channel_id}/{card['id']}"
+    await rate_on_discord(dc, people["reviewer"], card, item)
     click = await dc.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
     await dc.wait_for(lambda: click.followups, what="confirmation")
     await dc.wait_for(lambda: LABEL_APPROVED in reply_message(dc, question["id"])["content"], what="approval")

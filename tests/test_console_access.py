@@ -147,7 +147,8 @@ async def test_a_moderator_may_also_review(console, service):
     sent = (await patient.post("/api/patient/messages", {"text": "Is iontophoresis safe?"}))[1]
     status, items = await moderator.get("/api/reviews")
     assert status == 200 and [i["item_id"] for i in items["items"]] == [sent["item_id"]]
-    status, outcome = await moderator.post(f"/api/reviews/{sent['item_id']}/decision", {"action": "approve"})
+    status, outcome = await moderator.post(f"/api/reviews/{sent['item_id']}/decision", {"action": "approve", "accuracy": 4,
+                                                                                   "appropriateness": 4, "empathy": 4})
     assert status == 200 and outcome["state"] == "approved"
     assert await service.db.fetchval("SELECT actor FROM review_audit WHERE action = 'approve'") == "console:mo"
 

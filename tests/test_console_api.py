@@ -177,7 +177,8 @@ async def test_a_patient_cannot_review_whatever_name_they_type(console, service)
 async def test_a_name_in_the_body_does_not_change_who_decides(console, service):
     sent = await console.say("Do antiperspirants work on hands?")
     status, outcome = await console.reviewer.post(f"/api/reviews/{sent['item_id']}/decision",
-                                                  {"reviewer": "someone-else", "action": "approve"})
+                                                  {"reviewer": "someone-else", "action": "approve", "accuracy": 4,
+                                                   "appropriateness": 4, "empathy": 4})
     assert status == 200 and outcome["state"] == "approved"
     decision = await service.db.fetchone("SELECT reviewer_platform, reviewer_id FROM review_decisions")
     assert tuple(decision) == ("console", REVIEWER)
@@ -213,6 +214,10 @@ async def test_review_errors_are_400(console, service):
         ({"action": "approve", "accuracy": 6}, "accuracy"),
         ({"action": "approve", "empathy": "lots"}, "empathy"),
         ({"action": "approve", "empathy": True}, "empathy"),
+        # (issue 11 item 5) approving or editing without every rubric score
+        ({"action": "approve"}, "missing: accuracy, appropriateness, empathy"),
+        ({"action": "approve", "accuracy": 4}, "missing: appropriateness, empathy"),
+        ({"action": "edit", "text": "Better.", "accuracy": 4, "empathy": 4}, "missing: appropriateness"),
     ):
         status, error = await console.decide(item, **body)
         assert status == 400 and needle in error["error"], (body, error)

@@ -16,6 +16,7 @@ REVIEWER = Actor("local", "rev1", "Dr Rev", frozenset({"reviewer"}))
 REVIEWER2 = Actor("local", "rev2", "Dr Two", frozenset({"reviewer"}))
 MODERATOR = Actor("local", "mod", "Mod", frozenset({"moderator"}))
 PATIENT_ACTOR = Actor("local", "pat", "Pat", frozenset())
+SCORED = Rubric(4, 4, 4)  # approving or editing needs all three scores
 
 
 def msg(text: str, user: str = "pat", thread: str | None = None, attachments: int = 0,
@@ -228,7 +229,7 @@ async def test_red_flag_gated_with_doctor_advice(service):
 
 async def test_forget_patient_removes_everything(service):
     result = await service.core.handle_message(msg("What is iontophoresis?", user="forgetme"))
-    await service.core.decide(result.item_id, REVIEWER, Action.APPROVE)
+    await service.core.decide(result.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 4, 4))
     assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE patient_id IS NOT NULL") == 1
     assert await service.core.forget_patient("local", "forgetme") == 1
     for table in ("patients", "conversations", "messages", "replies", "review_items"):
@@ -344,8 +345,8 @@ async def test_quorum_tie_asks_one_more_reviewer(service, first, second):
     """Quorum 2, one accept and one reject: not approved, not rejected; a third reviewer decides."""
     service.reviews.quorum = 2
     result = await service.core.handle_message(msg("Is glycopyrronium safe for teenagers?"))
-    await service.core.decide(result.item_id, REVIEWER, first, "Edited text." if first is Action.EDIT else None)
-    tie = await service.core.decide(result.item_id, REVIEWER2, second)
+    await service.core.decide(result.item_id, REVIEWER, first, "Edited text." if first is Action.EDIT else None, SCORED)
+    tie = await service.core.decide(result.item_id, REVIEWER2, second, rubric=SCORED)
     assert tie.recorded and not tie.closed_now and tie.tie and tie.state.value == "pending"
     assert "one more review" in tie.message
     assert await service.db.fetchval("SELECT state FROM review_items") == "pending"
@@ -361,8 +362,22 @@ async def test_quorum_tie_asks_one_more_reviewer(service, first, second):
 async def test_quorum_majority_of_accepts_closes_with_the_latest_edit(service):
     service.reviews.quorum = 3
     result = await service.core.handle_message(msg("Can iontophoresis be done at home?"))
-    await service.core.decide(result.item_id, REVIEWER, Action.EDIT, "First edit.")
+    await service.core.decide(result.item_id, REVIEWER, Action.EDIT, "First edit.", SCORED)
     await service.core.decide(result.item_id, REVIEWER2, Action.REJECT)
     third = Actor("local", "rev3", "Dr Three", frozenset({"reviewer"}))
-    closing = await service.core.decide(result.item_id, third, Action.APPROVE)
+    closing = await service.core.decide(result.item_id, third, Action.APPROVE, rubric=SCORED)
     assert closing.closed_now and closing.state.value == "edited" and closing.final_text == "First edit."
+
+
+async def test_approving_or_editing_without_rubric_scores_is_refused(service):
+    """(issue 11 item 5) Nothing is recorded; the reviewer is told which scores are missing."""
+    result = await service.core.handle_message(IncomingMessage("local", "p1", "console", "p1", "Does botox help?"))
+    with pytest.raises(ReviewError, match="missing: accuracy, appropriateness, empathy"):
+        await service.core.decide(result.item_id, REVIEWER, Action.APPROVE)
+    with pytest.raises(ReviewError, match="missing: empathy"):
+        await service.core.decide(result.item_id, REVIEWER, Action.EDIT, "Better.", Rubric(4, 4))
+    assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
+    assert await service.db.fetchval("SELECT state FROM review_items") == "pending"
+    rejected = await service.core.decide(result.item_id, REVIEWER, Action.REJECT)  # a reject may go unscored
+    assert rejected.state.value == "rejected"
+    assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE patient_id IS NOT NULL") == 0

@@ -104,6 +104,12 @@ class Bot:
     async def settle(self) -> None:
         await self.platform.cards.flush()
 
+    async def rate(self, user_id: str, card: dict, item: int, scores: tuple[int, int, int] = (4, 4, 4)) -> None:
+        """The reviewer chooses the three rubric scores on the card (needed to approve or edit)."""
+        for criterion, score in zip(("accuracy", "appropriateness", "empathy"), scores):
+            rated = await self.fake.select(user_id, card["id"], f"l4s:rate:{criterion}:{item}", [str(score)])
+            await self.fake.wait_for(lambda: rated.responses, what=f"{criterion} rating acknowledged")
+
 
 @pytest.fixture
 async def fake():
@@ -397,6 +403,7 @@ async def test_reply_of_20000_characters_is_split_cleanly_and_updated_in_place(t
         card = fake.bot_messages(fake.reviewer_channel_id)[0]
         assert len(card["embeds"][0]["description"]) <= 4096
         item = await harness.item_for_card(card)
+        await harness.rate(people["reviewer"], card, item)
         await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
         await fake.wait_for(lambda: LABEL_APPROVED in fake.messages[parts[-1]["id"]]["content"],
                             what="the last part relabelled")
@@ -433,6 +440,15 @@ async def test_approve_with_rubric_reaches_the_patient(bot, fake, people):
     rated = await fake.select(people["reviewer"], card["id"], f"l4s:rate:empathy:{item}", ["4"])
     await fake.wait_for(lambda: rated.responses, what="rating acknowledged")
 
+    # (issue 11 item 5) one score missing: refused, privately, saying which; nothing recorded
+    refused = await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
+    await fake.wait_for(lambda: refused.followups, what="refusal")
+    assert refused.followups[0]["flags"] == EPHEMERAL and "missing: appropriateness" in refused.text
+    assert await bot.service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
+    assert LABEL_PENDING in reply_message(fake, thread["id"])["content"]
+    rated = await fake.select(people["reviewer"], card["id"], f"l4s:rate:appropriateness:{item}", ["3"])
+    await fake.wait_for(lambda: rated.responses, what="rating acknowledged")
+
     click = await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
     await fake.wait_for(lambda: click.followups, what="confirmation")
     assert click.responses[0]["type"] == 5 and click.responses[0]["data"]["flags"] == EPHEMERAL  # deferred
@@ -447,7 +463,7 @@ async def test_approve_with_rubric_reaches_the_patient(bot, fake, people):
     assert "dr_lee: approve" in card_now["embeds"][0]["fields"][-1]["value"]
     assert card_now["components"] == []  # a closed card has no buttons
     decision = await bot.service.db.fetchone("SELECT reviewer_id, accuracy, empathy, appropriateness FROM review_decisions")
-    assert tuple(decision) == (people["reviewer"], 5, 4, None)
+    assert tuple(decision) == (people["reviewer"], 5, 4, 3)
     example = await bot.service.db.fetchone("SELECT source FROM dataset_examples WHERE review_item_id = ?", (item,))
     assert example["source"] == "expert_approved"
 
@@ -457,10 +473,15 @@ async def test_edit_opens_prefilled_modal_and_publishes_the_edit(bot, fake, peop
     card = fake.bot_messages(fake.reviewer_channel_id)[0]
     item = await bot.item_for_card(card)
 
+    # (issue 11 item 5) no scores yet: the form does not open (nothing typed is lost), the reviewer is told
+    early = await fake.click(people["reviewer"], card["id"], f"l4s:edit:{item}")
+    await fake.wait_for(lambda: early.responses, what="refusal")
+    assert early.modal is None and "An edit needs all three rubric scores" in early.text
+    await bot.rate(people["reviewer"], card, item, (2, 4, 5))
     opened = await fake.click(people["reviewer"], card["id"], f"l4s:edit:{item}")
     await fake.wait_for(lambda: opened.responses, what="modal")
     modal = opened.modal
-    assert modal is not None and modal["custom_id"] == f"l4s:editform:{item}"
+    assert modal is not None and modal["custom_id"] == f"l4s:editform:{item}/245"  # the scores travel with the form
     text_input = modal["components"][0]["component"]
     assert text_input["style"] == 2 and text_input["max_length"] == 4000  # paragraph, up to 4,000 characters
     assert text_input["value"] == REPLY  # prefilled with the reply
@@ -486,6 +507,7 @@ async def test_modal_opened_before_a_restart_still_submits(tmp_path, fake, peopl
         thread = await first.ask(people["patient"], "Does sweating cause smell?")
         card = fake.bot_messages(fake.reviewer_channel_id)[0]
         item = await first.item_for_card(card)
+        await first.rate(people["reviewer"], card, item)
         opened = await fake.click(people["reviewer"], card["id"], f"l4s:edit:{item}")
         await fake.wait_for(lambda: opened.responses, what="modal")
     finally:
@@ -517,6 +539,14 @@ async def test_reactions_on_the_card_approve_and_reject(bot, fake, people):
     first = await bot.ask(people["patient"], "What is primary hyperhidrosis?")
     second = await bot.ask(people["other"], "What is secondary hyperhidrosis?")
     card1, card2 = fake.bot_messages(fake.reviewer_channel_id)
+    item1 = await bot.item_for_card(card1)
+    # (issue 11 item 5) ✅ without scores: taken off, and the reviewer is told why in a DM
+    await fake.react(people["reviewer"], fake.reviewer_channel_id, card1["id"], render.APPROVE_EMOJI)
+    await fake.wait_for(lambda: any(r[0] == "remove" for r in fake.reactions), what="reaction removed")
+    dm = await fake.wait_for(lambda: fake.bot_messages(fake.dm_channel(people["reviewer"])), what="a DM to the reviewer")
+    assert f"Review item {item1}" in dm[0]["content"] and "rubric scores" in dm[0]["content"]
+    assert (await bot.service.reviews.item(item1))["state"] == "pending"
+    await bot.rate(people["reviewer"], card1, item1)
     await fake.react(people["reviewer"], fake.reviewer_channel_id, card1["id"], render.APPROVE_EMOJI)
     await fake.react(people["reviewer"], fake.reviewer_channel_id, card2["id"], render.REJECT_EMOJI)
     await fake.wait_for(lambda: LABEL_APPROVED in reply_message(fake, first["id"])["content"], what="approval")
@@ -560,6 +590,7 @@ async def test_second_decision_on_a_closed_item_changes_nothing(bot, fake, peopl
     card = fake.bot_messages(fake.reviewer_channel_id)[0]
     item = await bot.item_for_card(card)
     card_before = copy.deepcopy(card)
+    await bot.rate(people["reviewer"], card, item)
     first = await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
     await fake.wait_for(lambda: first.followups, what="first")
     await bot.settle()
@@ -581,6 +612,7 @@ async def test_an_internal_error_still_answers_the_reviewer(bot, fake, people, m
         raise RuntimeError("database is on fire")
 
     monkeypatch.setattr(bot.service.core, "decide", broken)
+    await bot.rate(people["reviewer"], card, item)
     click = await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
     await fake.wait_for(lambda: click.followups, what="an answer despite the error")
     assert "error on our side" in click.text and click.followups[0]["flags"] == EPHEMERAL
@@ -594,6 +626,7 @@ async def test_quorum_of_two_keeps_the_card_open_until_the_second_reviewer(tmp_p
         thread = await harness.ask(people["patient"], "Are sweaty feet part of the same condition?")
         card = fake.bot_messages(fake.reviewer_channel_id)[0]
         item = await harness.item_for_card(card)
+        await harness.rate(people["reviewer"], card, item)
         first = await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
         await fake.wait_for(lambda: first.followups, what="first confirmation")
         assert "1 of 2" in first.text
@@ -601,6 +634,7 @@ async def test_quorum_of_two_keeps_the_card_open_until_the_second_reviewer(tmp_p
         shown = fake.messages[card["id"]]
         assert "dr_lee: approve" in json.dumps(shown["embeds"]) and shown["components"]  # still open
         assert LABEL_PENDING in reply_message(fake, thread["id"])["content"]
+        await harness.rate(people["reviewer2"], card, item)
         second = await fake.click(people["reviewer2"], card["id"], f"l4s:approve:{item}")
         await fake.wait_for(lambda: second.followups, what="second confirmation")
         assert "approved" in second.text
@@ -619,6 +653,7 @@ async def test_gated_mode_patient_sees_review_notice_that_becomes_the_answer(tmp
         assert notice["content"].startswith(GATED_TEXT) and REPLY not in notice["content"]
         card = fake.bot_messages(fake.reviewer_channel_id)[0]
         item = await harness.item_for_card(card)
+        await harness.rate(people["reviewer"], card, item)
         click = await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
         await fake.wait_for(lambda: click.followups, what="confirmation")
         now = fake.messages[notice["id"]]["content"]
@@ -640,6 +675,7 @@ async def test_cards_keep_working_after_a_restart(tmp_path, fake, people):
     second = await Bot(tmp_path, fake).start()  # a new process: nothing in memory about the cards
     try:
         assert fake.identifies == 2
+        await second.rate(people["reviewer"], card1, item1)
         click = await fake.click(people["reviewer"], card1["id"], f"l4s:approve:{item1}")
         await fake.wait_for(lambda: click.followups, what="confirmation")
         assert "approved" in click.text
@@ -772,6 +808,7 @@ async def test_gateway_drop_and_resume(bot, fake, people):
     # and interactions work on the resumed session
     card = fake.bot_messages(fake.reviewer_channel_id)[-1]
     item = await bot.item_for_card(card)
+    await bot.rate(people["reviewer"], card, item)
     click = await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
     await fake.wait_for(lambda: click.followups, what="confirmation")
 
@@ -925,6 +962,7 @@ async def test_a_9000_character_reply_is_edited_whole_in_parts(tmp_path, fake, p
         thread = await harness.ask(people["patient"], "Tell me everything about treatments.")
         card = fake.bot_messages(fake.reviewer_channel_id)[0]
         item = await harness.item_for_card(card)
+        await harness.rate(people["reviewer"], card, item)
         opened = await fake.click(people["reviewer"], card["id"], f"l4s:edit:{item}")
         await fake.wait_for(lambda: opened.responses, what="the edit form")
         inputs = {c["component"]["custom_id"]: c["component"]["value"] for c in opened.modal["components"]}
@@ -954,6 +992,7 @@ async def test_a_reply_too_long_for_a_form_is_refused_with_the_console_named(tmp
         await harness.ask(people["patient"], "Explain it all, please.")
         card = fake.bot_messages(fake.reviewer_channel_id)[0]
         item = await harness.item_for_card(card)
+        await harness.rate(people["reviewer"], card, item)
         opened = await fake.click(people["reviewer"], card["id"], f"l4s:edit:{item}")
         await fake.wait_for(lambda: opened.responses, what="the answer")
         assert opened.modal is None and "console" in opened.text and "25,999 characters" in opened.text

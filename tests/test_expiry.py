@@ -13,7 +13,7 @@ from bot.core import EXPIRED_HELD_TEXT, GATED_TEXT, LABEL_NOT_REVIEWED
 from bot.inference.fixed import FixedBackend
 from bot.platform import IncomingMessage, ViewKind
 from bot.service import Service
-from reviewers.models import Action, Actor
+from reviewers.models import Action, Actor, Rubric
 from tests.recording_platform import RecordingPlatform
 
 REVIEWER = Actor("local", "rev1", "Dr Rev", frozenset({"reviewer"}))
@@ -53,7 +53,7 @@ async def test_gated_patient_gets_an_honest_notice_and_the_card_closes(svc):
     assert reply not in view.text
     assert [c.state for c in platform.cards_updated] == ["expired"]
     # a late click changes nothing; the next prompt does not carry the never-shown answer
-    late = await svc.core.decide(result.item_id, REVIEWER, Action.APPROVE)
+    late = await svc.core.decide(result.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 4, 4))
     assert not late.recorded and "expired" in late.message
     await svc.core.handle_message(msg("Hello again"))
     assert reply not in str(svc.backend.calls[-1])

@@ -47,7 +47,8 @@ async def _populate(service, user: str, secret: str) -> dict:
     a = await core.handle_message(msg(f"{secret}: what is iontophoresis?", user, thread=f"{user}-1"))
     await core.decide(a.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(5, 5, 4))
     b = await core.handle_message(msg(f"{secret}: my palms drip during exams", user, thread=f"{user}-1"))
-    await core.decide(b.item_id, REVIEWER, Action.EDIT, edited_text=f"Edited answer for {secret}: try iontophoresis.")
+    await core.decide(b.item_id, REVIEWER, Action.EDIT, edited_text=f"Edited answer for {secret}: try iontophoresis.",
+                      rubric=Rubric(3, 4, 4))
     c = await core.handle_message(msg(f"{secret}: does botox hurt?", user, thread=f"{user}-2"))
     await core.decide(c.item_id, REVIEWER, Action.REJECT)
     await core.handle_message(msg(f"{secret}: pending question about socks", user, thread=f"{user}-2"))

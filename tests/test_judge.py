@@ -201,6 +201,11 @@ async def test_a_5xx_is_retried_with_backoff_then_scored(tmp_path):
         try:
             result = await service.core.handle_message(msg("I feel ashamed of my sweaty hands at work."))
             row = await wait_for(lambda: verdict_row(service, result.item_id))
+
+            async def card_judged():  # the card update follows the verdict's commit
+                return [c for c in cards_for(platform, result.item_id) if c.judge.startswith("Judge: empathy")]
+
+            await wait_for(card_judged)
         finally:
             await service.stop()
     assert server.statuses == [503, 503, 200]

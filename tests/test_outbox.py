@@ -22,7 +22,7 @@ from bot.core import LABEL_APPROVED, WITHDRAWN_TEXT
 from bot.inference.fixed import FixedBackend
 from bot.platform import IncomingMessage, ViewKind
 from bot.service import Service
-from reviewers.models import Action, Actor
+from reviewers.models import Action, Actor, Rubric
 from tests.recording_platform import RecordingPlatform
 
 REVIEWER = Actor("local", "rev1", "Dr Rev", frozenset({"reviewer"}))
@@ -65,7 +65,7 @@ CRASH_AFTER_COMMIT = textwrap.dedent("""
     from bot.platform import IncomingMessage
     from bot.service import Service
     from bot.settings import load_settings
-    from reviewers.models import Action, Actor
+    from reviewers.models import Action, Actor, Rubric
     from tests.recording_platform import RecordingPlatform
 
     async def main():
@@ -81,7 +81,7 @@ CRASH_AFTER_COMMIT = textwrap.dedent("""
 
         service.core.outbox.apply = die
         await service.core.decide(result.item_id, Actor("local", "rev1", "Dr Rev", frozenset({"reviewer"})),
-                                  Action[sys.argv[2]])
+                                  Action[sys.argv[2]], rubric=Rubric(4, 4, 4))
 
     asyncio.run(main())
 """)
@@ -129,7 +129,7 @@ async def test_failed_effects_wait_in_status_and_the_worker_applies_them(fast_se
     try:
         result = await service.core.handle_message(msg("Is iontophoresis painful?"))
         platform.fail_edits = platform.fail_cards = True
-        outcome = await service.core.decide(result.item_id, REVIEWER, Action.APPROVE)
+        outcome = await service.core.decide(result.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 4, 4))
         assert outcome.closed_now
         assert await examples_of(service, result.item_id) == 1  # the database effect went through
         stats = await service.core.outbox.stats()
@@ -160,7 +160,7 @@ async def test_stopped_before_the_effects_then_restarted_with_the_platform_back(
     service = await start(settings, platform)
     result = await service.core.handle_message(msg("Can I use antiperspirant on my hands?"))
     platform.fail_edits = True
-    await service.core.decide(result.item_id, REVIEWER, Action.EDIT, "Yes: apply it at night to dry skin.")
+    await service.core.decide(result.item_id, REVIEWER, Action.EDIT, "Yes: apply it at night to dry skin.", Rubric(4, 4, 4))
     assert platform.edited == []
     await service.stop()
 
@@ -180,7 +180,7 @@ async def test_applying_every_effect_again_changes_nothing(service):
     platform = RecordingPlatform()
     service.add_platform(platform)
     result = await service.core.handle_message(msg("Do cotton socks help?"))
-    await service.core.decide(result.item_id, REVIEWER, Action.APPROVE)
+    await service.core.decide(result.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 4, 4))
     sent, edited = len(platform.sent), len(platform.edited)
     posted = len(platform.cards_posted)
     await service.db.execute("UPDATE outbox SET status = 'pending', next_attempt_at = 0")

@@ -12,7 +12,7 @@ import json
 from bot.core import GATED_TEXT
 from bot.platform import IncomingMessage
 from pipeline.privacy import scrub
-from reviewers.models import Action, Actor
+from reviewers.models import Action, Actor, Rubric
 
 REVIEWER = Actor("local", "rev1", "Dr Rev", frozenset({"reviewer"}))
 
@@ -49,7 +49,7 @@ async def test_gated_mode_never_feeds_back_a_reply_the_patient_has_not_seen(serv
     assert held not in json.dumps(prompt)
     assert turns(prompt) == [("user", "Does iontophoresis help sweaty hands?"), ("user", "How often should I do it?")]
     # once approved, the patient sees it, and so does the model
-    await service.core.decide(first.item_id, REVIEWER, Action.APPROVE)
+    await service.core.decide(first.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 4, 4))
     await service.core.handle_message(msg("Does it hurt?"))
     assert ("assistant", held) in turns(service.backend.calls[-1])
 
@@ -58,7 +58,7 @@ async def test_a_rejected_reply_is_not_fed_back_and_an_edited_one_is_fed_back_as
     rejected = await service.core.handle_message(msg("Can I cure this forever?"))
     await service.core.decide(rejected.item_id, REVIEWER, Action.REJECT)
     edited = await service.core.handle_message(msg("What about botox?"))
-    await service.core.decide(edited.item_id, REVIEWER, Action.EDIT, "Botulinum toxin helps for several months.")
+    await service.core.decide(edited.item_id, REVIEWER, Action.EDIT, "Botulinum toxin helps for several months.", Rubric(4, 4, 4))
     await service.core.handle_message(msg("Thanks. Anything else?"))
     prompt = service.backend.calls[-1]
     assert turns(prompt) == [
@@ -88,7 +88,7 @@ async def test_the_expert_example_is_the_prompt_the_model_saw_plus_the_final_tex
     second = await service.core.handle_message(msg("Would iontophoresis help with that?"))
     prompt = json.loads(await service.db.fetchval("SELECT prompt FROM replies WHERE id = ?", (second.reply_id,)))
     assert len(prompt) == 4  # system, first question, first reply, this question
-    await service.core.decide(second.item_id, REVIEWER, Action.EDIT, "Yes, tap-water iontophoresis often helps.")
+    await service.core.decide(second.item_id, REVIEWER, Action.EDIT, "Yes, tap-water iontophoresis often helps.", Rubric(4, 4, 4))
     row = await service.db.fetchone("SELECT messages FROM dataset_examples WHERE review_item_id = ?", (second.item_id,))
     example = json.loads(row["messages"])
     assert [m["role"] for m in example] == ["system", "user", "assistant", "user", "assistant"]

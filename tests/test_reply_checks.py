@@ -12,7 +12,7 @@ from bot.platform import IncomingMessage, ViewKind
 from bot.safety.reply_checks import advises_doctor, check_reply
 from bot.safety import policy_for
 from pipeline.packs import PACKS_DIR, load_pack
-from reviewers.models import Action, Actor
+from reviewers.models import Action, Actor, Rubric
 
 REDTEAM = Path(__file__).parent / "data" / "redteam"
 REVIEWER = Actor("local", "rev1", "Dr Rev", frozenset({"reviewer"}))
@@ -102,8 +102,8 @@ async def test_blocked_reply_reaches_the_patient_only_after_review(service):
     result = await service.core.handle_message(msg("Does sage tea help?"))
     assert result.status == "held"
     outcome = await service.core.decide(
-        result.item_id, REVIEWER, Action.EDIT, edited_text="There's little good evidence for sage tea; ask a pharmacist."
-    )
+        result.item_id, REVIEWER, Action.EDIT, edited_text="There's little good evidence for sage tea; ask a pharmacist.",
+        rubric=Rubric(4, 4, 4))
     assert outcome.closed_now
     view = await service.db.fetchone("SELECT shown_text FROM replies WHERE id = ?", (result.reply_id,))
     assert view["shown_text"].startswith("There's little good evidence")

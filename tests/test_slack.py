@@ -173,11 +173,14 @@ def command_body(fake: FakeSlack, command: str, user: str, text: str = "", respo
     }
 
 
+SCORES = {"accuracy": 4, "appropriateness": 4, "empathy": 4}  # what a reviewer chose on the card, unless told
+
+
 def block_action(fake: FakeSlack, action_id: str, item_id: int, user: str, card_ts: str = "",
                  rubric: dict[str, int] | None = None) -> dict[str, Any]:
     values = {f"review_rubric:{item_id}": {
         f"rubric_{name}": {"type": "static_select", "selected_option": {"value": str(score)}}
-        for name, score in (rubric or {}).items()
+        for name, score in (SCORES if rubric is None else rubric).items()
     }}
     return {
         "type": "block_actions",
@@ -200,7 +203,7 @@ def view_submission(opened_view: dict[str, Any], user: str, text: str | None,
     """The modal submitted: ``text`` in the (first) reply input, or ``parts`` by block id."""
     values: dict[str, Any] = {block: {"text": {"type": "plain_text_input", "value": value}}
                               for block, value in (parts or {"edit_text": text}).items()}
-    for name, score in (rubric or {}).items():
+    for name, score in (SCORES if rubric is None else rubric).items():
         values[f"rubric:{name}"] = {f"rubric_{name}": {"type": "static_select",
                                                         "selected_option": {"value": str(score)}}}
     return {
@@ -494,7 +497,14 @@ async def test_edit_opens_modal_validates_and_updates_patient(http_slack, fake):
     assert await service.db.fetchval("SELECT state FROM review_items WHERE id = ?", (item,)) == "pending"
     # a valid edit closes the modal and replaces the patient's reply in place
     edited = "Yes. Botulinum toxin injections reduce underarm sweating for several months. Ask a dermatologist."
+    # (issue 11 item 5) a score missing: refused inside the modal, next to the score, the text kept
     status, body = await http.interact(view_submission(view, LISTED, edited, rubric={"accuracy": 2, "empathy": 5}))
+    assert json.loads(body) == {"response_action": "errors", "errors": {"rubric:appropriateness": "Choose a score from 1 to 5."}}
+    assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
+    score_block = next(b for b in view["blocks"] if b.get("block_id") == "rubric:appropriateness")
+    assert score_block["optional"] is False  # Slack itself asks for every score
+    status, body = await http.interact(view_submission(view, LISTED, edited,
+                                                       rubric={"accuracy": 2, "appropriateness": 3, "empathy": 5}))
     assert status == 200 and body == ""
     await fake.wait_for(lambda: section_texts(fake.thread(SUPPORT, ts)[1])[0] == edited)
     assert any(LABEL_EDITED in t for t in context_texts(fake.thread(SUPPORT, ts)[1]))
@@ -519,7 +529,12 @@ async def test_reactions_decide(http_slack, fake):
     service, runner, http = http_slack
     ts1, card1 = await ask(http, fake, "first question about sweaty feet")
     ts2, card2 = await ask(http, fake, "second question, about sweaty feet in summer", user=PATIENT2)
+    # (issue 11 item 5) a ✅ carries no rubric scores: refused, the reviewer told privately how to approve
     await http.event(reaction("white_check_mark", LISTED, card1["ts"]))
+    told = await fake.wait_for(lambda: ephemerals(fake, LISTED))
+    assert "needs all three rubric scores" in told[0]
+    assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
+    await http.interact(block_action(fake, "review_approve", item_of(card1), LISTED, card1["ts"]))
     await http.event(reaction("x", REVIEWER, card2["ts"]))
     await http.event(reaction("tada", REVIEWER, card2["ts"]))  # other reactions mean nothing
     await fake.wait_for(lambda: any(LABEL_APPROVED in t for t in context_texts(fake.thread(SUPPORT, ts1)[1])))

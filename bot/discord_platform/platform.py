@@ -41,6 +41,7 @@ from reviewers.models import (
     PermissionDenied,
     ReviewError,
     Rubric,
+    scores_needed,
 )
 
 if TYPE_CHECKING:
@@ -628,8 +629,13 @@ class DiscordPlatform:
             await interaction.response.send_message(f"This reply was already {item['state']}; nothing to edit.",
                                                     ephemeral=True)
             return
+        rubric = self._rubric(item_id, actor)
+        unscored = scores_needed(Action.EDIT, rubric)
+        if unscored:  # before the form opens: a refusal after typing would lose the edit
+            await interaction.response.send_message(unscored + " The score menus are on the card.", ephemeral=True)
+            return
         text = item["final_text"] or item["reply_text"]
-        form = render.edit_form(item_id, text)
+        form = render.edit_form(item_id, text, "".join(str(getattr(rubric, c)) for c in RUBRIC_CRITERIA))
         if form is None:
             await interaction.response.send_message(
                 f"This reply is {len(text):,} characters, more than a Discord form holds "
@@ -647,7 +653,11 @@ class DiscordPlatform:
             return
         item_id, text = parsed
         await interaction.response.defer(ephemeral=True, thinking=True)
-        result = await self._decide(item_id, self.actor(interaction.user), Action.EDIT, text or "")
+        actor = self.actor(interaction.user)
+        scores = render.form_scores(str(data.get("custom_id", "")))
+        if len(scores) == len(RUBRIC_CRITERIA) and all(c in "12345" for c in scores):  # chosen before the form opened
+            self._rubrics[(item_id, actor.user_id)] = {c: int(v) for c, v in zip(RUBRIC_CRITERIA, scores)}
+        result = await self._decide(item_id, actor, Action.EDIT, text or "")
         await interaction.followup.send(result, ephemeral=True)
 
     async def on_rate(self, interaction: discord.Interaction, item_id: int, criterion: str, value: str | None) -> None:
@@ -690,7 +700,15 @@ class DiscordPlatform:
                 with contextlib.suppress(discord.HTTPException):
                     await message.remove_reaction(payload.emoji, discord.Object(id=payload.user_id))
             except ReviewError as exc:
+                # Not recorded (say, an approval without rubric scores): take the reaction off and
+                # tell the reviewer privately why.
                 log.info("Discord: reaction on item %s: %s", item_id, exc)
+                message = self.client.get_partial_messageable(payload.channel_id).get_partial_message(payload.message_id)
+                with contextlib.suppress(discord.HTTPException):
+                    await message.remove_reaction(payload.emoji, discord.Object(id=payload.user_id))
+                if payload.member is not None:
+                    with contextlib.suppress(discord.HTTPException):
+                        await payload.member.send(f"Review item {item_id}: {exc}")
         except Exception:
             log.exception("Discord: handling a reaction on message %s failed", payload.message_id)
 

@@ -167,14 +167,16 @@ def card_components(item_id: int, open_: bool) -> discord.ui.View | None:
     return view
 
 
-def edit_form(item_id: int, reply_text: str) -> discord.ui.Modal | None:
+def edit_form(item_id: int, reply_text: str, scores: str = "") -> discord.ui.Modal | None:
     """The Edit form with the whole reply, in up to five parts; None when it does not fit (the
-    caller says so and points to the console: a reply is never cut silently)."""
+    caller says so and points to the console: a reply is never cut silently). ``scores``, the
+    rubric chosen on the card (digits in rubric order), travels in the form's custom id, so a
+    form submitted after a restart still carries them."""
     split = split_for_editing(reply_text, MAX_EDIT_CHARS, MAX_EDIT_PARTS)
     if split is None:
         return None
     parts, cuts = split
-    custom_id = f"{EDIT_FORM_PREFIX}{item_id}" + (f":{cuts}" if cuts else "")
+    custom_id = f"{EDIT_FORM_PREFIX}{item_id}" + (f":{cuts}" if cuts else "") + (f"/{scores}" if scores else "")
     modal = discord.ui.Modal(title=f"Edit reply #{item_id}", custom_id=custom_id, timeout=900)
     for index, part in enumerate(parts, start=1):
         text = discord.ui.TextInput(
@@ -199,12 +201,17 @@ def edit_text_id(index: int) -> str:
     return EDIT_TEXT_ID if index == 1 else f"{EDIT_TEXT_ID}:{index}"
 
 
+def form_scores(custom_id: str) -> str:
+    """The rubric digits an Edit form's custom id carries ("" when none)."""
+    return custom_id.partition("/")[2] if custom_id.startswith(EDIT_FORM_PREFIX) else ""
+
+
 def parse_edit_form(custom_id: str, value_of: "Callable[[str], str | None]") -> tuple[int, str] | None:
     """(item id, the edited reply) from a submitted Edit form, its parts joined back; None if it
     is not one of ours. ``value_of`` gives an input's value by custom id."""
     if not custom_id.startswith(EDIT_FORM_PREFIX):
         return None
-    item, _, cuts = custom_id[len(EDIT_FORM_PREFIX):].partition(":")
+    item, _, cuts = custom_id[len(EDIT_FORM_PREFIX):].partition("/")[0].partition(":")
     if not item.isdigit():
         return None
     parts = [value_of(edit_text_id(index)) or "" for index in range(1, len(cuts) + 2)]

@@ -198,7 +198,7 @@ def review_card(card: ReviewCard) -> dict[str, Any]:
                  }},
             ],
         })
-        blocks.append(_context(["Or react with :white_check_mark: to approve or :x: to reject."]))
+        blocks.append(_context(["Approving or editing needs the three scores above. Or react with :x: to reject."]))
     text = f"{title}: {_STATE_TEXT.get(card.state, card.state)} — {fit(card.reply_text, 200)}"
     return {"text": text, "blocks": blocks}
 
@@ -228,7 +228,7 @@ def edit_block_id(index: int) -> str:
 def edit_modal(card: ReviewCard, metadata: dict[str, Any], rubric: Rubric) -> dict[str, Any] | None:
     """The Edit modal: the whole reply prefilled (in several inputs of at most 3,000 characters
     when it is longer; ``metadata["cuts"]`` joins them back, bot.text.split_for_editing), the
-    rubric, validated by the app on submit. None when the reply needs more inputs than the modal
+    rubric (required: Slack asks for it, and the app checks again on submit). None when the reply needs more inputs than the modal
     has (the caller says so: a reply is never cut silently)."""
     split = split_for_editing(card.reply_text, MODAL_INPUT_LIMIT, MAX_EDIT_PARTS)
     if split is None:
@@ -261,7 +261,7 @@ def edit_modal(card: ReviewCard, metadata: dict[str, Any], rubric: Rubric) -> di
         blocks.append({
             "type": "input",
             "block_id": f"{RUBRIC_BLOCK_PREFIX}{criterion}",
-            "optional": True,
+            "optional": False,  # an edit needs all three scores (reviewers.models.scores_needed)
             "label": {"type": "plain_text", "text": criterion.capitalize()},
             "element": _rubric_select(criterion, getattr(rubric, criterion)),
         })

@@ -30,7 +30,8 @@ from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform
 from bot.settings import SlackSettings
 from bot.slack_platform import blocks
 from pipeline import jobs
-from reviewers.models import MODERATOR_ROLE, REVIEWER_ROLE, Action, Actor, PermissionDenied, ReviewError, Rubric
+from reviewers.models import (MODERATOR_ROLE, REVIEWER_ROLE, Action, Actor, PermissionDenied, ReviewError, Rubric,
+                              scores_needed)
 from reviewers.service import MAX_EDIT_CHARS
 
 if TYPE_CHECKING:
@@ -667,11 +668,17 @@ class SlackPlatform:
             await ack(response_action="errors",
                       errors={blocks.EDIT_BLOCK: "Only members of the reviewer group can review replies."})
             return
+        rubric = blocks.rubric_from_values(values)
+        if scores_needed(Action.EDIT, rubric):  # kept in the modal: the reviewer's text is not lost
+            await ack(response_action="errors",
+                      errors={f"{blocks.RUBRIC_BLOCK_PREFIX}{name}": "Choose a score from 1 to 5."
+                              for name in rubric.missing()})
+            return
         await ack()
         actor = await lookup
         channel = metadata.get("channel") or self.cfg.reviewer_channel_id or ""
         await self._decide(_int(metadata.get("item_id")), actor.user_id, actor.display_name, channel, Action.EDIT,
-                           edited_text=text, rubric=blocks.rubric_from_values(values))
+                           edited_text=text, rubric=rubric)
 
     async def _ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         if not channel or not user:
