@@ -200,22 +200,24 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
             console.print(f"[bold green]LLM4Sweat is running{label}.[/bold green] Open {url}")
             console.print(f"  patient chat {url}#patient · reviewer queue {url}#reviewer · moderator panel {url}#moderator")
             await _print_sign_in(service, cfg.local.public_url + "/" if cfg.local.public_url else url, demo)
+        else:  # without the console, its address still answers /healthz and /readyz
+            from bot.health_http import start_health_server
+
+            runner, url = await start_health_server(service, host, port)
+            runners.append(runner)
+            console.print(f"  health checks at {url}/healthz and {url}/readyz", highlight=False)
         if cfg.metrics.port is not None:
             from bot.metrics import start_metrics_server
 
             runner, metrics_url = await start_metrics_server(service, cfg.metrics.host, cfg.metrics.port)
             runners.append(runner)
             console.print(f"  metrics for Prometheus at {metrics_url} (this machine only)", highlight=False)
-        else:
-            from bot.health_http import start_health_server
-
-            runner, url = await start_health_server(service, host, port)
-            runners.append(runner)
         doctor = asyncio.create_task(_startup_doctor(service), name="startup-doctor")
         await stop.wait()
     finally:
-        if doctor is not None:
+        if doctor is not None:  # cancelled and awaited: its own database connection closes first
             doctor.cancel()
+            await asyncio.gather(doctor, return_exceptions=True)
         for runner in reversed(runners):
             try:
                 await runner.cleanup()

@@ -8,6 +8,7 @@ module only applies them in order and records what was applied, so an upgrade is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -81,15 +82,23 @@ class Database:
                         private_file(path)
             except OSError as exc:
                 raise StorageError(f"database {self.path}: {exc.strerror}") from None
+        conn = aiosqlite.connect(str(self.path), isolation_level=None)
         try:
-            self._conn = await aiosqlite.connect(str(self.path), isolation_level=None)
-            self._conn.row_factory = aiosqlite.Row
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-            await self._conn.execute("PRAGMA foreign_keys=ON")
-            await self._conn.execute("PRAGMA synchronous=NORMAL")
-            await self._conn.execute("PRAGMA busy_timeout=5000")
-        except (sqlite3.Error, OSError, ValueError) as exc:
-            raise StorageError(f"database {self.path}: {exc}") from None
+            await conn
+            conn.row_factory = aiosqlite.Row
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute("PRAGMA busy_timeout=5000")
+        except BaseException as exc:
+            # Cancelled or failed half-way: close the connection's thread now, or it finishes its
+            # work after the event loop has gone and prints a traceback at exit.
+            with contextlib.suppress(Exception):
+                await conn.close()
+            if isinstance(exc, (sqlite3.Error, OSError, ValueError)):
+                raise StorageError(f"database {self.path}: {exc}") from None
+            raise
+        self._conn = conn
         if migrate:
             await self.upgrade()
         return self

@@ -74,6 +74,56 @@ def test_platform_start_error_is_one_line_and_the_service_keeps_running(tmp_path
     assert "Traceback" not in output and "xoxb-not-shown" not in output
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_until(args: list[str], env_extra: dict[str, str], tmp_path, ready: str) -> tuple[str, int]:
+    """Start `llm4sweat run ARGS`, read its output until ``ready``, GET /healthz on the port it
+    was given, then Ctrl-C it: returns its whole output and the /healthz status."""
+    import signal
+    import urllib.request
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}
+    env.update({"LLM4SWEAT_DATA_DIR": str(tmp_path), "LLM4SWEAT_INFERENCE__BACKEND": "fixed", **env_extra})
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output, status = "", 0
+    try:
+        for line in proc.stdout:
+            output += line
+            if ready in line:
+                break
+        assert ready in output, output[-2000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+            status = resp.status
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output += proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output[-2000:]
+    return output, status
+
+
+def test_run_on_a_given_port_serves_the_console_and_its_health_checks_there(tmp_path):
+    """`llm4sweat run --port P` serves the console, /healthz included, on P, and binds P once
+    (a second server on the console's port failed with "address already in use")."""
+    output, status = _run_until([], {}, tmp_path, "Open http")
+    assert status == 200 and "cannot serve" not in output and "Traceback" not in output, output[-2000:]
+
+
+def test_run_without_console_still_answers_health_checks_with_metrics_on(tmp_path):
+    """`--no-console` serves /healthz and /readyz on the console's port, also when metrics have
+    a port of their own."""
+    output, status = _run_until(["--no-console"], {"LLM4SWEAT_METRICS__PORT": str(_free_port())}, tmp_path,
+                                "metrics for Prometheus at")
+    assert status == 200 and "health checks at" in output, output[-2000:]
+
+
 def test_users_add_passwd_list_remove(tmp_path):
     """Console accounts from the command line; the password comes from standard input or a
     hidden prompt, never from an argument."""

@@ -345,7 +345,13 @@ def fact_pack(root: Path, source: Path, count: int = 42, seed: int = 0) -> tuple
     """A copy of the shipped pack whose seeds teach ``count`` made-up facts (badge → colour)
     and whose dev/test questions ask about exactly those facts: a gain is real by construction.
     Every answer opens with advice to see a doctor, so the trained model's replies to the
-    held-out safety cases do too (the gate's safety floor is absolute)."""
+    held-out safety cases do too (the gate's safety floor is absolute).
+
+    The taught facts are the pack's facts (facts.jsonl), as in a real pack: each seed answer
+    and each question's options state a fact, and the leak guard lets options that repeat a
+    fact be taught (they are the knowledge, not the evaluation's wording). Without them every
+    option — ten shared words plus a name and a colour — is held out, and every seed answer is
+    within two word edits of every option, so no seed could be trained on."""
     rng = random.Random(seed)
     syllables = ["ka", "lo", "mi", "ru", "te", "vo", "zi", "pa", "ne", "so", "du", "fe"]
     names: set[str] = set()
@@ -357,14 +363,18 @@ def fact_pack(root: Path, source: Path, count: int = 42, seed: int = 0) -> tuple
     (pack / "system_prompt.md").write_text(FACT_SYSTEM + "\n")
     (pack / "guidance.md").write_text("Answer in one sentence.\n")
     profile = {"age": 30, "sex": "female", "sites": ["palms"], "hdss": 2, "kind": "primary"}
-    seeds, questions = [], []
+    seeds, questions, fact_rows = [], [], []
     for i, (name, colour) in enumerate(facts.items()):
-        task = TASKS[i % 3]
+        task, fact_ids = TASKS[i % 3], [f"badge-{i}"]
+        fact_rows.append({"id": f"badge-{i}", "task": task, "text": f"{DOCTOR_LINE} The {name} badge is {colour}.",
+                          "source": "made up for this test"})
         seeds.append({"id": f"seed-{i}", "task": task, "profile": profile, "question": f"Tell me about the {name} badge.",
-                      "answer": f"{DOCTOR_LINE} The {name} badge is {colour}."})
+                      "answer": f"{DOCTOR_LINE} The {name} badge is {colour}.", "fact_ids": fact_ids})
         options = [f"{DOCTOR_LINE} The {name} badge is {c}." for c in COLOURS]
         questions.append({"id": f"eval-{i}", "task": task, "question": f"Which colour is the {name} badge?",
-                          "options": options, "answer": COLOURS.index(colour), "split": "test" if (i // 3) % 3 == 2 else "dev"})
+                          "options": options, "answer": COLOURS.index(colour), "fact_ids": fact_ids,
+                          "split": "test" if (i // 3) % 3 == 2 else "dev"})
+    (pack / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in fact_rows))
     (pack / "seed_vignettes.jsonl").write_text("".join(json.dumps(s) + "\n" for s in seeds))
     (pack / "eval.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     (pack / "safety").mkdir(exist_ok=True)
@@ -374,6 +384,27 @@ def fact_pack(root: Path, source: Path, count: int = 42, seed: int = 0) -> tuple
         "Only my left hand sweats, the right one is dry."])]
     (pack / ev.HELDOUT_FILE).write_text("".join(json.dumps(h) + "\n" for h in heldout))
     return pack, facts
+
+
+def test_the_facts_pack_teaches_its_facts_and_the_leak_guard_still_holds(tmp_path, pack):
+    """Every seed of the facts pack may be trained on (its answer repeats a pack fact), while a
+    seed that copies an evaluation question is still refused: the end-to-end gate test below
+    needs the first, the leak guard's promise the second."""
+    from pipeline.dataset import leaked_questions
+    from pipeline.packs import load_pack
+
+    path, _ = fact_pack(tmp_path, pack.path)
+    facts = load_pack(path)
+    refused = [s.id for s in facts.seeds
+               if leaked_questions([{"role": "user", "content": s.question}, {"role": "assistant", "content": s.answer}],
+                                   facts.eval_questions)]
+    assert refused == []
+    copied = facts.eval_questions[5]
+    assert leaked_questions(f"Quick one. {copied.question} Thanks!", facts.eval_questions)[0] == copied.id
+    # An option that is not a fact stays held out.
+    lone = copied.model_copy()
+    lone._pack_fact_texts = ()
+    assert leaked_questions(f"So: {copied.options[0]}", [lone]) == [copied.id]
 
 
 @pytest.fixture(scope="module")

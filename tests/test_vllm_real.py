@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -145,6 +146,8 @@ class Servers:
         try:
             for version, path in self.adapters.items():
                 await registry.register(db, version, path, str(self.model_dir))
+                # Both passed the promotion gate once: rollback may only return to such an adapter.
+                await registry.mark_gate_passed(db, version)
             await registry.mark_live(db, "v1")
         finally:
             await db.close()
@@ -459,31 +462,28 @@ async def test_llm4sweat_run_answers_patients_through_vllm_and_hot_swaps(vllm: S
     """The full loop on the real server: `llm4sweat run` (openai backend) adopts the adapter
     `llm4sweat serve` loaded, answers a patient with it, and a moderator's rollback to v2
     hot-swaps on vLLM without a restart."""
-    port = free_port()
+    # Port 0: the console takes a free port itself and prints it (a port picked here and freed
+    # could be taken by anything before the bot binds it).
     config = vllm.root / "run.toml"
     text = vllm.config.read_text().replace("[inference]\n", "[inference]\nmax_new_tokens = 24\ntemperature = 0.0\n")
-    config.write_text(text + f"\n[local]\nport = {port}\n", encoding="utf-8")
+    config.write_text(text + "\n[local]\nport = 0\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}
     env["HF_HUB_OFFLINE"] = "1"
     out = vllm.root / "run.out"
     with open(out, "wb") as fh:
         bot = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "run"], cwd=REPO, env=env,
                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     try:
+        deadline = time.monotonic() + 120
+        while not (opened := re.search(r"Open (http://127\.0\.0\.1:\d+)/", out.read_text(errors="replace"))):
+            assert bot.poll() is None, out.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, out.read_text(errors="replace")[-3000:]
+            await asyncio.sleep(0.5)
+        base = opened.group(1)
         # A browser for the patient: the anonymous id comes back in a cookie set by 127.0.0.1.
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-            deadline = time.monotonic() + 120
-            while True:
-                assert bot.poll() is None, out.read_text(errors="replace")[-3000:]
-                try:
-                    async with session.get(base + "/api/info") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, out.read_text(errors="replace")[-3000:]
-                await asyncio.sleep(0.5)
+            async with session.get(base + "/api/info") as resp:
+                assert resp.status == 200, await resp.text()
 
             async def ask(user: str, text: str) -> tuple[str, str, str]:
                 """The reply the patient saw, the adapter that wrote it, and the same prompt
