@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from bot import effects, metrics
 from bot.effects import EffectApplier
+from bot.incidents import CrisisCases
 from bot.inference.base import InferenceBackend, ModelUnavailable
 from bot.outbox import Claimed, Outbox
 from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, Turn, ViewKind, is_dm_key
@@ -139,6 +140,7 @@ class ConversationCore:
         self._last_outage_alert = float("-inf")  # monotonic time starts near 0 after a boot
         self._paused: bool | None = None  # cached; the database holds it across restarts
         self.safety = SafetyLayer(self)  # triage options, rate limit, fair model slots, reply checks
+        self.cases = CrisisCases(self)  # crisis cases: confirmed delivery, honest alerts (bot/incidents.py)
         cfg = settings.outbox
         # What follows a decision is recorded with it and applied here at once, or by the worker later.
         self.outbox = Outbox(db, EffectApplier(self), retry_base_s=cfg.retry_base_s, retry_max_s=cfg.retry_max_s,
@@ -482,23 +484,25 @@ class ConversationCore:
         return result
 
     async def _crisis(self, row: Any, conv: ConversationRef, verdict: Triage, result: HandleResult) -> HandleResult:
+        """Crisis resources to the patient and an urgent alert, recorded as one crisis case
+        (bot/incidents.py): the resources try other routes when refused, and the alert, posted
+        after them, says whether they reached the patient."""
         message = crisis_text(self.pack.crisis_message(row["region"]), verdict.language)  # preface in their language
         view = PatientView(ViewKind.CRISIS, message)
-        alert = (f"Crisis message in conversation {conv.id} ({conv.platform}). The patient was given crisis resources; "
-                 "please look at it now. Later messages in this conversation are held for review.")
         platforms = list(self.platforms)
 
         def store(conn: sqlite3.Connection) -> list[Claimed]:
             # The resources are kept with the message: the next prompt carries what the patient was shown.
             conn.execute("UPDATE messages SET status = 'crisis', response_text = ? WHERE id = ?", (message, row["id"]))
             conn.execute("UPDATE conversations SET status = 'crisis_hold' WHERE id = ?", (conv.id,))
-            conn.execute(
-                "INSERT INTO incidents (kind, detail, message_id, created_at) VALUES ('crisis', ?, ?, ?)",
-                (f"conversation {conv.id} on {conv.platform}", row["id"], now()),
-            )
-            return self.outbox.enqueue(conn, [
-                effects.patient_notice(f"crisis:{row['id']}", conv, view),
-                *(effects.alert(f"crisis:{row['id']}", name, alert, True) for name in platforms),
+            incident_id = conn.execute(
+                "INSERT INTO incidents (kind, detail, message_id, conversation_id, created_at, alerted_at)"
+                " VALUES ('crisis', ?, ?, ?, ?, ?)",
+                (f"conversation {conv.id} on {conv.platform}", row["id"], conv.id, now(), now()),
+            ).lastrowid
+            return self.outbox.enqueue(conn, [  # in this order: the patient first, then the alert about it
+                effects.patient_notice(f"crisis:{row['id']}", conv, view, incident_id=incident_id),
+                *(effects.crisis_alert(incident_id, name) for name in platforms),
             ])
 
         await self.outbox.apply(await self.db.run(store))

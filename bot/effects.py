@@ -9,7 +9,10 @@ twice, late, or after a newer one shows the same thing; nothing here decides a r
   a post when it is not and the effect is the first one (``post``);
 * ``dataset_example`` — the expert example made from a closed review item (keyed by the item);
 * ``alert`` — a message to moderators on one platform;
-* ``patient_notice`` — a service notice to the patient (crisis resources, expiry, a late answer).
+* ``crisis_alert`` — the urgent alert about a crisis case, written from the case as it is when
+  posted (delivered, delivered another way, or could not reach the patient: bot.incidents);
+* ``patient_notice`` — a service notice to the patient (crisis resources, expiry, a late answer);
+  crisis resources (``incident_id`` in the payload) try the other routes when refused.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ REVIEW_CARD = "review_card"
 DATASET_EXAMPLE = "dataset_example"
 ALERT = "alert"
 PATIENT_NOTICE = "patient_notice"
+CRISIS_ALERT = "crisis_alert"
 
 
 # ---------------------------------------------------------------------- effects (what to record)
@@ -52,9 +56,17 @@ def alert(key: str, platform: str, text: str, urgent: bool) -> Effect:
     return Effect(ALERT, f"alert:{key}:{platform}", {"text": text, "urgent": urgent}, platform)
 
 
-def patient_notice(key: str, conv: ConversationRef, view: PatientView) -> Effect:
-    payload = {"conversation": dataclasses.asdict(conv),
-               "view": {"kind": view.kind.value, "text": view.text, "label": view.label, "disclaimer": view.disclaimer}}
+def crisis_alert(incident_id: int, platform: str, stage: str = "new") -> Effect:
+    return Effect(CRISIS_ALERT, f"alert:crisis-case:{incident_id}:{stage}:{platform}", {"incident_id": incident_id},
+                  platform)
+
+
+def patient_notice(key: str, conv: ConversationRef, view: PatientView, incident_id: int | None = None) -> Effect:
+    payload: dict[str, Any] = {
+        "conversation": dataclasses.asdict(conv),
+        "view": {"kind": view.kind.value, "text": view.text, "label": view.label, "disclaimer": view.disclaimer}}
+    if incident_id is not None:
+        payload["incident_id"] = incident_id
     return Effect(PATIENT_NOTICE, f"notice:{key}", payload, conv.platform, f"conversation:{conv.id}")
 
 
@@ -71,6 +83,7 @@ class EffectApplier:
             REVIEW_CARD: self._review_card,
             DATASET_EXAMPLE: self._dataset_example,
             ALERT: self._alert,
+            CRISIS_ALERT: self._crisis_alert,
             PATIENT_NOTICE: self._patient_notice,
         }.get(effect.kind)
         if handler is None:
@@ -136,4 +149,14 @@ class EffectApplier:
         conv = ConversationRef(**effect.payload["conversation"])
         view_data = effect.payload["view"]
         view = PatientView(ViewKind(view_data["kind"]), view_data["text"], view_data["label"], view_data["disclaimer"])
-        await self._platform(effect.platform).send_to_patient(conv, view)
+        platform = self._platform(effect.platform)
+        if effect.payload.get("incident_id") is not None:  # crisis resources: other routes when refused
+            await self.core.cases.deliver(int(effect.payload["incident_id"]), conv, view, platform)
+        else:
+            await platform.send_to_patient(conv, view)
+
+    async def _crisis_alert(self, effect: Effect) -> None:
+        platform = self._platform(effect.platform)
+        text = await self.core.cases.alert_text(int(effect.payload["incident_id"]))
+        if text is not None:
+            await platform.alert(self.core.settings.redact(text), True)

@@ -117,4 +117,23 @@ MIGRATIONS = [
         UPDATE replies SET shown_text = text WHERE delivery = 'shown' AND shown_text IS NULL
         """,
     ),
+    Migration(
+        "bot",
+        5,
+        "crisis_cases",
+        """
+        ALTER TABLE incidents ADD COLUMN conversation_id INTEGER REFERENCES conversations(id) ON DELETE SET NULL;
+        ALTER TABLE incidents ADD COLUMN delivery TEXT;
+        ALTER TABLE incidents ADD COLUMN delivery_route TEXT;
+        ALTER TABLE incidents ADD COLUMN delivery_error TEXT;
+        ALTER TABLE incidents ADD COLUMN link TEXT;
+        ALTER TABLE incidents ADD COLUMN taken_by TEXT;
+        ALTER TABLE incidents ADD COLUMN taken_at REAL;
+        ALTER TABLE incidents ADD COLUMN resolved_by TEXT;
+        ALTER TABLE incidents ADD COLUMN outcome_note TEXT;
+        ALTER TABLE incidents ADD COLUMN alerted_at REAL;
+        ALTER TABLE incidents ADD COLUMN realerts INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX incidents_open ON incidents (kind, resolved_at)
+        """,
+    ),
 ]

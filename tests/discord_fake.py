@@ -890,6 +890,8 @@ class FakeDiscord:
 
     async def _open_dm(self, call: Call) -> web.Response:
         recipient = str((call.body or {}).get("recipient_id"))  # a snowflake: discord.py sends an int
+        if recipient not in self.users:
+            return _json({"message": "Unknown User", "code": 10013}, 404)
         cid = self.dm_channel(recipient)
         return _json(self.channels[cid])
 

@@ -38,6 +38,11 @@ As strict as Slack, so that an app passing here does not fail there:
   Web API answer to a bot token carries the scopes granted to it in ``x-oauth-scopes``, as
   Slack's does; a method whose scope is not granted answers ``missing_scope`` with ``needed`` and
   ``provided``. ``scopes`` starts as what the app made from deploy/slack-manifest.yaml is granted.
+* Refusals on any route (chat.postMessage: https://docs.slack.dev/reference/methods/chat.postMessage#errors):
+  ``refuse(channel, error)`` makes every post to ``channel`` (a channel id, or a user id for the
+  app's DM with that user) answer ``is_archived``, ``channel_not_found``, ``not_in_channel`` …
+  until ``unrefuse``. Posting to a user id posts in the app's DM with them (channel ``D…``), as
+  Slack does; ``chat.getPermalink`` answers the message's permalink.
 * Channel membership (conversations.history, chat.postMessage: "not_in_channel" / "channel_not_found"):
   ``remove_bot(channel)`` takes the bot out of a channel; reading or posting there is then
   refused with ``not_in_channel`` (a public channel) or ``channel_not_found`` (a private one, which
@@ -253,6 +258,7 @@ class FakeSlack:
         self.scopes: set[str] = set(MANIFEST_SCOPES)  # granted to the bot token
         self.private_channels: set[str] = set()  # channels that are private (groups:history)
         self.not_member: set[str] = set()  # channels the bot is not in (remove_bot)
+        self.refusals: dict[str, str] = {}  # channel or user id -> the error every post there answers
         self.user_messages: list[dict[str, Any]] = []  # what people wrote (for history and replies)
         self.ack_deadline_s = ACK_DEADLINE_S
         self.event_retry_delays_s = EVENT_RETRY_DELAYS_S
@@ -307,6 +313,21 @@ class FakeSlack:
         self.not_member.add(channel)
         if private:
             self.private_channels.add(channel)
+
+    def refuse(self, channel: str, error: str) -> None:
+        """Every chat.postMessage to ``channel`` (or to a user id: their DM) answers ``error`` from now on."""
+        self.refusals[channel] = error
+
+    def unrefuse(self, channel: str | None = None) -> None:
+        if channel is None:
+            self.refusals.clear()
+        else:
+            self.refusals.pop(channel, None)
+
+    @staticmethod
+    def dm_of(user: str) -> str:
+        """The id of the app's direct message with ``user``."""
+        return "D" + user
 
     def fail(self, method: str, error: str = "internal_error", times: int = 1) -> None:
         """The next ``times`` calls of ``method`` answer ``{"ok": false, "error": error}``."""
@@ -408,6 +429,8 @@ class FakeSlack:
         if needed is not None and needed not in self.scopes:
             return {"ok": False, "error": "missing_scope", "needed": needed, "provided": ",".join(sorted(self.scopes))}
         channel = args.get("channel", "")
+        if method == "chat.postMessage" and channel in self.refusals:
+            return {"ok": False, "error": self.refusals[channel]}
         if (method in HISTORY_METHODS or method == "chat.postMessage") and channel in self.not_member:
             return {"ok": False, "error": "channel_not_found" if channel in self.private_channels else "not_in_channel"}
         return handler(args)
@@ -447,11 +470,22 @@ class FakeSlack:
             return {"ok": False, "error": "no_text"}
         if (refused := self._refused(args)) is not None:
             return refused
+        if channel[:1] in ("U", "W"):  # a user id: the app's DM with them
+            channel = self.dm_of(channel)
         ts = self._new_ts()
         message = {"channel": channel, "ts": ts, "text": args.get("text", ""), "blocks": args.get("blocks") or [],
                    "thread_ts": args.get("thread_ts"), "bot_id": BOT_ID, "user": BOT_USER}
         self.messages[ts] = message
         return {"ok": True, "channel": channel, "ts": ts, "message": {k: v for k, v in message.items() if v is not None}}
+
+    def _m_chat_getPermalink(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel", ""), args.get("message_ts", "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if not ts:
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": channel,
+                "permalink": f"https://llm4sweat-test.slack.com/archives/{channel}/p{ts.replace('.', '')}"}
 
     def _m_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         message = self.messages.get(args.get("ts", ""))

@@ -517,6 +517,52 @@ class DiscordPlatform:
                 await target.get_partial_message(int(surplus)).delete()
         return ids
 
+    # ------------------------------------------------------------------ other routes to a patient (crisis)
+
+    def crisis_routes(self, conv: ConversationRef) -> list[str]:
+        """Other ways to reach the patient when their conversation refuses a post (bot.incidents)."""
+        if is_dm_key(conv.channel_id, conv.thread_id):
+            return []  # a direct message is the last way already
+        if conv.thread_id.isdigit():
+            return ["channel", "dm"]  # the thread's channel, then a DM
+        return ["dm"]  # answered in place: the conversation is the channel
+
+    async def send_via(self, conv: ConversationRef, view: PatientView, route: str) -> list[str]:
+        """Post ``view`` in the conversation's channel mentioning the patient (``channel``), or in a
+        direct message to them (``dm``)."""
+        patient = discord.Object(id=int(conv.patient_user_id))
+        mention = f"<@{conv.patient_user_id}> "
+        if route == "channel":
+            target: Any = self.client.get_partial_messageable(int(conv.channel_id))
+            allowed = discord.AllowedMentions(everyone=False, roles=False, users=[patient])
+            parts = render.patient_parts(view, self.max_message_chars - len(mention))
+            parts[0] = mention + parts[0]
+        elif route == "dm":
+            target = await self.client.create_dm(patient)
+            allowed = discord.AllowedMentions.none()
+            parts = render.patient_parts(view, self.max_message_chars)
+        else:
+            raise ValueError(f"unknown route {route!r}")
+        ids = []
+        for part in parts:
+            sent = await target.send(part, allowed_mentions=allowed)
+            ids.append(str(sent.id))
+        return ids
+
+    async def conversation_link(self, conv: ConversationRef, message_id: str | None) -> str | None:
+        """A jump URL for moderators: the patient's message, or the thread."""
+        if is_dm_key(conv.channel_id, conv.thread_id):
+            where, guild_id = int(conv.channel_id), None
+        else:
+            where = int(conv.thread_id) if conv.thread_id.isdigit() else int(conv.channel_id)
+            channel = self.client.get_channel(int(conv.channel_id))
+            guild = getattr(channel, "guild", None)
+            guild_id = guild.id if guild is not None else (self.cfg.guild_ids[0] if self.cfg.guild_ids else None)
+        messageable = self.client.get_partial_messageable(where, guild_id=guild_id)
+        if message_id and message_id.isdigit() and int(message_id) != where:
+            return messageable.get_partial_message(int(message_id)).jump_url
+        return messageable.jump_url
+
     # ------------------------------------------------------------------ review cards (Platform)
 
     async def post_review_card(self, card: ReviewCard) -> str | None:

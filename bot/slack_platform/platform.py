@@ -222,6 +222,39 @@ class SlackPlatform:
                 log.warning("slack: could not delete the extra part %s: %s", ts, _error(exc))
         return showing
 
+    # ------------------------------------------------------------------ other routes to a patient (crisis)
+
+    def crisis_routes(self, conv: ConversationRef) -> list[str]:
+        """Other ways to reach the patient when their thread refuses a post (bot.incidents)."""
+        return [] if is_dm_key(conv.channel_id, conv.thread_id) else ["channel", "dm"]
+
+    async def send_via(self, conv: ConversationRef, view: PatientView, route: str) -> list[str]:
+        """Post ``view`` in the channel itself mentioning the patient (``channel``), or in the app's
+        direct message with them (``dm``: chat.postMessage to the user id opens it)."""
+        if route not in ("channel", "dm"):
+            raise ValueError(f"unknown route {route!r}")
+        channel = conv.channel_id if route == "channel" else conv.patient_user_id
+        posted: list[str] = []
+        for index, message in enumerate(blocks.patient_messages(view)):
+            text, body = message["text"], message["blocks"]
+            if route == "channel" and index == 0:
+                text = f"<@{conv.patient_user_id}> {text}"
+                body = [{"type": "section", "text": {"type": "mrkdwn", "text": f"<@{conv.patient_user_id}>"}}, *body]
+            response = await self.client.chat_postMessage(channel=channel, text=text, blocks=body,
+                                                          unfurl_links=False, unfurl_media=False)
+            posted.append(response["ts"])
+        return posted
+
+    async def conversation_link(self, conv: ConversationRef, message_id: str | None) -> str | None:
+        """The permalink of the patient's message (chat.getPermalink), for moderators."""
+        response = await self.client.chat_getPermalink(channel=conv.channel_id, message_ts=message_id or conv.thread_id)
+        return response.get("permalink")
+
+    @staticmethod
+    def describe_error(exc: BaseException) -> str:
+        """Slack's error code (``is_archived``, ``not_in_channel`` …) rather than the SDK's long message."""
+        return _error(exc) if isinstance(exc, SlackApiError) else f"{type(exc).__name__}: {exc}"
+
     async def post_review_card(self, card: ReviewCard) -> str | None:
         channel = self.cfg.reviewer_channel_id
         if not channel:
