@@ -23,9 +23,6 @@ from reviewers.service import ReviewService
 
 log = logging.getLogger(__name__)
 
-RETRY_INTERVAL_S = 15.0
-
-
 class Service:
     def __init__(
         self,
@@ -52,7 +49,7 @@ class Service:
         self._retry_task: asyncio.Task[Any] | None = None
         self._scheduler_task: asyncio.Task[Any] | None = None
         self._outbox_task: asyncio.Task[Any] | None = None
-        self.retry_interval_s = RETRY_INTERVAL_S
+        self.retry_interval_s = settings.inference.retry_interval_s
         self._swap_lock = asyncio.Lock()
         # Each configured platform's connection health (bot.supervisor keeps those of Discord and
         # Slack, also before they connect); /readyz, `llm4sweat doctor` and /status read it.

@@ -58,6 +58,9 @@ class InferenceSettings(Section):
     # Conversations answered at once when the retry loop works through a backlog (after an
     # outage, a pause or a restart); about the model server's batch size.
     max_concurrency: int = Field(8, ge=1, le=256)
+    # Seconds between rounds of the retry loop (answers what waits after an outage, a pause or a
+    # crash; expires old reviews). Short in benchmarks that must see many rounds.
+    retry_interval_s: float = Field(15.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
     max_new_tokens: int = Field(256, ge=1, le=8192)
     temperature: float = Field(0.3, ge=0.0, le=2.0)
