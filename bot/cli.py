@@ -25,6 +25,7 @@ dataset_app = typer.Typer(help="The training dataset.")
 adapters_app = typer.Typer(help="The adapter registry.")
 reviews_app = typer.Typer(help="Expert reviews.")
 model_app = typer.Typer(help="The base model.")
+incidents_app = typer.Typer(help="Crisis cases (docs/safety.md): list, show, resolve.", no_args_is_help=True)
 users_app = typer.Typer(help="Console accounts of reviewers and moderators (docs/access.md).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(pack_app, name="pack")
@@ -33,6 +34,7 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(reviews_app, name="reviews")
 app.add_typer(model_app, name="model")
 app.add_typer(users_app, name="users")
+app.add_typer(incidents_app, name="incidents")
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -707,6 +709,80 @@ def _model_loop(command: Any, *args: Any, **kwargs: Any) -> int:
     except (StorageError, RetrainError, PackError, FileExistsError, ValueError) as exc:
         err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
         return 2
+
+
+# ---------------------------------------------------------------------------- crisis cases
+
+
+def _operator() -> Any:
+    """Whoever runs the command line on the server acts as a moderator (shell access is the operator's)."""
+    import getpass
+
+    from reviewers.models import MODERATOR_ROLE, Actor
+
+    return Actor("cli", getpass.getuser(), getpass.getuser(), frozenset({MODERATOR_ROLE}))
+
+
+def _cases(work: Any) -> Any:
+    cfg = settings()
+
+    async def go() -> Any:
+        db = await _open_db(cfg)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return run_async(go())
+
+
+@incidents_app.command("list")
+def incidents_list(
+    everything: bool = typer.Option(False, "--all", help="Resolved cases too (the 50 newest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the cases as JSON."),
+) -> None:
+    """Open crisis cases, oldest first: age, conversation, who has taken each over."""
+    from bot import incidents
+
+    cases = _cases(lambda db: incidents.all_cases(db) if everything else incidents.open_cases(db))
+    if as_json:
+        console.print_json(json.dumps(cases))
+        return
+    if not cases:
+        console.print("No open crisis case." if not everything else "No crisis case yet.")
+        return
+    for case in cases:
+        console.print(incidents.case_line(case), highlight=False)
+
+
+@incidents_app.command("show")
+def incidents_show(case_id: int = typer.Argument(..., help="The case number (#ID in alerts).")) -> None:
+    """One crisis case: delivery of the resources, who has it, the conversation, the outcome."""
+    from bot import incidents
+
+    try:
+        case = _cases(lambda db: incidents.get_case(db, case_id))
+    except incidents.CaseError as exc:
+        err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
+        raise typer.Exit(1)
+    console.print(incidents.case_text(case), highlight=False, markup=False)
+
+
+@incidents_app.command("resolve")
+def incidents_resolve(
+    case_id: int = typer.Argument(..., help="The case number (#ID in alerts)."),
+    note: str = typer.Option(..., "--note", help="How the case ended (stored with who and when)."),
+) -> None:
+    """Resolve a crisis case: records who, when and the outcome note, and releases the conversation
+    (the assistant answers the patient again). The running service sees it at once (the database)."""
+    from bot import incidents
+
+    try:
+        case = _cases(lambda db: incidents.resolve_case(db, case_id, _operator(), note))
+    except incidents.CaseError as exc:
+        err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"Resolved crisis case #{case_id}: {case['outcome_note']}", highlight=False, markup=False)
 
 
 @reviews_app.command("agreement")

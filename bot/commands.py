@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bot import incidents as crisis
 from pipeline import dataset, jobs, registry
 from reviewers.models import MODERATOR_ROLE, Actor, PermissionDenied
 
@@ -16,7 +18,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("status", "retrain", "promote", "rollback", "eval", "dataset", "pause", "resume")
+COMMANDS = ("status", "retrain", "promote", "rollback", "eval", "dataset", "pause", "resume", "case")
+CASE_USAGE = ("Crisis cases: case list | case show ID | case take ID | case reply ID TEXT | "
+              "case resolve ID NOTE (reviewers and moderators).")
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Commands:
             "dataset": lambda: self.dataset(actor),
             "pause": lambda: self.pause(actor),
             "resume": lambda: self.resume(actor),
+            "case": lambda: self.case(actor, argument),
         }
         if command not in handlers:
             return CommandReply(f"Unknown command {command!r}. Commands: {', '.join(COMMANDS)}.", ok=False)
@@ -73,6 +78,7 @@ class Commands:
         )
         last_job = await jobs.latest(self.db)
         effects = await self.service.core.outbox.stats()
+        cases = await crisis.open_cases(self.db)
         data = {
             "model": backend.model,
             "backend": backend.backend,
@@ -85,6 +91,8 @@ class Commands:
             "review_queue": queue,
             "messages_waiting": waiting,
             "open_incidents": [dict(r) for r in incidents],
+            "crisis_cases": [{"id": c["id"], "age_s": round(time.time() - c["created_at"], 1), "taken_by": c["taken_by"],
+                              "conversation_id": c["conversation_id"], "delivery": c["delivery"]} for c in cases],
             "effects": effects,
             "last_job": last_job,
             "platforms": _platforms(self.service),
@@ -107,11 +115,50 @@ class Commands:
             f"Messages waiting for the model: {waiting}",
             _effects_line(effects),
             f"Open incidents: {len(incidents)}",
+            f"Open crisis cases: {len(cases)}" + "".join(f"\n  {crisis.case_line(c)}" for c in cases),
             f"Last job: {job_text}",
             *_doctor_lines(getattr(self.service, "doctor_report", None)),
         ]
         text = "\n".join([*lines[:1], *_platform_lines(data["platforms"]), *lines[1:]])
         return CommandReply(text, data)
+
+    async def case(self, actor: Actor, argument: str | None) -> CommandReply:
+        """Crisis cases (bot/incidents.py): list, show, take over, reply as a person, resolve.
+        Reviewers and moderators; anyone else is refused with a log line and an audit row."""
+        words = (argument or "").strip().split(None, 2)
+        action = words[0].lower() if words else "list"
+        try:
+            crisis.require_carer(actor, action)
+        except PermissionDenied:
+            await self.service.reviews.audit(None, actor.label, "command_refused", f"case {action}")
+            raise
+        await self.service.reviews.audit(None, actor.label, "command", f"case {action}")
+        cases = self.service.core.cases
+        if action == "list":
+            open_now = await crisis.open_cases(self.db)
+            text = "\n".join(crisis.case_line(c) for c in open_now) or "No open crisis case."
+            return CommandReply(text, {"cases": [c["id"] for c in open_now]})
+        if action not in ("show", "take", "reply", "resolve") or len(words) < 2 or not words[1].lstrip("#").isdigit():
+            return CommandReply(CASE_USAGE, ok=False)
+        case_id = int(words[1].lstrip("#"))
+        rest = words[2] if len(words) > 2 else ""
+        try:
+            if action == "show":
+                case = await crisis.get_case(self.db, case_id)
+            elif action == "take":
+                case = await cases.take_over(case_id, actor)
+            elif action == "reply":
+                case = await cases.reply(case_id, actor, rest)
+            else:
+                case = await cases.resolve(case_id, actor, rest)
+        except crisis.CaseError as exc:
+            return CommandReply(str(exc), ok=False)
+        done = {"take": "You have taken over the case: the assistant stays out of the conversation until it is "
+                        "resolved, and the patient's messages come to you here.",
+                "reply": "Sent to the patient, labelled as written by you, a person — not the AI.",
+                "resolve": "Resolved; the conversation is released to the assistant."}.get(action, "")
+        text = "\n".join(filter(None, [done, crisis.case_text(case)]))
+        return CommandReply(text, {"case": {k: v for k, v in case.items() if k not in ("messages",)}})
 
     async def retrain(self, actor: Actor, argument: str | None = None) -> CommandReply:
         """Start a retraining job; ``force`` trains even when no reviewed example is new."""

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from bot import effects, metrics
 from bot.effects import EffectApplier
-from bot.incidents import CrisisCases
+from bot.incidents import CRISIS_HOLD, TAKEN_OVER, CrisisCases
 from bot.inference.base import InferenceBackend, ModelUnavailable
 from bot.outbox import Claimed, Outbox
 from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, Turn, ViewKind, is_dm_key
@@ -413,6 +413,10 @@ class ConversationCore:
             verdict = await self.safety.triage_async(text)
         if verdict.crisis:
             return await self._crisis(row, conv, verdict, result)
+        if row["conv_status"] == TAKEN_OVER:  # a person has this conversation: the model stays out
+            await self.cases.patient_wrote(message_id, conv.id, text)
+            result.status = "with_person"
+            return result
         # --- safety layer: unsupported language / out of scope get a fixed answer, the model is not asked
         early = await self.safety.before_model(row, conv, verdict, result)
         if early is not None:
@@ -449,7 +453,7 @@ class ConversationCore:
         def store(conn: sqlite3.Connection) -> tuple[int, int, bool, list[Claimed]]:
             # Read now, not before the model: a crisis may have put the conversation on hold meanwhile.
             (conv_status,) = conn.execute("SELECT status FROM conversations WHERE id = ?", (conv.id,)).fetchone()
-            hold = conv_status == "crisis_hold"
+            hold = conv_status in (CRISIS_HOLD, TAKEN_OVER)
             gated = self.settings.review.mode == "gated" or review_first or hold
             priority = "high" if review_first or hold else "normal"
             delivery = "held" if gated else "shown"
@@ -494,7 +498,7 @@ class ConversationCore:
         def store(conn: sqlite3.Connection) -> list[Claimed]:
             # The resources are kept with the message: the next prompt carries what the patient was shown.
             conn.execute("UPDATE messages SET status = 'crisis', response_text = ? WHERE id = ?", (message, row["id"]))
-            conn.execute("UPDATE conversations SET status = 'crisis_hold' WHERE id = ?", (conv.id,))
+            conn.execute("UPDATE conversations SET status = ? WHERE id = ? AND status != ?", (CRISIS_HOLD, conv.id, TAKEN_OVER))
             incident_id = conn.execute(
                 "INSERT INTO incidents (kind, detail, message_id, conversation_id, created_at, alerted_at)"
                 " VALUES ('crisis', ?, ?, ?, ?, ?)",
@@ -776,7 +780,27 @@ class ConversationCore:
             risk_flags=json.loads(item["risk_flags"]), adapter_version=item["adapter_version"],
             state=item["state"], priority=item["priority"], decided_by=decided, judge=judge_line,
             thread=await self._card_thread(item["reply_id"]),
+            hold_reason=await self._hold_reason(item) if item["state"] == ReviewState.PENDING.value else None,
         )
+
+    async def _hold_reason(self, item: Any) -> str | None:
+        """Why a pending reply is held from the patient, in words for the reviewer (None: it is shown)."""
+        reply = await self.db.fetchone("SELECT delivery, conversation_id FROM replies WHERE id = ?", (item["reply_id"],))
+        if reply is None or reply["delivery"] != "held":
+            return None
+        flags = json.loads(item["risk_flags"] or "[]")
+        reasons = [reason] if (reason := await self.cases.hold_reason(reply["conversation_id"])) else []
+        if "possible_crisis" in flags:
+            reasons.append("possible crisis: the safety check was unsure, a person looks first")
+        names = {flag.id: flag.name for flag in self.pack.red_flags}
+        reasons += [f"red flag: {names.get(f[9:], f[9:])}" for f in flags if f.startswith("red_flag:")]
+        if "injection" in flags:
+            reasons.append("the message tries to instruct the assistant")
+        if any(f.startswith("reply:") or f.startswith("blocked") for f in flags):
+            reasons.append("the reply failed the automatic checks")
+        if not reasons and self.settings.review.mode == "gated":
+            reasons.append("every reply is reviewed first (review.mode = gated)")
+        return "; ".join(reasons) or "held for review"
 
     async def _card_thread(self, reply_id: int) -> list[Turn]:
         """The last turns before the reviewed message, as the patient saw them (``_history``)."""

@@ -65,6 +65,7 @@ class ViewKind(str, Enum):
     WITHDRAWN = "withdrawn"  # rejected by a specialist, replaced by a holding message
     NOTICE = "notice"  # a service message: unavailable, paused, empty input, consent
     CRISIS = "crisis"  # crisis resources; never from the model
+    PERSON = "person"  # written by a person of the care team (a crisis case taken over), never the AI
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ class ReviewCard:
     # The turns before the patient's message, oldest first (the last few; the core fills it),
     # so a reviewer judges the reply in its context. Platforms shorten older turns first.
     thread: list[Turn] = field(default_factory=list)
+    # Why the reply is held for a person before the patient sees it (an open crisis case, a
+    # possible crisis, a red flag …), shown to reviewers; None when it is not held.
+    hold_reason: str | None = None
 
 
 HealthState = Literal["connected", "connecting", "failed"]

@@ -136,4 +136,18 @@ MIGRATIONS = [
         CREATE INDEX incidents_open ON incidents (kind, resolved_at)
         """,
     ),
+    Migration(
+        "bot",
+        6,
+        "crisis_case_replies",
+        """
+        CREATE TABLE case_replies (
+            id INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+            author TEXT NOT NULL,
+            text TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )
+        """,
+    ),
 ]

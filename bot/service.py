@@ -141,12 +141,14 @@ class Service:
             await jobs.finish(self.db, job_id, "failed", error=self.settings.redact(str(exc))[:1000])
 
     async def _retry_forever(self) -> None:
-        """Start-up recovery, then every ``retry_interval_s``: answer what waits, expire old reviews."""
+        """Start-up recovery, then every ``retry_interval_s``: answer what waits, expire old reviews,
+        alert again about crisis cases nobody has acted on."""
         while True:
             try:
                 if not await self.core.is_paused():
                     await self.core.retry_queued()
                 await self.core.expire_reviews()
+                await self.core.cases.realert_due()  # crisis cases nobody has acted on
                 await self.core.outbox.prune()
             except Exception:
                 log.exception("retry loop iteration failed")

@@ -341,6 +341,9 @@ class SafetySettings(Section):
     # At or above crisis_threshold: crisis. Between the two: the reply is held for a human first.
     crisis_threshold: float = Field(0.5, gt=0, lt=1)
     possible_crisis_threshold: float = Field(0.4, gt=0, lt=1)
+    # A crisis case nobody has taken over is alerted again after this many minutes (and again
+    # after as many more, until someone acts); 0 = never again.
+    crisis_realert_minutes: float = Field(15.0, ge=0, le=24 * 60)
     # Regions the patients are in (keys or aliases of the pack's crisis_resources.toml, e.g.
     # ["US", "UK"]): `llm4sweat doctor` checks the pack has local crisis resources for each.
     regions: list[str] = Field(default_factory=list)

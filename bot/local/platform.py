@@ -23,8 +23,9 @@ class LocalPlatform:
         self.notices: dict[int, list[dict]] = {}  # conversation id -> service notices shown to the patient
 
     async def send_to_patient(self, conv: ConversationRef, view: PatientView) -> list[str]:
-        if view.kind.value in ("notice", "crisis"):
-            self.notices.setdefault(conv.id, []).append({"kind": view.kind.value, "text": view.text, "at": time.time()})
+        if view.kind.value in ("notice", "crisis", "person"):
+            self.notices.setdefault(conv.id, []).append({"kind": view.kind.value, "text": view.text, "label": view.label,
+                                                         "at": time.time()})
         return []  # the console renders replies from the database; there is nothing to address later
 
     async def update_patient_message(self, conv: ConversationRef, message_ids: list[str], view: PatientView) -> list[str]:

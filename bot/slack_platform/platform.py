@@ -735,8 +735,9 @@ class SlackPlatform:
         argument = (command.get("text") or "").strip() or None
 
         async def run() -> Any:
-            # Moderator commands need the moderator ids only: no user-group call before the ack.
-            actor = await self.actor(command.get("user_id", ""), command.get("user_name", ""), group=False)
+            # Moderator commands need the moderator ids only: no user-group call before the ack;
+            # crisis cases are for reviewers too (the group, cached by the roster).
+            actor = await self.actor(command.get("user_id", ""), command.get("user_name", ""), group=name == "case")
             return await self.service.commands.run(actor, name, argument)
 
         task = asyncio.ensure_future(run())
