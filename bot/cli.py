@@ -67,6 +67,7 @@ def settings() -> Settings:
 def run_async(coro: Any) -> Any:
     """Run a coroutine; start-up problems end in one clear line, not a traceback."""
     from bot.inference.base import ModelUnavailable
+    from bot.instance import AlreadyRunning
     from bot.local.auth import ConsoleRefused
     from bot.platform import PlatformStartError
 
@@ -81,7 +82,7 @@ def run_async(coro: Any) -> Any:
     except ModelUnavailable as exc:
         err.print(f"[red]llm4sweat: model unavailable:[/red] {exc}", highlight=False)
         raise typer.Exit(2)
-    except ConsoleRefused as exc:
+    except (ConsoleRefused, AlreadyRunning) as exc:
         err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
         raise typer.Exit(2)
 
@@ -154,6 +155,21 @@ def demo_model(cfg: Settings, offline: bool) -> tuple[str | None, bool, str | No
 
 async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enabled: bool,
                  offline: bool = False) -> None:
+    from bot.instance import Instance
+    from bot.local.platform import LocalPlatform
+    from bot.service import Service
+
+    # One service per data directory, held until this process ends: the command line finds it
+    # here and sends it whatever changes the live adapter (bot/instance.py).
+    instance = Instance(cfg.data_dir)
+    try:
+        await _serve_claimed(cfg, instance, demo, host, port, console_enabled, offline)
+    finally:
+        instance.release()
+
+
+async def _serve_claimed(cfg: Settings, instance: Any, demo: bool, host: str, port: int, console_enabled: bool,
+                         offline: bool) -> None:
     from bot.local.platform import LocalPlatform
     from bot.service import Service
 
@@ -196,6 +212,7 @@ async def _serve(cfg: Settings, demo: bool, host: str, port: int, console_enable
 
             runner, url = await start_console(service, host, port)
             runners.append(runner)
+            instance.set_url(url)  # where `llm4sweat adapters …` sends its commands
             label = " (DEMO model — not medical advice)" if is_demo else ""
             if general:
                 label = f" ({general}: a small general model, not fine-tuned for {service.pack.title} yet)"
@@ -324,7 +341,9 @@ def doctor_cmd(
         from bot.logs import setup_logging
 
         setup_logging("ERROR", cfg.secret_values())
-        running = asyncio.run(_service_running(cfg))
+        from bot.instance import running as instance_running
+
+        running = instance_running(cfg.data_dir) is not None or asyncio.run(_service_running(cfg))
         checked = asyncio.run(run_checks(cfg, service_running=running, min_free_bytes=int(min_free_gb * 1024**3)))
         report.checks += checked.checks
     if as_json:
@@ -580,23 +599,26 @@ def generate_cmd(
 
 @adapters_app.command("list")
 def adapters_list() -> None:
-    """Every adapter version with its status."""
-    cfg = settings()
-    from pipeline import registry
+    """Every adapter version with its status (from the running service when there is one)."""
+    from pipeline import loop_cli
 
-    async def go() -> list[dict[str, Any]]:
-        db = await _open_db(cfg)
-        try:
-            return await registry.all_versions(db)
-        finally:
-            await db.close()
-
+    listed = loop_cli.list_adapters(settings())
+    if listed.problem is not None:
+        err.print(f"llm4sweat: {listed.problem}", highlight=False, markup=False)
+        raise typer.Exit(1)
     table = Table("version", "status", "base model", "overall accuracy", "created")
-    for row in run_async(go()):
+    for row in listed.rows:
         acc = (row["evaluation"] or {}).get("overall", {}).get("accuracy") if row["evaluation"] else None
-        table.add_row(row["version"], row["status"], row["base_model"], f"{acc:.3f}" if acc is not None else "-",
+        status = row["status"] + (" (serving)" if listed.service is not None and row["version"] == listed.serving else "")
+        table.add_row(row["version"], status, row["base_model"], f"{acc:.3f}" if acc is not None else "-",
                       str(row["created_at"]))
     console.print(table)
+    if listed.service is not None:
+        console.print(f"The running service ({listed.service.describe()}) serves {listed.serving or 'the base model'}.",
+                      highlight=False, markup=False)
+    else:
+        console.print("No service is running: the live adapter is loaded when it next starts.",
+                      highlight=False, markup=False)
 
 
 @adapters_app.command("promote")

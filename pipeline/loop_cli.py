@@ -2,11 +2,13 @@
 
 ``bot/cli.py`` holds thin typer wrappers; the work is here so it can be tested directly.
 
-When the service is running with its local console (``llm4sweat run``), ``retrain``,
-``adapters promote`` and ``adapters rollback`` go through the console's moderator API, so
-the running bot does the work and hot-swaps the adapter without a restart. When nothing is
-running they work on the database directly; a promoted or rolled-back adapter is then
-loaded when the service next starts.
+The running service is the one source of truth for the live adapter. While ``llm4sweat run``
+holds the data directory (bot/instance.py), ``retrain``, ``adapters promote``, ``adapters
+rollback`` and ``adapters list`` go through its control API (the console's moderator routes
+with the control token), so the running bot does the work and hot-swaps the adapter without a
+restart; if it cannot be reached they change nothing. ``retrain --here`` refuses while it runs.
+When nothing runs they work on the database directly; a promoted or rolled-back adapter is
+then loaded when the service next starts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -268,57 +271,92 @@ def export_lm_eval(cfg: Settings, console: Console, *, out: Path, base_model: st
     return 0
 
 
-# --------------------------------------------------------------------------------- the running console
+# --------------------------------------------------------------------------------- the running service
 
 
-async def _console_call(cfg: Settings, method: str, path: str, body: dict[str, Any] | None = None,
-                        params: dict[str, str] | None = None, timeout: float = 3.0) -> dict[str, Any] | None:
-    """A call to the running service's local console API, or None when none is running.
+async def service_call(cfg: Settings, method: str, path: str, body: dict[str, Any] | None = None,
+                       timeout: float = 120.0) -> dict[str, Any] | None:
+    """A call to the service running with this data directory (bot/instance.py), or None when
+    none runs. When one runs, the answer is never None, even if it cannot be reached: the
+    caller must then not act on the database behind the service's back.
 
     Sends the control token the service wrote to the data directory (bot/access/control.py)
     as a bearer token: the command line acts as ``cli:operator``, never as a typed name."""
     import aiohttp
 
-    from bot.access.control import read_token
+    from bot.access.control import read_token, token_path
+    from bot.instance import running
 
-    host = cfg.local.host if cfg.local.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    url = f"http://{host}:{cfg.local.port}{path}"
+    found = running(cfg.data_dir)
+    if found is None:
+        return None
+    if not found.url:
+        return {"ok": False, "error": f"a service is running with this data directory ({found.describe()}) without "
+                                      "its console, so it takes no commands from here: use the moderator commands "
+                                      "on Discord or Slack, or stop it first. Nothing was changed."}
+    base = _control_url(cfg, found.url)
     token = read_token(cfg.data_dir)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if token is None:
+        return {"ok": False, "error": f"a service is running ({found.describe()}), but its control token "
+                                      f"({token_path(cfg.data_dir)}) cannot be read: run this as the user running "
+                                      "the service, with its data directory. Nothing was changed."}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            async with session.request(method, url, json=body, params=params, headers=headers) as resp:
-                if resp.content_type != "application/json":
-                    return None
-                return await resp.json()
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-        return None
+            async with session.request(method, base + path, json=body,
+                                       headers={"Authorization": f"Bearer {token}"}) as resp:
+                reply = await resp.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        return {"ok": False, "error": f"the running service ({found.describe()}) did not answer "
+                                      f"({type(exc).__name__}: {exc}); nothing was changed here: try again"}
+    if not isinstance(reply, dict):
+        return {"ok": False, "error": f"the running service ({found.describe()}) gave an unexpected answer"}
+    if "error" in reply and "ok" not in reply:
+        reply = {**reply, "ok": False}
+    return reply
+
+
+def _control_url(cfg: Settings, recorded: str) -> str:
+    """The address the service recorded, except that a host named in the settings wins over a
+    loopback one: another container on the same data volume (the trainer job) reaches the bot
+    by its name (``LLM4SWEAT_LOCAL__HOST=bot``), at the port the bot recorded."""
+    from urllib.parse import urlsplit
+
+    host = cfg.local.host
+    if host in ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
+        return recorded
+    port = urlsplit(recorded).port or cfg.local.port
+    return f"http://{host}:{port}"
 
 
 async def console_command(cfg: Settings, command: str, argument: str | None = None) -> dict[str, Any] | None:
-    """Run a moderator command in the running service; None when no console answers."""
-    from bot.access.control import read_token, token_path
+    """Run a moderator command in the running service; None when no service runs."""
+    return await service_call(cfg, "POST", "/api/moderator/command", {"command": command, "argument": argument or ""})
 
-    if await _console_call(cfg, "GET", "/api/info", timeout=1.0) is None:
-        return None
-    if read_token(cfg.data_dir) is None:
-        return {"ok": False, "error": f"a service is running, but its control token ({token_path(cfg.data_dir)}) "
-                                      "cannot be read: run this as the user running the service, with its data directory"}
-    return await _console_call(cfg, "POST", "/api/moderator/command",
-                               {"command": command, "argument": argument or ""}, timeout=30.0)
+
+def _say_service(console: Console, reply: dict[str, Any]) -> int:
+    console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
+    return 0 if reply.get("ok") else 1
 
 
 # --------------------------------------------------------------------------------- retrain
 
 
 def retrain(cfg: Settings, console: Console, *, wait: bool, here: bool, force: bool = False) -> int:
-    if not here:
+    from bot.instance import running
+
+    if here:
+        found = running(cfg.data_dir)
+        if found is not None:  # a job here could make an adapter live that the service does not serve
+            console.print(f"A service is running with this data directory ({found.describe()}): retrain in it "
+                          "(`llm4sweat retrain` without --here) or stop it first.", highlight=False, markup=False)
+            return 1
+    else:
         reply = asyncio.run(console_command(cfg, "retrain", "force" if force else None))
         if reply is not None:
-            console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
-            if wait and reply.get("data", {}).get("job_id"):
+            code = _say_service(console, reply)
+            if wait and (reply.get("data") or {}).get("job_id"):
                 return asyncio.run(_wait_for_job(cfg, console, int(reply["data"]["job_id"])))
-            return 0 if reply.get("ok") else 1
+            return code
     return asyncio.run(_retrain_here(cfg, console, force))
 
 
@@ -383,6 +421,10 @@ def promote(cfg: Settings, console: Console, version: str, *, force: bool) -> in
     async def go() -> int:
         from pipeline.packs import load_pack
 
+        # The running service promotes (its gate check and hot swap; --force is passed on).
+        reply = await console_command(cfg, "promote", f"{version} force" if force else version)
+        if reply is not None:
+            return _say_service(console, reply)
         db = await Database(cfg.db_path).open()
         try:
             service = rt.HeadlessService(cfg, db, load_pack(cfg.pack_path), await asyncio.to_thread(_maybe_base, cfg))
@@ -392,11 +434,6 @@ def promote(cfg: Settings, console: Console, version: str, *, force: bool) -> in
                 return 1
             if check.text:
                 console.print(check.text, highlight=False, markup=False)
-            # The running service promotes (its gate check passes too; --force is passed on).
-            reply = await console_command(cfg, "promote", f"{version} force" if force else version)
-            if reply is not None:
-                console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
-                return 0 if reply.get("ok") else 1
             outcome = await rt.promote(service, version, force=True)
             text = (f"{version} is recorded as live; the service loads it when it next starts." if outcome.ok
                     else outcome.text)
@@ -412,8 +449,7 @@ def rollback(cfg: Settings, console: Console, version: str | None) -> int:
     async def go() -> int:
         reply = await console_command(cfg, "rollback", version)
         if reply is not None:
-            console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
-            return 0 if reply.get("ok") else 1
+            return _say_service(console, reply)
         from pipeline.packs import load_pack
 
         db = await Database(cfg.db_path).open()
@@ -433,6 +469,39 @@ def rollback(cfg: Settings, console: Console, version: str | None) -> int:
                 return 1
             console.print(f"Rolled back: {name} is recorded as live; the service loads it when it next starts.")
             return 0
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+@dataclass
+class AdapterList:
+    """What ``llm4sweat adapters list`` shows: the registry, and while a service runs, the
+    adapter it is serving (``serving``; None: the base model) — or why it could not be asked."""
+
+    rows: list[dict[str, Any]]
+    service: Any = None  # bot.instance.Running, when a service runs
+    serving: str | None = None
+    problem: str | None = None
+
+
+def list_adapters(cfg: Settings) -> AdapterList:
+    """The registry as the running service sees it (it is the source of truth for what it
+    serves), or from the database when no service runs."""
+    from bot.instance import running
+
+    async def go() -> AdapterList:
+        found = running(cfg.data_dir)
+        if found is not None:
+            reply = await service_call(cfg, "GET", "/api/moderator/adapters", timeout=30.0)
+            if reply is not None:
+                if "adapters" not in reply:
+                    return AdapterList([], found, problem=str(reply.get("error") or reply.get("text")))
+                return AdapterList(list(reply["adapters"]), found, reply.get("serving"))
+        db = await Database(cfg.db_path).open()
+        try:
+            return AdapterList(await registry.all_versions(db))
         finally:
             await db.close()
 

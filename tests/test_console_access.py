@@ -346,13 +346,17 @@ async def test_state_changing_requests_need_the_console_origin(console, service)
 # ---------------------------------------------------------------------------- the command line
 
 
-async def test_the_command_line_uses_the_control_token(console, service):
+async def test_the_command_line_uses_the_control_token(console, service, request):
     from pipeline.loop_cli import console_command
 
     path = control.token_path(service.settings.data_dir)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    cfg = service.settings.model_copy(deep=True)
-    cfg.local.port = int(console.url.rsplit(":", 1)[1])
+    from bot.instance import Instance
+
+    cfg = service.settings
+    instance = Instance(cfg.data_dir)  # as `llm4sweat run` holds it, with the console's address
+    instance.set_url(console.url)
+    request.addfinalizer(instance.release)
     reply = await console_command(cfg, "pause")
     assert reply is not None and reply["ok"], reply
     assert await service.core.is_paused()

@@ -25,6 +25,7 @@ access level of each is in ``ROUTES``; the guard refuses reviewer and moderator 
     GET  /api/moderator/status           the /status command                          moderator
     POST /api/moderator/command          {command, argument}                          moderator
     GET  /api/moderator/alerts           alerts kept by the local platform + open incidents  moderator
+    GET  /api/moderator/adapters         the adapter registry and the adapter being served    moderator
     GET  /metrics                        Prometheus text format (bot/metrics.py)      moderator or control token
     GET  /healthz, /readyz               process up; ready to serve (bot/health.py)   public
 """
@@ -312,6 +313,16 @@ async def moderator_command(request: web.Request) -> web.Response:
     return await _run_command(request, command, argument)
 
 
+async def moderator_adapters(request: web.Request) -> web.Response:
+    """The adapter registry with the adapter this process is serving right now (``llm4sweat
+    adapters list`` asks here while the service runs: the service is the source of truth)."""
+    from pipeline import registry
+
+    service = _service(request)
+    return ok({"serving": service.backend.status().adapter_version,
+               "adapters": await registry.all_versions(service.db)})
+
+
 async def moderator_alerts(request: web.Request) -> web.Response:
     service = _service(request)
     incidents = await service.db.fetchall(
@@ -353,6 +364,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/api/moderator/status", moderator_status, MODERATOR),
     ("POST", "/api/moderator/command", moderator_command, MODERATOR),
     ("GET", "/api/moderator/alerts", moderator_alerts, MODERATOR),
+    ("GET", "/api/moderator/adapters", moderator_adapters, MODERATOR),
     ("GET", "/metrics", metrics_page, MODERATOR),  # Prometheus: moderators, or the control token as bearer
     ("GET", "/healthz", health_http.healthz, PUBLIC),  # container health checks: nothing but up or not
     ("GET", "/readyz", health_http.readyz, PUBLIC),
