@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -390,6 +391,50 @@ def db_upgrade() -> None:
             console.print(f"applied {m.package}/{m.version:03d} {m.name}")
     else:
         console.print(f"{cfg.db_path}: up to date")
+
+
+@db_app.command("backup")
+def db_backup(
+    file: Path = typer.Argument(..., help="Where to write the copy (a new file; owner-only)."),
+    force: bool = typer.Option(False, "--force", help="Replace FILE if it exists."),
+) -> None:
+    """A consistent copy of the database (SQLite's online backup), also while the service runs."""
+    from bot.backup import BackupError, backup
+
+    cfg = settings()
+    started = time.monotonic()
+    try:
+        summary = backup(cfg.db_path, file, overwrite=force)
+    except BackupError as exc:
+        err.print(f"llm4sweat: {exc}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    console.print(f"Backed up {cfg.db_path} to {file} ({summary.text()}) in {time.monotonic() - started:.1f} s. "
+                  "Back up the adapters folder too; keep both encrypted (patients' messages).",
+                  highlight=False, markup=False)
+
+
+@db_app.command("restore")
+def db_restore(file: Path = typer.Argument(..., help="A backup made by `llm4sweat db backup`.")) -> None:
+    """Put a backup in place of the database (refused while the service runs; the current
+    database is kept beside it)."""
+    from bot.backup import BackupError, restore
+    from bot.instance import AlreadyRunning, Instance
+
+    cfg = settings()
+    try:
+        instance = Instance(cfg.data_dir)  # no service may start while the file is swapped
+    except AlreadyRunning as exc:
+        err.print(f"llm4sweat: not restored: {exc}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    try:
+        summary, kept = restore(file, cfg.db_path)
+    except BackupError as exc:
+        err.print(f"llm4sweat: not restored: {exc}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    finally:
+        instance.release()
+    console.print(f"Restored {file} into {cfg.db_path} ({summary.text()})."
+                  + (f" The previous database is kept as {kept}." if kept else ""), highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------- users
