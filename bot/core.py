@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from bot import effects, metrics
+from bot import consent, effects, metrics
 from bot.effects import EffectApplier
 from bot.incidents import CRISIS_HOLD, TAKEN_OVER, CrisisCases
 from bot.inference.base import InferenceBackend, ModelUnavailable
@@ -60,13 +60,6 @@ NOTICE_SLOW = (
 NOTICE_PAUSED = (
     "The assistant is paused by the moderators for a short while. Your message is saved and will "
     "be answered when it resumes."
-)
-NOTICE_CONSENT = (
-    "Welcome. I'm an AI assistant for people living with {title}. Your messages and my replies are "
-    "stored, and medical and psychological specialists may read them to check my answers and improve "
-    "the service; details that identify you are removed before anything is used for training. "
-    "You can ask to have everything deleted at any time with /forget-me. In a direct message, "
-    "type “new conversation” to start afresh."
 )
 NOTICE_NEW_CONVERSATION = (
     "A new conversation starts here: I won't use what we talked about before. Your earlier messages "
@@ -161,6 +154,9 @@ class ConversationCore:
         if self.safety.is_forget_command(text):
             return await self.safety.forget_me(msg)
         # --- end safety layer
+        choice = consent.choice_of(text)
+        if choice is not None:  # "I agree" / "I do not agree": recorded, nothing of it stored as a message
+            return await self.answer_consent(msg, choice)
         if not text and not msg.attachments:
             log.info("empty message from %s:%s ignored", msg.platform, msg.user_id)
             return await self._notice_only(msg, NOTICE_EMPTY, "empty")
@@ -172,7 +168,7 @@ class ConversationCore:
         if limited and not crisis:  # a crisis is never rate limited
             return await self.safety.rate_limited(msg, conv, message_id)
         if first_contact:  # (before the crisis resources, so that they are the last thing on screen)
-            result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_CONSENT.format(title=self.pack.title))))
+            result.views.append(await self._send(conv, self.consent_view(conv)))
         if crisis:  # crisis first: paused, rate limited or in any language, resources and an alert
             self._merge(result, await self.answer(message_id, verdict=verdict))
             return result
@@ -210,6 +206,58 @@ class ConversationCore:
                 await platform.send_to_patient(ref, view)
         return HandleResult(None, conv.id if conv else None, views=[view], status=status)
 
+    # ------------------------------------------------------------------ consent (bot/consent.py)
+
+    def card_platforms(self) -> list[str]:
+        """Connected platforms whose reviewer channel gets review cards (``review.platforms``)."""
+        allowed = self.settings.review.platforms
+        return [name for name in self.platforms if allowed is None or name in allowed]
+
+    def consent_view(self, conv: ConversationRef) -> PatientView:
+        """The first-contact notice, true for this conversation: who sees it, who reviews it and
+        where, how long it is kept, and the question (platforms add the two buttons)."""
+        platform = self.platforms.get(conv.platform)
+        where = getattr(platform, "where_visible", None)
+        visible = where(conv) if where is not None else "you and the people who run this service."
+        text = consent.notice(
+            self.pack.title, visible,
+            consent.review_text(self.card_platforms(), console="local" in self.platforms),
+            consent.retention_text(self.settings.privacy.retention_days),
+            dm_hint=is_dm_key(conv.channel_id, conv.thread_id) and conv.platform != "local",
+        )
+        return PatientView(ViewKind.CONSENT, text)
+
+    async def record_consent(self, platform: str, user_id: str, agree: bool, *, display_name: str = "",
+                             create: bool = True) -> bool:
+        """Record a patient's answer; False when ``create`` is off and there is no such patient
+        (a button pressed by someone who never wrote here)."""
+        recorded = await self.db.run(lambda conn: consent.record(conn, platform, user_id, agree,
+                                                                  display_name=display_name, create=create))
+        if recorded:
+            log.info("consent to training use %s on %s", "given" if agree else "declined", platform)
+        return recorded
+
+    async def answer_consent(self, msg: IncomingMessage, agree: bool) -> HandleResult:
+        """"I agree" / "I do not agree" typed by the patient: recorded and confirmed where it was
+        said; the notice comes first if they had never been shown it."""
+        conv = await self._find_conversation(msg)
+        ref = conv or ConversationRef(0, msg.platform, msg.channel_id, msg.thread_id, msg.user_id)
+        asked = await self.db.fetchval(
+            "SELECT consent_asked_at FROM patients WHERE platform = ? AND platform_user_id = ?", (msg.platform, msg.user_id))
+        views = [] if asked is not None else [self.consent_view(ref)]
+        await self.record_consent(msg.platform, msg.user_id, agree, display_name=msg.display_name)
+        views.append(PatientView(ViewKind.NOTICE, consent.CONFIRM_AGREE if agree else consent.CONFIRM_DECLINE))
+        for view in views:
+            await self._send(ref, view)
+        return HandleResult(None, conv.id if conv else None, views=views, status="consent" if agree else "declined")
+
+    async def consent_from_button(self, platform: str, user_id: str, agree: bool) -> str:
+        """A patient pressed "I agree" or "No" on the notice: recorded for the person who pressed
+        (identity from the platform, never from the button); the sentence to show them privately."""
+        if not await self.record_consent(platform, user_id, agree, create=False):
+            return consent.NOT_THE_PATIENT
+        return consent.CONFIRM_AGREE if agree else consent.CONFIRM_DECLINE
+
     # ------------------------------------------------------------------ direct messages
 
     @staticmethod
@@ -237,7 +285,7 @@ class ConversationCore:
             return result
         log.info("conversation %s started afresh in a direct message on %s", conversation_id, msg.platform)
         if first_contact:
-            result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_CONSENT.format(title=self.pack.title))))
+            result.views.append(await self._send(conv, self.consent_view(conv)))
         result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_NEW_CONVERSATION)))
         return result
 
@@ -251,20 +299,23 @@ class ConversationCore:
     @staticmethod
     def _open_conversation(conn: sqlite3.Connection, msg: IncomingMessage, t: float) -> tuple[int, bool, bool]:
         """Patient and conversation rows for ``msg`` (made if new): (conversation id, first contact,
-        conversation new). Consent is given by continuing after the notice shown on first contact."""
-        patient_id, created_at = conn.execute(
-            "INSERT INTO patients (platform, platform_user_id, display_name, consent, consent_at, region, created_at)"
-            " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (platform, platform_user_id)"
-            " DO UPDATE SET region = COALESCE(excluded.region, region) RETURNING id, created_at",
-            (msg.platform, msg.user_id, msg.display_name, t, msg.region, t),
+        conversation new). First contact: the patient has not been asked about training use yet
+        (new, or from before consent was asked); the caller shows the consent notice. Consent
+        itself is recorded only by the patient's answer (bot/consent.py), never here."""
+        (patient_id,) = conn.execute(
+            "INSERT INTO patients (platform, platform_user_id, display_name, region, created_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (platform, platform_user_id)"
+            " DO UPDATE SET region = COALESCE(excluded.region, region) RETURNING id",
+            (msg.platform, msg.user_id, msg.display_name, msg.region, t),
         ).fetchone()
+        first_contact = consent.ask(conn, patient_id, t)
         conversation_id, conversation_created = conn.execute(
             "INSERT INTO conversations (patient_id, platform, channel_id, thread_id, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, channel_id, thread_id)"
             " DO UPDATE SET updated_at = excluded.updated_at RETURNING id, created_at",
             (patient_id, msg.platform, msg.channel_id, msg.thread_id, t, t),
         ).fetchone()
-        return int(conversation_id), created_at == t, conversation_created == t
+        return int(conversation_id), first_contact, conversation_created == t
 
     async def _store_incoming(self, msg: IncomingMessage, text: str) -> tuple[ConversationRef, int, bool]:
         """Patient, conversation and message in one committed transaction."""
@@ -448,7 +499,7 @@ class ConversationCore:
         risk_flags = verdict.risk_flags + checked.flags
         review_first = verdict.review_first or not checked.ok
         # --- end safety layer
-        platforms = list(self.platforms)
+        platforms = self.card_platforms()
 
         def store(conn: sqlite3.Connection) -> tuple[int, int, bool, list[Claimed]]:
             # Read now, not before the model: a crisis may have put the conversation on hold meanwhile.
@@ -659,7 +710,7 @@ class ConversationCore:
         """Record a decision and, in the same transaction, what must follow it (outbox): the
         cards on every platform; when it closes the item, the patient's view and the dataset
         example. The effects are then applied at once; the worker retries any that fail."""
-        platforms = list(self.platforms)
+        platforms = self.card_platforms()
         claimed: list[Claimed] = []
         item_created: list[float] = []
 
@@ -700,7 +751,7 @@ class ConversationCore:
         """Expire items undecided after ``review.expire_after_hours``: the patient is told (a held
         answer is replaced by an honest notice; a shown one is labelled as not reviewed) and the
         cards close, through the outbox like a decision. Returns how many expired."""
-        platforms = list(self.platforms)
+        platforms = self.card_platforms()
         claimed: list[Claimed] = []
 
         def record_effects(conn: sqlite3.Connection, item_ids: list[int]) -> None:
@@ -841,6 +892,27 @@ class ConversationCore:
             ("1" if paused else "0", now()),
         )
         self._paused = paused
+
+    async def purge_expired_conversations(self) -> int:
+        """Delete conversations whose last message is older than ``privacy.retention_days`` (what
+        the consent notice promises): their messages, replies and review items; posted review
+        cards are redacted. Patients' answers to the consent question and training examples made
+        with their agreement stay (until /forget-me). Returns how many conversations went."""
+        days = self.settings.privacy.retention_days
+        if not days:
+            return 0
+        cutoff = now() - days * 86400
+        rows = await self.db.fetchall(
+            "SELECT i.id, i.card_ref FROM review_items i JOIN replies r ON r.id = i.reply_id"
+            " JOIN conversations c ON c.id = r.conversation_id WHERE c.updated_at < ? AND i.card_ref IS NOT NULL",
+            (cutoff,))
+        await self.db.run(lambda conn: conn.execute("PRAGMA secure_delete = ON").fetchall(), write=False)
+        removed = await self.db.run(
+            lambda conn: conn.execute("DELETE FROM conversations WHERE updated_at < ?", (cutoff,)).rowcount)
+        if removed:
+            await self.safety.redact_cards([(row[0], row[1]) for row in rows])
+            log.info("retention: %d conversation(s) older than %d days deleted", removed, days)
+        return int(removed)
 
     async def forget_patient(self, platform: str, user_id: str) -> int:
         """Delete a patient and everything derived from them (cascades to dataset examples)."""

@@ -104,7 +104,7 @@ class JudgeWorker:
             scored, error = None, f"{type(exc).__name__}"
             log.exception("judge: review item %s failed", item_id)
         core = self.service.core
-        platforms = list(core.platforms)
+        platforms = core.card_platforms()
         cfg = self.settings
 
         def record(conn: sqlite3.Connection) -> tuple[str | None, list[Any]]:

@@ -63,7 +63,8 @@ class ViewKind(str, Enum):
     REVIEWED = "reviewed"  # approved or edited by a specialist
     UNDER_REVIEW = "under_review"  # gated: a specialist is reviewing, answer not shown yet
     WITHDRAWN = "withdrawn"  # rejected by a specialist, replaced by a holding message
-    NOTICE = "notice"  # a service message: unavailable, paused, empty input, consent
+    NOTICE = "notice"  # a service message: unavailable, paused, empty input
+    CONSENT = "consent"  # the first-contact notice with its question: platforms add "I agree" / "No" buttons
     CRISIS = "crisis"  # crisis resources; never from the model
     PERSON = "person"  # written by a person of the care team (a crisis case taken over), never the AI
 
@@ -187,3 +188,7 @@ class Platform(Protocol):
 
     async def alert(self, text: str, urgent: bool = False) -> None:
         """Tell moderators and on-duty reviewers (urgent: with a mention)."""
+
+    def where_visible(self, conv: ConversationRef) -> str:
+        """Who besides the patient can read this conversation on the platform, in one sentence
+        for the consent notice (a thread in a channel, a direct message, this browser)."""

@@ -150,4 +150,16 @@ MIGRATIONS = [
         )
         """,
     ),
+    Migration(
+        "bot",
+        7,
+        "consent_asked",
+        # Consent used to be written with the first message, before the notice was shown: none of
+        # it was given. Everyone is asked again (bot/consent.py); until they agree, nothing of
+        # theirs enters training.
+        """
+        ALTER TABLE patients ADD COLUMN consent_asked_at REAL;
+        UPDATE patients SET consent = 0, consent_at = NULL
+        """,
+    ),
 ]

@@ -149,6 +149,7 @@ class Service:
                     await self.core.retry_queued()
                 await self.core.expire_reviews()
                 await self.core.cases.realert_due()  # crisis cases nobody has acted on
+                await self.core.purge_expired_conversations()  # privacy.retention_days, as the notice says
                 await self.core.outbox.prune()
             except Exception:
                 log.exception("retry loop iteration failed")

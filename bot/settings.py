@@ -80,6 +80,19 @@ class ReviewSettings(Section):
     # An approved reply enters training only if its reviewers' accuracy score (1-5) is at least
     # this (the lowest score among approving reviewers counts); checked at every dataset export.
     min_accuracy_for_training: int = Field(3, ge=1, le=5)
+    # Chat platforms whose reviewer channel gets review cards ("discord", "slack"); unset: every
+    # connected one; []: none (reviewers use the console). Patients are told which (bot/consent.py):
+    # a patient's words are posted on each platform listed, whichever platform they wrote on.
+    platforms: list[Literal["discord", "slack"]] | None = None
+
+
+class PrivacySettings(Section):
+    """How long patients' conversations are kept: stated in the consent notice, and done."""
+
+    # A conversation is deleted this many days after its last message (its messages, replies and
+    # review items; posted cards are redacted). Training examples made from it with the patient's
+    # agreement stay until the patient uses /forget-me. 0: kept until the patient deletes it.
+    retention_days: int = Field(0, ge=0, le=36500)
 
 
 class OutboxSettings(Section):
@@ -410,6 +423,7 @@ class Settings(BaseSettings):
 
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -12,9 +12,11 @@ live there so no caller can forget them:
   ``expert_edited`` (review item, reviewers, and for an edit the original model reply).
 * **Privacy**: text that came from a patient (the expert sources) is PII-scrubbed before it is
   stored (the messages; the original model reply kept in the provenance is stored as given). An expert example must name its
-  patient, and only a patient who consented contributes: no patient row (forgotten) or
-  ``consent = 0`` means the example is refused; :func:`examples` also leaves out examples of
-  a patient who withdrew consent later. Forgetting a patient deletes their examples (cascade).
+  patient, and only a patient who agreed contributes (bot/consent.py): no patient row
+  (forgotten) or a patient who said no means the example is refused; a patient who has not
+  answered yet has the example kept aside, and :func:`examples` (every export) reads only
+  examples of patients who agreed, so it enters training only once they do and leaves it if
+  they withdraw. Forgetting a patient deletes their examples (cascade).
 * **The evaluation set never becomes training data**: an example in which an evaluation
   question or one of its long options appears or nearly appears, a light edit included
   (``pipeline.packs.find_eval_leaks``), is refused at insertion, and dropped again at export
@@ -213,10 +215,10 @@ async def insert_example(
         provenance["plan_key"] = plan_key
     async with db.transaction() as conn:
         if patient_id is not None:
-            cursor = await conn.execute("SELECT consent FROM patients WHERE id = ?", (patient_id,))
+            cursor = await conn.execute("SELECT consent, consent_at FROM patients WHERE id = ?", (patient_id,))
             row = await cursor.fetchone()
-            if row is None or not row[0]:
-                log.info("refused a %s example: patient %s has not consented or was forgotten", source, patient_id)
+            if row is None or (not row[0] and row[1] is not None):
+                log.info("refused a %s example: patient %s declined training use or was forgotten", source, patient_id)
                 return InsertResult(None, "no_consent")
         if review_item_id is not None:
             cursor = await conn.execute("SELECT id FROM dataset_examples WHERE review_item_id = ?", (review_item_id,))
@@ -286,8 +288,8 @@ _CONSENTED = (
 
 
 async def examples(db: Database, tasks: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Every usable example in insertion order: examples of a patient who has not consented
-    (or withdrew consent) are left out."""
+    """Every usable example in insertion order: examples of a patient who has not agreed to
+    training use (not answered yet, said no, or withdrew) are left out."""
     rows = await db.fetchall(
         f"SELECT e.id, e.task, e.source, e.messages, e.provenance {_CONSENTED} ORDER BY e.id"
     )

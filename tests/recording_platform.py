@@ -62,4 +62,4 @@ class RecordingPlatform(LocalPlatform):
     def replies_sent(self, conversation_id: int | None = None) -> list[PatientView]:
         """Views of replies (not notices) sent, optionally in one conversation."""
         return [view for conv, view, _ in self.sent
-                if view.kind.value not in ("notice", "crisis") and conversation_id in (None, conv)]
+                if view.kind.value not in ("notice", "consent", "crisis") and conversation_id in (None, conv)]

@@ -422,3 +422,32 @@ async def test_foreign_host_header_is_refused(console):
     async with console.patient.session.get(console.url + "/api/info", headers={"Host": "evil.example:80"}) as resp:
         assert resp.status == 403
         assert "not served here" in (await resp.json())["error"]
+
+
+async def test_consent_in_the_console(console, service):
+    """(issue 12 item 5) The first-contact notice asks; the browser answers for its own id only;
+    typing the words works too; a no keeps the answers coming and out of training."""
+    from bot.consent import CONFIRM_AGREE, CONFIRM_DECLINE
+    from pipeline import dataset
+
+    sent = await console.say("Do sweaty feet need a doctor?")
+    status, body = await console.get("/api/patient/conversation")
+    notice = next(e for e in body["entries"] if e["type"] == "notice")
+    assert notice["kind"] == "consent" and "only this browser" in notice["text"] and body["consent"] == "asked"
+    status, bad = await console.post("/api/patient/consent", {"choice": "maybe"})
+    assert status == 400 and "agree or decline" in bad["error"]
+    status, agreed = await console.post("/api/patient/consent", {"choice": "agree"})
+    assert status == 200 and agreed == {"consent": "agreed", "text": CONFIRM_AGREE}
+    other = console.new()  # another browser: its own id, its own answer, nothing changed here
+    status, _ = await other.post("/api/patient/consent", {"choice": "decline"})
+    assert status == 200 and (await console.get("/api/patient/conversation"))[1]["consent"] == "agreed"
+    status, outcome = await console.decide(sent["item_id"], action="approve", accuracy=4, appropriateness=4, empathy=4)
+    assert status == 200
+    assert [e["source"] for e in await dataset.examples(service.db) if e["source"] != "seed"] == ["expert_approved"]
+
+    declined = await console.say("I do not agree")
+    assert declined["status"] == "declined" and declined["views"][-1]["text"] == CONFIRM_DECLINE
+    assert (await console.get("/api/patient/conversation"))[1]["consent"] == "declined"
+    assert [e for e in await dataset.examples(service.db) if e["source"] != "seed"] == []
+    later = await console.say("And for hands?")
+    assert later["status"] == "shown"

@@ -29,7 +29,7 @@ async def test_message_reply_review_item(service):
     result = await service.core.handle_message(msg("My palms sweat every day since I was 12. Is this normal?"))
     assert result.status == "shown"
     kinds = [v.kind for v in result.views]
-    assert kinds[0] is ViewKind.NOTICE  # first contact: what is stored and why
+    assert kinds[0] is ViewKind.CONSENT  # first contact: what is stored, where, for how long, and the question
     reply_view = result.views[-1]
     assert reply_view.kind is ViewKind.PENDING_REVIEW and reply_view.label == LABEL_PENDING
     assert reply_view.disclaimer == service.pack.disclaimer

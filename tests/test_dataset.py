@@ -23,10 +23,11 @@ def chat(question: str, answer: str, system: str = "You are a careful assistant.
             {"role": "assistant", "content": answer}]
 
 
-async def add_patient(db, user_id: str, consent: bool) -> int:
+async def add_patient(db, user_id: str, consent: bool | None) -> int:
+    """A patient who agreed (True), said no (False) or has not answered yet (None)."""
     return await db.execute(
-        "INSERT INTO patients (platform, platform_user_id, consent, created_at) VALUES ('local', ?, ?, 0)",
-        (user_id, int(consent)),
+        "INSERT INTO patients (platform, platform_user_id, consent, consent_at, created_at) VALUES ('local', ?, ?, ?, 0)",
+        (user_id, int(bool(consent)), None if consent is None else 1.0),
     )
 
 
@@ -183,6 +184,15 @@ async def test_only_consenting_patients_enter_the_dataset(db):
     anonymous = await dataset.insert_example(db, "diagnosis", "expert_edited", chat("Is it normal?", "See a GP."))
     assert anonymous.reason == "no_patient"
     assert await db.fetchval("SELECT COUNT(*) FROM dataset_examples") == 0
+
+    # (issue 12 item 5) not answered yet: kept aside, in no read or export until they agree
+    undecided = await add_patient(db, "undecided", consent=None)
+    waiting = await dataset.insert_example(db, "diagnosis", "expert_approved", chat("Is it bad?", "See a GP."),
+                                           patient_id=undecided)
+    assert waiting.stored and await dataset.examples(db) == []
+    await db.execute("UPDATE patients SET consent = 1, consent_at = 2 WHERE id = ?", (undecided,))
+    assert [e["id"] for e in await dataset.examples(db)] == [waiting.id]
+    await db.execute("DELETE FROM patients WHERE id = ?", (undecided,))
 
     consenting = await add_patient(db, "yes", consent=True)
     kept = await dataset.add_example(db, "treatment", "expert_approved", chat("Does botox hurt?", "A little."),

@@ -230,6 +230,11 @@ async def test_patient_question_gets_thread_typing_reply_and_review_card(bot, fa
     texts = thread_texts(fake, thread_id)
     assert len(texts) == 2  # first contact: consent notice, then the answer
     assert "stored" in texts[0] and "/forget-me" in texts[0]
+    # (issue 12 item 5) the notice says the thread is readable by the channel's members, and asks
+    notice = fake.bot_messages(thread_id)[0]
+    assert "every member who can see the channel can read it" in notice["content"]
+    assert "in the reviewers' channel on Discord" in notice["content"]
+    assert custom_ids(notice) == ["l4s:consent:agree", "l4s:consent:decline"]
     answer = reply_message(fake, thread_id)
     assert answer["content"].startswith(REPLY)
     assert LABEL_PENDING in answer["content"] and bot.service.pack.disclaimer.split(".")[0] in answer["content"]
@@ -336,6 +341,8 @@ async def test_direct_messages_when_allowed(bot, fake, people):
     await fake.wait_for(lambda: any(REPLY in m["content"] for m in fake.bot_messages(dm)), what="DM answer")
     conv = await bot.service.db.fetchone("SELECT channel_id, thread_id FROM conversations")
     assert tuple(conv) == (dm, dm)
+    notice = fake.bot_messages(dm)[0]["content"]  # a DM is said to be private, not a public thread
+    assert "only you and this bot: this is a direct message" in notice and "every member" not in notice
 
 
 async def test_dm_is_one_conversation_and_new_conversation_starts_afresh(bot, fake, people):
@@ -424,6 +431,52 @@ async def test_crisis_message_gets_resources_and_an_urgent_alert(bot, fake, peop
     body = next(c.body for c in fake.calls_to("POST", rf"/channels/{fake.reviewer_channel_id}/messages")
                 if "Urgent" in (c.body or {}).get("content", ""))
     assert body["allowed_mentions"] == {"parse": [], "roles": [int(fake.moderator_role)]}
+
+
+# ---------------------------------------------------------------------- consent (issue 12 item 5)
+
+
+async def consent_state(bot, user_id: str) -> str:
+    from bot.consent import state
+
+    row = await bot.service.db.fetchone(
+        "SELECT consent, consent_at, consent_asked_at FROM patients WHERE platform = 'discord' AND platform_user_id = ?",
+        (user_id,))
+    return state(row)
+
+
+async def test_consent_by_button_and_by_words_in_the_thread(bot, fake, people):
+    from bot.consent import CONFIRM_AGREE, CONFIRM_DECLINE, NOT_THE_PATIENT
+    from pipeline import dataset
+
+    thread = await bot.ask(people["patient"], "Is sweating at night normal?")
+    notice = fake.bot_messages(thread["id"])[0]
+    assert await consent_state(bot, people["patient"]) == "asked"
+    # another member of the public thread presses "I agree": it counts for nobody
+    other = await fake.click(people["other"], notice["id"], "l4s:consent:agree")
+    await fake.wait_for(lambda: other.responses, what="the answer to the other member")
+    assert other.responses[0]["data"]["flags"] == EPHEMERAL and other.text == NOT_THE_PATIENT
+    assert await consent_state(bot, people["other"]) == "not_asked"
+    # the patient presses "I agree": told privately; the reviewed answer now trains
+    agree = await fake.click(people["patient"], notice["id"], "l4s:consent:agree")
+    await fake.wait_for(lambda: agree.responses, what="the confirmation")
+    assert agree.responses[0]["data"]["flags"] == EPHEMERAL and agree.text == CONFIRM_AGREE
+    assert await consent_state(bot, people["patient"]) == "agreed"
+    card = fake.bot_messages(fake.reviewer_channel_id)[0]
+    item = await bot.item_for_card(card)
+    await bot.rate(people["reviewer"], card, item)
+    await fake.click(people["reviewer"], card["id"], f"l4s:approve:{item}")
+    await fake.wait_for(lambda: LABEL_APPROVED in reply_message(fake, thread["id"])["content"], what="approval")
+    expert = [e for e in await dataset.examples(bot.service.db) if e["source"] == "expert_approved"]
+    assert len(expert) == 1
+    # then says no in words, in the thread: confirmed there, out of training, still answered
+    await fake.say(people["patient"], thread["id"], "I do not agree")
+    await fake.wait_for(lambda: CONFIRM_DECLINE in thread_texts(fake, thread["id"]), what="the decline confirmed")
+    assert await consent_state(bot, people["patient"]) == "declined"
+    assert [e for e in await dataset.examples(bot.service.db) if e["source"] == "expert_approved"] == []
+    assert len(bot.backend.calls) == 1  # the words were not a question for the model
+    await fake.say(people["patient"], thread["id"], "Does it get better in winter?")
+    await fake.wait_for(lambda: len(bot.backend.calls) == 2, what="still answered after saying no")
 
 
 # ---------------------------------------------------------------------- reviewers

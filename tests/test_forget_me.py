@@ -132,7 +132,7 @@ async def test_forget_me_command_forms_and_nothing_stored(service):
     await service.core.handle_message(msg("My feet sweat", "again"))
     assert (await service.core.handle_message(msg("/forget_me", "again"))).status == "forgotten"
     fresh = await service.core.handle_message(msg("Hello again", "again"))
-    assert fresh.views[0].kind is ViewKind.NOTICE and "/forget-me" in fresh.views[0].text  # consent shown anew
+    assert fresh.views[0].kind is ViewKind.CONSENT and "/forget-me" in fresh.views[0].text  # consent asked anew
 
 
 async def test_forget_me_resets_the_rate_limit(service):

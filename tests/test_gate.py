@@ -265,6 +265,8 @@ async def test_low_accuracy_approval_never_enters_training_and_rubric_is_reporte
     core = service.core
     good = await core.handle_message(IncomingMessage("local", "p1", "console", "p1", "Does botox help sweating?"))
     poor = await core.handle_message(IncomingMessage("local", "p2", "console", "p2", "Is iontophoresis painful?"))
+    for patient in ("p1", "p2"):  # both agreed to training use (bot/consent.py)
+        await core.handle_message(IncomingMessage("local", patient, "console", patient, "I agree"))
     await core.decide(good.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 5, 3))
     await core.decide(poor.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(2, 4, 4))
     deadline = asyncio.get_running_loop().time() + 10

@@ -199,7 +199,7 @@ async def test_the_worker_never_applies_what_the_inline_path_is_applying(service
     real_send = platform.send_to_patient
 
     async def slow_send(conv, view):
-        if view.kind is not ViewKind.NOTICE:  # the consent notice goes out at once; the reply is slow
+        if view.kind is not ViewKind.CONSENT:  # the consent notice goes out at once; the reply is slow
             await release.wait()
         return await real_send(conv, view)
 

@@ -290,6 +290,57 @@ async def test_patient_message_gets_threaded_reply_and_review_card(http_slack, f
     assert {c.token for c in fake.calls} == {BOT_TOKEN}
 
 
+def consent_click(fake: FakeSlack, notice: dict[str, Any], user: str, agree: bool) -> dict[str, Any]:
+    """A member presses "I agree" / "No" under the consent notice (a block_actions payload)."""
+    action_id = "consent_agree" if agree else "consent_decline"
+    return {
+        "type": "block_actions", "api_app_id": "A0TEST", "token": "legacy",
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
+        "container": {"type": "message", "message_ts": notice["ts"], "channel_id": SUPPORT, "is_ephemeral": False},
+        "trigger_id": f"{next(_ids)}.{next(_ids)}.trigger", "team": {"id": TEAM, "domain": "clinic"},
+        "channel": {"id": SUPPORT, "name": "support"},
+        "message": {"type": "message", "ts": notice["ts"], "thread_ts": notice.get("thread_ts"), "bot_id": "B0BOT",
+                    "text": notice["text"]},
+        "state": {"values": {}}, "response_url": fake.response_url(),
+        "actions": [{"action_id": action_id, "block_id": "consent", "value": "agree" if agree else "decline",
+                     "type": "button", "action_ts": str(time.time())}],
+    }
+
+
+async def test_consent_by_button_and_by_words(http_slack, fake):
+    """(issue 12 item 5) The notice tells who sees the thread and asks; the answer counts only for
+    the person who pressed; words work too; a no still gets answers and stays out of training."""
+    from bot.consent import CONFIRM_AGREE, CONFIRM_DECLINE, NOT_THE_PATIENT
+    from pipeline import dataset
+
+    service, runner, http = http_slack
+    ts, card = await ask(http, fake, "Does sweating get worse with stress?")
+    notice = fake.thread(SUPPORT, ts)[0]
+    assert "every member of the channel can read it" in notice["text"]
+    assert "in the reviewers' channel in Slack" in notice["text"]
+    buttons = [e["action_id"] for b in notice["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert buttons == ["consent_agree", "consent_decline"]
+
+    await http.interact(consent_click(fake, notice, PATIENT2, True))  # someone else in the channel
+    told = await fake.wait_for(lambda: ephemerals(fake, PATIENT2))
+    assert told == [NOT_THE_PATIENT]
+    await http.interact(consent_click(fake, notice, PATIENT, True))
+    told = await fake.wait_for(lambda: ephemerals(fake, PATIENT))
+    assert told == [CONFIRM_AGREE]
+    ephemeral = fake.calls_to("chat.postEphemeral", lambda c: c.args.get("user") == PATIENT)[0]
+    assert ephemeral.args["channel"] == SUPPORT and ephemeral.args["thread_ts"] == ts
+    await http.interact(block_action(fake, "review_approve", item_of(card), REVIEWER, card["ts"]))
+    await fake.wait_for(lambda: any(LABEL_APPROVED in t for t in context_texts(fake.thread(SUPPORT, ts)[1])))
+    assert [e["source"] for e in await dataset.examples(service.db) if e["source"] != "seed"] == ["expert_approved"]
+
+    status, _ = await http.event(message("I don't agree", thread_ts=ts))
+    await fake.wait_for(lambda: any(m["text"] == CONFIRM_DECLINE for m in fake.thread(SUPPORT, ts)))
+    assert [e for e in await dataset.examples(service.db) if e["source"] == "expert_approved"] == []
+    assert len(service.backend.calls) == 1
+    await ask(http, fake, "Is it hereditary?", thread_ts=ts)  # still answered
+    assert len(service.backend.calls) == 2
+
+
 async def test_follow_up_in_thread_continues_the_conversation(http_slack, fake):
     service, runner, http = http_slack
     ts, _ = await ask(http, fake, "Which antiperspirant works for hands?")
@@ -354,6 +405,7 @@ async def test_one_dm_conversation_per_patient_and_a_way_to_start_afresh(http_sl
     first, _ = await ask(http, fake, "My palms sweat a lot, what can I do?", channel=DM, channel_type="im")
     notice = fake.channel_messages(DM)[0]
     assert "new conversation" in notice["text"] and notice.get("thread_ts") is None
+    assert "only you and this app: this is a direct message" in notice["text"]  # (issue 12 item 5)
     await ask(http, fake, "And is iontophoresis safe for that?", channel=DM, channel_type="im")
     assert await service.db.fetchval("SELECT COUNT(*) FROM conversations") == 1
     prompt = service.backend.calls[-1]

@@ -85,4 +85,24 @@ class RateSelect(discord.ui.DynamicItem[discord.ui.Select], template=render.RATE
         await _platform(interaction).on_rate(interaction, self.item_id, self.criterion, values[0] if values else None)
 
 
-DYNAMIC_ITEMS = (_DecisionButton, EditButton, RateSelect)
+class ConsentButton(discord.ui.DynamicItem[discord.ui.Button], template=r"l4s:consent:(?P<choice>agree|decline)"):
+    """Under the consent notice: the answer is recorded for whoever presses it (bot.consent)."""
+
+    def __init__(self, agree: bool) -> None:
+        from bot.consent import AGREE_LABEL, DECLINE_LABEL
+
+        super().__init__(discord.ui.Button(
+            label=AGREE_LABEL if agree else DECLINE_LABEL,
+            style=discord.ButtonStyle.success if agree else discord.ButtonStyle.secondary,
+            custom_id=f"l4s:consent:{'agree' if agree else 'decline'}"))
+        self.agree = agree
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /):
+        return cls(match["choice"] == "agree")
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _platform(interaction).on_consent_click(interaction, self.agree)
+
+
+DYNAMIC_ITEMS = (_DecisionButton, EditButton, RateSelect, ConsentButton)

@@ -28,7 +28,7 @@ from bot.platform import ConnectionState, PlatformHealth, PlatformStartError
 from bot.discord_platform import render
 from bot.discord_platform.components import DYNAMIC_ITEMS
 from bot.discord_platform.throttle import CoalescingThrottle
-from bot.platform import ConversationRef, IncomingMessage, PatientView, ReviewCard, dm_key, is_dm_key
+from bot.platform import ConversationRef, IncomingMessage, PatientView, ReviewCard, ViewKind, dm_key, is_dm_key
 from bot.settings import DiscordSettings
 from bot.supervisor import ConnectionEnded
 from bot.text import split_message
@@ -476,12 +476,20 @@ class DiscordPlatform:
             return self.client.get_partial_messageable(int(conv.thread_id)), False
         return self.client.get_partial_messageable(int(conv.channel_id)), True
 
+    def where_visible(self, conv: ConversationRef) -> str:
+        if is_dm_key(conv.channel_id, conv.thread_id):
+            return "only you and this bot: this is a direct message."
+        return ("this thread is in a channel of this Discord server, so every member who can see the channel "
+                "can read it. For privacy, send the bot a direct message instead, if the server allows it.")
+
     async def send_to_patient(self, conv: ConversationRef, view: PatientView) -> list[str]:
         target, in_place = self._target(conv)
         parts = render.patient_parts(view, self.max_message_chars)
         ids: list[str] = []
         for index, part in enumerate(parts):
             kwargs: dict[str, Any] = {"allowed_mentions": discord.AllowedMentions.none()}
+            if view.kind is ViewKind.CONSENT and index == len(parts) - 1:
+                kwargs["view"] = render.consent_components()
             if index == 0 and in_place:
                 ref_id = self._reply_to.get((conv.channel_id, conv.thread_id))
                 patient = discord.Object(id=int(conv.patient_user_id))
@@ -660,6 +668,15 @@ class DiscordPlatform:
         actor = self.actor(interaction.user)
         text = await self._decide(item_id, actor, action)
         await interaction.followup.send(text, ephemeral=True)
+
+    async def on_consent_click(self, interaction: discord.Interaction, agree: bool) -> None:
+        """A patient's answer to the consent question, for the member who pressed (told privately)."""
+        try:
+            text = await self.service.core.consent_from_button("discord", str(interaction.user.id), agree)
+        except Exception:
+            log.exception("Discord: recording a consent answer failed")
+            text = "That did not work because of an error on our side; it has been logged. Please try again."
+        await interaction.response.send_message(text, ephemeral=True)
 
     async def on_edit_click(self, interaction: discord.Interaction, item_id: int) -> None:
         actor = self.actor(interaction.user)

@@ -167,6 +167,16 @@ def card_components(item_id: int, open_: bool) -> discord.ui.View | None:
     return view
 
 
+def consent_components() -> discord.ui.View:
+    """The "I agree" / "No" buttons under the consent notice (persistent: they work after a restart)."""
+    from bot.discord_platform.components import ConsentButton
+
+    view = discord.ui.View(timeout=None)
+    view.add_item(ConsentButton(True))
+    view.add_item(ConsentButton(False))
+    return view
+
+
 def edit_form(item_id: int, reply_text: str, scores: str = "") -> discord.ui.Modal | None:
     """The Edit form with the whole reply, in up to five parts; None when it does not fit (the
     caller says so and points to the console: a reply is never cut silently). ``scores``, the

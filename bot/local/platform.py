@@ -23,10 +23,13 @@ class LocalPlatform:
         self.notices: dict[int, list[dict]] = {}  # conversation id -> service notices shown to the patient
 
     async def send_to_patient(self, conv: ConversationRef, view: PatientView) -> list[str]:
-        if view.kind.value in ("notice", "crisis", "person"):
+        if view.kind.value in ("notice", "consent", "crisis", "person"):
             self.notices.setdefault(conv.id, []).append({"kind": view.kind.value, "text": view.text, "label": view.label,
                                                          "at": time.time()})
         return []  # the console renders replies from the database; there is nothing to address later
+
+    def where_visible(self, conv: ConversationRef) -> str:
+        return "only this browser: the conversation is tied to it and nobody else can open it on this page."
 
     async def update_patient_message(self, conv: ConversationRef, message_ids: list[str], view: PatientView) -> list[str]:
         return message_ids

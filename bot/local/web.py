@@ -18,6 +18,7 @@ access level of each is in ``ROUTES``; the guard refuses reviewer and moderator 
     POST /api/patient/messages           {text}                                       patient (own cookie id)
     GET  /api/patient/conversation       this browser's conversation                  patient
     POST /api/patient/forget             delete this browser's conversation           patient
+    POST /api/patient/consent            {choice: agree|decline} training use          patient
     GET  /api/reviews                    pending items, most in need first (priority, risk, judge)  reviewer
     POST /api/reviews/{id}/decision      {action, text, accuracy, appropriateness, empathy, comment}  reviewer
     GET  /api/reviews/agreement          reviewer agreement (kappa)                   reviewer
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from bot.access.control import write_token
-from bot import health_http
+from bot import consent, health_http
 from bot.local import auth
 from bot.local.auth import MODERATOR, PATIENT, PUBLIC, REVIEWER
 from bot.local.http import MAX_BODY_BYTES, SECURITY_HEADERS, BadRequest, error, json_body, ok, text_field
@@ -172,8 +173,12 @@ async def patient_conversation(request: web.Request) -> web.Response:
     service = _service(request)
     user = auth.patient_id(request)
     conversation_id, started = await _conversation(service, user)
+    row = await service.db.fetchone(
+        "SELECT consent, consent_at, consent_asked_at FROM patients WHERE platform = ? AND platform_user_id = ?",
+        (PLATFORM, user))
+    agreed = consent.state(row)  # the page offers the choice until it is made (and a way to change it)
     if conversation_id is None:
-        return ok({"conversation_id": None, "entries": []})
+        return ok({"conversation_id": None, "entries": [], "consent": agreed})
     rows = await service.db.fetchall(
         "SELECT * FROM (SELECT m.id AS message_id, m.text, m.status, m.created_at, r.id AS reply_id,"
         " r.text AS reply_text, r.delivery, r.created_at AS reply_at, i.id AS item_id, i.state, i.final_text"
@@ -200,7 +205,19 @@ async def patient_conversation(request: web.Request) -> web.Response:
     # A message first, then what answered it (notices are sent just after their message is stored).
     order = {"message": 0, "notice": 1, "reply": 2}
     entries.sort(key=lambda e: (e["at"], order[e["type"]]))
-    return ok({"conversation_id": conversation_id, "entries": entries})
+    return ok({"conversation_id": conversation_id, "entries": entries, "consent": agreed})
+
+
+async def patient_consent(request: web.Request) -> web.Response:
+    """This browser's answer to the consent question ("agree" or "decline"), for this browser's id only."""
+    data = await json_body(request)
+    choice = text_field(data, "choice").strip().lower()
+    if choice not in ("agree", "decline"):
+        raise BadRequest("choice must be agree or decline.")
+    agree = choice == "agree"
+    await _service(request).core.record_consent(PLATFORM, auth.patient_id(request), agree)
+    return ok({"consent": "agreed" if agree else "declined",
+               "text": consent.CONFIRM_AGREE if agree else consent.CONFIRM_DECLINE})
 
 
 async def patient_forget(request: web.Request) -> web.Response:
@@ -357,6 +374,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", "/api/patient/messages", patient_message, PATIENT),
     ("GET", "/api/patient/conversation", patient_conversation, PATIENT),
     ("POST", "/api/patient/forget", patient_forget, PATIENT),
+    ("POST", "/api/patient/consent", patient_consent, PATIENT),
     ("GET", "/api/reviews", reviews_pending, REVIEWER),
     ("GET", "/api/reviews/agreement", reviews_agreement, REVIEWER),
     ("POST", r"/api/reviews/{item_id:\d{1,12}}/decision", review_decision, REVIEWER),

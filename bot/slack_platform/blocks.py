@@ -30,6 +30,8 @@ ACTION_APPROVE = "review_approve"
 ACTION_EDIT = "review_edit"
 ACTION_REJECT = "review_reject"
 RUBRIC_ACTION_PREFIX = "rubric_"
+ACTION_CONSENT_AGREE = "consent_agree"
+ACTION_CONSENT_DECLINE = "consent_decline"
 ACTION_FORGET_CONFIRM = "forget_me_confirm"
 ACTION_FORGET_CANCEL = "forget_me_cancel"
 EDIT_CALLBACK = "review_edit_modal"
@@ -115,8 +117,22 @@ def patient_messages(view: PatientView) -> list[dict[str, Any]]:
                 context.append(f"_{fit(view.disclaimer, SECTION_LIMIT - 2)}_")
             if context:
                 blocks.append(_context(context))
+            if view.kind is ViewKind.CONSENT:
+                blocks.append(consent_buttons())
         messages.append({"text": part or " ", "blocks": blocks})
     return messages
+
+
+def consent_buttons() -> dict[str, Any]:
+    """"I agree" / "No" under the consent notice; the answer is recorded for whoever presses."""
+    from bot.consent import AGREE_LABEL, DECLINE_LABEL
+
+    return {"type": "actions", "block_id": "consent", "elements": [
+        {"type": "button", "action_id": ACTION_CONSENT_AGREE, "style": "primary", "value": "agree",
+         "text": {"type": "plain_text", "text": AGREE_LABEL}},
+        {"type": "button", "action_id": ACTION_CONSENT_DECLINE, "value": "decline",
+         "text": {"type": "plain_text", "text": DECLINE_LABEL}},
+    ]}
 
 
 def _context(texts: list[str]) -> dict[str, Any]:

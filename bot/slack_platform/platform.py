@@ -174,6 +174,12 @@ class SlackPlatform:
 
     # ================================================================== out: Platform protocol
 
+    def where_visible(self, conv: ConversationRef) -> str:
+        if is_dm_key(conv.channel_id, conv.thread_id):
+            return "only you and this app: this is a direct message."
+        return ("this thread is in a Slack channel, so every member of the channel can read it. For privacy, "
+                "send the app a direct message instead, if this workspace allows it.")
+
     @staticmethod
     def _thread_of(conv: ConversationRef) -> str | None:
         """Where a conversation's messages go: its thread, or the DM itself (one conversation per patient)."""
@@ -352,6 +358,8 @@ class SlackPlatform:
         app.action(blocks.ACTION_EDIT)(track(self._on_edit))
         app.action(re.compile(f"^{blocks.RUBRIC_ACTION_PREFIX}"))(self._ack_only)
         app.view(blocks.EDIT_CALLBACK)(track(self._on_edit_submit))
+        app.action(blocks.ACTION_CONSENT_AGREE)(track(self._on_consent))
+        app.action(blocks.ACTION_CONSENT_DECLINE)(track(self._on_consent))
         app.action(blocks.ACTION_FORGET_CONFIRM)(track(self._on_forget_confirm))
         app.action(blocks.ACTION_FORGET_CANCEL)(self._on_forget_cancel)
         for name, slash in self.commands.items():
@@ -792,6 +800,22 @@ class SlackPlatform:
 
     async def _on_forget_command(self, ack: Any) -> None:
         await ack(text="Delete everything stored about you?", blocks=blocks.forget_me_prompt())
+
+    async def _on_consent(self, ack: Any, body: dict, action: dict) -> None:
+        """A patient's answer to the consent question, for the user who pressed (told privately)."""
+        await ack()
+        user = (body.get("user") or {}).get("id", "")
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id") or ""
+        message = body.get("message") or {}
+        agree = action.get("action_id") == blocks.ACTION_CONSENT_AGREE
+        if not user:
+            return
+        try:
+            text = await self.service.core.consent_from_button(PLATFORM, user, agree)
+        except Exception:
+            log.exception("slack: recording a consent answer failed")
+            text = "That did not work because of an error on our side; it has been logged. Please try again."
+        await self._ephemeral(channel, user, text, thread_ts=message.get("thread_ts"))
 
     async def _on_forget_confirm(self, ack: Any, body: dict, respond: Any) -> None:
         await ack()

@@ -113,7 +113,9 @@
         el("span", { class: "meta", text: [timeOf(entry.at), entry.status_text].filter(Boolean).join(" · ") }));
     }
     if (entry.type === "notice") {
-      return el("li", { class: "notice " + entry.kind, testid: "notice", "data-kind": entry.kind }, entry.text);
+      const node = el("li", { class: "notice " + entry.kind, testid: "notice", "data-kind": entry.kind }, entry.text);
+      if (entry.kind === "consent") node.append(consentChoice());
+      return node;
     }
     const reviewed = entry.kind === "reviewed";
     return el("li", { class: "reply " + entry.kind.replace("_", "-") + (reviewed ? " reviewed" : ""),
@@ -123,10 +125,33 @@
       entry.disclaimer ? el("span", { class: "disclaimer", testid: "reply-disclaimer", text: entry.disclaimer }) : null);
   }
 
+  // The answer to the consent question: two buttons until it is given, then what was chosen
+  // and a button to change it (the server records it for this browser's own id).
+  let consentState = "not_asked";
+
+  function consentChoice() {
+    const box = el("div", { class: "consent-choice", testid: "consent-choice", "data-consent": consentState });
+    const choose = async (choice) => {
+      const result = await api("POST", "/api/patient/consent", { choice });
+      setStatus(patientStatus, result.ok ? result.data.text : result.data.error, !result.ok);
+      lastThread = null;
+      refreshThread();
+    };
+    const agree = el("button", { type: "button", testid: "consent-agree", text: "I agree" });
+    const decline = el("button", { type: "button", class: "secondary", testid: "consent-decline", text: "No, not for training" });
+    agree.addEventListener("click", () => choose("agree"));
+    decline.addEventListener("click", () => choose("decline"));
+    if (consentState === "agreed") box.append(el("span", { text: "You agreed to training use. " }), decline);
+    else if (consentState === "declined") box.append(el("span", { text: "Not used for training. " }), agree);
+    else box.append(agree, decline);
+    return box;
+  }
+
   async function refreshThread() {
     const result = await api("GET", "/api/patient/conversation");
     if (!result.ok) return;
-    const key = JSON.stringify(result.data.entries);
+    consentState = result.data.consent || "not_asked";
+    const key = JSON.stringify([result.data.entries, consentState]);
     if (key === lastThread) return;
     lastThread = key;
     const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
