@@ -279,7 +279,7 @@ async def _startup_doctor(service: Any) -> None:
 def run(
     demo: bool = typer.Option(False, help="Serve the offline demo model."),
     host: Optional[str] = typer.Option(None, help="Console host (default from settings: 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Console port (default from settings)."),
+    port: Optional[int] = typer.Option(None, help="Console port (default from settings: 8377)."),
     no_console: bool = typer.Option(False, "--no-console", help="Do not serve the local console."),
 ) -> None:
     """Run the service: the local console, plus Discord and Slack when their tokens are set."""
@@ -290,7 +290,8 @@ def run(
 
 @app.command("demo")
 def demo_cmd(
-    host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+    host: Optional[str] = typer.Option(None, help="Console host (default from settings: 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Console port (default from settings: 8377)."),
     offline: bool = typer.Option(False, "--offline", help="Use the offline demo model; download nothing."),
 ) -> None:
     """Try the whole service on a laptop: a small general model when online (downloaded once), else the
@@ -627,7 +628,8 @@ def generate_cmd(
                                               help="Requests at once (default: generation.concurrency)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan's balance without calling the API."),
 ) -> None:
-    """Generate synthetic vignettes through an OpenAI-compatible API (settings [generation])."""
+    """Generate synthetic vignettes through an OpenAI-compatible API (settings generation.base_url, generation.model;
+    key LLM4SWEAT_GENERATION__API_KEY)."""
     cfg = settings()
     from pipeline.generate import run_cli
 
@@ -756,7 +758,7 @@ def eval_export_lm_eval(
 @app.command("retrain")
 def retrain_cmd(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job in the running service to its end."),
-    here: bool = typer.Option(False, "--here", help="Run the job in this process even if the service is running."),
+    here: bool = typer.Option(False, "--here", help="Run the job in this process, not in the running service (refused while one runs on this data directory)."),
     force: bool = typer.Option(False, "--force", help="Train even when no reviewed example is new since the live "
                                "adapter was trained."),
 ) -> None:
