@@ -15,6 +15,14 @@ The default model time is 1 s, about what one reply of a 1B model takes on a vLL
 with 100 conversations that is ~100 messages/s through the core. A shorter ``--delay`` raises
 the message rate (100 / delay) and so measures the core under a heavier load.
 
+The physical floor is printed in the same run, on the same disk: the latency of one SQLite
+commit in WAL mode with the service's settings (``synchronous=NORMAL``: a commit appends to the
+WAL without an fsync; one insert per transaction, as each of the service's writes is), the same
+with ``synchronous=FULL`` (an fsync per commit) for reference, and one round trip to the
+database thread (``SELECT 1`` through aiosqlite, as every read and write of the service makes).
+The service stores a message in four commits (message; claim; reply with its review item and
+effects; effects done), so read the overhead as a multiple of those floors.
+
 Run: python bench/bench_core_overhead.py [--conversations 100] [--rounds 5] [--delay 0.05]
 """
 
@@ -24,11 +32,14 @@ import argparse
 import asyncio
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import aiosqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,6 +48,34 @@ from bot.local.platform import LocalPlatform  # noqa: E402
 from bot.platform import IncomingMessage  # noqa: E402
 from bot.service import Service  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
+
+
+def commit_floor(directory: Path, synchronous: str, n: int = 300) -> list[float]:
+    """Seconds per commit of one single-row insert, WAL mode, on ``directory``'s disk."""
+    conn = sqlite3.connect(directory / f"floor-{synchronous}.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, text TEXT NOT NULL, at REAL NOT NULL)")
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (text, at) VALUES (?, ?)", (f"message {i} about sweaty palms", time.time()))
+        conn.execute("COMMIT")
+        times.append(time.perf_counter() - started)
+    conn.close()
+    return times
+
+
+async def hop_floor(db_path: Path, n: int = 300) -> list[float]:
+    """Seconds per round trip to aiosqlite's thread (``SELECT 1``)."""
+    times = []
+    async with aiosqlite.connect(db_path) as conn:
+        for _ in range(n):
+            started = time.perf_counter()
+            await (await conn.execute("SELECT 1")).fetchone()
+            times.append(time.perf_counter() - started)
+    return times
 
 
 def pct(values: list[float], q: float) -> float:
@@ -81,7 +120,17 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
         print(f"  overhead p50      : {pct(ms, 50):.2f} ms   (target <= 5 ms)")
         print(f"  overhead p99      : {pct(ms, 99):.2f} ms   (target <= 25 ms)")
         print(f"  overhead mean/max : {statistics.mean(ms):.2f} / {max(ms):.2f} ms")
-        print(f"  throughput        : {len(ms) / wall:.0f} messages/s over {wall:.1f} s; cores: {os.cpu_count()}")
+        print(f"  throughput        : {len(ms) / wall:.0f} messages/s over {wall:.1f} s; cores: {os.cpu_count()}; "
+              f"load average {os.getloadavg()[0]:.2f}")
+        normal = [t * 1000 for t in commit_floor(Path(tmp), "NORMAL")]
+        full = [t * 1000 for t in commit_floor(Path(tmp), "FULL")]
+        hop = [t * 1000 for t in await hop_floor(Path(tmp) / "floor-NORMAL.db")]
+        print("physical floor, same disk, same run (p50 / p99):")
+        print(f"  one WAL commit, synchronous=NORMAL (the service's): {pct(normal, 50):.3f} / {pct(normal, 99):.3f} ms")
+        print(f"  one WAL commit, synchronous=FULL (fsync each)     : {pct(full, 50):.3f} / {pct(full, 99):.3f} ms")
+        print(f"  one round trip to the database thread (SELECT 1)  : {pct(hop, 50):.3f} / {pct(hop, 99):.3f} ms")
+        print(f"  overhead p50 = {pct(ms, 50) / pct(normal, 50):.0f}x one commit (4 commits per message), "
+              f"{pct(ms, 50) / pct(hop, 50):.0f}x one round trip")
 
 
 if __name__ == "__main__":

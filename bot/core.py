@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from bot import consent, effects, metrics
 from bot.effects import EffectApplier
-from bot.incidents import CRISIS_HOLD, TAKEN_OVER, CrisisCases
+from bot.incidents import CRISIS_HOLD, TAKEN_OVER, CrisisCases, conversation_case, hold_reason_text
 from bot.inference.base import InferenceBackend, ModelUnavailable
 from bot.outbox import Claimed, Outbox
 from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, Turn, ViewKind, is_dm_key
@@ -34,7 +34,7 @@ from pipeline import dataset
 from pipeline.privacy import scrub
 from reviewers import judge
 from reviewers.models import Action, Actor, DecisionOutcome, ReviewState, Rubric
-from reviewers.service import ReviewService, insert_review_item
+from reviewers.service import ReviewService, decision_rows, insert_review_item, item_row
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,18 @@ _ANSWER_ROW_SQL = (
     " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
     " JOIN patients p ON p.id = c.patient_id WHERE m.id = ?"
 )
+
+
+def history_rows(conn: sqlite3.Connection, conversation_id: int, before_message_id: int) -> list[Any]:
+    """The conversation before a message as the patient saw it: their messages, the replies shown
+    to them (``shown_text``: as edited; never a held, rejected or expired-unseen reply) and the
+    crisis resources they were given (inside the caller's visit to the database)."""
+    return conn.execute(
+        "SELECT m.text, m.status, m.response_text, r.shown_text FROM messages m"
+        " LEFT JOIN replies r ON r.message_id = m.id"
+        " WHERE m.conversation_id = ? AND m.id < ? AND m.status IN ('answered', 'crisis') ORDER BY m.id",
+        (conversation_id, before_message_id),
+    ).fetchall()
 
 
 @dataclass
@@ -170,7 +182,7 @@ class ConversationCore:
         if first_contact:  # (before the crisis resources, so that they are the last thing on screen)
             result.views.append(await self._send(conv, self.consent_view(conv)))
         if crisis:  # crisis first: paused, rate limited or in any language, resources and an alert
-            self._merge(result, await self.answer(message_id, verdict=verdict))
+            self._merge(result, await self.answer(message_id, verdict=verdict, conversation_id=conv.id))
             return result
         if not text:
             await self._set_message_status(message_id, "unsupported")
@@ -185,7 +197,7 @@ class ConversationCore:
             result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_PAUSED)))
             result.status = "paused"
             return result
-        self._merge(result, await self.answer(message_id, verdict=verdict,
+        self._merge(result, await self.answer(message_id, verdict=verdict, conversation_id=conv.id,
                                               deadline_s=self.settings.inference.deadline_s))
         return result
 
@@ -343,7 +355,8 @@ class ConversationCore:
         """Age after which an 'answering' claim is taken as abandoned by a crashed process."""
         return self.settings.inference.deadline_s + CLAIM_MARGIN_S
 
-    async def answer(self, message_id: int, verdict: Triage | None = None, *, deadline_s: float | None = None) -> HandleResult:
+    async def answer(self, message_id: int, verdict: Triage | None = None, *, deadline_s: float | None = None,
+                     conversation_id: int | None = None) -> HandleResult:
         """The one way a stored message gets answered: live, retry loop, /resume and start-up recovery.
 
         The message is claimed in the database by a compare-and-set (``status`` → 'answering');
@@ -354,10 +367,12 @@ class ConversationCore:
 
         ``deadline_s`` (the live path): if the answer is not ready by then, the patient is told
         once that it is coming, and the work goes on in the background; the reply is delivered
-        when it arrives (status 'delayed' is returned meanwhile)."""
+        when it arrives (status 'delayed' is returned meanwhile). ``conversation_id``: the message's
+        conversation when the caller just stored it (saves a visit to the database)."""
         if message_id in self._working:
             return HandleResult(message_id, None, status="answering")
-        conversation_id = await self.db.fetchval("SELECT conversation_id FROM messages WHERE id = ?", (message_id,))
+        if conversation_id is None:
+            conversation_id = await self.db.fetchval("SELECT conversation_id FROM messages WHERE id = ?", (message_id,))
         if conversation_id is None:
             return HandleResult(None, None, status="missing")
         if verdict is not None and verdict.crisis:  # no model involved: never waits behind a slow answer
@@ -412,15 +427,16 @@ class ConversationCore:
     async def _answer_claimed(self, message_id: int, conversation_id: int, verdict: Triage | None) -> HandleResult:
         if message_id in self._working:
             return HandleResult(message_id, conversation_id, status="answering")
-        row = await self._claim(message_id)
-        if row is None:
+        claimed = await self._claim(message_id)
+        if claimed is None:
             status = await self.db.fetchval("SELECT status FROM messages WHERE id = ?", (message_id,))
             return HandleResult(message_id, conversation_id, status=status or "missing")
+        row, history = claimed
         conv = ConversationRef(row["conversation_id"], row["platform"], row["channel_id"], row["thread_id"],
                                row["platform_user_id"])
         self._working.add(message_id)
         try:
-            result = await self._answer_locked(row, conv, verdict)
+            result = await self._answer_locked(row, conv, verdict, self._history_from(history))
             metrics.REPLIES.labels(outcome=result.status).inc()
             return result
         except BaseException as exc:
@@ -429,8 +445,10 @@ class ConversationCore:
         finally:
             self._working.discard(message_id)
 
-    async def _claim(self, message_id: int) -> Any:
-        """Compare-and-set the message to 'answering'; its row (with conversation) if this caller won."""
+    async def _claim(self, message_id: int) -> tuple[Any, list[Any]] | None:
+        """Compare-and-set the message to 'answering'; if this caller won, its row (with the
+        conversation) and the conversation before it (:func:`history_rows`), read in the same visit
+        to the database: the claimant holds the conversation's lock, so it cannot change meanwhile."""
         t = now()
         cutoff = t - self.claim_stale_s
         placeholders = ", ".join("?" * len(CLAIMABLE_STATUSES))
@@ -441,7 +459,10 @@ class ConversationCore:
                 " OR (status = 'answering' AND claimed_at < ?)) RETURNING id",
                 (t, message_id, *CLAIMABLE_STATUSES, cutoff),
             ).fetchall()
-            return conn.execute(_ANSWER_ROW_SQL, (message_id,)).fetchone() if won else None
+            if not won:
+                return None
+            row = conn.execute(_ANSWER_ROW_SQL, (message_id,)).fetchone()
+            return row, history_rows(conn, row["conversation_id"], message_id)
 
         return await self.db.run(claim)
 
@@ -456,7 +477,8 @@ class ConversationCore:
         except Exception:  # the database may be closing; a stale claim is retaken later anyway
             log.exception("releasing the claim on message %s failed", message_id)
 
-    async def _answer_locked(self, row: Any, conv: ConversationRef, verdict: Triage | None = None) -> HandleResult:
+    async def _answer_locked(self, row: Any, conv: ConversationRef, verdict: Triage | None,
+                             history: list[tuple[str, str]]) -> HandleResult:
         message_id = row["id"]
         text = row["text"]
         result = HandleResult(message_id, conv.id)
@@ -473,7 +495,6 @@ class ConversationCore:
         if early is not None:
             return early
         # --- end safety layer
-        history = await self._history(conv.id, before_message_id=message_id)
         advice = [flag.advice for flag in self.pack.red_flags if flag.id in verdict.red_flags]
         task = classify_task(text)  # also the prompt's task line, as in training
         messages = build_prompt(
@@ -645,15 +666,12 @@ class ConversationCore:
         return answered, stop
 
     async def _history(self, conversation_id: int, before_message_id: int) -> list[tuple[str, str]]:
-        """The conversation so far as the patient saw it: their messages, the replies shown to them
-        (``shown_text``: as edited; never a held, rejected or expired-unseen reply) and the crisis
-        resources they were given."""
-        rows = await self.db.fetchall(
-            "SELECT m.text, m.status, m.response_text, r.shown_text FROM messages m"
-            " LEFT JOIN replies r ON r.message_id = m.id"
-            " WHERE m.conversation_id = ? AND m.id < ? AND m.status IN ('answered', 'crisis') ORDER BY m.id",
-            (conversation_id, before_message_id),
-        )
+        """The conversation so far as the patient saw it (:func:`history_rows`)."""
+        return self._history_from(await self.db.run(
+            lambda conn: history_rows(conn, conversation_id, before_message_id), write=False))
+
+    @staticmethod
+    def _history_from(rows: list[Any]) -> list[tuple[str, str]]:
         history: list[tuple[str, str]] = []
         for row in rows:
             history.append(("user", row["text"]))
@@ -814,33 +832,53 @@ class ConversationCore:
             return []
 
     async def review_card(self, item_id: int) -> ReviewCard | None:
-        item = await self.reviews.item(item_id)
-        if item is None:
+        found = await self.review_card_and_refs(item_id)
+        return None if found is None else found[0]
+
+    async def review_card_and_refs(self, item_id: int) -> tuple[ReviewCard, dict[str, Any]] | None:
+        """A review item's card and where it is posted on each platform (``card_ref``), read in one
+        visit to the database: this runs for every new reply and every decision."""
+
+        def read(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            item = item_row(conn, item_id)
+            if item is None:
+                return None
+            held = item["state"] == ReviewState.PENDING.value and item["delivery"] == "held"
+            return (item, decision_rows(conn, item_id), judge.verdict_row(conn, item_id),
+                    history_rows(conn, item["conversation_id"], item["message_id"]),
+                    conversation_case(conn, item["conversation_id"]) if held else None)
+
+        parts = await self.db.run(read, write=False)
+        if parts is None:
             return None
-        decided = [f"{d['reviewer_name'] or d['reviewer_id']}: {d['action']}" for d in await self.reviews.decisions(item_id)]
-        if item["state"] == ReviewState.PENDING.value:
-            note = await self.reviews.waiting_note(item_id)  # e.g. "Tie: one more review needed"
+        item, decisions, judged, history, case = parts
+        pending = item["state"] == ReviewState.PENDING.value
+        decided = [f"{d['reviewer_name'] or d['reviewer_id']}: {d['action']}" for d in decisions]
+        if pending:
+            note = self.reviews.note_for(decisions)  # e.g. "Tie: one more review needed"
             if note:
                 decided.append(note)
         # The judge's first reading (never a decision); "reading…" only while the item waits.
-        judged = await judge.verdict(self.db, item_id)
-        judge_line = judge.card_line(judged, self.settings.judge.enabled and item["state"] == ReviewState.PENDING.value)
-        return ReviewCard(
+        judge_line = judge.card_line(judged, self.settings.judge.enabled and pending)
+        # The last turns before the reviewed message, as the patient saw them (``_history``).
+        thread = [Turn("patient" if role == "user" else "assistant", text)
+                  for role, text in self._history_from(history)[-CARD_THREAD_TURNS:]]
+        card = ReviewCard(
             item_id=item_id, reply_id=item["reply_id"], patient_text=item["patient_text"],
             reply_text=item["final_text"] or item["reply_text"], task=item["task"],
             risk_flags=json.loads(item["risk_flags"]), adapter_version=item["adapter_version"],
             state=item["state"], priority=item["priority"], decided_by=decided, judge=judge_line,
-            thread=await self._card_thread(item["reply_id"]),
-            hold_reason=await self._hold_reason(item) if item["state"] == ReviewState.PENDING.value else None,
+            thread=thread, hold_reason=self._hold_reason(item, case) if pending else None,
         )
+        return card, json.loads(item["card_ref"]) if item["card_ref"] else {}
 
-    async def _hold_reason(self, item: Any) -> str | None:
-        """Why a pending reply is held from the patient, in words for the reviewer (None: it is shown)."""
-        reply = await self.db.fetchone("SELECT delivery, conversation_id FROM replies WHERE id = ?", (item["reply_id"],))
-        if reply is None or reply["delivery"] != "held":
+    def _hold_reason(self, item: Any, case: Any) -> str | None:
+        """Why a pending reply is held from the patient, in words for the reviewer (None: it is
+        shown). ``case``: the conversation's open crisis case, if any."""
+        if item["delivery"] != "held":
             return None
         flags = json.loads(item["risk_flags"] or "[]")
-        reasons = [reason] if (reason := await self.cases.hold_reason(reply["conversation_id"])) else []
+        reasons = [reason] if (reason := hold_reason_text(case)) else []
         if "possible_crisis" in flags:
             reasons.append("possible crisis: the safety check was unsure, a person looks first")
         names = {flag.id: flag.name for flag in self.pack.red_flags}
@@ -852,14 +890,6 @@ class ConversationCore:
         if not reasons and self.settings.review.mode == "gated":
             reasons.append("every reply is reviewed first (review.mode = gated)")
         return "; ".join(reasons) or "held for review"
-
-    async def _card_thread(self, reply_id: int) -> list[Turn]:
-        """The last turns before the reviewed message, as the patient saw them (``_history``)."""
-        row = await self.db.fetchone("SELECT message_id, conversation_id FROM replies WHERE id = ?", (reply_id,))
-        if row is None:
-            return []
-        history = await self._history(row["conversation_id"], before_message_id=row["message_id"])
-        return [Turn("patient" if role == "user" else "assistant", text) for role, text in history[-CARD_THREAD_TURNS:]]
 
     async def alert_moderators(self, text: str, urgent: bool = False, key: str | None = None,
                                skip: set[str] | frozenset[str] = frozenset()) -> None:

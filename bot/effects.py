@@ -123,12 +123,11 @@ class EffectApplier:
     async def _review_card(self, effect: Effect) -> None:
         item_id = effect.payload["item_id"]
         name = effect.platform or ""
-        card = await self.core.review_card(item_id)
-        if card is None:
+        found = await self.core.review_card_and_refs(item_id)
+        if found is None:
             return  # forgotten
+        card, refs = found
         platform = self._platform(name)
-        stored = await self.core.db.fetchval("SELECT card_ref FROM review_items WHERE id = ?", (item_id,))
-        refs: dict[str, Any] = json.loads(stored) if stored else {}
         if name in refs:
             await platform.update_review_card(dataclasses.replace(card, card_ref=refs[name]))
         elif effect.payload.get("post"):

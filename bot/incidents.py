@@ -261,13 +261,7 @@ class CrisisCases:
 
     async def hold_reason(self, conversation_id: int) -> str | None:
         """Why replies in this conversation are held: an open crisis case (and who has it)."""
-        case = await self.db.fetchone(
-            "SELECT id, taken_by FROM incidents WHERE kind = 'crisis' AND resolved_at IS NULL AND conversation_id = ?"
-            " ORDER BY id", (conversation_id,))
-        if case is None:
-            return None
-        who = f"taken over by {case['taken_by']}" if case["taken_by"] else "nobody has taken it yet"
-        return f"crisis case #{case['id']} is open in this conversation ({who})"
+        return hold_reason_text(await self.db.run(lambda conn: conversation_case(conn, conversation_id), write=False))
 
     async def realert_due(self) -> int:
         """Alert again about open cases nobody has taken within ``safety.crisis_realert_minutes``
@@ -390,3 +384,18 @@ class CrisisCases:
             f"Take it over to write to the patient yourself: case take {incident_id} (then case reply {incident_id} …,"
             f" case resolve {incident_id} …).",
         ]).replace("  ", " ").strip()
+
+
+def conversation_case(conn: Any, conversation_id: int) -> Any:
+    """The open crisis case of a conversation, if any (inside the caller's read)."""
+    return conn.execute(
+        "SELECT id, taken_by FROM incidents WHERE kind = 'crisis' AND resolved_at IS NULL AND conversation_id = ?"
+        " ORDER BY id", (conversation_id,)).fetchone()
+
+
+def hold_reason_text(case: Any) -> str | None:
+    """:meth:`CrisisCases.hold_reason` from the case row (None: no open case)."""
+    if case is None:
+        return None
+    who = f"taken over by {case['taken_by']}" if case["taken_by"] else "nobody has taken it yet"
+    return f"crisis case #{case['id']} is open in this conversation ({who})"

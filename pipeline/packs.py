@@ -267,6 +267,7 @@ class RedFlag(_Record):
 
     _compiled: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
     _compiled_negations: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
+    _any: re.Pattern[str] | None = PrivateAttr(default=None)
 
     @field_validator("id")
     @classmethod
@@ -286,9 +287,12 @@ class RedFlag(_Record):
     def model_post_init(self, __context: Any) -> None:
         self._compiled = [re.compile(p, re.IGNORECASE) for p in self.patterns]
         self._compiled_negations = [re.compile(p, re.IGNORECASE) for p in self.negations]
+        self._any = _alternation(self.patterns)
 
     def find(self, text: str) -> list[re.Match[str]]:
         """Every pattern match in ``text`` that is not inside a negated phrase."""
+        if self._any is not None and self._any.search(text) is None:
+            return []  # no pattern matches anywhere (one scan instead of one per pattern and negation)
         negated = [m.span() for n in self._compiled_negations for m in n.finditer(text)]
         found = []
         for pattern in self._compiled:
@@ -301,6 +305,18 @@ class RedFlag(_Record):
 
     def matches(self, text: str) -> bool:
         return bool(self.find(text))
+
+
+def _alternation(patterns: list[str]) -> re.Pattern[str] | None:
+    """One regular expression that matches somewhere exactly when one of ``patterns`` does (a
+    search tries every alternative at every position), or None when patterns cannot be joined
+    without changing their meaning (back-references, inline flags, repeated group names)."""
+    if any(re.search(r"\\[1-9]|\(\?P=|\(\?[aiLmsux-]+\)", p) for p in patterns):
+        return None
+    try:
+        return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+    except re.error:
+        return None
 
 
 class Profile(BaseModel):

@@ -322,7 +322,12 @@ async def next_due_in(db: Database) -> float | None:
 
 
 async def verdict(db: Database, item_id: int) -> dict[str, Any] | None:
-    row = await db.fetchone("SELECT * FROM judge_verdicts WHERE item_id = ?", (item_id,))
+    return await db.run(lambda conn: verdict_row(conn, item_id), write=False)
+
+
+def verdict_row(conn: Any, item_id: int) -> dict[str, Any] | None:
+    """The judge's verdict row of an item (inside the caller's read: a card is read in one visit)."""
+    row = conn.execute("SELECT * FROM judge_verdicts WHERE item_id = ?", (item_id,)).fetchone()
     return dict(row) if row else None
 
 

@@ -159,8 +159,10 @@ class ReviewService:
 
     async def waiting_note(self, item_id: int) -> str | None:
         """What a pending item waits for, for its card (a tie says one more review is needed)."""
-        decisions = await self.db.fetchall(
-            "SELECT action, edited_text FROM review_decisions WHERE item_id = ? ORDER BY id", (item_id,))
+        return self.note_for(await self.decisions(item_id))
+
+    def note_for(self, decisions: Sequence[Any]) -> str | None:
+        """:meth:`waiting_note` from an item's decision rows (oldest first)."""
         resolution = resolve(decisions, self.quorum)
         if resolution.state is not ReviewState.PENDING:
             return None
@@ -214,22 +216,33 @@ class ReviewService:
         return [dict(row) for row in rows]
 
     async def item(self, item_id: int) -> dict | None:
-        row = await self.db.fetchone(
-            "SELECT i.*, r.text AS reply_text, r.task, r.risk_flags, r.adapter_version, r.conversation_id,"
-            " m.text AS patient_text, m.id AS message_id"
-            " FROM review_items i JOIN replies r ON r.id = i.reply_id JOIN messages m ON m.id = r.message_id"
-            " WHERE i.id = ?",
-            (item_id,),
-        )
-        return dict(row) if row else None
+        return await self.db.run(lambda conn: item_row(conn, item_id), write=False)
 
     async def decisions(self, item_id: int) -> list[dict]:
-        rows = await self.db.fetchall("SELECT * FROM review_decisions WHERE item_id = ? ORDER BY id", (item_id,))
-        return [dict(row) for row in rows]
+        return await self.db.run(lambda conn: decision_rows(conn, item_id), write=False)
 
     async def counts(self) -> dict[str, int]:
         rows = await self.db.fetchall("SELECT state, COUNT(*) FROM review_items GROUP BY state")
         return {row[0]: row[1] for row in rows}
+
+
+def item_row(conn: sqlite3.Connection, item_id: int) -> dict | None:
+    """A review item with its reply and the patient's message (inside the caller's read or
+    transaction, so that a card is read in one visit to the database)."""
+    row = conn.execute(
+        "SELECT i.*, r.text AS reply_text, r.task, r.risk_flags, r.adapter_version, r.conversation_id,"
+        " r.delivery, m.text AS patient_text, m.id AS message_id"
+        " FROM review_items i JOIN replies r ON r.id = i.reply_id JOIN messages m ON m.id = r.message_id"
+        " WHERE i.id = ?",
+        (item_id,),
+    ).fetchone()
+    return dict(row) if row else None
+
+
+def decision_rows(conn: sqlite3.Connection, item_id: int) -> list[dict]:
+    """An item's decisions, oldest first (inside the caller's read or transaction)."""
+    return [dict(row) for row in conn.execute("SELECT * FROM review_decisions WHERE item_id = ? ORDER BY id",
+                                              (item_id,))]
 
 
 def insert_review_item(conn: sqlite3.Connection, reply_id: int, priority: str = "normal") -> int:
