@@ -653,12 +653,14 @@ def adapters_list() -> None:
     if listed.problem is not None:
         err.print(f"llm4sweat: {listed.problem}", highlight=False, markup=False)
         raise typer.Exit(1)
-    table = Table("version", "status", "base model", "overall accuracy", "created")
+    from bot.text import local_time
+
+    table = Table("version", "status", "base model", "overall accuracy", "created", "last made live")
     for row in listed.rows:
         acc = (row["evaluation"] or {}).get("overall", {}).get("accuracy") if row["evaluation"] else None
         status = row["status"] + (" (serving)" if listed.service is not None and row["version"] == listed.serving else "")
         table.add_row(row["version"], status, row["base_model"], f"{acc:.3f}" if acc is not None else "-",
-                      str(row["created_at"]))
+                      local_time(row["created_at"]), local_time(row.get("promoted_at")))
     console.print(table)
     if listed.service is not None:
         console.print(f"The running service ({listed.service.describe()}) serves {listed.serving or 'the base model'}.",

@@ -7,9 +7,11 @@ import datetime
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot import incidents as crisis
+from bot.reports import Report, evaluation_report, rubric_table, statuses
 from pipeline import dataset, jobs, registry
 from reviewers.models import MODERATOR_ROLE, Actor, PermissionDenied
 
@@ -28,6 +30,8 @@ class CommandReply:
     text: str
     data: dict[str, Any] = field(default_factory=dict)
     ok: bool = True
+    # Tables and a chart, rendered by each platform as fields (bot/reports.py), never ASCII in ``text``.
+    report: Report | None = None
 
 
 class Commands:
@@ -203,21 +207,27 @@ class Commands:
             seconds = await self.service.activate_adapter(target)
         except Exception as exc:
             return CommandReply(f"Rollback to {name} failed: {exc}. The live adapter is unchanged.", ok=False)
-        return CommandReply(f"Rolled back: {name} is live (switched in {seconds:.2f} s).", {"version": target})
+        return CommandReply(f"Rolled back: {name} is live (switched in {seconds:.2f} s).",
+                            {"version": target, "live": target})
 
     async def evaluation(self, actor: Actor) -> CommandReply:
+        """The newest evaluation, each model named as it is now (a live adapter never reads
+        "candidate"), with the experts' rubric scores; tables go in ``report``."""
         await self._require(actor, "eval")
-        from pipeline.rubric import rubric_by_version, rubric_table_text
+        from pipeline.rubric import rubric_by_version
 
         versions = [v for v in await registry.all_versions(self.db) if v["evaluation"]]
         rubric = await rubric_by_version(self.db)
-        expert = ("\n" + rubric_table_text(rubric)) if rubric else ""
         if not versions:
-            return CommandReply("No evaluation has been run yet." + expert, {"rubric": rubric})
+            report = Report("Expert rubric scores", tables=[rubric_table(rubric)]) if rubric else None
+            return CommandReply("No evaluation has been run yet.", {"rubric": rubric}, report=report)
         latest = versions[0]
-        table = latest["evaluation"].get("table") or str(latest["evaluation"])
-        text = f"Evaluation of {latest['version']} ({latest['status']}):\n{table}{expert}"
-        return CommandReply(text, {**latest["evaluation"], "rubric": rubric})
+        now = await statuses(self.db)
+        chart = (latest["evaluation"].get("files") or {}).get("png")
+        report = evaluation_report(latest["evaluation"], now, rubric=rubric,
+                                   image=chart if chart and Path(chart).is_file() else None)
+        text = f"Evaluation of {latest['version']} ({now.get(latest['version'], latest['status'])})."
+        return CommandReply(text, {**latest["evaluation"], "rubric": rubric}, report=report)
 
     async def dataset(self, actor: Actor) -> CommandReply:
         await self._require(actor, "dataset")

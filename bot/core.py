@@ -75,6 +75,10 @@ WITHDRAWN_TEXT = (
 LABEL_PENDING = "AI-written · pending review by a specialist"
 LABEL_APPROVED = "AI-written · reviewed by a specialist"
 LABEL_EDITED = "Reviewed and edited by a specialist"
+# A demo is reviewed by demo accounts, not specialists (the pack's demo disclaimer says so):
+# its reviewed replies must not claim a specialist.
+LABEL_APPROVED_DEMO = "AI-written · approved by a demo reviewer, not a specialist"
+LABEL_EDITED_DEMO = "Edited by a demo reviewer, not a specialist"
 LABEL_DEMO = "DEMO MODEL — not medical advice"
 LABEL_NOT_REVIEWED = "AI-written · NOT reviewed: no specialist could check this answer in time"
 EXPIRED_HELD_TEXT = (
@@ -701,9 +705,11 @@ class ConversationCore:
     def view_for(self, reply_text: str, delivery: str, state: str, final_text: str | None) -> PatientView:
         """What the patient sees for a reply, given its delivery and review state (one rule for all views)."""
         if state == ReviewState.APPROVED.value:
-            return PatientView(ViewKind.REVIEWED, final_text or reply_text, self._label(LABEL_APPROVED), self._disclaimer())
+            label = LABEL_APPROVED_DEMO if self.demo else LABEL_APPROVED
+            return PatientView(ViewKind.REVIEWED, final_text or reply_text, self._label(label), self._disclaimer())
         if state == ReviewState.EDITED.value:
-            return PatientView(ViewKind.REVIEWED, final_text or reply_text, self._label(LABEL_EDITED), self._disclaimer())
+            label = LABEL_EDITED_DEMO if self.demo else LABEL_EDITED
+            return PatientView(ViewKind.REVIEWED, final_text or reply_text, self._label(label), self._disclaimer())
         if state == ReviewState.REJECTED.value:
             return PatientView(ViewKind.WITHDRAWN, WITHDRAWN_TEXT)
         if state == ReviewState.EXPIRED.value:
@@ -892,7 +898,7 @@ class ConversationCore:
         return "; ".join(reasons) or "held for review"
 
     async def alert_moderators(self, text: str, urgent: bool = False, key: str | None = None,
-                               skip: set[str] | frozenset[str] = frozenset()) -> None:
+                               skip: set[str] | frozenset[str] = frozenset(), report: Any = None) -> None:
         """Tell moderators and on-duty reviewers on every connected platform but those in ``skip``
         (through the outbox: an alert that fails is retried and counted in /status). ``key`` makes
         it once-only."""
@@ -901,8 +907,9 @@ class ConversationCore:
         if not platforms:
             return
         key = key or f"adhoc:{uuid.uuid4().hex}"
+        payload = report.to_dict() if report is not None else None  # tables and a chart (bot.reports.Report)
         claimed = await self.db.run(
-            lambda conn: self.outbox.enqueue(conn, [effects.alert(key, name, text, urgent) for name in platforms]))
+            lambda conn: self.outbox.enqueue(conn, [effects.alert(key, name, text, urgent, payload) for name in platforms]))
         await self.outbox.apply(claimed)
 
     async def _set_message_status(self, message_id: int, status: str) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.outbox import Effect, NotConnected
 from bot.platform import ConversationRef, PatientView, Platform, ViewKind
+from bot.reports import Report
 from bot.storage import dumps, now
 
 if TYPE_CHECKING:
@@ -52,8 +53,12 @@ def dataset_example(item_id: int) -> Effect:
     return Effect(DATASET_EXAMPLE, f"dataset:{item_id}", {"item_id": item_id})
 
 
-def alert(key: str, platform: str, text: str, urgent: bool) -> Effect:
-    return Effect(ALERT, f"alert:{key}:{platform}", {"text": text, "urgent": urgent}, platform)
+def alert(key: str, platform: str, text: str, urgent: bool, report: dict[str, Any] | None = None) -> Effect:
+    """``report``: tables and a chart (``bot.reports.Report.to_dict``) shown with the text."""
+    payload: dict[str, Any] = {"text": text, "urgent": urgent}
+    if report:
+        payload["report"] = report
+    return Effect(ALERT, f"alert:{key}:{platform}", payload, platform)
 
 
 def crisis_alert(incident_id: int, platform: str, stage: str = "new") -> Effect:
@@ -142,7 +147,12 @@ class EffectApplier:
         await self.core.add_to_dataset(effect.payload["item_id"])
 
     async def _alert(self, effect: Effect) -> None:
-        await self._platform(effect.platform).alert(effect.payload["text"], bool(effect.payload["urgent"]))
+        platform = self._platform(effect.platform)
+        report = Report.from_dict(effect.payload.get("report"))
+        if report is None:
+            await platform.alert(effect.payload["text"], bool(effect.payload["urgent"]))
+        else:
+            await platform.alert(effect.payload["text"], bool(effect.payload["urgent"]), report=report)
 
     async def _patient_notice(self, effect: Effect) -> None:
         conv = ConversationRef(**effect.payload["conversation"])

@@ -186,8 +186,9 @@ class Platform(Protocol):
 
     async def update_review_card(self, card: ReviewCard) -> None: ...
 
-    async def alert(self, text: str, urgent: bool = False) -> None:
-        """Tell moderators and on-duty reviewers (urgent: with a mention)."""
+    async def alert(self, text: str, urgent: bool = False, report: Any = None) -> None:
+        """Tell moderators and on-duty reviewers (urgent: with a mention). ``report``
+        (bot.reports.Report): tables to show as fields and a chart to attach, never as ASCII."""
 
     def where_visible(self, conv: ConversationRef) -> str:
         """Who besides the patient can read this conversation on the platform, in one sentence

@@ -114,3 +114,13 @@ def join_edited(parts: list[str], seps: str) -> str:
         if index < len(parts) - 1:
             out.append(EDIT_SEPARATORS.get(seps[index] if index < len(seps) else "p", "\n\n"))
     return "".join(out)
+
+
+def local_time(ts: float | None) -> str:
+    """A stored time (epoch seconds) as people read it: this machine's local date and time
+    with its zone ("2026-12-02 16:30 CET"); "-" for none. One rule for the CLI and commands."""
+    if ts is None:
+        return "-"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(float(ts)).astimezone().strftime("%Y-%m-%d %H:%M %Z")

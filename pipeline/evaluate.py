@@ -1210,16 +1210,24 @@ def rubric_text(rubric: dict[str, Any]) -> str:
 def bar_chart(report: dict[str, Any], path: Path, order: Sequence[str] | None = None, title: str | None = None) -> Path:
     """A PNG grouped bar chart: headline accuracy per task and overall, one bar per model,
     95% CI, with chance, always-longest and the random-untrained model as reference lines."""
-    import matplotlib
+    fig = bar_figure(report, order, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    order = list(order or report["order"])
+def bar_figure(report: dict[str, Any], order: Sequence[str] | None = None, title: str | None = None) -> Any:
+    """The figure of :func:`bar_chart` (a matplotlib ``Figure``, no pyplot state: safe in a
+    thread), for a file or for the console's SVG."""
+    from matplotlib.figure import Figure
+
+    order = list(order or report.get("order") or report["runs"])
     groups = [*report["tasks"], "overall"]
     runs = report["runs"]
     width = 0.8 / max(1, len(order))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 1), 4.2), dpi=110)
+    fig = Figure(figsize=(max(6.0, 1.6 * len(groups) + 1), 4.2), dpi=110)
+    ax = fig.subplots()
     for i, label in enumerate(order):
         run = runs[label]
         values, low_err, high_err = [], [], []
@@ -1237,7 +1245,7 @@ def bar_chart(report: dict[str, Any], path: Path, order: Sequence[str] | None = 
                         textcoords="offset points", ha="center", va="bottom", fontsize=7)
     split = next(iter(runs.values())).get("headline_split", REPORT_SPLIT) if runs else REPORT_SPLIT
     controls = (report.get("controls") or {}).get(split) or {}
-    metric = report.get("metric", PRIMARY_METRIC)
+    metric = report.get("metric") or PRIMARY_METRIC
     lines = [("chance", controls.get("chance"), ":"),
              ("always longest", (controls.get("always_longest") or {}).get("accuracy"), "--"),
              ("random-untrained", ((controls.get("random_untrained") or {}).get(metric) or {}).get("accuracy"), "-.")]
@@ -1251,11 +1259,7 @@ def bar_chart(report: dict[str, Any], path: Path, order: Sequence[str] | None = 
                  f"{split} split, {report.get('book', 'closed')} book", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, order: Sequence[str] | None = None,

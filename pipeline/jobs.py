@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import metrics
+from bot.live import hub_for
 from bot.storage import Database, dumps, now
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ async def request(db: Database, kind: str, requested_by: str, params: dict[str, 
                 (kind, requested_by, dumps(params or {}), now()),
             )
             job_id = int(cursor.lastrowid)
+        await _publish(db, job_id)
         return JobRequest(job_id, True, "queued", None, now())
     except sqlite3.IntegrityError:
         row = await active(db, kind)
@@ -69,10 +71,30 @@ async def start(db: Database, job_id: int, pid: int | None = None) -> None:
     await db.execute(
         "UPDATE jobs SET status = 'running', started_at = ?, pid = ? WHERE id = ?", (now(), pid or os.getpid(), job_id)
     )
+    await _publish(db, job_id)
 
 
-async def progress(db: Database, job_id: int, text: str) -> None:
+async def progress(db: Database, job_id: int, text: str, fraction: float | None = None, phase: str | None = None) -> None:
+    """The job's progress text; ``fraction`` (0–1) of ``phase`` ("training", "evaluating")
+    drives the progress bars (console, chat platforms), pushed to listeners (bot/live.py)."""
     await db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (text, job_id))
+    await _publish(db, job_id, {"fraction": fraction, "phase": phase})
+
+
+async def _publish(db: Database, job_id: int, extra: dict[str, Any] | None = None) -> None:
+    """Tell live listeners (bot/live.py) the job's whole state now; never fails the job."""
+    try:
+        row = await get(db, job_id)
+        if row is None:
+            return
+        hub_for(db).publish("job", {
+            "id": job_id, "kind": row["kind"], "status": row["status"], "progress": row["progress"] or "",
+            "error": row["error"], "started_at": row["started_at"], "finished_at": row["finished_at"],
+            **({"fraction": None, "phase": None} if row["status"] not in ("queued", "running") else {}),
+            **(extra or {}),
+        })
+    except Exception:
+        log.exception("publishing job %s progress failed", job_id)
 
 
 async def finish(db: Database, job_id: int, status: str, result: Any = None, error: str | None = None) -> None:
@@ -83,6 +105,7 @@ async def finish(db: Database, job_id: int, status: str, result: Any = None, err
     ).fetchone())
     if row is not None and row[1] is not None:
         metrics.JOB_SECONDS.labels(kind=row[0], status=status).observe(max(0.0, t - row[1]))
+    await _publish(db, job_id)
 
 
 async def mark_interrupted(db: Database) -> int:

@@ -88,7 +88,11 @@ async def mark_gate_passed(db: Database, version: str) -> None:
 
 async def rollback_target(db: Database, version: str | None = None) -> dict[str, Any] | None:
     """The version a rollback returns to: the one named (it must once have passed the gate),
-    or the most recently retired one that passed the gate; None: the base model."""
+    or else the newest version *older than the live one* that served before and passed the
+    gate; None: the base model.
+
+    Older, not "most recently retired": after v1 → v2 → rollback (v1 live, v2 retired) a second
+    rollback must go further back (to the base model), never forward to v2 again."""
     if version is not None:
         row = await get(db, version)
         if row is None:
@@ -103,9 +107,10 @@ async def rollback_target(db: Database, version: str | None = None) -> dict[str,
                 f"promote it through the gate instead (promote {version})"
             )
         return row
+    current = await live(db)
     return _row(await db.fetchone(
         "SELECT * FROM adapters WHERE status = 'retired' AND promoted_at IS NOT NULL AND gate_passed_at IS NOT NULL"
-        " ORDER BY promoted_at DESC LIMIT 1"
+        " AND id < ? ORDER BY id DESC LIMIT 1", (current["id"] if current else -1,)
     ))
 
 

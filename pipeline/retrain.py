@@ -184,12 +184,16 @@ def nothing_new(snapshot: Snapshot, live: dict[str, Any] | None) -> str | None:
     return None
 
 
-async def tell_moderators(service: Any, text: str, urgent: bool = False) -> None:
-    """Through the running bot's platforms, or into HeadlessService.messages for the CLI."""
+async def tell_moderators(service: Any, text: str, urgent: bool = False, report: Any = None) -> None:
+    """Through the running bot's platforms, or into HeadlessService.messages for the CLI;
+    ``report`` (bot.reports.Report): the tables and chart that go with the text."""
     core = getattr(service, "core", None)
     target = core.alert_moderators if core is not None else service.alert_moderators
     try:
-        await target(text, urgent)
+        if report is None:
+            await target(text, urgent)
+        else:
+            await target(text, urgent, report=report)
     except Exception:
         log.exception("telling moderators failed")
 
@@ -233,6 +237,16 @@ def registry_record(report: dict[str, Any], subject: str, decision: gate.GateDec
     return record
 
 
+async def result_report(db: Database, record: dict[str, Any], outputs: dict[str, Any] | None) -> Any:
+    """What moderators get with a retraining result: the comparison table as fields, each model
+    named as it is now, and the chart attached (bot/reports.py), never an ASCII table in prose."""
+    from bot.reports import evaluation_report, statuses
+
+    chart = (outputs or {}).get("png")
+    return evaluation_report(record, await statuses(db), gate=False,
+                             image=str(chart) if chart and Path(chart).is_file() else None)
+
+
 # --------------------------------------------------------------------------------- the job
 
 
@@ -245,31 +259,43 @@ class _ProgressWriter:
         self.last_phase = ""
         self.text = ""
 
-    async def __call__(self, text: str, phase: str) -> None:
+    async def __call__(self, text: str, phase: str, fraction: float | None = None) -> None:
         self.text = text
         if self.echo is not None:
             self.echo(text)
         t = time.monotonic()
-        if phase != self.last_phase or t - self.last_write >= PROGRESS_INTERVAL_S:
+        if phase != self.last_phase or t - self.last_write >= PROGRESS_INTERVAL_S or fraction == 1.0:
             self.last_write, self.last_phase = t, phase
-            await jobs.progress(self.db, self.job_id, text)
+            await jobs.progress(self.db, self.job_id, text, fraction, _BAR_NAMES.get(phase.split(":")[0]))
 
 
-def _describe_progress(event: dict[str, Any], version: str) -> tuple[str, str]:
+_BAR_NAMES = {"train": "training", "eval": "evaluating"}  # the phases a progress bar is drawn for
+
+
+def _fraction(event: dict[str, Any]) -> float | None:
+    try:
+        step, total = float(event["step"]), float(event["total"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return min(1.0, max(0.0, step / total)) if total > 0 else None
+
+
+def _describe_progress(event: dict[str, Any], version: str) -> tuple[str, str, float | None]:
+    """The progress line, the phase, and how far the phase is (0–1) for the progress bars."""
     phase = event.get("phase", "")
     if phase == "train":
         if not event.get("total"):
-            return f"training {version} on {event.get('examples', '?')} examples: starting", "train"
+            return f"training {version} on {event.get('examples', '?')} examples: starting", "train", 0.0
         text = f"training {version}: step {event['step']}/{event['total']}, epoch {event.get('epoch', 0):.1f}"
         if event.get("train_loss") is not None:
             text += f", loss {event['train_loss']:.3f}"
         if event.get("val_loss") is not None:
             text += f", validation loss {event['val_loss']:.3f}"
-        return text, "train"
+        return text, "train", _fraction(event)
     what = str(event.get("what", ""))
     label, _, step = what.partition(":")
     noun = "safety suite" if step == "safety" else "questions"
-    return f"evaluating {label}: {noun} {event.get('step')}/{event.get('total')}", f"eval:{what}"
+    return f"evaluating {label}: {noun} {event.get('step')}/{event.get('total')}", f"eval:{what}", _fraction(event)
 
 
 async def run_worker_process(
@@ -479,8 +505,8 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
 
     async def on_event(event: dict[str, Any]) -> None:
         if event.get("event") == "progress":
-            text, phase = _describe_progress(event, version)
-            await progress(text, phase)
+            text, phase, fraction = _describe_progress(event, version)
+            await progress(text, phase, fraction)
 
     await progress(f"training {version} on {snapshot.examples} examples", "train-start")
     try:
@@ -571,7 +597,8 @@ async def _run(service: Any, job_id: int, options: RetrainOptions, progress: _Pr
     job_result["summary"] = text
     await jobs.finish(db, job_id, "succeeded", result=job_result)
     await jobs.progress(db, job_id, f"done: {outcome}")
-    await tell_moderators(service, text)
+    await tell_moderators(service, f"{head}\n{decision.text()}\n{outcome}",
+                          report=await result_report(db, record, result.get("outputs")))
     if progress.echo:
         progress.echo(text)
     log.info("retraining job %s done: %s", job_id, outcome)
@@ -687,7 +714,8 @@ async def promote(service: Any, version: str, *, force: bool = False) -> Promote
         return PromoteOutcome(False, f"{version} could not be loaded ({exc}); the live adapter keeps serving.",
                               check.decision)
     await tell_moderators(service, f"Adapter {version} was promoted{' (gate overridden)' if force else ''} and is live.")
-    return PromoteOutcome(True, f"{version} is live (switched in {seconds:.2f} s).", check.decision, seconds)
+    return PromoteOutcome(True, f"Promoted: {version} is live (switched in {seconds:.2f} s"
+                                f"{', gate overridden' if force else ''}).", check.decision, seconds)
 
 
 # --------------------------------------------------------------------------------- without a running bot
@@ -709,7 +737,7 @@ class HeadlessService:
         self.messages: list[str] = []
         self.retrain_options: RetrainOptions | None = None
 
-    async def alert_moderators(self, text: str, urgent: bool = False) -> None:
+    async def alert_moderators(self, text: str, urgent: bool = False, report: Any = None) -> None:
         self.messages.append(text)
 
     async def activate_adapter(self, version: str | None) -> float:

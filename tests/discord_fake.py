@@ -162,6 +162,21 @@ def _embed_length(embed: dict[str, Any]) -> int:
     return total
 
 
+def _resolve_attachment_urls(embeds: list[dict[str, Any]], attachments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``attachment://name`` in an embed's image becomes that attachment's URL, as Discord shows it;
+    a name that was not uploaded stays unresolved (Discord then shows no image)."""
+    urls = {a["filename"]: a["url"] for a in attachments}
+    out = []
+    for embed in embeds:
+        embed = dict(embed)
+        image = embed.get("image") or {}
+        url = image.get("url") or ""
+        if url.startswith("attachment://") and url[len("attachment://"):] in urls:
+            embed["image"] = {**image, "url": urls[url[len("attachment://"):]], "proxy_url": urls[url[len("attachment://"):]]}
+        out.append(embed)
+    return out
+
+
 def check_message(body: dict[str, Any], errors: _FormErrors, prefix: list[Any] | None = None) -> None:
     """Discord's limits on a message payload (create, edit, interaction reply, follow-up)."""
     prefix = prefix or []
@@ -241,6 +256,7 @@ class Call:
     query: dict[str, str]
     body: Any
     status: int = 0
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # multipart "files[n]": (filename, bytes)
 
     def __repr__(self) -> str:
         return f"<{self.method} {self.path} → {self.status}>"
@@ -302,6 +318,7 @@ class FakeDiscord:
         self.channels: dict[str, dict[str, Any]] = {}
         self.threads: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, bytes] = {}  # attachment id -> the uploaded bytes
         self.interactions: dict[str, Interaction] = {}
         self.commands: dict[str, list[dict[str, Any]]] = {}  # guild id ("global") -> synced commands
         self.reactions: list[tuple[str, str, str, str]] = []  # (op, message id, emoji, user)
@@ -557,15 +574,18 @@ class FakeDiscord:
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
         body: Any = None
+        files: list[tuple[str, bytes]] = []
         if request.can_read_body:
             if request.content_type == "application/json":
                 body = await request.json()
             elif request.content_type.startswith("multipart/"):
                 form = await request.post()
                 body = json.loads(form["payload_json"]) if "payload_json" in form else dict(form)
+                files = [(f.filename, f.file.read()) for name, f in form.items()
+                         if name.startswith("files[") and hasattr(f, "file")]
             else:
                 body = await request.text()
-        call = Call(request.method, path, dict(request.query), body)
+        call = Call(request.method, path, dict(request.query), body, files=files)
         self.calls.append(call)
         if self.token_revoked:
             call.status = 401
@@ -651,6 +671,28 @@ class FakeDiscord:
             return _json({"message": "Unknown Member", "code": 10007}, 404)
         return _json(self._member(user_id))
 
+    def _attachments(self, call: Call, channel_id: str) -> list[dict[str, Any]] | web.Response:
+        """Uploaded files as the message's attachments. As Discord does, each ``files[n]`` part
+        must be described in ``payload_json.attachments`` (id n, its filename); the bytes are
+        kept in ``self.files`` by attachment id."""
+        if not call.files:
+            return []
+        described = {str(a.get("id")): a for a in (call.body or {}).get("attachments") or []}
+        out = []
+        for n, (filename, data) in enumerate(call.files):
+            meta = described.get(str(n))
+            if meta is None or meta.get("filename") != filename:
+                return _json({"message": "Invalid Form Body", "code": 50035,
+                              "errors": {"attachments": {str(n): {"_errors": [{"code": "ATTACHMENT_NOT_FOUND",
+                                                                             "message": "Unknown attachment"}]}}}}, 400)
+            aid = self.snowflake()
+            self.files[aid] = data
+            out.append({"id": aid, "filename": filename, "size": len(data),
+                        "url": f"https://cdn.discordapp.com/attachments/{channel_id}/{aid}/{filename}",
+                        "proxy_url": f"https://media.discordapp.net/attachments/{channel_id}/{aid}/{filename}",
+                        "content_type": "image/png" if filename.endswith(".png") else "application/octet-stream"})
+        return out
+
     def _message_payload(self, channel_id: str, author_id: str, content: str, **extra: Any) -> dict[str, Any]:
         mid = extra.pop("id", None) or self.snowflake()
         guild = self.guild_id if self._in_guild(channel_id) else None
@@ -695,14 +737,18 @@ class FakeDiscord:
         check_message(body, errors)
         if (refused := errors.response()) is not None:
             return refused
-        if not body.get("content") and not body.get("embeds") and not body.get("components"):
+        if not body.get("content") and not body.get("embeds") and not body.get("components") and not call.files:
             return _json({"message": "Cannot send an empty message", "code": 50006}, 400)
+        attachments = self._attachments(call, channel_id)
+        if isinstance(attachments, web.Response):
+            return attachments
         archived = self._archived(channel_id)
         if archived is not None:
             if archived["locked"]:
                 return _refusal(THREAD_ARCHIVED, 400)
             await self._set_archived(channel_id, False)  # sending a message unarchives the thread
-        extra: dict[str, Any] = {"embeds": body.get("embeds") or [], "components": body.get("components") or []}
+        extra: dict[str, Any] = {"embeds": _resolve_attachment_urls(body.get("embeds") or [], attachments),
+                                 "components": body.get("components") or [], "attachments": attachments}
         if body.get("message_reference"):
             ref_id = str(body["message_reference"]["message_id"])
             extra["message_reference"] = {"message_id": ref_id, "channel_id": channel_id,
@@ -868,9 +914,13 @@ class FakeDiscord:
         check_message(body, errors)
         if (refused := errors.response()) is not None:
             return refused
+        attachments = self._attachments(call, interaction.channel_id)
+        if isinstance(attachments, web.Response):
+            return attachments
         message = self._message_payload(interaction.channel_id, self.bot_id, body.get("content") or "",
-                                        flags=int(body.get("flags") or 0), embeds=body.get("embeds") or [],
-                                        webhook_id=self.app_id, application_id=self.app_id)
+                                        flags=int(body.get("flags") or 0),
+                                        embeds=_resolve_attachment_urls(body.get("embeds") or [], attachments),
+                                        attachments=attachments, webhook_id=self.app_id, application_id=self.app_id)
         interaction.followups.append(message)
         return _json(message)
 

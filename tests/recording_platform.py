@@ -54,10 +54,10 @@ class RecordingPlatform(LocalPlatform):
             raise PlatformDown("card update failed")
         self.cards_updated.append(card)
 
-    async def alert(self, text: str, urgent: bool = False) -> None:
+    async def alert(self, text: str, urgent: bool = False, report=None) -> None:
         if self.fail_alerts:
             raise PlatformDown("alert failed")
-        await super().alert(text, urgent)
+        await super().alert(text, urgent, report)
 
     def replies_sent(self, conversation_id: int | None = None) -> list[PatientView]:
         """Views of replies (not notices) sent, optionally in one conversation."""

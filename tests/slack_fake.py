@@ -43,6 +43,15 @@ As strict as Slack, so that an app passing here does not fail there:
   app's DM with that user) answer ``is_archived``, ``channel_not_found``, ``not_in_channel`` …
   until ``unrefuse``. Posting to a user id posts in the app's DM with them (channel ``D…``), as
   Slack does; ``chat.getPermalink`` answers the message's permalink.
+* File uploads, the way ``files_upload_v2`` makes them (https://docs.slack.dev/reference/methods/
+  files.getUploadURLExternal, /files.completeUploadExternal): ``files.getUploadURLExternal`` needs
+  ``filename`` and a whole-number ``length`` ("invalid_arguments" otherwise) and answers an
+  ``upload_url`` on this server and a ``file_id``; the bytes are POSTed there (the size must be
+  the length announced: HTTP 400 otherwise); ``files.completeUploadExternal`` with ``files`` (a
+  JSON list of ``{id, title}``) shares them in ``channel_id`` (optionally in ``thread_ts``) and
+  refuses an id never issued or never uploaded with "file_not_found" (our reading: Slack's page
+  lists that error without saying which case it covers). Both need ``files:write``. Shared
+  files are kept in ``files``.
 * Channel membership (conversations.history, chat.postMessage: "not_in_channel" / "channel_not_found"):
   ``remove_bot(channel)`` takes the bot out of a channel; reading or posting there is then
   refused with ``not_in_channel`` (a public channel) or ``channel_not_found`` (a private one, which
@@ -92,11 +101,13 @@ ACK_DEADLINE_S = 3.0
 EVENT_RETRY_DELAYS_S = (0.0, 60.0, 300.0)  # Slack: at once, after a minute, after five minutes
 # The bot scopes of deploy/slack-manifest.yaml (tests/test_doctor.py checks they agree).
 MANIFEST_SCOPES = ("app_mentions:read", "channels:history", "groups:history", "im:history", "chat:write", "commands",
+                   "files:write",
                    "reactions:read", "usergroups:read", "users:read")
 # The scope each Web API method the bot calls needs (history: by the kind of conversation).
 METHOD_SCOPES = {"chat.postMessage": "chat:write", "chat.update": "chat:write", "chat.delete": "chat:write",
                  "chat.postEphemeral": "chat:write", "usergroups.users.list": "usergroups:read",
-                 "users.info": "users:read"}
+                 "users.info": "users:read", "files.getUploadURLExternal": "files:write",
+                 "files.completeUploadExternal": "files:write"}
 HISTORY_METHODS = ("conversations.history", "conversations.replies")
 
 BOT_TOKEN = "xoxb-test-bot-token"
@@ -260,6 +271,8 @@ class FakeSlack:
         self.not_member: set[str] = set()  # channels the bot is not in (remove_bot)
         self.refusals: dict[str, str] = {}  # channel or user id -> the error every post there answers
         self.user_messages: list[dict[str, Any]] = []  # what people wrote (for history and replies)
+        self.uploads: dict[str, dict[str, Any]] = {}  # file id -> {filename, length, data}
+        self.files: list[dict[str, Any]] = []  # files shared by files.completeUploadExternal
         self.ack_deadline_s = ACK_DEADLINE_S
         self.event_retry_delays_s = EVENT_RETRY_DELAYS_S
         self.late_acks: list[dict[str, Any]] = []  # deliveries the app did not acknowledge in time
@@ -284,6 +297,7 @@ class FakeSlack:
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{name}", self._response_url)
         app.router.add_get("/socket", self._socket)
+        app.router.add_post("/upload/{file_id}", self._upload)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -431,7 +445,10 @@ class FakeSlack:
         channel = args.get("channel", "")
         if method == "chat.postMessage" and channel in self.refusals:
             return {"ok": False, "error": self.refusals[channel]}
-        if (method in HISTORY_METHODS or method == "chat.postMessage") and channel in self.not_member:
+        if method == "files.completeUploadExternal":
+            channel = args.get("channel_id", "")
+        if (method in HISTORY_METHODS or method in ("chat.postMessage", "files.completeUploadExternal")) \
+                and channel in self.not_member:
             return {"ok": False, "error": "channel_not_found" if channel in self.private_channels else "not_in_channel"}
         return handler(args)
 
@@ -495,6 +512,45 @@ class FakeSlack:
             return refused
         message.update(text=args.get("text", ""), blocks=args.get("blocks") or [])
         return {"ok": True, "channel": message["channel"], "ts": message["ts"], "text": message["text"]}
+
+    def _m_files_getUploadURLExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        filename, length = args.get("filename"), str(args.get("length", ""))
+        if not filename or not length.isdigit():
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = f"F{next(self._ts):08d}"
+        self.uploads[file_id] = {"filename": filename, "length": int(length), "data": None}
+        return {"ok": True, "upload_url": f"http://127.0.0.1:{self.port}/upload/{file_id}", "file_id": file_id}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        upload = self.uploads.get(request.match_info["file_id"])
+        data = await request.read()
+        try:
+            if upload is None:
+                return web.Response(status=404, text="Not Found")
+            if len(data) != upload["length"]:
+                return web.Response(status=400, text=f"length {len(data)} is not the announced {upload['length']}")
+            upload["data"] = data
+            return web.Response(text=f"OK - {len(data)}")
+        finally:
+            await self._notify()
+
+    def _m_files_completeUploadExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            files = json.loads(args["files"]) if isinstance(args.get("files"), str) else args.get("files")
+            assert isinstance(files, list) and files and all(isinstance(f, dict) and f.get("id") for f in files)
+        except (KeyError, ValueError, AssertionError):
+            return {"ok": False, "error": "invalid_arguments"}
+        shared = []
+        for f in files:
+            upload = self.uploads.get(f["id"])
+            if upload is None or upload["data"] is None:
+                return {"ok": False, "error": "file_not_found"}
+            entry = {"id": f["id"], "title": f.get("title") or upload["filename"], "name": upload["filename"],
+                     "size": upload["length"], "data": upload["data"], "channel": args.get("channel_id"),
+                     "thread_ts": args.get("thread_ts"), "initial_comment": args.get("initial_comment")}
+            self.files.append(entry)
+            shared.append({k: v for k, v in entry.items() if k in ("id", "title", "name", "size")})
+        return {"ok": True, "files": shared}
 
     def _m_chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.messages.pop(args.get("ts", ""), None) is None:

@@ -1052,3 +1052,49 @@ async def test_a_reply_too_long_for_a_form_is_refused_with_the_console_named(tmp
         assert opened.responses[0]["data"]["flags"] == EPHEMERAL
     finally:
         await harness.stop()
+
+
+# ---------------------------------------------------------------------- results people compare
+
+
+async def test_retrain_result_shows_the_table_as_fields_and_attaches_the_chart(bot, fake, people, tmp_path):
+    """The retraining result reaches moderators as an embed whose fields are the table rows
+    (models named as they are now) with the evaluation chart attached and shown as its image;
+    /eval answers the same way. Never an ASCII table in the text."""
+    from pipeline import evaluate as ev
+    from pipeline import registry
+    from pipeline import retrain as rt
+    from tests.eval_records import record
+
+    db = bot.service.db
+    evaluation = record("v2", live="v1")
+    chart = ev.bar_chart(evaluation, tmp_path / "evaluation.png")
+    for version in ("v1", "v2"):
+        await registry.register(db, version, tmp_path / version, "base")
+    await registry.set_status(db, "v1", "live")
+    await registry.set_evaluation(db, "v2", {**evaluation, "files": {"png": str(chart)}})
+
+    report = await rt.result_report(db, evaluation, {"png": str(chart)})
+    await bot.service.core.alert_moderators("Retraining job #1: adapter v2 trained on 40 examples.", report=report)
+    posted = await fake.wait_for(lambda: [m for m in fake.bot_messages(fake.reviewer_channel_id) if m["embeds"]],
+                                 what="the retraining result")
+    message = posted[0]
+    embed = message["embeds"][0]
+    assert message["content"].startswith("Retraining job #1") and "+--" not in message["content"]
+    names = [f["name"] for f in embed["fields"]]
+    assert names[:4] == ["diagnosis", "treatment", "psychological support", "overall"]
+    diagnosis = embed["fields"][0]["value"].splitlines()
+    assert diagnosis[:3] == ["base model: 0.400 [0.22-0.61]", "v1 (live): 0.650 [0.43-0.82]",
+                             "v2 (candidate): 0.850 [0.64-0.95]"]
+    [attachment] = message["attachments"]
+    assert attachment["filename"] == "chart.png" and embed["image"]["url"] == attachment["url"]
+    assert fake.files[attachment["id"]] == chart.read_bytes()
+
+    # v2 goes live: /eval names it so, with the same fields and chart (ephemeral).
+    await registry.set_status(db, "v1", "retired")
+    await registry.set_status(db, "v2", "live")
+    shown = await run_slash(fake, people["moderator"], "eval")
+    answer = shown.followups[-1]
+    assert "Evaluation of v2 (live)" in answer["content"] and "(candidate)" not in json.dumps(answer)
+    assert answer["embeds"][0]["fields"][0]["value"].splitlines()[2] == "v2 (live): 0.850 [0.64-0.95]"
+    assert answer["attachments"][0]["url"] == answer["embeds"][0]["image"]["url"]

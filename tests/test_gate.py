@@ -292,7 +292,9 @@ async def test_low_accuracy_approval_never_enters_training_and_rubric_is_reporte
     assert low < 3.0 < high  # t interval with 1 degree of freedom: very wide
     assert fixed["decisions"] == {"approve": 2}
     shown = await service.commands.run(MODERATOR, "eval")
-    assert "Expert rubric scores" in shown.text and "3.00" in shown.text and shown.data["rubric"] == rubric
+    table = shown.report.tables[0]
+    assert "Expert rubric scores" in table.title and table.rows[0][0] == "base model" and "3.00" in table.rows[0][1]
+    assert shown.data["rubric"] == rubric and "+--" not in shown.text
 
 
 # ------------------------------------------------------------------------------- held-out safety cases

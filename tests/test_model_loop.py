@@ -325,7 +325,9 @@ async def test_promote_hot_swaps_under_load_then_rollback(local_service, tiny_ad
     assert (await registry.live(svc.db))["version"] == "v1"
     assert (await registry.get(svc.db, "v2"))["status"] == "retired"
     evaluation = await svc.commands.run(MODERATOR, "eval")
-    assert "(table of v2)" in evaluation.text
+    assert evaluation.text == "Evaluation of v2 (retired)."
+    table = evaluation.report.tables[0]  # named as they are now: v2 retired, not "candidate"
+    assert table.columns[1:3] == ["base model", "v2 (retired)"] and "+--" not in evaluation.text
 
 
 @session_loop
@@ -560,7 +562,8 @@ async def test_retrain_job_end_to_end(local_service) -> None:
     alert = next(a["text"] for a in alerts if "Retraining job" in a["text"])
     assert "Gate REFUSED v1" in alert and "stays a candidate" in alert
     shown = await svc.commands.run(MODERATOR, "eval")
-    assert "v1" in shown.text and "overall" in shown.text
+    assert "v1 (candidate)" in shown.text and [r[0] for r in shown.report.tables[0].rows][3] == "overall"
+    assert shown.report.image == evaluation["files"]["png"]
 
     forced = await svc.commands.run(MODERATOR, "promote", "v1 force")
     assert forced.ok and svc.backend.active_adapter == "v1"

@@ -1207,3 +1207,77 @@ async def test_the_judges_first_reading_appears_on_the_card(tmp_path, fake):
             await http.close()
             await runner.cleanup()
             await service.stop()
+
+
+# ====================================================================== results people compare, progress
+
+
+async def test_retrain_result_has_table_fields_and_the_chart_uploaded(http_slack, fake, tmp_path):
+    """The retraining result: Block Kit section fields (one per table row, models named as they are
+    now), the chart shared in the result's thread through files.uploadV2; /eval answers with the
+    same fields. No ASCII table anywhere."""
+    from pipeline import evaluate as ev
+    from pipeline import registry
+    from pipeline import retrain as rt
+    from tests.eval_records import record
+
+    service, runner, http = http_slack
+    evaluation = record("v2", live="v1")
+    chart = ev.bar_chart(evaluation, tmp_path / "evaluation.png")
+    for version in ("v1", "v2"):
+        await registry.register(service.db, version, tmp_path / version, "base")
+    await registry.set_status(service.db, "v1", "live")
+    await registry.set_evaluation(service.db, "v2", evaluation)
+    report = await rt.result_report(service.db, evaluation, {"png": str(chart)})
+    await service.core.alert_moderators("Retraining job #1: adapter v2 trained on 40 examples.", report=report)
+
+    [complete] = await fake.wait_calls("files.completeUploadExternal")
+    [message] = [m for m in fake.channel_messages(REVIEW) if m["blocks"]]
+    fields = [f["text"] for b in message["blocks"] if b["type"] == "section" for f in b.get("fields", [])]
+    assert fields[0].splitlines() == ["*diagnosis*", "base model: 0.400 [0.22-0.61]", "v1 (live): 0.650 [0.43-0.82]",
+                                      "v2 (candidate): 0.850 [0.64-0.95]", "Δ vs v1 (live): +0.200"]
+    assert [f.splitlines()[0] for f in fields][:4] == ["*diagnosis*", "*treatment*", "*psychological support*", "*overall*"]
+    assert "+--" not in json.dumps(message) and "ASCII table" not in json.dumps(message)
+    [shared] = fake.files
+    assert shared["channel"] == REVIEW and shared["thread_ts"] == message["ts"] and shared["data"] == chart.read_bytes()
+    assert shared["title"] == "Evaluation of v2 (candidate)"
+
+    await registry.set_status(service.db, "v1", "retired")
+    await registry.set_status(service.db, "v2", "live")
+    status, body = await http.command(fake, "/sweat-eval", MODERATOR)
+    answer = json.loads(body)
+    assert status == 200 and answer["text"].startswith("Evaluation of v2 (live)")
+    fields = [f["text"] for b in answer["blocks"] if b["type"] == "section" for f in b.get("fields", [])]
+    assert "v2 (live): 0.850 [0.64-0.95]" in fields[0] and "(candidate)" not in json.dumps(answer)
+    assert not fake.invalid_responses
+
+
+async def test_retrain_progress_is_one_message_edited_in_place(http_slack, fake, monkeypatch):
+    """/retrain: one message in the reviewer channel shows the job with a progress bar, edited
+    (chat.update) as training and evaluation go on; the moderator hears how it ended."""
+    from pipeline import jobs
+
+    service, runner, http = http_slack
+    runner.platform.job_poll_s = 0.02
+    steps = asyncio.Event()
+
+    async def slow_retrain(job_id: int) -> None:
+        await jobs.start(service.db, job_id)
+        for text, fraction, phase in (("training v1: step 2/10", 0.2, "training"),
+                                      ("training v1: step 10/10", 1.0, "training"),
+                                      ("evaluating v1: questions 30/60", 0.5, "evaluating")):
+            await jobs.progress(service.db, job_id, text, fraction, phase)
+            await fake.wait_for(lambda: any(text in m["text"] for m in fake.channel_messages(REVIEW)))
+        await steps.wait()
+        await jobs.finish(service.db, job_id, "succeeded", result={"version": "v1"})
+
+    monkeypatch.setattr(service, "_run_retrain", slow_retrain)
+    status, body = await http.command(fake, "/sweat-retrain", MODERATOR, response_name="retrain")
+    assert status == 200 and "Retraining job #1 started" in json.loads(body)["text"]
+    [progress] = await fake.wait_for(lambda: [m for m in fake.channel_messages(REVIEW) if "evaluating v1" in m["text"]])
+    assert "evaluating: ▓▓▓▓▓▓▓▓▓▓░░░░░░░░░░ 50%" in progress["text"]
+    steps.set()
+    await fake.wait_for(lambda: fake.responses_to("retrain"))
+    [final] = [m for m in fake.channel_messages(REVIEW) if "Retraining job #1" in m["text"]]  # still one message
+    assert final["ts"] == progress["ts"] and "succeeded" in final["text"]
+    assert len(fake.calls_to("chat.update", lambda c: c.args.get("ts") == progress["ts"])) >= 3

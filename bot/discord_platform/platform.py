@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, TypeVar
 import discord
 from discord import app_commands
 
+from pathlib import Path
+
 from bot import catchup
+from bot.live import hub_for, job_line
 from bot.platform import ConnectionState, PlatformHealth, PlatformStartError
 from bot.discord_platform import render
 from bot.discord_platform.components import DYNAMIC_ITEMS
@@ -598,7 +601,7 @@ class DiscordPlatform:
         message = self.client.get_partial_messageable(int(channel_id)).get_partial_message(int(message_id))
         await message.edit(embed=render.card_embed(card), view=render.card_components(card.item_id, card.state == "pending"))
 
-    async def alert(self, text: str, urgent: bool = False) -> None:
+    async def alert(self, text: str, urgent: bool = False, report: Any = None) -> None:
         channel_id = self.cfg.alert_channel_id or self.cfg.reviewer_channel_id
         if channel_id is None:
             log.warning("Discord: alert not posted (no alert or reviewer channel set)")
@@ -612,8 +615,11 @@ class DiscordPlatform:
             if role is not None:
                 prefix = f"{role.mention} " + prefix
                 allowed = discord.AllowedMentions(everyone=False, users=False, roles=[role])
-        for part in split_message(prefix + text, self.max_message_chars):
+        parts = split_message(prefix + text, self.max_message_chars)
+        for part in parts[:-1] if report is not None else parts:
             await channel.send(part, allowed_mentions=allowed)
+        if report is not None:  # the last part carries the tables as embed fields and the chart
+            await channel.send(parts[-1] if parts else None, allowed_mentions=allowed, **_report_message(report))
 
     def _moderator_role(self, channel_id: int) -> discord.Role | None:
         channel = self.client.get_channel(channel_id)
@@ -790,12 +796,11 @@ class DiscordPlatform:
             await interaction.followup.send("That did not work because of an error on our side; it has been logged.",
                                             ephemeral=True)
             return
-        text = reply.text
-        if command == "eval" and reply.ok and "\n" in text:
-            head, _, table = text.partition("\n")
-            text = f"{head}\n```\n{table}\n```"
-        for part in split_message(text, self.max_message_chars) or ["(no output)"]:
+        parts = split_message(reply.text, self.max_message_chars) or ["(no output)"]
+        for part in parts[:-1] if reply.report is not None else parts:
             await interaction.followup.send(part, ephemeral=True)
+        if reply.report is not None:  # tables as embed fields, the chart attached
+            await interaction.followup.send(parts[-1], ephemeral=True, **_report_message(reply.report))
         if command == "retrain" and reply.data.get("created") and interaction.channel_id is not None:
             self._spawn(self._follow_job(interaction.channel_id, int(reply.data["job_id"])), "discord-job-progress")
 
@@ -810,7 +815,7 @@ class DiscordPlatform:
             job = await jobs.get(self.service.db, job_id)
             if job is None:
                 return
-            text = _job_line(job)
+            text = _job_line(job, hub_for(self.service.db).jobs.get(job_id))  # with the progress bar
             if text != shown:
                 try:
                     if message is None:
@@ -928,13 +933,18 @@ def _form_value(components: list[dict[str, Any]], custom_id: str) -> str | None:
     return None
 
 
-def _job_line(job: dict[str, Any]) -> str:
-    status = job["status"]
-    progress = f" — {job['progress']}" if job.get("progress") else ""
-    line = f"Retraining job #{job['id']}: {status}{progress}"
-    if status == "failed" and job.get("error"):
-        line += f"\nError: {str(job['error'])[:1500]}"
-    return line[: render.MAX_MESSAGE_CHARS]
+def _report_message(report: Any) -> dict[str, Any]:
+    """``send`` keyword arguments for a report: embeds with its tables as fields and, when the
+    chart file exists, the file they show as their image."""
+    image = report.image if report.image and Path(report.image).is_file() else None
+    kwargs: dict[str, Any] = {"embeds": render.report_embeds(report, with_image=image is not None)}
+    if image is not None:
+        kwargs["file"] = discord.File(image, filename=render.CHART_FILENAME)
+    return kwargs
+
+
+def _job_line(job: dict[str, Any], state: dict[str, Any] | None = None) -> str:
+    return job_line(job, state)[: render.MAX_MESSAGE_CHARS]
 
 
 # Gateway close codes after which reconnecting cannot help (https://discord.com/developers/docs/topics/

@@ -20,13 +20,16 @@ line or word boundaries, and ``<cuts>`` records what was removed at each cut
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import discord
 
 from bot.platform import PatientView, ReviewCard, ViewKind
 from bot.text import fit_lines, join_edited, split_for_editing, split_message
 from reviewers.models import RUBRIC_CRITERIA
+
+if TYPE_CHECKING:
+    from bot.reports import Report
 
 MAX_MESSAGE_CHARS = 2000
 EMBED_DESCRIPTION_CHARS = 4096
@@ -226,3 +229,38 @@ def parse_edit_form(custom_id: str, value_of: "Callable[[str], str | None]") -> 
         return None
     parts = [value_of(edit_text_id(index)) or "" for index in range(1, len(cuts) + 2)]
     return int(item), join_edited(parts, cuts)
+
+
+EMBED_FIELDS_MAX = 25
+CHART_FILENAME = "chart.png"
+
+
+def report_embeds(report: "Report", with_image: bool) -> list[discord.Embed]:
+    """A report as embeds: its text as the description, each table row as one inline field
+    (``task`` over ``model: accuracy [CI]`` lines), the chart as the first embed's image
+    (``attachment://chart.png``, sent with the message). Within Discord's limits: 25 fields an
+    embed, 1,024 characters a field, 6,000 characters in all; a table that does not fit is cut
+    with a note, never sent as ASCII text."""
+    from bot.reports import table_fields
+
+    embeds: list[discord.Embed] = []
+    used = 0
+    for n, table in enumerate(report.tables or [None]):  # type: ignore[list-item]
+        title = truncate(report.title if n == 0 else table.title, EMBED_TITLE_CHARS)
+        description = ""
+        if n == 0:
+            description = truncate("\n".join(x for x in (report.text, table.title if table else "") if x),
+                                   min(EMBED_DESCRIPTION_CHARS, 2000))
+        embed = discord.Embed(title=title, description=description or None, colour=discord.Colour.blurple())
+        used += len(title) + len(description)
+        fields = table_fields(table, EMBED_TITLE_CHARS, EMBED_FIELD_CHARS) if table else []
+        for name, value in fields[:EMBED_FIELDS_MAX]:
+            if used + len(name) + len(value) > EMBED_TOTAL_CHARS - 100:
+                embed.set_footer(text="More rows than a message holds: see the console or `llm4sweat eval`.")
+                break
+            embed.add_field(name=name, value=value, inline=True)
+            used += len(name) + len(value)
+        if n == 0 and with_image:
+            embed.set_image(url=f"attachment://{CHART_FILENAME}")
+        embeds.append(embed)
+    return embeds[:10]

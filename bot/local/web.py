@@ -27,12 +27,17 @@ access level of each is in ``ROUTES``; the guard refuses reviewer and moderator 
     POST /api/moderator/command          {command, argument}                          moderator
     GET  /api/moderator/alerts           alerts kept by the local platform + open incidents  moderator
     GET  /api/moderator/adapters         the adapter registry and the adapter being served    moderator
+    GET  /api/moderator/charts           the charts' numbers (bot/charts.py)          moderator
+    GET  /api/moderator/charts/{name}.svg evaluation | versions | reviews, drawn        moderator
+    GET  /api/events                     Server-Sent Events: review items; job progress and alerts
+                                         for moderators (bot/live.py)                 reviewer
     GET  /metrics                        Prometheus text format (bot/metrics.py)      moderator or control token
     GET  /healthz, /readyz               process up; ready to serve (bot/health.py)   public
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -41,13 +46,14 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from bot.access.control import write_token
-from bot import consent, health_http
+from bot import charts, consent, health_http
+from bot.live import hub_for
 from bot.local import auth
 from bot.local.auth import MODERATOR, PATIENT, PUBLIC, REVIEWER
 from bot.local.http import MAX_BODY_BYTES, SECURITY_HEADERS, BadRequest, error, json_body, ok, text_field
 from bot.local.platform import PLATFORM, LocalPlatform
 from bot.platform import IncomingMessage, PatientView
-from pipeline import dataset
+from pipeline import dataset, jobs
 from reviewers import judge
 from reviewers.agreement import agreement_report
 from reviewers.models import (
@@ -68,7 +74,10 @@ CHANNEL_ID = "console"
 THREAD_LIMIT = 200  # most recent messages returned for one conversation
 __all__ = ["MAX_BODY_BYTES", "STATIC_DIR", "ROUTES", "make_app", "start_console"]
 
+SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+SSE_MAX_S = 300.0  # then the stream ends and the browser reconnects, so the sign-in is checked again
 SERVICE_KEY = web.AppKey("service", object)
+CLOSING_KEY = web.AppKey("closing", asyncio.Event)
 PLATFORM_KEY = web.AppKey("platform", LocalPlatform)
 
 # How a message's processing state reads in the patient's thread (presentation only).
@@ -314,7 +323,10 @@ async def dataset_counts(request: web.Request) -> web.Response:
 
 async def _run_command(request: web.Request, command: str, argument: str | None) -> web.Response:
     reply = await _service(request).commands.run(auth.principal(request).actor(), command, argument)
-    return ok({"ok": reply.ok, "text": reply.text, "data": reply.data})
+    report = reply.report.to_dict() if reply.report is not None else None
+    if report is not None:
+        report.pop("image", None)  # a path on the server; the page shows the charts by their own routes
+    return ok({"ok": reply.ok, "text": reply.text, "data": reply.data, "report": report})
 
 
 async def moderator_status(request: web.Request) -> web.Response:
@@ -347,8 +359,75 @@ async def moderator_alerts(request: web.Request) -> web.Response:
         " ORDER BY id DESC LIMIT 50"
     )
     redact = service.settings.redact  # stored scrubbed already; rows from older versions too
-    alerts = [{**a, "text": redact(a["text"])} for a in reversed(request.app[PLATFORM_KEY].alerts)]
+    alerts = [{**a, "text": redact(a["text"]), "report": _public_report(a.get("report"))}
+              for a in reversed(request.app[PLATFORM_KEY].alerts)]
     return ok({"alerts": alerts, "incidents": [{**dict(row), "detail": redact(row["detail"])} for row in incidents]})
+
+
+def _public_report(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if not report else {k: v for k, v in report.items() if k != "image"}
+
+
+async def charts_data(request: web.Request) -> web.Response:
+    db = _service(request).db
+    return ok({name: await charts.data(db, name) for name in charts.NAMES})
+
+
+async def chart_svg(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in charts.NAMES:
+        raise BadRequest(f"No chart {name!r}; charts: {', '.join(charts.NAMES)}.", 404)
+    payload = await charts.data(_service(request).db, name)
+    body = await asyncio.to_thread(charts.svg, name, payload)
+    return web.Response(body=body, content_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: ``review`` (an item arrived or changed) for reviewers; ``job``
+    (progress, with a fraction for the bar) and ``alert`` for moderators. The page's
+    EventSource reconnects by itself; the stream ends after SSE_MAX_S so the sign-in is
+    checked again."""
+    service = _service(request)
+    moderator = MODERATOR in auth.principal(request).roles
+    hub = hub_for(service.db)
+    closing = request.app[CLOSING_KEY]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+
+    async def send(event: str, data: dict[str, Any]) -> None:
+        await response.write(f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode())
+
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + SSE_MAX_S
+    with hub.subscribe() as queue:
+        try:
+            await response.write(b"retry: 2000\n\n")
+            if moderator:
+                job = await jobs.latest(service.db)
+                if job is not None:
+                    state = hub.jobs.get(int(job["id"]), {})
+                    await send("job", {**state, "id": job["id"], "kind": job["kind"], "status": job["status"],
+                                       "progress": job["progress"] or "", "error": job["error"]})
+            while not closing.is_set() and loop.time() < ends:
+                getter = asyncio.ensure_future(queue.get())
+                stop = asyncio.ensure_future(closing.wait())
+                done, _ = await asyncio.wait({getter, stop}, timeout=min(SSE_KEEPALIVE_S, max(0.0, ends - loop.time())),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if getter not in done:
+                    getter.cancel()
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                event, data = getter.result()
+                if event in ("job", "alert") and not moderator:
+                    continue
+                if event == "alert":
+                    data = {**data, "text": service.settings.redact(data.get("text", ""))}
+                await send(event, data)
+        except ConnectionResetError:
+            pass  # the page went away
+    return response
 
 
 async def metrics_page(request: web.Request) -> web.Response:
@@ -383,6 +462,9 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", "/api/moderator/command", moderator_command, MODERATOR),
     ("GET", "/api/moderator/alerts", moderator_alerts, MODERATOR),
     ("GET", "/api/moderator/adapters", moderator_adapters, MODERATOR),
+    ("GET", "/api/moderator/charts", charts_data, MODERATOR),
+    ("GET", r"/api/moderator/charts/{name:[a-z]{1,20}}.svg", chart_svg, MODERATOR),
+    ("GET", "/api/events", events, REVIEWER),  # reviewers; job progress and alerts only to moderators
     ("GET", "/metrics", metrics_page, MODERATOR),  # Prometheus: moderators, or the control token as bearer
     ("GET", "/healthz", health_http.healthz, PUBLIC),  # container health checks: nothing but up or not
     ("GET", "/readyz", health_http.readyz, PUBLIC),
@@ -398,6 +480,13 @@ def make_app(service: "Service", host: str = "127.0.0.1", control_token: str | N
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
     app[SERVICE_KEY] = service
     app[PLATFORM_KEY] = platform  # type: ignore[assignment]
+    platform.events = hub_for(service.db)  # type: ignore[union-attr]  # review items and alerts, live
+    app[CLOSING_KEY] = asyncio.Event()
+
+    async def _close_streams(app: web.Application) -> None:
+        app[CLOSING_KEY].set()  # open event streams end now, not after the shutdown timeout
+
+    app.on_shutdown.append(_close_streams)
     app[auth.SERVICE_KEY] = service
     app[health_http.SERVICE_KEY] = service
     app[auth.SETTINGS_KEY] = service.settings

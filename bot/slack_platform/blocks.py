@@ -11,11 +11,14 @@ message should stay well under 4,000 characters of text.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.platform import PatientView, ReviewCard, ViewKind
 from bot.text import fit_lines, join_edited, split_for_editing, split_message
 from reviewers.models import RUBRIC_CRITERIA, Rubric
+
+if TYPE_CHECKING:
+    from bot.reports import Report
 
 SECTION_LIMIT = 3000
 PART_LIMIT = 2800  # raw text per message part, leaving room for escaping (& < > grow)
@@ -317,3 +320,25 @@ def forget_me_prompt() -> list[dict[str, Any]]:
              "text": {"type": "plain_text", "text": "Cancel"}},
         ]},
     ]
+
+
+FIELDS_MAX = 10  # section fields
+FIELD_LIMIT = 2000
+
+
+def report_blocks(report: "Report") -> list[dict[str, Any]]:
+    """A report as Block Kit: a header, its text, then each table as a section whose fields are
+    the rows (``*task*`` over ``model: accuracy [CI]`` lines), ten fields a section. Tables are
+    never sent as ASCII text."""
+    from bot.reports import table_fields
+
+    out: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": clip(report.title, 150)}}]
+    if report.text:
+        out.append({"type": "section", "text": {"type": "mrkdwn", "text": clip(escape(report.text), SECTION_LIMIT)}})
+    for table in report.tables:
+        out.append({"type": "context", "elements": [{"type": "mrkdwn", "text": clip(escape(table.title), 2000)}]})
+        fields = [{"type": "mrkdwn", "text": clip(f"*{escape(name)}*\n{escape(value)}", FIELD_LIMIT)}
+                  for name, value in table_fields(table, 200, FIELD_LIMIT - 250)]
+        for start in range(0, len(fields), FIELDS_MAX):
+            out.append({"type": "section", "fields": fields[start:start + FIELDS_MAX]})
+    return out[:50]

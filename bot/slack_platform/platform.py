@@ -17,6 +17,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncApp
@@ -25,6 +26,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import catchup
+from bot.live import hub_for, job_line
 from bot.commands import COMMANDS
 from bot.platform import ConversationRef, IncomingMessage, PatientView, PlatformHealth, ReviewCard, dm_key, is_dm_key
 from bot.settings import SlackSettings
@@ -281,7 +283,9 @@ class SlackPlatform:
         rendered = blocks.review_card(card)
         await self.client.chat_update(channel=channel, ts=ts, text=rendered["text"], blocks=rendered["blocks"])
 
-    async def alert(self, text: str, urgent: bool = False) -> None:
+    async def alert(self, text: str, urgent: bool = False, report: Any = None) -> None:
+        """Into the reviewer channel; a ``report`` adds its tables as Block Kit fields and its
+        chart as a file shared in the alert's thread (files.uploadV2)."""
         channel = self.cfg.reviewer_channel_id
         if not channel:
             log.warning("slack: alert not posted, no reviewer channel is set")
@@ -291,7 +295,16 @@ class SlackPlatform:
             mentions = [f"<@{uid}>" for uid in self.cfg.moderator_user_ids]
             mentions.append(f"<!subteam^{self.cfg.reviewer_usergroup_id}>" if self.cfg.reviewer_usergroup_id else "<!here>")
             prefix += " ".join(mentions) + " "
-        await self.client.chat_postMessage(channel=channel, text=prefix + blocks.escape(text))
+        if report is None:
+            await self.client.chat_postMessage(channel=channel, text=prefix + blocks.escape(text))
+            return
+        body = blocks.clip(prefix + blocks.escape(text), blocks.SECTION_LIMIT)
+        posted = await self.client.chat_postMessage(
+            channel=channel, text=body,
+            blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": body}}, *blocks.report_blocks(report)][:50])
+        if report.image and Path(report.image).is_file():
+            await self.client.files_upload_v2(channel=channel, thread_ts=posted.get("ts"), file=report.image,
+                                              filename=Path(report.image).name, title=report.title)
 
     # ================================================================== roles
 
@@ -751,11 +764,12 @@ class SlackPlatform:
         task = asyncio.ensure_future(run())
         done, _ = await asyncio.wait({task}, timeout=self.ack_budget_s)
         if task in done:
-            await ack(text=self._command_text(name, task), response_type="ephemeral")
+            await ack(text=self._command_text(name, task), response_type="ephemeral",
+                      **self._command_blocks(name, task))
         else:  # long work: acknowledge now (Slack's 3 s), report through the response_url
             await ack(text=f":hourglass_flowing_sand: Working on `{slash}`…", response_type="ephemeral")
             await asyncio.wait({task})
-            await self._respond(respond, self._command_text(name, task))
+            await self._respond(respond, self._command_text(name, task), **self._command_blocks(name, task))
         if not task.cancelled() and task.exception() is None:
             reply = task.result()
             if name == "retrain" and reply.data.get("created"):
@@ -770,29 +784,50 @@ class SlackPlatform:
             detail = self.service.settings.redact(str(exc))  # an upstream error may quote a key
             return f":x: `{self.commands[name]}` failed: {blocks.escape(detail)[:500]}"
         reply = task.result()
-        text = blocks.escape(reply.text)
-        if name == "eval" and "\n" in text:
-            first, rest = text.split("\n", 1)
-            text = f"{first}\n```{rest}```"
-        return blocks.clip(("" if reply.ok else ":warning: ") + text, blocks.SECTION_LIMIT)
+        return blocks.clip(("" if reply.ok else ":warning: ") + blocks.escape(reply.text), blocks.SECTION_LIMIT)
+
+    def _command_blocks(self, name: str, task: asyncio.Future) -> dict[str, Any]:
+        """A reply's tables as Block Kit fields (``blocks=``), when it has a report."""
+        if task.cancelled() or task.exception() is not None or task.result().report is None:
+            return {}
+        text = self._command_text(name, task)
+        return {"blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}},
+                           *blocks.report_blocks(task.result().report)][:50]}
 
     async def _watch_job(self, job_id: int, respond: Any) -> None:
-        """Tell the moderator how a retraining job ended (the response_url lives 30 minutes)."""
+        """Show a retraining job's progress in ONE message in the reviewer channel, edited in
+        place (chat.update) as it goes, with a progress bar; tell the moderator how it ended
+        through the command's response_url (valid for 30 minutes)."""
         started = time.monotonic()
-        while time.monotonic() - started < self.job_watch_limit_s:
-            await asyncio.sleep(self.job_poll_s)
+        channel = self.cfg.reviewer_channel_id
+        ts: str | None = None
+        shown = ""
+        while True:
             job = await jobs.get(self.service.db, job_id)
             if job is None:
                 return
+            text = job_line(job, hub_for(self.service.db).jobs.get(job_id))
+            if channel and text != shown:
+                try:
+                    body = blocks.clip(blocks.escape(text), blocks.SECTION_LIMIT)
+                    if ts is None:
+                        ts = (await self.client.chat_postMessage(channel=channel, text=body)).get("ts")
+                    else:
+                        await self.client.chat_update(channel=channel, ts=ts, text=body)
+                    shown = text
+                except SlackApiError as exc:
+                    log.warning("slack: job progress message failed (%s)", _error(exc))
             if job["status"] not in ("queued", "running"):
-                detail = job.get("error") or job.get("progress") or ""
-                await self._respond(respond, f"Retraining job #{job_id} {job['status']}"
-                                             f"{': ' + blocks.escape(str(detail))[:1500] if detail else '.'}")
+                if time.monotonic() - started < self.job_watch_limit_s:
+                    detail = job.get("error") or job.get("progress") or ""
+                    await self._respond(respond, f"Retraining job #{job_id} {job['status']}"
+                                                 f"{': ' + blocks.escape(str(detail))[:1500] if detail else '.'}")
                 return
+            await asyncio.sleep(self.job_poll_s)
 
-    async def _respond(self, respond: Any, text: str) -> None:
+    async def _respond(self, respond: Any, text: str, **extra: Any) -> None:
         try:
-            await respond(text=text, response_type="ephemeral", replace_original=False)
+            await respond(text=text, response_type="ephemeral", replace_original=False, **extra)
         except Exception as exc:  # the response_url expired or Slack is unreachable
             log.warning("slack: could not report a command result: %s", exc)
 

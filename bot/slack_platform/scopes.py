@@ -12,6 +12,7 @@ BOT_SCOPES: dict[str, str] = {
     "im:history": "direct messages (slack.allow_dms)",
     "chat:write": "answers, review cards, alerts and private refusals",
     "commands": "the slash commands",
+    "files:write": "the evaluation chart attached to a retraining result (files.uploadV2)",
     "reactions:read": "✅ / ❌ reactions on review cards",
     "usergroups:read": "who is in the reviewer user group",
     "users:read": "reviewers' names on cards and in the audit trail, patients' locale",

@@ -47,6 +47,32 @@
     return node;
   }
 
+  // Text with its web addresses as links (https only, opened in a new tab); everything else
+  // stays text (textContent), so nothing from the server is ever parsed as HTML.
+  const URL_RE = /https?:\/\/[^\s<>"')\]]+[^\s<>"')\].,;:!?]/g;
+  function linked(text) {
+    const frag = document.createDocumentFragment();
+    let last = 0;
+    for (const match of String(text || "").matchAll(URL_RE)) {
+      frag.append(document.createTextNode(text.slice(last, match.index)));
+      frag.append(el("a", { href: match[0], target: "_blank", rel: "noopener noreferrer", text: match[0] }));
+      last = match.index + match[0].length;
+    }
+    frag.append(document.createTextNode(String(text || "").slice(last)));
+    return frag;
+  }
+
+  // A report's tables (bot/reports.py) as HTML tables: never ASCII grids in prose.
+  function reportNode(report) {
+    if (!report || !report.tables || !report.tables.length) return null;
+    return el("div", { class: "report", testid: "report" },
+      ...report.tables.map((t) => el("table", { class: "report-table", testid: "report-table" },
+        el("caption", { text: t.title }),
+        el("thead", {}, el("tr", {}, ...t.columns.map((c) => el("th", { scope: "col", text: c })))),
+        el("tbody", {}, ...t.rows.map((r) => el("tr", {},
+          el("th", { scope: "row", text: r[0] }), ...r.slice(1).map((c) => el("td", { text: c }))))))));
+  }
+
   function setStatus(node, text, isError) {
     node.textContent = text || "";
     node.classList.toggle("error", Boolean(isError));
@@ -68,6 +94,9 @@
     $("sign-out").hidden = !me.signed_in;
     $("reviewer-signin").hidden = can("reviewer");
     $("moderator-signin").hidden = can("moderator");
+    $("charts").hidden = !can("moderator");
+    if (!can("moderator")) $("job-progress").hidden = true;
+    connectEvents();
   }
 
   $("sign-out").addEventListener("click", async () => {
@@ -93,7 +122,7 @@
     }
     if (view === "patient") refreshThread();
     if (view === "reviewer") refreshQueue();
-    if (view === "moderator") refreshAlerts();
+    if (view === "moderator") { refreshAlerts(); refreshCharts(); }
   }
 
   window.addEventListener("hashchange", () => show(location.hash.slice(1)));
@@ -106,23 +135,47 @@
   let lastThread = "";
   let sending = 0;
 
+  // dir="auto": each text is laid out in its own direction (Arabic right to left, English left to right).
   function renderEntry(entry) {
     if (entry.type === "message") {
-      return el("li", { class: "message", testid: "patient-message", "data-status": entry.status },
-        entry.text,
+      return el("div", { class: "message", testid: "patient-message", "data-status": entry.status },
+        el("span", { class: "text", dir: "auto", text: entry.text }),
         el("span", { class: "meta", text: [timeOf(entry.at), entry.status_text].filter(Boolean).join(" · ") }));
     }
     if (entry.type === "notice") {
-      const node = el("li", { class: "notice " + entry.kind, testid: "notice", "data-kind": entry.kind }, entry.text);
+      const node = el("li", { class: "notice " + entry.kind, testid: "notice", "data-kind": entry.kind, dir: "auto" },
+        linked(entry.text));
       if (entry.kind === "consent") node.append(consentChoice());
       return node;
     }
     const reviewed = entry.kind === "reviewed";
     return el("li", { class: "reply " + entry.kind.replace("_", "-") + (reviewed ? " reviewed" : ""),
-                      testid: "reply", "data-kind": entry.kind, "data-state": entry.state || "" },
+                      testid: "reply", "data-kind": entry.kind, "data-state": entry.state || "",
+                      "data-message-id": String(entry.message_id || "") },
       entry.label ? el("span", { class: "label", testid: "reply-label", text: entry.label }) : null,
-      el("span", { class: "text", testid: "reply-text", text: entry.text }),
-      entry.disclaimer ? el("span", { class: "disclaimer", testid: "reply-disclaimer", text: entry.disclaimer }) : null);
+      el("span", { class: "text", testid: "reply-text", dir: "auto" }, linked(entry.text)),
+      entry.disclaimer ? el("span", { class: "disclaimer", testid: "reply-disclaimer", dir: "auto",
+                                      text: entry.disclaimer }) : null);
+  }
+
+  // Each question with what answered it underneath (its reply, and notices sent for it).
+  function exchanges(entries) {
+    const out = [];
+    let current = null;
+    for (const entry of entries) {
+      if (entry.type === "message") {
+        const answers = el("ol", { class: "answers", testid: "answers", "aria-label": "Answers" });
+        current = el("li", { class: "exchange", testid: "exchange", "data-message-id": String(entry.id) },
+          renderEntry(entry), answers);
+        current.answers = answers;
+        out.push(current);
+      } else if (current && (entry.type === "notice" || entry.message_id === Number(current.dataset.messageId))) {
+        current.answers.append(renderEntry(entry));
+      } else {
+        out.push(el("li", { class: "exchange" }, el("ol", { class: "answers" }, renderEntry(entry))));
+      }
+    }
+    return out;
   }
 
   // The answer to the consent question: two buttons until it is given, then what was chosen
@@ -155,19 +208,27 @@
     if (key === lastThread) return;
     lastThread = key;
     const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
-    thread.replaceChildren(...result.data.entries.map(renderEntry));
+    thread.replaceChildren(...exchanges(result.data.entries));
     if (atBottom) window.scrollTo(0, document.body.scrollHeight);
   }
 
+  const sendButton = $("patient-send");
   $("patient-form").addEventListener("submit", async (event) => {
     event.preventDefault();
+    // One message at a time: a second click (or Ctrl+Enter) while one is on its way is ignored,
+    // so it cannot send the emptied box and draw a false "empty message" error.
+    if (sending > 0) return;
     const text = patientText.value;
     patientText.value = "";
     sending += 1;
+    sendButton.disabled = true;
+    sendButton.setAttribute("aria-busy", "true");
     setStatus(patientStatus, "Sent. The assistant is writing an answer…");
     setTimeout(refreshThread, 150);
     const result = await api("POST", "/api/patient/messages", { text });
     sending -= 1;
+    sendButton.disabled = false;
+    sendButton.removeAttribute("aria-busy");
     if (!result.ok) {
       patientText.value = text;
       setStatus(patientStatus, result.data.error, true);
@@ -212,7 +273,7 @@
     const id = item.item_id;
     const result = el("p", { class: "result", testid: "review-result", role: "status" });
     const editorId = `edit-${id}`;
-    const editText = el("textarea", { id: editorId, rows: "5", testid: "edit-text" });
+    const editText = el("textarea", { id: editorId, rows: "5", testid: "edit-text", dir: "auto" });
     editText.value = item.reply_text;
     const editor = el("div", { class: "editor", hidden: true },
       el("label", { for: editorId, text: "Corrected reply" }), editText,
@@ -229,9 +290,9 @@
         ...flags,
         el("span", { text: `adapter: ${item.adapter_version || "base model"} · ${item.model || ""}` })),
       el("h4", { text: "Patient wrote" }),
-      el("p", { class: "quote", testid: "review-patient-text", text: item.patient_text }),
+      el("p", { class: "quote", testid: "review-patient-text", dir: "auto", text: item.patient_text }),
       el("h4", { text: "AI reply" }),
-      el("p", { class: "quote", testid: "review-reply-text", text: item.reply_text }),
+      el("p", { class: "quote", testid: "review-reply-text", dir: "auto" }, linked(item.reply_text)),
       el("p", { class: "judge", testid: "review-judge", text: item.judge || "", hidden: !item.judge }),
       el("div", { class: "rubric", role: "group", "aria-label": "Rubric scores, 1 to 5" },
         scoreSelect(id, "accuracy", "Accuracy"),
@@ -360,6 +421,7 @@
       return;
     }
     setStatus(moderatorOutput, result.data.text, !result.data.ok);
+    $("moderator-report").replaceChildren(...[reportNode(result.data.report)].filter(Boolean));
     refreshAlerts();
   }
 
@@ -372,11 +434,66 @@
     const result = await api("GET", "/api/moderator/alerts");
     if (!result.ok) return;
     $("alerts").replaceChildren(...result.data.alerts.map((a) =>
-      el("li", { class: a.urgent ? "urgent" : "", testid: "alert" }, `${timeOf(a.at)} · ${a.text}`)));
+      el("li", { class: a.urgent ? "urgent" : "", testid: "alert", dir: "auto" },
+        `${timeOf(a.at)} · `, linked(a.text), reportNode(a.report))));
     $("alerts-empty").hidden = result.data.alerts.length > 0;
     $("incidents").replaceChildren(...result.data.incidents.map((i) =>
       el("li", { testid: "incident" }, `${timeOf(i.created_at)} · ${i.kind}: ${i.detail}`)));
     $("incidents-empty").hidden = result.data.incidents.length > 0;
+  }
+
+  // ------------------------------------------------------------------ charts
+
+  const CHARTS = ["evaluation", "versions", "reviews"];
+  function refreshCharts() {
+    if (!can("moderator")) return;
+    $("charts").hidden = false;
+    const stamp = Date.now();
+    for (const name of CHARTS) $("chart-" + name).src = `/api/moderator/charts/${name}.svg?t=${stamp}`;
+  }
+  $("charts-refresh").addEventListener("click", refreshCharts);
+
+  // ------------------------------------------------------------------ live updates (Server-Sent Events)
+
+  const jobBox = $("job-progress");
+  function showJob(job) {
+    const running = job.status === "running" || job.status === "queued";
+    const name = job.kind === "retrain" ? "Retraining job" : "Job";
+    jobBox.hidden = false;
+    jobBox.dataset.status = job.status;
+    $("job-title").textContent = `${name} #${job.id}: ${job.status}`;
+    const bar = $("job-bar");
+    const fraction = typeof job.fraction === "number" ? job.fraction : null;
+    if (running && fraction !== null) {
+      bar.value = fraction;
+      bar.textContent = `${Math.round(fraction * 100)}%`;
+      $("job-phase").textContent = `${job.phase || "progress"}: ${Math.round(fraction * 100)}%`;
+    } else if (running) {
+      bar.removeAttribute("value");  // indeterminate until the job reports how far it is
+      $("job-phase").textContent = job.status === "queued" ? "waiting to start" : "working";
+    } else {
+      bar.value = job.status === "succeeded" ? 1 : 0;
+      $("job-phase").textContent = "";
+      refreshCharts();  // a finished job may have a new evaluation
+    }
+    $("job-text").textContent = job.error ? `${job.progress || ""}\nError: ${job.error}` : (job.progress || "");
+  }
+
+  let stream = null;
+  function connectEvents() {
+    const wanted = can("reviewer");
+    if (!wanted) {
+      if (stream) { stream.close(); stream = null; }
+      document.body.dataset.live = "";
+      return;
+    }
+    if (stream) return;
+    stream = new EventSource("/api/events");
+    stream.addEventListener("open", () => { document.body.dataset.live = "1"; });
+    stream.addEventListener("error", () => { document.body.dataset.live = ""; });
+    stream.addEventListener("review", () => { if (current === "reviewer") refreshQueue(); });
+    stream.addEventListener("alert", () => { if (current === "moderator") refreshAlerts(); });
+    stream.addEventListener("job", (event) => showJob(JSON.parse(event.data)));
   }
 
   // ------------------------------------------------------------------ start
