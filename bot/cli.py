@@ -69,6 +69,7 @@ def run_async(coro: Any) -> Any:
     """Run a coroutine; start-up problems end in one clear line, not a traceback."""
     from bot.inference.base import ModelUnavailable
     from bot.instance import AlreadyRunning
+    from bot.listen import CannotListen
     from bot.local.auth import ConsoleRefused
     from bot.platform import PlatformStartError
 
@@ -83,7 +84,7 @@ def run_async(coro: Any) -> Any:
     except ModelUnavailable as exc:
         err.print(f"[red]llm4sweat: model unavailable:[/red] {exc}", highlight=False)
         raise typer.Exit(2)
-    except (ConsoleRefused, AlreadyRunning) as exc:
+    except (ConsoleRefused, AlreadyRunning, CannotListen) as exc:
         err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
         raise typer.Exit(2)
 
@@ -174,7 +175,13 @@ async def _serve_claimed(cfg: Settings, instance: Any, demo: bool, host: str, po
     from bot.local.platform import LocalPlatform
     from bot.service import Service
 
-    if console_enabled:  # refuse a wide binding before minutes of model loading, not after
+    from bot.listen import CONSOLE_PORT_HOW, check_free
+
+    # Refuse a wide binding or a port in use before minutes of model loading, not after.
+    check_free(host, port, "the console" if console_enabled else "/healthz and /readyz", CONSOLE_PORT_HOW)
+    if cfg.metrics.port:
+        check_free(cfg.metrics.host, cfg.metrics.port, "metrics", "metrics.port (LLM4SWEAT_METRICS__PORT)")
+    if console_enabled:
         from bot.local.auth import check_binding
 
         db = await _open_db(cfg)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot.health import readiness
+from bot.listen import CONSOLE_PORT_HOW, start_site
 
 if TYPE_CHECKING:
     from bot.service import Service
@@ -41,12 +42,7 @@ async def start_health_server(service: "Service", host: str, port: int) -> tuple
     app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise OSError(exc.errno, f"cannot serve /healthz and /readyz on {host}:{port}: {exc.strerror}") from None
+    await start_site(runner, host, port, "/healthz and /readyz", CONSOLE_PORT_HOW)
     real_port = runner.addresses[0][1] if runner.addresses else port
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{real_port}"
     log.info("health checks at %s/healthz and %s/readyz", url, url)

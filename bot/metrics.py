@@ -144,6 +144,8 @@ async def start_metrics_server(service: "Service", host: str, port: int) -> tupl
     Returns the runner (``await runner.cleanup()``) and the URL."""
     from aiohttp import web
 
+    from bot.listen import start_site
+
     async def handler(request: web.Request) -> web.Response:
         return await metrics_response(service, request.headers.get("Accept", ""))
 
@@ -151,12 +153,7 @@ async def start_metrics_server(service: "Service", host: str, port: int) -> tupl
     app.router.add_get("/metrics", handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
+    site = await start_site(runner, host, port, "metrics", "metrics.port (LLM4SWEAT_METRICS__PORT)")
     server = getattr(site, "_server", None)
     real_port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
     shown = f"[{host}]" if ":" in host else host

@@ -168,3 +168,51 @@ def test_no_users_command_takes_a_password_argument():
         options = {opt for param in command.params for opt in getattr(param, "opts", [])}
         assert not any("password" in opt and opt != "--password-stdin" for opt in options), (name, options)
         assert not any("password" in param.name for param in command.params if param.param_type_name == "argument")
+
+
+def test_a_port_in_use_is_one_line_before_any_model_work(tmp_path):
+    """`llm4sweat run` (and `demo`, which builds a model for minutes first) on a port another
+    program holds stops at once with one line naming the port and how to choose another — not a
+    traceback after the model has loaded."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM4SWEAT_")}
+    env.update({"LLM4SWEAT_DATA_DIR": str(tmp_path), "LLM4SWEAT_INFERENCE__BACKEND": "fixed"})
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "bot.cli", "run", "--port", str(port)], capture_output=True,
+                              text=True, env=env, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert f"cannot serve the console on 127.0.0.1:{port}: the port is in use" in output and "--port" in output
+    assert "Traceback" not in output and "LLM4Sweat is running" not in output, output[-2000:]
+    assert "imported" not in output, output[-2000:]  # stopped before the service started (it imports the seeds)
+
+
+def test_the_console_bind_itself_names_the_port_when_it_is_taken():
+    """The check before start-up can race another program; the bind itself then says the same."""
+    import asyncio
+    import socket
+
+    from aiohttp import web
+
+    from bot.listen import CannotListen, start_site
+
+    async def bind(port: int) -> str:
+        runner = web.AppRunner(web.Application())
+        await runner.setup()
+        try:
+            await start_site(runner, "127.0.0.1", port, "the console", "--port")
+        except CannotListen as exc:
+            return str(exc)
+        await runner.cleanup()
+        return "bound"
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        said = asyncio.run(bind(port))
+    assert said.startswith(f"cannot serve the console on 127.0.0.1:{port}: the port is in use") and "--port" in said

@@ -47,6 +47,7 @@ from aiohttp import web
 
 from bot.access.control import write_token
 from bot import charts, consent, health_http
+from bot.listen import CONSOLE_PORT_HOW, start_site
 from bot.live import hub_for
 from bot.local import auth
 from bot.local.auth import MODERATOR, PATIENT, PUBLIC, REVIEWER
@@ -527,12 +528,7 @@ async def start_console(service: "Service", host: str = "127.0.0.1", port: int =
     app = make_app(service, host, token)
     runner = web.AppRunner(app, access_log=None)  # no access log: URLs may carry a sign-in token
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise OSError(exc.errno, f"cannot serve the console on {host}:{port}: {exc.strerror}") from None
+    site = await start_site(runner, host, port, "the console", CONSOLE_PORT_HOW)
     real_port = port
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
