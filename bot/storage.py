@@ -141,7 +141,13 @@ class Database:
         One hop to the database thread for a whole unit of work instead of one per statement:
         on a busy 2-core machine each hop costs a thread switch, and the hot path (storing a
         message, storing a reply with its review item) would otherwise pay it a dozen times.
-        Uses aiosqlite's own work queue, so it stays ordered with every other statement."""
+        Uses aiosqlite's own work queue, so it stays ordered with every other statement.
+
+        Units are queued without waiting for each other: each is a whole transaction, and the
+        database thread runs them one after another, so under load it goes from one to the next
+        without a round trip through the event loop in between (no lock convoy). Only while a
+        :meth:`transaction` is open on the shared connection do units wait, so that none runs
+        inside it."""
 
         def unit() -> T:
             raw = self.conn._conn  # aiosqlite's sqlite3 connection, used only inside its thread
@@ -156,8 +162,10 @@ class Database:
             raw.execute("COMMIT")
             return result
 
-        async with self._lock:
-            return await self.conn._execute(unit)
+        if self._lock.locked():  # a transaction() holds the connection (or waits for it): queue behind it
+            async with self._lock:
+                return await self.conn._execute(unit)
+        return await self.conn._execute(unit)  # queued at once, before this coroutine first yields
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         """One statement in its own transaction; returns lastrowid."""
