@@ -94,9 +94,13 @@ async def data(db: Any, name: str) -> Any:
 
 
 def svg(name: str, payload: Any) -> bytes:
-    fig = {"evaluation": _evaluation_figure, "versions": _versions_figure, "reviews": _reviews_figure}[name](payload)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg")
+    """The chart as SVG with its words kept as text (selectable, read by screen readers)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig = {"evaluation": _evaluation_figure, "versions": _versions_figure, "reviews": _reviews_figure}[name](payload)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="svg")
     return buffer.getvalue()
 
 
@@ -136,6 +140,7 @@ def _versions_figure(payload: dict[str, Any]) -> Any:
         top.errorbar([x for x, _ in acc], values, yerr=[low, high], marker="o", capsize=3, label="overall accuracy")
         for x, v in zip([x for x, _ in acc], values):
             top.annotate(f"{v:.2f}", (x, v), xytext=(6, 0), textcoords="offset points", fontsize=7, va="center")
+        top.legend(fontsize=7, loc="lower right")
     top.set_ylim(0, 1.05)
     top.set_ylabel("accuracy (95% CI)")
     top.set_title("Across adapter versions, oldest first", fontsize=10)

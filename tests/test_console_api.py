@@ -451,3 +451,120 @@ async def test_consent_in_the_console(console, service):
     assert [e for e in await dataset.examples(service.db) if e["source"] != "seed"] == []
     later = await console.say("And for hands?")
     assert later["status"] == "shown"
+
+
+# ---------------------------------------------------------------------------- live updates, charts
+
+
+class EventStream:
+    """A browser's EventSource on /api/events: reads ``event:`` / ``data:`` blocks as they come."""
+
+    def __init__(self, response: aiohttp.ClientResponse):
+        self.response = response
+
+    async def next(self, timeout: float = 10.0) -> tuple[str, dict]:
+        import asyncio
+
+        event, data = "message", None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.response.content.readline()).decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[len("event: "):]
+                elif line.startswith("data: "):
+                    data = json.loads(line[len("data: "):])
+                elif line == "" and data is not None:
+                    return event, data
+
+    async def until(self, event: str, where=lambda d: True, timeout: float = 10.0) -> dict:
+        while True:
+            name, data = await self.next(timeout)
+            if name == event and where(data):
+                return data
+
+
+async def open_stream(browser: Console) -> EventStream:
+    response = await browser.session.get(browser.url + "/api/events", headers={"Accept": "text/event-stream"})
+    assert response.status == 200 and response.content_type == "text/event-stream"
+    return EventStream(response)
+
+
+async def test_job_progress_review_items_and_alerts_are_pushed(console, service):
+    """Server-Sent Events: a moderator's page hears job progress (with the fraction for the bar)
+    and alerts; a reviewer's hears new review items and never job or alert events; nobody
+    signed out hears anything."""
+    from pipeline import jobs
+
+    status, body = await console.patient.get("/api/events")
+    assert status == 401 and "sign in" in body["error"].lower()
+    moderator, reviewer = await open_stream(console.moderator), await open_stream(console.reviewer)
+    try:
+        request = await jobs.request(service.db, "retrain", "console:mo")
+        await jobs.start(service.db, request.job_id)
+        await jobs.progress(service.db, request.job_id, "training v1: step 4/10", 0.4, "training")
+        job = await moderator.until("job", lambda d: d.get("fraction") == 0.4)
+        assert (job["id"], job["status"], job["phase"], job["progress"]) == (
+            request.job_id, "running", "training", "training v1: step 4/10")
+
+        sent = await console.say("Is it normal that my feet sweat all day?")
+        review = await reviewer.until("review")
+        assert review["item_id"] == sent["item_id"]  # the first thing a reviewer hears: no job events
+        await service.core.alert_moderators("Adapter v1 was promoted and is live.")
+        alert = await moderator.until("alert")
+        assert alert["text"] == "Adapter v1 was promoted and is live."
+
+        await jobs.finish(service.db, request.job_id, "succeeded", result={"version": "v1"})
+        done = await moderator.until("job", lambda d: d["status"] == "succeeded")
+        assert done["fraction"] is None
+        await console.say("And my hands?")
+        assert (await reviewer.next())[0] == "review"  # the alert and the job's end never reached it
+    finally:
+        moderator.response.close()
+        reviewer.response.close()
+
+
+async def _charts_history(console, service, tmp_path) -> None:
+    """Two trained versions (v2 live), each with its evaluation, and one approval of a base reply."""
+    from pipeline import registry
+    from tests.eval_records import record
+
+    for version in ("v1", "v2"):
+        await registry.register(service.db, version, tmp_path / version, "base")
+    await registry.set_evaluation(service.db, "v1", record("v1", live=None))
+    await registry.set_evaluation(service.db, "v2", record("v2", live="v1"))
+    await registry.set_status(service.db, "v1", "retired")
+    await registry.set_status(service.db, "v2", "live")
+    sent = await console.say("Which antiperspirant should I try first?")
+    assert (await console.decide(sent["item_id"], "approve", accuracy=4, appropriateness=5, empathy=4))[0] == 200
+
+
+async def test_chart_numbers_for_moderators(console, service, tmp_path):
+    """Evaluation per task with CIs (models named as they are now), versions over time with
+    rubric means, review throughput and outcomes per week."""
+    status, empty = await console.moderator.get("/api/moderator/charts")
+    assert status == 200 and empty["evaluation"] is None and empty["reviews"] == {"weeks": []}
+    await _charts_history(console, service, tmp_path)
+    status, data = await console.moderator.get("/api/moderator/charts")
+    assert status == 200
+    assert [data["evaluation"]["runs"][x]["title"] for x in data["evaluation"]["order"]] == [
+        "base model", "v1 (retired)", "v2 (live)"]
+    assert [p["version"] for p in data["versions"]["points"]] == ["base model", "v1", "v2"]
+    assert data["versions"]["points"][2]["accuracy"]["accuracy"] == 0.7667
+    assert data["versions"]["points"][0]["rubric"] == {"accuracy": 4.0, "appropriateness": 5.0, "empathy": 4.0, "n": 1}
+    [week] = data["reviews"]["weeks"]
+    assert week["total"] == 1 and week["rates"] == {"approve": 1.0, "edit": 0.0, "reject": 0.0}
+    status, body = await console.reviewer.get("/api/moderator/charts")
+    assert status == 403
+
+
+@pytest.mark.slow
+async def test_charts_are_drawn_as_svg_with_words_as_text(console, service, tmp_path):
+    await _charts_history(console, service, tmp_path)
+    for name, words in (("evaluation", ["v2 (live)", "v1 (retired)", "diagnosis"]),
+                        ("versions", ["overall accuracy", "empathy"]), ("reviews", ["approved", "decisions"])):
+        async with console.moderator.session.get(f"{console.url}/api/moderator/charts/{name}.svg") as resp:
+            svg = await resp.text()
+        assert resp.status == 200 and resp.content_type == "image/svg+xml" and "<svg" in svg
+        assert all(w in svg for w in words), (name, [w for w in words if w not in svg])
+    async with console.moderator.session.get(f"{console.url}/api/moderator/charts/nothing.svg") as resp:
+        assert resp.status == 404
