@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages may hold [section] names: shown, not read as markup
 from rich.table import Table
 
 from bot.settings import Settings, SettingsError, load_settings
@@ -57,7 +58,7 @@ def settings() -> Settings:
     try:
         loaded = load_settings(_state["config"])
     except SettingsError as exc:
-        err.print(f"[red]llm4sweat: invalid settings:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat: invalid settings:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
     from bot.logs import setup_logging
 
@@ -76,16 +77,16 @@ def run_async(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
     except StorageError as exc:
-        err.print(f"[red]llm4sweat: storage error:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat: storage error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
     except PlatformStartError as exc:
-        err.print(f"[red]llm4sweat: cannot connect:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat: cannot connect:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
     except ModelUnavailable as exc:
-        err.print(f"[red]llm4sweat: model unavailable:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat: model unavailable:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
     except (ConsoleRefused, AlreadyRunning, CannotListen) as exc:
-        err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
 
 
@@ -144,10 +145,10 @@ def demo_model(cfg: Settings, offline: bool) -> tuple[str | None, bool, str | No
             try:
                 path = hub.download(name)
             except hub.Offline as exc:
-                err.print(f"[yellow]No connection to the Hugging Face Hub ({exc}): starting the offline DEMO model "
+                err.print(f"[yellow]No connection to the Hugging Face Hub ({escape(str(exc))}): starting the offline DEMO model "
                           "instead (tiny, no medical advice).[/yellow]", highlight=False)
             except hub.HubError as exc:
-                err.print(f"[yellow]Could not fetch {name}: {exc}. Starting the offline DEMO model instead (tiny, "
+                err.print(f"[yellow]Could not fetch {name}: {escape(str(exc))}. Starting the offline DEMO model instead (tiny, "
                           "no medical advice).[/yellow]", highlight=False)
         if path is not None:
             return str(path), False, name
@@ -471,7 +472,7 @@ def _accounts_call(fn: Any, *args: Any) -> Any:
     try:
         return run_async(go())
     except AccountError as exc:
-        err.print(f"[red]llm4sweat users:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat users:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
 
 
@@ -488,7 +489,7 @@ def users_add(
         name, role = accounts.check_name(name), accounts.check_role(role)
         password = accounts.check_password(_read_password(password_stdin))
     except accounts.AccountError as exc:
-        err.print(f"[red]llm4sweat users:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat users:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
     account = _accounts_call(accounts.add, name, role, password)
     console.print(f"account {account.name} ({account.role}) created; sign in at the console's /login page")
@@ -533,7 +534,7 @@ def users_passwd(
     try:
         password = accounts.check_password(_read_password(password_stdin))
     except accounts.AccountError as exc:
-        err.print(f"[red]llm4sweat users:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat users:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2)
     if not _accounts_call(accounts.set_password, name, password):
         err.print(f"[red]llm4sweat users:[/red] no account named {name!r}", highlight=False)
@@ -560,7 +561,7 @@ def model_download(
     try:
         path = hub.download(name)
     except hub.HubError as exc:
-        err.print(f"[red]Could not download {name}:[/red] {exc}", highlight=False)
+        err.print(f"[red]Could not download {name}:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1)
     except KeyboardInterrupt:
         err.print("Stopped. Files downloaded so far are kept; run the same command to continue.")
@@ -785,7 +786,7 @@ def _model_loop(command: Any, *args: Any, **kwargs: Any) -> int:
     try:
         return int(command(*args, **kwargs) or 0)
     except (StorageError, RetrainError, PackError, FileExistsError, ValueError) as exc:
-        err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat:[/red] {escape(str(exc))}", highlight=False)
         return 2
 
 
@@ -841,7 +842,7 @@ def incidents_show(case_id: int = typer.Argument(..., help="The case number (#ID
     try:
         case = _cases(lambda db: incidents.get_case(db, case_id))
     except incidents.CaseError as exc:
-        err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1)
     console.print(incidents.case_text(case), highlight=False, markup=False)
 
@@ -858,7 +859,7 @@ def incidents_resolve(
     try:
         case = _cases(lambda db: incidents.resolve_case(db, case_id, _operator(), note))
     except incidents.CaseError as exc:
-        err.print(f"[red]llm4sweat:[/red] {exc}", highlight=False)
+        err.print(f"[red]llm4sweat:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1)
     console.print(f"Resolved crisis case #{case_id}: {case['outcome_note']}", highlight=False, markup=False)
 

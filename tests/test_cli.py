@@ -20,6 +20,17 @@ def test_invalid_setting_stops_with_one_line(tmp_path):
     assert len(lines) == 1 and "review.mode" in lines[0] and "Traceback" not in out.stderr
 
 
+def test_a_secret_in_the_settings_file_is_refused_naming_its_section(tmp_path):
+    """The message names `[discord] token`; the terminal must show the brackets, not read them
+    as rich markup (it printed "settings file …:  token is a secret")."""
+    config = tmp_path / "llm4sweat.toml"
+    config.write_text('[discord]\ntoken = "not-a-real-token"\n', encoding="utf-8")
+    out = run_cli("--config", str(config), "settings", tmp_path=tmp_path)
+    assert out.returncode == 2
+    assert "[discord] token is a secret" in out.stderr and "LLM4SWEAT_DISCORD__TOKEN" in out.stderr, out.stderr
+    assert "not-a-real-token" not in out.stderr + out.stdout
+
+
 def test_settings_masks_secrets(tmp_path):
     out = run_cli("settings", env_extra={"LLM4SWEAT_SLACK__BOT_TOKEN": "xoxb-very-secret"}, tmp_path=tmp_path)
     assert out.returncode == 0, out.stderr
