@@ -27,6 +27,7 @@ from bot.outbox import Claimed, Outbox
 from bot.platform import ConversationRef, IncomingMessage, PatientView, Platform, ReviewCard, Turn, ViewKind, is_dm_key
 from bot.prompt import build_prompt
 from bot.safety import SafetyLayer, Triage, crisis_text
+from bot.safety.layer import ForgetReport
 from bot.settings import Settings
 from bot.storage import Database, dumps, now
 from bot.tasks import classify_task
@@ -951,9 +952,20 @@ class ConversationCore:
             log.info("retention: %d conversation(s) older than %d days deleted", removed, days)
         return int(removed)
 
-    async def forget_patient(self, platform: str, user_id: str) -> int:
-        """Delete a patient and everything derived from them (cascades to dataset examples)."""
+    async def forget_patient(self, platform: str, user_id: str) -> ForgetReport:
+        """Delete a patient and everything derived from them (issue 12 item 4): their rows
+        (cascading to dataset examples), their lines in every training snapshot or export kept
+        under the data directory, with every adapter trained on those marked (pipeline/forgetting.py);
+        posted review cards redacted; the bot's own messages in their threads deleted where the
+        platform allows. The report says exactly what was done, for the confirmation."""
+        from pipeline import forgetting
+
+        report = ForgetReport()
         cards = await self.safety.prepare_forget(platform, user_id)  # secure delete on; cards to redact
+        patient_ids = [row[0] for row in await self.db.fetchall(
+            "SELECT id FROM patients WHERE platform = ? AND platform_user_id = ?", (platform, user_id))]
+        found = await forgetting.trace(self.db, patient_ids)
+        threads = await self._patient_threads(platform, user_id)
         async with self.db.transaction() as conn:
             # Dataset examples made from the patient's review items, even if one lost its patient_id.
             await conn.execute(
@@ -965,6 +977,46 @@ class ConversationCore:
             cursor = await conn.execute(
                 "DELETE FROM patients WHERE platform = ? AND platform_user_id = ?", (platform, user_id)
             )
-            removed = cursor.rowcount
-        await self.safety.after_forget(platform, user_id, cards)  # redact cards, flush the WAL, drop limits
-        return removed
+            report.removed = cursor.rowcount
+        if report.removed:
+            files, hit, seen = await asyncio.to_thread(forgetting.scrub_files, self.settings.data_dir, found)
+            report.snapshot_files = len(files.files)
+            report.adapters = await forgetting.mark_adapters(self.db, hit, seen, found)
+        # redact cards, flush the WAL into the zeroed file, drop limits
+        report.cards = await self.safety.after_forget(platform, user_id, cards)
+        for conv, known in threads:
+            deleted, left = await self._delete_bot_messages(conv, known)
+            report.bot_messages += deleted
+            report.bot_messages_left += left
+        if report.adapters:
+            await self.alert_moderators(
+                f"A patient used /forget-me. Adapter version(s) {', '.join(report.adapters)} were trained on their "
+                "data (now deleted from the dataset and the kept snapshots) and are marked in the registry. "
+                "Retrain to replace them: the next retrain leaves the data out and is not skipped as "
+                "'nothing new'.", key=f"forgotten:{uuid.uuid4().hex}")
+        return report
+
+    async def _patient_threads(self, platform: str, user_id: str) -> list[tuple[ConversationRef, list[str]]]:
+        """The patient's conversations and the platform ids of the replies posted in each."""
+        rows = await self.db.fetchall(
+            "SELECT c.id, c.platform, c.channel_id, c.thread_id, r.platform_message_ids FROM conversations c"
+            " JOIN patients p ON p.id = c.patient_id LEFT JOIN replies r ON r.conversation_id = c.id"
+            " WHERE p.platform = ? AND p.platform_user_id = ? ORDER BY c.id, r.id", (platform, user_id))
+        threads: dict[int, tuple[ConversationRef, list[str]]] = {}
+        for row in rows:
+            conv, known = threads.setdefault(row["id"], (
+                ConversationRef(row["id"], row["platform"], row["channel_id"], row["thread_id"], user_id), []))
+            known.extend(json.loads(row["platform_message_ids"] or "[]"))
+        return list(threads.values())
+
+    async def _delete_bot_messages(self, conv: ConversationRef, known: list[str]) -> tuple[int, int]:
+        """Ask the platform to delete the bot's own messages in a forgotten conversation: (deleted, left)."""
+        platform = self.platforms.get(conv.platform)
+        delete = getattr(platform, "delete_bot_messages", None)
+        if delete is None:
+            return 0, 0
+        try:
+            return await delete(conv, known)
+        except Exception:
+            log.exception("deleting the bot's messages in a forgotten conversation on %s failed", conv.platform)
+            return 0, len(known)

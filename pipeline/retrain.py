@@ -167,10 +167,13 @@ def nothing_new(snapshot: Snapshot, live: dict[str, Any] | None) -> str | None:
     """Why training on ``snapshot`` would add nothing over the live adapter, or None.
 
     Nothing new: the snapshot is the very data the live adapter was trained on, or it holds no
-    reviewed example newer than that adapter's snapshot."""
+    reviewed example newer than that adapter's snapshot. A live adapter trained on data a patient
+    has since deleted (/forget-me) always has something new to learn: the same data without it."""
     if live is None:
         return None
     manifest = live.get("manifest") or {}
+    if manifest.get("forgotten"):  # it learned from data a patient has deleted: replace it (pipeline/forgetting.py)
+        return None
     trained = (manifest.get("snapshot") or {})
     trained_hash = manifest.get("dataset_hash") or trained.get("hash")
     if trained_hash and trained_hash == snapshot.hash:

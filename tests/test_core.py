@@ -231,7 +231,7 @@ async def test_forget_patient_removes_everything(service):
     result = await service.core.handle_message(msg("What is iontophoresis?", user="forgetme"))
     await service.core.decide(result.item_id, REVIEWER, Action.APPROVE, rubric=Rubric(4, 4, 4))
     assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE patient_id IS NOT NULL") == 1
-    assert await service.core.forget_patient("local", "forgetme") == 1
+    assert (await service.core.forget_patient("local", "forgetme")).removed == 1
     for table in ("patients", "conversations", "messages", "replies", "review_items"):
         assert await service.db.fetchval(f"SELECT COUNT(*) FROM {table}") == 0
     assert await service.db.fetchval("SELECT COUNT(*) FROM dataset_examples WHERE patient_id IS NOT NULL") == 0

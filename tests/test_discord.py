@@ -830,10 +830,31 @@ async def test_patient_trying_a_moderator_command_is_refused(bot, fake, people):
 
 
 async def test_forget_me(bot, fake, people):
-    await bot.ask(people["patient"], "Please remember this.")
+    thread = await bot.ask(people["patient"], "Please remember this.")
+    assert len(fake.bot_messages(thread["id"])) == 2  # the consent notice and the reply
     interaction = await run_slash(fake, people["patient"], "forget-me")
     assert "deleted" in interaction.text
     assert await bot.service.db.fetchval("SELECT COUNT(*) FROM patients") == 0
+    # (issue 12 item 4) the bot's own messages in the patient's thread are gone, and it says so
+    assert fake.bot_messages(thread["id"]) == []
+    assert "I deleted 2 of my messages to you" in interaction.text
+    assert "No trained model had learned from your conversation" in interaction.text
+
+
+async def test_forget_me_typed_in_the_thread_and_what_could_not_be_deleted(bot, fake, people):
+    thread = await bot.ask(people["patient"], "Quillfeather: my palms drip, please remember.")
+    card = fake.bot_messages(fake.reviewer_channel_id)[0]
+    reply_id = reply_message(fake, thread["id"])["id"]
+    fake.forbid(rf"/channels/{thread['id']}/messages/{reply_id}$", method="DELETE")  # say, a moderation bot locked it
+    await fake.say(people["patient"], thread["id"], "/forget-me")
+    confirmation = await fake.wait_for(
+        lambda: [m for m in fake.bot_messages(thread["id"]) if m["content"].startswith("Done:")], what="the confirmation")
+    text = confirmation[0]["content"]
+    assert "I deleted 1 of my messages to you; 1 could not be deleted (the platform did not allow it)" in text
+    assert [m["id"] for m in fake.bot_messages(thread["id"]) if m["id"] != confirmation[0]["id"]] == [reply_id]
+    await bot.settle()
+    assert "Quillfeather" not in json.dumps(fake.messages[card["id"]])  # the card shows only a deletion note
+    assert "1 review card shown to specialists now shows only a deletion note" in text
 
 
 # ---------------------------------------------------------------------- the network

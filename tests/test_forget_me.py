@@ -89,7 +89,8 @@ async def test_forget_me_removes_everything_derived_from_the_patient(service):
     assert any(SECRET in c.patient_text for c in cards.cards.values())
 
     result = await service.core.handle_message(msg("/forget-me", "leaver", thread="leaver-1"))
-    assert result.status == "forgotten" and result.views[-1].text == NOTICE_FORGOTTEN
+    assert result.status == "forgotten" and result.views[-1].text.startswith(NOTICE_FORGOTTEN)
+    assert "5 review cards shown to specialists now show only a deletion note" in result.views[-1].text
     assert result.views[-1].kind is ViewKind.NOTICE
 
     after = await _counts(service.db, "leaver")
@@ -146,7 +147,62 @@ async def test_forget_me_resets_the_rate_limit(service):
 async def test_slack_style_forget_goes_through_the_same_core(service):
     """Platform buttons call core.forget_patient directly: the same cascade and redaction apply."""
     await _populate(service, "viaslack", SECRET)
-    assert await service.core.forget_patient("local", "viaslack") == 1
+    assert (await service.core.forget_patient("local", "viaslack")).removed == 1
     assert set((await _counts(service.db, "viaslack")).values()) == {0}
     dump = "\n".join(await service.db.run(lambda conn: list(conn.iterdump()), write=False))
     assert SECRET not in dump
+
+
+async def test_forget_me_reaches_kept_snapshots_and_marks_the_adapters_trained_on_them(service):
+    """(issue 12 item 4) After /forget-me the patient's words are in no file under the data
+    directory — snapshots of past retrains, exports, the database and its WAL — every adapter
+    trained on them is marked, the next retrain leaves them out and is not skipped, and the
+    confirmation says exactly that."""
+    from pipeline import dataset, registry
+    from pipeline import retrain as rt
+
+    data_dir = service.settings.data_dir
+    core = service.core
+    await _populate(service, "keeper", "Ordinaryword")
+    await core.handle_message(msg("I agree", "keeper"))
+    before = await rt.export_snapshot(service.db, service.pack, data_dir / "jobs" / "retrain-1" / "dataset.jsonl")
+    await registry.register(service.db, "v1", data_dir / "adapters" / "v1", "base",
+                            {"dataset_hash": before.hash, "snapshot": {"hash": before.hash,
+                                                                       "max_example_id": before.max_example_id}})
+    await _populate(service, "leaver", SECRET)
+    await core.handle_message(msg("I agree", "leaver"))
+    with_them = await rt.export_snapshot(service.db, service.pack, data_dir / "jobs" / "retrain-2" / "dataset.jsonl")
+    assert SECRET in with_them.path.read_text()
+    await registry.register(service.db, "v2", data_dir / "adapters" / "v2", "base",
+                            {"dataset_hash": with_them.hash, "snapshot": {"hash": with_them.hash,
+                                                                          "max_example_id": with_them.max_example_id}})
+    await registry.mark_live(service.db, "v2")
+    # an adapter whose snapshot file was cleaned away, but which could have seen them
+    await registry.register(service.db, "v0", data_dir / "adapters" / "v0", "base",
+                            {"dataset_hash": "f" * 64, "snapshot": {"hash": "f" * 64,
+                                                                   "max_example_id": with_them.max_example_id}})
+    await dataset.export(service.db, data_dir / "exports" / "everything.jsonl", service.pack)
+
+    result = await core.handle_message(msg("/forget-me", "leaver"))
+    text = result.views[-1].text
+    assert "also removed from 2 saved training data files" in text
+    assert "2 trained model versions (v2, v0) had learned from your conversation" in text
+    assert "next retraining leaves your data out" in text
+
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    kept = (data_dir / "jobs" / "retrain-2" / "dataset.jsonl").read_text()
+    assert "Ordinaryword" in kept and len(kept.splitlines()) == with_them.examples - 2
+    assert (data_dir / "jobs" / "retrain-1" / "dataset.jsonl").read_text() == before.path.read_text()
+    marked = {v: bool((await registry.get(service.db, v))["manifest"].get("forgotten")) for v in ("v0", "v1", "v2")}
+    assert marked == {"v0": True, "v1": False, "v2": True}
+    assert "asked to delete" in (await registry.get(service.db, "v2"))["note"]
+    # the next retrain: the data without them, and not skipped as "nothing new"
+    after = await rt.export_snapshot(service.db, service.pack, data_dir / "jobs" / "retrain-3" / "dataset.jsonl")
+    assert SECRET not in after.path.read_text() and after.examples == with_them.examples - 2
+    assert rt.nothing_new(after, await registry.live(service.db)) is None
+    unmarked = {"manifest": {"dataset_hash": after.hash}, "version": "v9"}
+    assert "is the one v9 was trained on" in rt.nothing_new(after, unmarked)
+    # the moderators were told which versions to replace
+    assert any("v2" in row["payload"] for row in await service.db.fetchall("SELECT payload FROM outbox WHERE kind = 'alert'"))

@@ -795,6 +795,9 @@ async def test_forget_me(http_slack, fake):
     responses = await fake.wait_for(lambda: fake.responses_to("forget"))
     assert "deleted" in responses[0]["text"]
     assert await service.db.fetchval("SELECT COUNT(*) FROM patients") == 0
+    # (issue 12 item 4) the app's own messages in the patient's thread are deleted with chat.delete
+    assert [m for m in fake.thread(SUPPORT, ts) if m.get("bot_id")] == []
+    assert len(fake.calls_to("chat.delete")) == 2 and "I deleted 2 of my messages to you" in responses[0]["text"]
     assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 0
     # the review card already posted in the reviewer channel no longer shows what they wrote
     await fake.wait_for(lambda: "sweaty palms" not in json.dumps(fake.messages[card["ts"]]))

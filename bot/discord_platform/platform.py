@@ -508,6 +508,32 @@ class DiscordPlatform:
             ids.append(str(sent.id))
         return ids
 
+    async def delete_bot_messages(self, conv: ConversationRef, known: list[str]) -> tuple[int, int]:
+        """After /forget-me: delete the bot's own messages in the patient's thread or DM (every one
+        found in its history; in a shared channel only the replies it knows). The patient's own
+        messages are theirs: a bot may not delete them without Manage Messages. (deleted, left)."""
+        target, in_place = self._target(conv)
+        ids = {int(m) for m in known if str(m).isdigit()}
+        me = self.client.user.id if self.client.user else None
+        if not in_place and me is not None:
+            try:
+                async for message in target.history(limit=None):
+                    if message.author.id == me:
+                        ids.add(message.id)
+            except discord.HTTPException as exc:
+                log.warning("Discord: reading a forgotten conversation's history failed: %s", exc)
+        deleted = left = 0
+        for message_id in sorted(ids):
+            try:
+                await target.get_partial_message(message_id).delete()
+                deleted += 1
+            except discord.NotFound:
+                pass  # already gone
+            except discord.HTTPException as exc:
+                log.warning("Discord: a forgotten patient's reply could not be deleted: %s", exc)
+                left += 1
+        return deleted, left
+
     async def update_patient_message(self, conv: ConversationRef, message_ids: list[str], view: PatientView) -> list[str]:
         target, _ = self._target(conv)
         parts = render.patient_parts(view, self.max_message_chars)
@@ -831,10 +857,8 @@ class DiscordPlatform:
 
     async def forget_me(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        removed = await self.service.core.forget_patient(PLATFORM, str(interaction.user.id))
-        text = ("Everything you wrote here and the replies to it have been deleted." if removed
-                else "There was nothing stored about you.")
-        await interaction.followup.send(text, ephemeral=True)
+        report = await self.service.core.forget_patient(PLATFORM, str(interaction.user.id))
+        await interaction.followup.send(report.text(), ephemeral=True)
 
     async def on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         log.error("Discord: slash command failed: %s", error, exc_info=error)

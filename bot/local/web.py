@@ -235,14 +235,12 @@ async def patient_forget(request: web.Request) -> web.Response:
     service = _service(request)
     user = auth.patient_id(request)
     conversation_id, _ = await _conversation(service, user)
-    deleted = await service.core.forget_patient(PLATFORM, user)
+    report = await service.core.forget_patient(PLATFORM, user)
     if conversation_id is not None:
         request.app[PLATFORM_KEY].notices.pop(conversation_id, None)
     auth.patient_id(request, fresh=True)
-    log.info("console: forget request for a local patient (%s)", "deleted" if deleted else "nothing stored")
-    text = ("Everything you wrote here has been deleted." if deleted
-            else "Nothing was stored for this browser.")
-    return ok({"deleted": bool(deleted), "text": text})
+    log.info("console: forget request for a local patient (%s)", "deleted" if report else "nothing stored")
+    return ok({"deleted": bool(report), "text": report.text()})
 
 
 # ---------------------------------------------------------------------------- reviewer

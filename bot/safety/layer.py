@@ -20,6 +20,7 @@ import asyncio
 import logging
 import re
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from bot.platform import IncomingMessage, PatientView, ReviewCard, ViewKind
@@ -48,8 +49,48 @@ NOTICE_RATE_LIMITED = (
 )
 NOTICE_FORGOTTEN = (
     "Done: everything stored about you has been deleted — your messages, my replies, their reviews and any "
-    "training example made from them. If you write again, we start fresh."
+    "training example made from them."
 )
+
+
+@dataclass
+class ForgetReport:
+    """What a /forget-me did, so the patient's confirmation says exactly that (:meth:`text`)."""
+
+    removed: int = 0  # patient records deleted (0: there was nothing)
+    snapshot_files: int = 0  # kept training snapshots / exports rewritten without their lines
+    adapters: list[str] = field(default_factory=list)  # model versions trained on their data, now marked
+    cards: int = 0  # posted review cards replaced by a deletion note
+    bot_messages: int = 0  # the bot's own messages deleted in their threads / DMs
+    bot_messages_left: int = 0  # ... that could not be deleted (permissions, too old)
+
+    def __bool__(self) -> bool:
+        return bool(self.removed)
+
+    def text(self) -> str:
+        if not self.removed:
+            return NOTICE_NOTHING_TO_FORGET
+        parts = [NOTICE_FORGOTTEN]
+        if self.snapshot_files:
+            parts.append(f"Your words were also removed from {self.snapshot_files} saved training data "
+                         f"file{'s' if self.snapshot_files != 1 else ''}.")
+        if self.adapters:
+            versions = ", ".join(self.adapters)
+            parts.append(f"{len(self.adapters)} trained model version{'s' if len(self.adapters) != 1 else ''} "
+                         f"({versions}) had learned from your conversation: "
+                         f"{'they are' if len(self.adapters) != 1 else 'it is'} marked for replacement, and the "
+                         "next retraining leaves your data out.")
+        else:
+            parts.append("No trained model had learned from your conversation, and none will.")
+        if self.cards:
+            parts.append(f"{self.cards} review card{'s' if self.cards != 1 else ''} shown to specialists now "
+                         f"show{'s' if self.cards == 1 else ''} only a deletion note.")
+        if self.bot_messages or self.bot_messages_left:
+            parts.append(f"I deleted {self.bot_messages} of my messages to you"
+                         + (f"; {self.bot_messages_left} could not be deleted (the platform did not allow it)"
+                            if self.bot_messages_left else "") + ".")
+        parts.append("If you write again, we start fresh.")
+        return " ".join(parts)
 NOTICE_NOTHING_TO_FORGET = "There was nothing stored about you, so there was nothing to delete."
 REDACTED = "[deleted at the patient's request]"
 
@@ -117,11 +158,11 @@ class SafetyLayer:
         """Delete everything about the patient, then confirm (nothing of the command is stored)."""
         from bot.core import HandleResult
 
-        removed = await self.core.forget_patient(msg.platform, msg.user_id)
-        view = PatientView(ViewKind.NOTICE, NOTICE_FORGOTTEN if removed else NOTICE_NOTHING_TO_FORGET)
+        report = await self.core.forget_patient(msg.platform, msg.user_id)
+        view = PatientView(ViewKind.NOTICE, report.text())
         await self._send_raw(msg, view)
-        log.info("forget-me on %s: %d patient record(s) deleted", msg.platform, removed)
-        return HandleResult(None, None, views=[view], status="forgotten" if removed else "nothing_to_forget")
+        log.info("forget-me on %s: %d patient record(s) deleted", msg.platform, report.removed)
+        return HandleResult(None, None, views=[view], status="forgotten" if report else "nothing_to_forget")
 
     async def _send_raw(self, msg: IncomingMessage, view: PatientView) -> None:
         from bot.platform import ConversationRef
@@ -140,9 +181,10 @@ class SafetyLayer:
         await self.core.db.run(lambda conn: conn.execute("PRAGMA secure_delete = ON").fetchall(), write=False)
         return await self.cards_of(platform, user_id)
 
-    async def after_forget(self, platform: str, user_id: str, cards: list[tuple[int, str]]) -> None:
-        """After deleting: redact posted cards, move the WAL into the (zeroed) database file, drop limits."""
-        await self.redact_cards(cards)
+    async def after_forget(self, platform: str, user_id: str, cards: list[tuple[int, str]]) -> int:
+        """After deleting: redact posted cards, move the WAL into the (zeroed) database file, drop
+        limits; returns how many posted cards were redacted."""
+        redacted = await self.redact_cards(cards)
         self.forget_state(platform, user_id)
         try:
             busy = await self.core.db.run(
@@ -152,6 +194,7 @@ class SafetyLayer:
             busy = (1,)
         if busy and busy[0]:  # a busy reader only delays it: SQLite checkpoints again later
             log.warning("WAL checkpoint after forget-me did not complete; it will on the next checkpoint")
+        return redacted
 
     async def cards_of(self, platform: str, user_id: str) -> list[tuple[int, str]]:
         """(item id, card refs) of the patient's review items that were posted on a platform."""
@@ -163,10 +206,11 @@ class SafetyLayer:
         )
         return [(row[0], row[1]) for row in rows]
 
-    async def redact_cards(self, cards: list[tuple[int, str]]) -> None:
-        """Replace posted review cards of a forgotten patient with a placeholder."""
+    async def redact_cards(self, cards: list[tuple[int, str]]) -> int:
+        """Replace posted review cards of a forgotten patient with a placeholder; returns how many."""
         import json
 
+        redacted = 0
         for item_id, card_ref in cards:
             try:
                 refs = json.loads(card_ref) if card_ref else {}
@@ -182,8 +226,10 @@ class SafetyLayer:
                 )
                 try:
                     await platform.update_review_card(card)
+                    redacted += 1
                 except Exception:
                     log.exception("redacting review card %s on %s failed", item_id, platform.name)
+        return redacted
 
     def forget_state(self, platform: str, user_id: str) -> None:
         self.limiter.forget(patient_key(platform, user_id))

@@ -204,6 +204,39 @@ class SlackPlatform:
             posted.append(response["ts"])
         return posted
 
+    async def delete_bot_messages(self, conv: ConversationRef, known: list[str]) -> tuple[int, int]:
+        """After /forget-me: delete the app's own messages in the patient's thread or DM with
+        chat.delete (every one found in its history, and the replies it knows). The patient's own
+        messages are theirs: a bot token cannot delete them. (deleted, left)."""
+        thread = self._thread_of(conv)
+        found = set(known)
+        cursor = None
+        try:
+            while True:
+                if thread:
+                    page = await self.client.conversations_replies(channel=conv.channel_id, ts=thread, limit=200,
+                                                                   cursor=cursor)
+                else:
+                    page = await self.client.conversations_history(channel=conv.channel_id, limit=200, cursor=cursor)
+                for message in page.get("messages") or []:
+                    if message.get("bot_id") or (self.bot_user_id and message.get("user") == self.bot_user_id):
+                        found.add(message["ts"])
+                cursor = (page.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    break
+        except SlackApiError as exc:
+            log.warning("slack: reading a forgotten conversation's history failed: %s", _error(exc))
+        deleted = left = 0
+        for ts in sorted(found):
+            try:
+                await self.client.chat_delete(channel=conv.channel_id, ts=ts)
+                deleted += 1
+            except SlackApiError as exc:
+                if _error(exc) != "message_not_found":
+                    log.warning("slack: a forgotten patient's reply could not be deleted: %s", _error(exc))
+                    left += 1
+        return deleted, left
+
     async def update_patient_message(self, conv: ConversationRef, message_ids: list[str], view: PatientView) -> list[str]:
         showing: list[str] = []
         messages = blocks.patient_messages(view)
@@ -855,9 +888,9 @@ class SlackPlatform:
     async def _on_forget_confirm(self, ack: Any, body: dict, respond: Any) -> None:
         await ack()
         user = (body.get("user") or {}).get("id", "")
-        removed = await self.service.core.forget_patient(PLATFORM, user) if user else 0
-        text = ("Done. Everything stored about you has been deleted." if removed
-                else "There was nothing stored about you.")
+        if not user:
+            return
+        text = (await self.service.core.forget_patient(PLATFORM, user)).text()
         try:
             await respond(text=text, replace_original=True)
         except Exception as exc:
