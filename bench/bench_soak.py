@@ -545,9 +545,11 @@ async def soak(profile: Profile, keep: bool) -> int:
         recoveries.append(("decision burst", recovery, state))
         run.up.set()
 
-        # 3. load again across a few ticks, then settle
+        # 3. load again across a few ticks, with a backup taken in the middle of it; then settle
         run.load.set()
-        await asyncio.sleep(profile.final_load_s)
+        await asyncio.sleep(profile.final_load_s / 2)
+        backup = await take_backup(service, tmp)
+        await asyncio.sleep(profile.final_load_s / 2)
         stop.set()
         await asyncio.gather(*patient_tasks, *reviewer_tasks)
         final, state = await wait_settled(service.data_dir / "llm4sweat.db", time.perf_counter(),
@@ -559,8 +561,8 @@ async def soak(profile: Profile, keep: bool) -> int:
         out = Outcome()
         seen = await run.views(out)
         examples = check_database(service.data_dir / "llm4sweat.db", run.tally, seen, out)
-        backup_line = await backup_and_restore(service, tmp, examples, out)
         code = service.stop()
+        backup_line = await asyncio.to_thread(restore_and_check, service, tmp, backup, out)
         print_outcome(out, recoveries, backup_line, time.perf_counter() - wall, code, sent_before)
         ok = out.lost == 0 and out.duplicated == 0 and out.half_applied == 0
         return 0 if ok else 1
@@ -599,8 +601,70 @@ def print_outcome(out: Outcome, recoveries: list[tuple[str, float | None, str]],
     print(f"lost {out.lost}, duplicated {out.duplicated}, half-applied {out.half_applied}")
 
 
-async def backup_and_restore(service: ServiceProcess, tmp: Path, examples: set[int], out: Outcome) -> str:
-    return "not run"
+@dataclass
+class Backup:
+    path: Path | None
+    before: set[int]  # review items with an expert example when the backup started
+    seconds: float = 0.0
+    note: str = ""
+
+
+def expert_examples(db_path: Path) -> set[int]:
+    conn = read_db(db_path)
+    try:
+        return {row[0] for row in conn.execute(
+            "SELECT review_item_id FROM dataset_examples WHERE review_item_id IS NOT NULL")}
+    finally:
+        conn.close()
+
+
+async def take_backup(service: ServiceProcess, tmp: Path) -> Backup:
+    """``llm4sweat db backup`` while patients and reviewers keep the service writing."""
+    help_text = await asyncio.to_thread(service.cli, "db", "--help")
+    if "backup" not in help_text.stdout:
+        return Backup(None, set(), note="not run: this version has no `llm4sweat db backup`")
+    target = tmp / "soak-backup.db"
+    before = expert_examples(service.data_dir / "llm4sweat.db")
+    started = time.perf_counter()
+    made = await asyncio.to_thread(service.cli, "db", "backup", str(target))
+    seconds = time.perf_counter() - started
+    if made.returncode != 0:
+        return Backup(None, before, seconds, f"FAILED: {(made.stderr or made.stdout).strip()[:300]}")
+    return Backup(target, before, seconds)
+
+
+def restore_and_check(service: ServiceProcess, tmp: Path, backup: Backup, out: Outcome) -> str:
+    """``llm4sweat db restore`` into a fresh data directory: every expert example the service had
+    when the backup began is in it, and every accepted review in it has its example or the
+    effect that will make it (a consistent snapshot, never half a decision)."""
+    if backup.path is None:
+        if backup.note.startswith("FAILED"):
+            out.problem("lost", f"backup {backup.note}")
+        return backup.note
+    fresh = tmp / "restored"
+    env = {**service.env, "LLM4SWEAT_DATA_DIR": str(fresh)}
+    restored = subprocess.run([sys.executable, "-m", "bot.cli", "db", "restore", str(backup.path)], text=True,
+                              capture_output=True, env=env, cwd=ROOT, timeout=120)
+    if restored.returncode != 0:
+        out.problem("lost", f"restore failed: {(restored.stderr or restored.stdout).strip()[:300]}")
+        return "restore FAILED"
+    db_path = fresh / "llm4sweat.db"
+    present = expert_examples(db_path)
+    for item_id in sorted(backup.before - present):
+        out.problem("lost", f"expert example of review item {item_id} is missing from the restored backup")
+    conn = read_db(db_path)
+    try:
+        for row in conn.execute(
+                "SELECT i.id FROM review_items i WHERE i.state IN ('approved', 'edited') AND NOT EXISTS"
+                " (SELECT 1 FROM dataset_examples d WHERE d.review_item_id = i.id) AND NOT EXISTS"
+                " (SELECT 1 FROM outbox o WHERE o.idempotency_key = 'dataset:' || i.id AND o.status != 'done')"):
+            out.problem("half_applied", f"restored backup: review item {row[0]} accepted, no example and none due")
+        messages = conn.execute("SELECT COUNT(*) FROM messages WHERE text LIKE '%[soak p%'").fetchone()[0]
+    finally:
+        conn.close()
+    return (f"taken during load in {backup.seconds:.1f} s, restored into a fresh data dir: {messages} messages, "
+            f"{len(present)} expert examples ({len(backup.before)} existed when it began, "
+            f"{len(backup.before - present)} missing)")
 
 
 def main() -> int:

@@ -195,6 +195,7 @@ async def _serve_claimed(cfg: Settings, instance: Any, demo: bool, host: str, po
     else:
         (model_path, is_demo), general = resolve_model(cfg, demo), None
     service = Service(cfg, demo=is_demo, model_path=model_path, general_model=general)
+    service.sole_instance = True  # this process holds the data directory's lock (bot/instance.py)
     service.add_platform(LocalPlatform())
     runners: list[Any] = []
     doctor: asyncio.Task[Any] | None = None

@@ -471,6 +471,15 @@ class ConversationCore:
 
         return await self.db.run(claim)
 
+    async def release_claims_of_a_previous_run(self) -> int:
+        """At start, when this process alone serves the database (``Service.sole_instance``):
+        messages stored or claimed by a previous run and never answered have no live handler any
+        more, so they are queued for the retry loop's first round now rather than when their claim
+        goes stale (``claim_stale_s``, tens of seconds after a kill -9). Returns how many."""
+        return await self.db.run(lambda conn: conn.execute(
+            "UPDATE messages SET status = 'queued_retry', claimed_at = NULL,"
+            " last_error = 'interrupted: the service stopped' WHERE status IN ('received', 'answering')").rowcount)
+
     async def _release_claim(self, message_id: int, exc: BaseException) -> None:
         """Give a claim back after an unexpected error, queued so the retry loop answers it later."""
         try:

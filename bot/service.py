@@ -50,6 +50,11 @@ class Service:
         self._scheduler_task: asyncio.Task[Any] | None = None
         self._outbox_task: asyncio.Task[Any] | None = None
         self.retry_interval_s = settings.inference.retry_interval_s
+        # True when this process alone serves the database (`llm4sweat run` holds the data
+        # directory's lock, bot/instance.py): messages received or claimed before start then
+        # belong to a process that ended, and are answered at once instead of after the claim
+        # deadline. Tests that run services side by side on one database leave it False.
+        self.sole_instance = False
         self._swap_lock = asyncio.Lock()
         # Each configured platform's connection health (bot.supervisor keeps those of Discord and
         # Slack, also before they connect); /readyz, `llm4sweat doctor` and /status read it.
@@ -70,6 +75,10 @@ class Service:
             log.info("imported %d seed examples from the %s pack", added, self.pack.name)
         await self.backend.start()
         await self._load_live_adapter()
+        if self.sole_instance:  # nobody else answers this database: what a dead process held is due now
+            released = await self.core.release_claims_of_a_previous_run()
+            if released:
+                log.warning("%d message(s) left unanswered by the previous run are answered now", released)
         recovered = await self.core.outbox.recover()  # effects a crash left behind (decisions, deliveries)
         if recovered:
             log.info("applied %d effect(s) left pending by the last run", recovered)

@@ -173,6 +173,33 @@ async def test_restart_retakes_a_stale_claim_once(settings):
         await second.stop()
 
 
+async def test_the_sole_service_answers_what_a_killed_run_left_at_once(settings):
+    """`llm4sweat run` holds the data directory alone (sole_instance): a message the killed run
+    had stored or claimed a moment ago is answered in the first round, once, not after the
+    claim deadline."""
+    first = Service(settings, FixedBackend())
+    first.add_platform(RecordingPlatform())
+    await first.start(retry_loop=False)
+    text = "What is HDSS?"
+    _, received_id, _ = await first.core._store_incoming(msg(text, user="a"), text)
+    _, claimed_id, _ = await first.core._store_incoming(msg(text, user="b"), text)
+    await first.db.execute("UPDATE messages SET status = 'answering', claimed_at = ? WHERE id = ?",
+                           (time.time(), claimed_id))
+    await first.stop()
+
+    second = Service(settings, FixedBackend())
+    second.sole_instance = True
+    second.add_platform(RecordingPlatform())
+    await second.start(retry_loop=False)
+    try:
+        answered = await asyncio.gather(second.core.retry_queued(), second.core.retry_queued())
+        assert sum(answered) == 2
+        assert await counts(second, received_id) == (1, 1, 1)
+        assert await counts(second, claimed_id) == (1, 1, 1)
+    finally:
+        await second.stop()
+
+
 async def test_many_messages_across_retry_ticks_one_reply_each(svc):
     svc.backend.delay_s = 0.01
 
