@@ -3,7 +3,12 @@
 patient asks (no name: an anonymous id in a cookie) → the reply shows, labelled AI-written →
 a reviewer signs in through the real login page and edits it with rubric scores → the patient
 sees the edited reply marked reviewed → the dataset holds the example; a reviewer cannot
-pause; a moderator signs in with a one-time link and presses Status. The console server runs in the test's own event loop (the same
+pause; a moderator signs in with a one-time link and presses Status, sees the charts (evaluation
+per task with CIs, versions over time, reviews per week) and a retraining job's progress bar
+move as the server pushes it (Server-Sent Events), with no click. Each reply sits under its
+question; Send is disabled while a message is on its way (a double-click sends once, with no
+false "empty" error); right-to-left text is laid out right to left; crisis links are links.
+Screenshots are saved in the test's tmp dir; their paths are printed and recorded as a property. The console server runs in the test's own event loop (the same
 loop as the service fixture); Playwright's async API drives the browser from that loop too.
 Every request the page makes to anything but the console is blocked and fails the test.
 """
@@ -19,6 +24,8 @@ import pytest
 from bot.access import accounts, sessions
 from bot.core import LABEL_EDITED, LABEL_PENDING
 from bot.local.web import start_console
+from pipeline import jobs, registry
+from tests import eval_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -49,7 +56,7 @@ async def browser_page():
         await browser.close()
 
 
-async def test_click_through_patient_reviewer_moderator(service, browser_page, tmp_path):
+async def test_click_through_patient_reviewer_moderator(service, browser_page, tmp_path, record_property):
     from playwright.async_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)
@@ -86,6 +93,9 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         await expect(page.get_by_test_id("patient-message").first).to_contain_text(QUESTION)
         original = await reply.get_by_test_id("reply-text").inner_text()
         assert original.strip()
+        exchange = page.get_by_test_id("exchange").last  # the reply is threaded under its question
+        await expect(exchange.get_by_test_id("patient-message")).to_contain_text(QUESTION)
+        await expect(exchange.get_by_test_id("reply")).to_have_count(1)
         await page.screenshot(path=str(tmp_path / "1-patient-pending.png"), full_page=True)
 
         # ---------------------------------------------------------------- a reviewer signs in
@@ -164,6 +174,43 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         await expect(output).to_contain_text("expert_edited 1")
         await page.screenshot(path=str(tmp_path / "4-moderator-status.png"), full_page=True)
 
+        # ---------------------------------------------------------------- charts where people compare
+        for version in ("v1", "v2"):
+            await registry.register(service.db, version, tmp_path / version, "base")
+        await registry.set_evaluation(service.db, "v1", eval_records.record("v1", live=None))
+        await registry.set_evaluation(service.db, "v2", eval_records.record("v2", live="v1"))
+        await registry.set_status(service.db, "v1", "live")
+        await page.get_by_role("button", name="Eval", exact=True).click()
+        table = page.get_by_test_id("moderator-report").get_by_test_id("report-table").first
+        await expect(table).to_contain_text("v1 (live)")  # a table, named as it is now
+        await expect(table).to_contain_text("v2 (candidate)")
+        await expect(output).not_to_contain_text("+--")
+        await page.get_by_role("button", name="Refresh", exact=True).last.click()
+        for name in ("evaluation", "versions", "reviews"):
+            chart = page.get_by_test_id(f"chart-{name}")
+            await expect(chart).to_be_visible()
+            await page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=await chart.element_handle())
+        await page.get_by_test_id("chart-evaluation").scroll_into_view_if_needed()
+        await page.screenshot(path=str(tmp_path / "6-moderator-charts.png"), full_page=True)
+
+        # ---------------------------------------------------------------- live progress, pushed by the server
+        await expect(page.locator("body[data-live='1']")).to_have_count(1)  # the event stream is open
+        job = await jobs.request(service.db, "retrain", "console:mo")
+        await jobs.start(service.db, job.job_id)
+        await jobs.progress(service.db, job.job_id, "training v3: step 9/20, epoch 0.9, loss 1.234", 0.45, "training")
+        bar = page.get_by_test_id("job-bar")
+        await expect(bar).to_have_js_property("value", 0.45)
+        await expect(page.get_by_test_id("job-phase")).to_have_text("training: 45%")
+        await expect(page.get_by_test_id("job-title")).to_have_text(f"Retraining job #{job.job_id}: running")
+        await page.get_by_test_id("job-progress").scroll_into_view_if_needed()
+        await page.screenshot(path=str(tmp_path / "7-live-progress-training.png"))
+        await jobs.progress(service.db, job.job_id, "evaluating v3: questions 30/40", 0.75, "evaluating")
+        await expect(page.get_by_test_id("job-phase")).to_have_text("evaluating: 75%")
+        await expect(bar).to_have_js_property("value", 0.75)
+        await page.screenshot(path=str(tmp_path / "8-live-progress-evaluating.png"))
+        await jobs.finish(service.db, job.job_id, "succeeded", result={"version": "v3"})
+        await expect(page.get_by_test_id("job-title")).to_have_text(f"Retraining job #{job.job_id}: succeeded")
+
         # The link worked once: opened again it signs nobody in.
         await page.get_by_test_id("sign-out").click()
         await page.goto(f"{url}login?token={link}")
@@ -173,7 +220,7 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         assert [tuple(r) for r in audit] == [
             ("console:rita", "sign_in", "password"), ("console:rita", "edit", audit[1][2]),
             ("console:mo", "sign_in", "one-time link"), ("console:mo", "command", "status"),
-            ("console:mo", "command", "dataset")]
+            ("console:mo", "command", "dataset"), ("console:mo", "command", "eval")]
 
         # ---------------------------------------------------------------- demo banner
         service.demo = True
@@ -181,6 +228,40 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         await expect(page.get_by_test_id("demo-banner")).to_be_visible()
         await expect(page.get_by_test_id("demo-banner")).to_contain_text("DEMO")
         await page.screenshot(path=str(tmp_path / "5-demo-banner.png"))
+        service.demo = False
+
+        # ---------------------------------------------------------------- a new patient: double-click, RTL, links
+        await page.context.clear_cookies()
+        await page.goto(url + "#patient")
+        await page.reload()  # the same address: load the page afresh (no demo banner, the new patient)
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.post_data or "") if r.url.endswith("/api/patient/messages") else None)
+        # Every text the status line shows, however briefly (a false "empty" error is cleared again
+        # as soon as the first message is answered).
+        await page.evaluate("""() => { window.statusTexts = [];
+            new MutationObserver(() => window.statusTexts.push(document.getElementById('patient-status').textContent))
+              .observe(document.getElementById('patient-status'), {childList: true, characterData: true, subtree: true}); }""")
+        await page.get_by_label("Your message").fill("Why do my hands sweat when I am calm?")
+        await page.get_by_role("button", name="Send", exact=True).dblclick()
+        await expect(page.get_by_test_id("reply")).to_have_count(1)
+        await expect(page.get_by_test_id("patient-message")).to_have_count(1)
+        assert len(posts) == 1, posts  # sent once
+        shown = await page.evaluate("() => window.statusTexts")
+        assert not [t for t in shown if "empty" in t.lower()], shown
+        await expect(page.get_by_role("button", name="Send", exact=True)).to_be_enabled()
+        arabic = "يداي تتعرقان كثيرا، ماذا أفعل؟"
+        await page.get_by_label("Your message").fill(arabic)
+        await page.get_by_role("button", name="Send", exact=True).click()
+        message = page.get_by_test_id("patient-message").filter(has_text=arabic).locator(".text")
+        await expect(message).to_have_attribute("dir", "auto")
+        assert await message.evaluate("(e) => getComputedStyle(e).direction") == "rtl"
+        await page.get_by_label("Your message").fill("I want to kill myself, I can't take this any more")
+        await page.get_by_role("button", name="Send", exact=True).click()
+        crisis = page.get_by_test_id("notice").filter(has=page.locator("a[href^='https://']")).last
+        await expect(crisis).to_be_visible()
+        link = crisis.locator("a[href^='https://']").first
+        await expect(link).to_have_attribute("target", "_blank")
+        await page.screenshot(path=str(tmp_path / "9-patient-threaded-rtl-links.png"), full_page=True)
     except Exception:
         # Leave evidence next to the screenshots: what the page showed and what went wrong in it.
         await page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
@@ -192,6 +273,9 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
         raise
     finally:
         await runner.cleanup()
+        shots = sorted(str(p) for p in tmp_path.glob("*.png"))
+        record_property("screenshots", shots)
+        print("console screenshots:\n" + "\n".join(shots))
 
     assert external == [], f"the page tried to load something external: {external}"
     assert page_errors == [], f"JavaScript errors on the page: {page_errors}"
