@@ -462,7 +462,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/api/moderator/alerts", moderator_alerts, MODERATOR),
     ("GET", "/api/moderator/adapters", moderator_adapters, MODERATOR),
     ("GET", "/api/moderator/charts", charts_data, MODERATOR),
-    ("GET", r"/api/moderator/charts/{name:[a-z]{1,20}}.svg", chart_svg, MODERATOR),
+    ("GET", r"/api/moderator/charts/{name:[a-z0-9_-]{1,20}}.svg", chart_svg, MODERATOR),
     ("GET", "/api/events", events, REVIEWER),  # reviewers; job progress and alerts only to moderators
     ("GET", "/metrics", metrics_page, MODERATOR),  # Prometheus: moderators, or the control token as bearer
     ("GET", "/healthz", health_http.healthz, PUBLIC),  # container health checks: nothing but up or not
