@@ -395,10 +395,10 @@ class FakeDiscord:
         overwrites.append({"id": target_id, "type": 1 if member else 0, "allow": str(allow), "deny": str(deny)})
         self.channels[channel_id]["permission_overwrites"] = overwrites
 
-    def add_member(self, name: str, roles: tuple[str, ...] = ()) -> str:
-        """A guild member; roles by name: 'reviewer', 'moderator'."""
+    def add_member(self, name: str, roles: tuple[str, ...] = (), bot: bool = False) -> str:
+        """A guild member; roles by name: 'reviewer', 'moderator'; ``bot``: another app's bot user."""
         uid = self.snowflake()
-        self.users[uid] = self._user_payload(uid, name)
+        self.users[uid] = self._user_payload(uid, name, bot=bot)
         role_ids = {"reviewer": self.reviewer_role, "moderator": self.moderator_role}
         self.members[uid] = [role_ids[r] for r in roles]
         return uid

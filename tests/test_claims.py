@@ -113,6 +113,8 @@ async def test_resume_while_a_retry_tick_runs(svc):
         assert result.status == "paused"
     resumed, ticked = await asyncio.gather(svc.commands.resume(MODERATOR), svc.core.retry_queued())
     assert resumed.data["answered"] + ticked == 3
+    again = await svc.commands.resume(MODERATOR)  # a second /resume, everything answered already
+    assert again.data["answered"] == 0 and await svc.core.retry_queued() == 0
     ids = [row[0] for row in await svc.db.fetchall("SELECT id FROM messages ORDER BY id")]
     for message_id in ids:
         assert await counts(svc, message_id) == (1, 1, 1)

@@ -365,10 +365,23 @@ async def test_dm_is_one_conversation_and_new_conversation_starts_afresh(bot, fa
     assert all(m["channel_id"] == dm for m in fake.bot_messages(dm)) and not fake.threads
 
 
-async def test_bot_ignores_itself_and_the_reviewer_channel(bot, fake, people):
-    await fake.say(people["reviewer"], fake.reviewer_channel_id, "hello team")
-    await asyncio.sleep(0.2)
-    assert not bot.backend.calls and not fake.threads
+async def test_bot_ignores_bots_and_the_reviewer_channel(tmp_path, fake, people):
+    """Another app's bot posting in a support channel, and reviewers talking in their channel —
+    even when it sits in a support category — get no answer; a patient's question posted after
+    them is the only one answered (the events are handled in order, so once it is answered the
+    earlier ones have been passed over)."""
+    fake.channels[fake.reviewer_channel_id]["parent_id"] = fake.category_id  # reviewers inside "Support"
+    harness = await Bot(tmp_path, fake, discord={"support_category_ids": [int(fake.category_id)]}).start()
+    try:
+        other_bot = fake.add_member("helper-bot", bot=True)
+        await fake.say(other_bot, fake.support_id, "Daily reminder: drink water!")
+        await fake.say(people["reviewer"], fake.reviewer_channel_id, "hello team, does anyone know about botox?")
+        thread = await harness.ask(people["patient"], "Does botox help sweaty underarms?")
+        assert len(harness.backend.calls) == 1
+        assert [t["id"] for t in fake.threads.values()] == [thread["id"]]
+        assert await harness.service.db.fetchval("SELECT COUNT(*) FROM messages") == 1
+    finally:
+        await harness.stop()
 
 
 async def test_longest_message_a_member_can_send(tmp_path, fake, people):

@@ -441,14 +441,19 @@ async def test_dms_refused_when_not_enabled(tmp_path, fake):
 
 
 async def test_ignores_bots_edits_and_the_reviewer_channel(http_slack, fake):
+    """Bots, edits and reviewers talking in their channel (even one also listed as a support
+    channel) get no answer: a patient's question sent after them is the only one answered (the
+    events are handled in order, so once it is answered the earlier ones were passed over)."""
     service, runner, http = http_slack
+    runner.platform.cfg.support_channel_ids.append(REVIEW)  # a workspace that asks and reviews in one place
     await http.event(message("a bot speaking", bot_id="B0OTHER"))
     await http.event(message("edited", subtype="message_changed"))
-    await http.event(message("reviewers chatting", channel=REVIEW))
-    await http.event(mention("reviewers chatting", channel=REVIEW))
-    await asyncio.sleep(0.3)
-    assert not fake.calls_to("chat.postMessage")
-    assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 0
+    await http.event(message("reviewers chatting", user=REVIEWER, channel=REVIEW))
+    await http.event(mention("reviewers chatting", user=REVIEWER, channel=REVIEW))
+    ts, _ = await ask(http, fake, "Does botox help sweaty underarms?")
+    answered = {c.args.get("channel") for c in fake.calls_to("chat.postMessage") if c.args.get("thread_ts")}
+    assert answered <= {SUPPORT}
+    assert await service.db.fetchval("SELECT COUNT(*) FROM messages") == 1
 
 
 async def test_attachment_only_message_gets_a_notice(http_slack, fake):
@@ -721,6 +726,22 @@ async def test_edit_submission_acks_in_time_while_the_user_group_is_rate_limited
     await fake.wait_for(lambda: section_texts(fake.thread(SUPPORT, ts)[1])[0] == "Yes, at night on dry skin.",
                         timeout=15)
     assert await service.db.fetchval("SELECT state FROM review_items WHERE id = ?", (item_of(card),)) == "edited"
+
+
+@pytest.mark.slow  # waits out a 4 s Retry-After
+async def test_buttons_ack_in_time_while_the_user_group_is_rate_limited(http_slack, fake):
+    """A reviewer (by user group, nothing cached) clicks Approve while usergroups.users.list
+    answers 429 with Retry-After 4 s: Slack gets its ack within 3 s, and the decision is
+    applied once the lookup answers."""
+    service, runner, http = http_slack
+    ts, card = await ask(http, fake, "Does iontophoresis hurt?")
+    fake.rate_limit("usergroups.users.list", times=1, retry_after=4)
+    started = time.monotonic()
+    status, body = await http.interact(block_action(fake, "review_approve", item_of(card), REVIEWER, card["ts"]))
+    assert status == 200 and time.monotonic() - started < fake.ack_deadline_s
+    assert not fake.late_acks
+    await fake.wait_for(lambda: any(LABEL_APPROVED in t for t in context_texts(fake.thread(SUPPORT, ts)[1])),
+                        timeout=15)
 
 
 async def test_user_group_members_are_cached_and_newcomers_looked_up(http_slack, fake):
@@ -1124,7 +1145,7 @@ async def test_llm4sweat_run_connects_in_socket_mode(tmp_path, fake):
         "LLM4SWEAT_SLACK__REVIEWER_USER_IDS": json.dumps([LISTED]),
     })
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from bot.cli import app; app()", "run", "--no-console",
+        sys.executable, "-c", "from bot.cli import app; app()", "run", "--no-console", "--port", "0",
         env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
