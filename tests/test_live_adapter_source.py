@@ -175,7 +175,7 @@ def test_the_command_line_goes_through_the_running_service(tmp_path):
         assert loop_cli.list_adapters(cfg).serving == "v1" and _live(tmp_path) == "v1"
 
         shown = subprocess.run([sys.executable, "-m", "bot.cli", "adapters", "list"], capture_output=True,
-                               text=True, env=env, timeout=120)
+                               text=True, env={**env, "COLUMNS": "200"}, timeout=120)  # a table row per line
         assert shown.returncode == 0 and "live (serving)" in shown.stdout and "serves v1" in shown.stdout, shown.stdout
     finally:
         proc.send_signal(signal.SIGINT)
