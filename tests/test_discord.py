@@ -804,9 +804,12 @@ async def test_each_moderator_command(bot, fake, people, monkeypatch):
     async def fake_retrain(job_id: int) -> None:  # the real job trains a model; here it reports progress
         db = bot.service.db
         await jobs.start(db, job_id)
-        for step in ("generating 10/40", "training 50%", "evaluating"):
-            await jobs.progress(db, job_id, step)
-            await asyncio.sleep(0.05)
+        for step, fraction, phase in (("exporting the dataset snapshot", None, None),
+                                      ("training v2: step 5/10", 0.5, "training"),
+                                      ("evaluating v2: questions 30/40", 0.75, "evaluating")):
+            await jobs.progress(db, job_id, step, fraction, phase)
+            await fake.wait_for(lambda: any(step in m["content"] for m in fake.bot_messages(fake.mods_channel_id)),
+                                what=f"progress message shows {step!r}")
         await jobs.finish(db, job_id, "succeeded", result={"version": "v2"})
 
     monkeypatch.setattr(bot.service, "start_retrain",
@@ -819,6 +822,9 @@ async def test_each_moderator_command(bot, fake, people, monkeypatch):
     assert len(fake.bot_messages(fake.mods_channel_id)) == 1  # one message, edited as the job went on
     edits = fake.calls_to("PATCH", rf"/channels/{fake.mods_channel_id}/messages/{progress[0]['id']}")
     assert len(edits) >= 2
+    shown = [c.body["content"] for c in edits]  # with a bar while it runs
+    assert any("training: ▓▓▓▓▓▓▓▓▓▓░░░░░░░░░░ 50%" in t for t in shown), shown
+    assert "▓" not in progress[0]["content"]  # finished: no bar, the outcome
     again = await run_slash(fake, mod, "retrain")
     assert "Retraining job #" in again.text
 
