@@ -1305,3 +1305,22 @@ async def test_retrain_progress_is_one_message_edited_in_place(http_slack, fake,
     [final] = [m for m in fake.channel_messages(REVIEW) if "Retraining job #1" in m["text"]]  # still one message
     assert final["ts"] == progress["ts"] and "succeeded" in final["text"]
     assert len(fake.calls_to("chat.update", lambda c: c.args.get("ts") == progress["ts"])) >= 3
+
+
+async def test_a_chart_that_cannot_be_shared_does_not_repeat_the_result(http_slack, fake, tmp_path, caplog):
+    """An app installed before files:write: the result is posted once with its fields, the chart
+    is left out with a log line naming the scope, and the alert is not retried (no duplicate)."""
+    from pipeline import evaluate as ev
+    from pipeline import retrain as rt
+    from tests.eval_records import record
+
+    service, runner, http = http_slack
+    fake.scopes.discard("files:write")
+    evaluation = record("v2", live="v1")
+    chart = ev.bar_chart(evaluation, tmp_path / "evaluation.png")
+    report = await rt.result_report(service.db, evaluation, {"png": str(chart)})
+    await service.core.alert_moderators("Retraining job #1: adapter v2 trained.", report=report)
+    await fake.wait_for(lambda: fake.attempts("files.getUploadURLExternal"))
+    assert (await service.core.outbox.stats())["pending"] == 0
+    assert len([m for m in fake.channel_messages(REVIEW) if "Retraining job #1" in m["text"]]) == 1
+    assert not fake.files and "add the files:write scope" in caplog.text

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.response import BoltResponse
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import catchup
@@ -336,8 +336,14 @@ class SlackPlatform:
             channel=channel, text=body,
             blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": body}}, *blocks.report_blocks(report)][:50])
         if report.image and Path(report.image).is_file():
-            await self.client.files_upload_v2(channel=channel, thread_ts=posted.get("ts"), file=report.image,
-                                              filename=Path(report.image).name, title=report.title)
+            # The alert is posted: a chart that cannot follow is logged, never a reason to post it again.
+            try:
+                await self.client.files_upload_v2(channel=channel, thread_ts=posted.get("ts"), file=report.image,
+                                                  filename=Path(report.image).name, title=report.title)
+            except (SlackApiError, SlackRequestError) as exc:
+                detail = _error(exc) if isinstance(exc, SlackApiError) else str(exc)
+                log.warning("slack: the chart of %r was not shared (%s)%s", report.title, detail,
+                            "; add the files:write scope and reinstall the app" if "missing_scope" in detail else "")
 
     # ================================================================== roles
 
