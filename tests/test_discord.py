@@ -268,8 +268,11 @@ async def test_follow_up_in_thread_continues_the_conversation(bot, fake, people)
 
     # someone else writing in the patient's thread is not answered as the patient
     await fake.say(people["other"], thread["id"], "I have the same sweaty palms.")
-    await asyncio.sleep(0.2)
-    assert len(bot.backend.calls) == 2
+    await fake.say(people["patient"], thread["id"], "And on the feet?")  # handled after it
+    await fake.wait_for(lambda: len(bot.backend.calls) == 3, what="the patient's next follow-up answered")
+    assert bot.backend.calls[-1][-1]["content"] == "And on the feet?"
+    assert not any("same sweaty palms" in m["content"] for call in bot.backend.calls for m in call)
+    assert await bot.service.db.fetchval("SELECT COUNT(*) FROM messages") == 3
 
 
 async def test_follow_up_in_thread_after_restart_finds_the_patient(tmp_path, fake, people):
@@ -308,11 +311,10 @@ async def test_no_thread_possible_answers_in_place_as_a_reply(bot, fake, people)
 async def test_mention_in_a_threadless_channel_is_answered_and_chatter_is_not(bot, fake, people):
     bot.platform.cfg.support_category_ids.append(int(fake.category_id))
     await fake.say(people["patient"], fake.voice_id, "just chatting in voice text")
-    await asyncio.sleep(0.2)
-    assert not bot.backend.calls
     mention = await fake.say(people["patient"], fake.voice_id, "does botox help?", mention_bot=True)
     await fake.wait_for(lambda: any(REPLY in m["content"] for m in fake.bot_messages(fake.voice_id)),
                         what="an answer in the voice channel's chat")
+    assert len(bot.backend.calls) == 1  # the chatter before the mention was passed over
     assert bot.backend.calls[-1][-1]["content"] == "does botox help?"  # our mention is not sent to the model
     assert fake.bot_messages(fake.voice_id)[0]["message_reference"]["message_id"] == mention["id"]
 
@@ -329,8 +331,8 @@ async def test_category_channels_are_support_channels(tmp_path, fake, people):
         thread = await harness.ask(people["patient"], "Is excessive sweating of the palms hereditary?", channel_id=fake.category_channel_id)
         assert thread["parent_id"] == fake.category_channel_id
         await fake.say(people["patient"], fake.mods_channel_id, "not a support channel")
-        await asyncio.sleep(0.2)
-        assert len(harness.backend.calls) == 1
+        await harness.ask(people["other"], "Does botox help sweaty feet?", channel_id=fake.category_channel_id)
+        assert len(harness.backend.calls) == 2  # the message before it, outside support, was passed over
     finally:
         await harness.stop()
 

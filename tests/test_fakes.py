@@ -339,7 +339,7 @@ async def test_slack_socket_mode_envelope_not_acked_in_time_is_sent_again(sfake)
             await ws.send_str(json.dumps({"envelope_id": second["envelope_id"]}))
             await sfake.send_envelope("slash_commands", {"command": "/x"})
             command = await ws.receive_json()
-            await asyncio.sleep(0.4)
+            await sfake.wait_for(lambda: len(sfake.late_acks) == 2)  # the command's ack deadline passes unanswered
             assert [a["kind"] for a in sfake.late_acks] == ["events_api", "slash_commands"]
             assert command["type"] == "slash_commands"
 

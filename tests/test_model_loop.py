@@ -478,10 +478,21 @@ async def test_scheduler_retrains_when_enough_new_expert_examples(service, monke
 
     started: list[int] = []
     monkeypatch.setattr(service, "start_retrain", started.append)
+    checks = asyncio.Semaphore(0)
+    real_due = rt.retrain_due
+
+    async def counted(svc):  # the scheduler's check, counted: the test waits for checks, not for time
+        checks.release()
+        return await real_due(svc)
+
+    monkeypatch.setattr(rt, "retrain_due", counted)
     task = rt.start_scheduler(service, check_every_s=0.01)
-    await asyncio.sleep(0.2)
-    task.cancel()
-    assert len(started) == 1  # checked many times, started once
+    try:
+        for _ in range(10):
+            await asyncio.wait_for(checks.acquire(), 10)
+    finally:
+        task.cancel()
+    assert len(started) == 1  # checked ten times, started once
     job = await jobs.get(service.db, started[0])
     assert job["requested_by"] == "scheduler"
     assert any("Scheduled retraining" in a["text"] for a in service.core.platforms["local"].alerts)

@@ -53,10 +53,18 @@ async def test_a_due_round_is_requested_from_the_trainer_job_not_run_here(servic
         while not any("Retraining is due" in a["text"] for a in alerts):
             assert asyncio.get_running_loop().time() < deadline, "moderators were never told"
             await asyncio.sleep(0.01)
-        # Many more checks happen; none trains here, and moderators are told once per interval.
-        checks_seen = asyncio.get_running_loop().time() + 0.2
-        while asyncio.get_running_loop().time() < checks_seen:
-            await asyncio.sleep(0.01)
+        # Many more checks happen (counted, not timed); none trains here, and moderators are told
+        # once per interval.
+        checks = asyncio.Semaphore(0)
+        real_due = rt.retrain_request_due
+
+        async def counted(svc):
+            checks.release()
+            return await real_due(svc)
+
+        monkeypatch.setattr(rt, "retrain_request_due", counted)
+        for _ in range(10):
+            await asyncio.wait_for(checks.acquire(), 10)
     finally:
         task.cancel()
     assert started == [] and await jobs.active(service.db, "retrain") is None
