@@ -105,9 +105,14 @@
     show(current);
   });
 
+  // In the reader's own time zone and language: the time today, the date and time before today.
   function timeOf(seconds) {
     if (!seconds) return "";
-    return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const when = new Date(seconds * 1000);
+    if (when.toDateString() === new Date().toDateString()) {
+      return when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    }
+    return when.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
   }
 
   // ------------------------------------------------------------------ views / routing
