@@ -327,6 +327,21 @@ async def test_crisis_message_shows_resources_and_alerts_moderators(console, ser
     assert any(i["kind"] == "crisis" for i in alerts["incidents"])
 
 
+async def test_a_person_of_the_care_team_is_labelled_as_a_person(console, service):
+    """A moderator who takes a crisis case over and writes to the patient is shown on the patient's
+    page with who wrote it — a person, not the AI (the label was dropped on the console)."""
+    await console.say("I can't take this sweating anymore, I want to kill myself.")
+    status, body = await console.moderator.post("/api/moderator/command", {"command": "case", "argument": "list"})
+    assert status == 200, body
+    case_id = body["text"].split()[0].lstrip("#")
+    for argument in (f"take {case_id}", f"reply {case_id} I am here with you. Are you safe right now?"):
+        status, body = await console.moderator.post("/api/moderator/command", {"command": "case", "argument": argument})
+        assert status == 200 and body["ok"], body
+    person = [e for e in await console.thread() if e["type"] == "notice" and e["kind"] == "person"]
+    assert [e["text"] for e in person] == ["I am here with you. Are you safe right now?"]
+    assert "a person from the care team — not the AI" in person[0]["label"], person
+
+
 async def test_forget_deletes_the_patient(console, service):
     await console.say("Please remember that my armpits sweat.")
     status, body = await console.post("/api/patient/forget", {})

@@ -211,7 +211,8 @@ async def patient_conversation(request: web.Request) -> web.Response:
     for n, notice in enumerate(platform.notices.get(conversation_id, [])):
         if notice["at"] < started:
             continue  # from an earlier, deleted conversation that had the same id
-        entries.append({"type": "notice", "id": n, "kind": notice["kind"], "text": notice["text"], "at": notice["at"]})
+        entries.append({"type": "notice", "id": n, "kind": notice["kind"], "text": notice["text"],
+                        "label": notice.get("label") or "", "at": notice["at"]})  # label: who wrote it (a person)
     # A message first, then what answered it (notices are sent just after their message is stored).
     order = {"message": 0, "notice": 1, "reply": 2}
     entries.sort(key=lambda e: (e["at"], order[e["type"]]))

@@ -149,6 +149,7 @@
     }
     if (entry.type === "notice") {
       const node = el("li", { class: "notice " + entry.kind, testid: "notice", "data-kind": entry.kind, dir: "auto" },
+        entry.label ? el("span", { class: "label", testid: "notice-label", text: entry.label }) : null,
         linked(entry.text));
       if (entry.kind === "consent") node.append(consentChoice());
       return node;
