@@ -708,3 +708,24 @@ def test_cli_train_and_eval(tmp_path, tiny_model_dir) -> None:
     out = run_cli("eval", "export-lm-eval", str(tmp_path / "lm"), env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "--include_path" in out.stdout and (tmp_path / "lm" / "hyperhidrosis_test.yaml").is_file()
+
+
+@session_loop
+async def test_job_progress_carries_the_fraction_for_the_bars(db) -> None:
+    """The worker's training and evaluation steps become a phase and a fraction (0–1) that the
+    console's bar and the chat platforms' progress message draw; the job row keeps the text."""
+    from bot.live import hub_for
+
+    train = rt._describe_progress({"phase": "train", "step": 5, "total": 20, "epoch": 0.5, "train_loss": 1.5}, "v3")
+    assert train == ("training v3: step 5/20, epoch 0.5, loss 1.500", "train", 0.25)
+    evaluating = rt._describe_progress({"phase": "eval", "what": "v3:score", "step": 30, "total": 40}, "v3")
+    assert evaluating == ("evaluating v3: questions 30/40", "eval:v3:score", 0.75)
+    job = await jobs.request(db, "retrain", "mod")
+    await jobs.start(db, job.job_id)
+    writer = rt._ProgressWriter(db, job.job_id, None)
+    with hub_for(db).subscribe() as heard:
+        await writer(*evaluating)
+        event, data = heard.get_nowait()
+    assert event == "job" and (data["phase"], data["fraction"], data["progress"]) == (
+        "evaluating", 0.75, "evaluating v3: questions 30/40")
+    assert (await jobs.get(db, job.job_id))["progress"] == "evaluating v3: questions 30/40"
