@@ -291,8 +291,9 @@ async def service_call(cfg: Settings, method: str, path: str, body: dict[str, An
     if found is None:
         return None
     if not found.url:
-        return {"ok": False, "error": f"a service is running with this data directory ({found.describe()}) without "
-                                      "its console, so it takes no commands from here: use the moderator commands "
+        return {"ok": False, "error": f"a service is running with this data directory ({found.describe()}) and "
+                                      "serves no console (still starting, or run with --no-console), so it takes no "
+                                      "commands from here: try again once it has started, use the moderator commands "
                                       "on Discord or Slack, or stop it first. Nothing was changed."}
     base = _control_url(cfg, found.url)
     token = read_token(cfg.data_dir)
