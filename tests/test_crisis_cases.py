@@ -18,6 +18,8 @@ from bot.settings import load_settings
 from reviewers.models import PermissionDenied, Actor
 from tests.recording_platform import RecordingPlatform
 
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # the fakes' servers run on the session's loop
+
 MODERATOR = Actor("local", "mod", "Mona", frozenset({"moderator"}))
 REVIEWER = Actor("local", "rev", "Dr Rita", frozenset({"reviewer"}))
 PATIENT = Actor("local", "pat", "pat", frozenset())
@@ -139,3 +141,94 @@ async def test_the_command_line_lists_shows_and_resolves_cases(tmp_path):
         assert "No open crisis case." in run_cli("incidents", "list", tmp_path=tmp_path).stdout
     finally:
         await svc.stop()
+
+
+# ---------------------------------------------------------------------- Discord and Slack, for real
+
+from tests.discord_fake import FakeDiscord  # noqa: E402
+from tests.slack_fake import FakeSlack  # noqa: E402
+
+
+@pytest.fixture
+async def discord_fake():
+    server = await FakeDiscord().start()
+    server.patch_library()
+    yield server
+    await server.stop()
+
+
+async def _slash(fake: FakeDiscord, user: str, name: str, **options: str) -> str:
+    interaction = await fake.slash(user, name, options or None)
+    await fake.wait_for(lambda: interaction.followups, what=f"/{name} answer")
+    return interaction.text
+
+
+async def test_discord_take_over_reply_and_resolve(tmp_path, discord_fake):
+    from tests.test_crisis_delivery import _discord
+
+    fake = discord_fake
+    service, runner = await _discord(tmp_path, fake)
+    try:
+        patient = fake.add_member("sam")
+        reviewer = fake.add_member("dr_lee", roles=("reviewer",))
+        moderator = fake.add_member("mod_jo", roles=("moderator",))
+        said = await fake.say(patient, fake.support_id, CRISIS)
+        thread = said["id"]
+        await fake.wait_for(lambda: any("Crisis case #1" in m["content"] for m in fake.bot_messages(fake.reviewer_channel_id)),
+                            what="the alert")
+        assert "Only reviewers and moderators" in await _slash(fake, patient, "case", action="take", case_id="1")
+        assert "stays out of the conversation" in await _slash(fake, reviewer, "case", action="take", case_id="1")
+        await fake.say(patient, thread, "ok, thanks for the reply")
+        await fake.wait_for(lambda: any("the patient wrote: «ok, thanks for the reply»" in m["content"]
+                                        for m in fake.bot_messages(fake.reviewer_channel_id)),
+                             what="the patient's words")
+        assert await _slash(fake, reviewer, "case", action="reply", case_id="1", text="I'm Lee, a nurse. I'm here.")
+        person = await fake.wait_for(lambda: [m["content"] for m in fake.bot_messages(thread) if "I'm Lee" in m["content"]],
+                                     what="the person's reply")
+        assert "a person from the care team — not the AI" in person[0] and "dr_lee" in person[0]
+        assert service.backend.calls == []  # the model never came into it
+        assert "Only reviewers and moderators" in await _slash(fake, patient, "case", action="resolve", case_id="1",
+                                                              text="I'm fine")
+        assert "Resolved" in await _slash(fake, moderator, "case", action="resolve", case_id="1",
+                                          text="called him, safe with family")
+        assert "No open crisis case." in await _slash(fake, moderator, "case")
+        row = await service.db.fetchone("SELECT resolved_by, outcome_note FROM incidents WHERE id = 1")
+        assert row["resolved_by"] == "discord:mod_jo" and row["outcome_note"] == "called him, safe with family"
+    finally:
+        await runner.cleanup()
+        await service.stop()
+
+
+async def test_slack_take_over_reply_and_resolve(tmp_path):
+    import json
+
+    from tests.test_slack import GROUP, MODERATOR as SLACK_MOD, PATIENT as SLACK_PATIENT, REVIEW, REVIEWER as SLACK_REV
+    from tests.test_slack import SUPPORT, SignedHTTP, message, running
+
+    fake = await FakeSlack().start()
+    fake.usergroups[GROUP] = [SLACK_REV]
+    try:
+        async with running(tmp_path, fake, "http") as (service, runner):
+            http = SignedHTTP(fake, runner.url)
+            try:
+                event = message(CRISIS)
+                await http.event(event)
+                await fake.wait_for(lambda: [m for m in fake.channel_messages(REVIEW) if "Crisis case #1" in m["text"]])
+
+                async def case(user: str, text: str) -> str:
+                    status, body = await http.command(fake, "/sweat-case", user, text)
+                    assert status == 200
+                    return json.loads(body)["text"]
+
+                assert "Only reviewers and moderators" in await case(SLACK_PATIENT, "take 1")
+                assert "stays out of the conversation" in await case(SLACK_REV, "take 1")  # a member of the group
+                await case(SLACK_REV, "reply 1 I'm Rita, a nurse on the team. I'm here with you.")
+                replies = await fake.wait_for(lambda: [m for m in fake.thread(SUPPORT, event["ts"]) if "I'm Rita" in m["text"]])
+                labels = [e["text"] for b in replies[0]["blocks"] if b["type"] == "context" for e in b["elements"]]
+                assert any("not the AI" in label for label in labels)
+                assert "Resolved" in await case(SLACK_MOD, "resolve 1 spoke with her, safe")
+                assert service.backend.calls == []
+            finally:
+                await http.close()
+    finally:
+        await fake.stop()

@@ -919,6 +919,15 @@ def _add_commands(tree: app_commands.CommandTree, platform: DiscordPlatform) -> 
     async def resume(interaction: discord.Interaction) -> None:
         await platform.run_command(interaction, "resume")
 
+    @tree.command(name="case", description="Crisis cases: list, show, take over, reply to the patient as a person, resolve")
+    @app_commands.guild_only()
+    @app_commands.describe(action="list, show, take, reply or resolve", case_id="The case number (#ID in the alert)",
+                           text="reply: what the patient reads (signed as you); resolve: how the case ended")
+    async def case(interaction: discord.Interaction, action: str = "list", case_id: str | None = None,
+                   text: str | None = None) -> None:
+        # Reviewers and moderators (checked by the command layer); no default permission hides it.
+        await platform.run_command(interaction, "case", " ".join(x for x in (action, case_id, text) if x))
+
     @tree.command(name="forget-me", description="Delete everything stored about you")
     @app_commands.guild_only()
     async def forget_me(interaction: discord.Interaction) -> None:

@@ -137,6 +137,9 @@ def card_embed(card: ReviewCard) -> discord.Embed:
     embed.add_field(name="Task", value=truncate(card.task or "unknown", EMBED_FIELD_CHARS))
     embed.add_field(name="Risk flags", value=truncate(", ".join(card.risk_flags) or "none", EMBED_FIELD_CHARS))
     embed.add_field(name="Adapter", value=truncate(card.adapter_version or "base model", EMBED_FIELD_CHARS))
+    if card.hold_reason:
+        embed.add_field(name="Held from the patient because", value=truncate(card.hold_reason, EMBED_FIELD_CHARS),
+                        inline=False)
     if card.judge:
         embed.add_field(name="First reading", value=truncate(card.judge, EMBED_FIELD_CHARS), inline=False)
     decided = "\n".join(card.decided_by) if card.decided_by else "nobody yet"

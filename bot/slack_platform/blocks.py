@@ -188,6 +188,8 @@ def review_card(card: ReviewCard) -> dict[str, Any]:
                                      "text": "*Reply*\n" + (fit(card.reply_text, CARD_REPLY_LIMIT) or " ")}},
         _context(facts),
     ]
+    if card.hold_reason:
+        blocks.append(_context([f":lock: *Held from the patient because* {fit(escape(card.hold_reason), 1900)}"]))
     if card.judge:
         blocks.append(_context([fit(card.judge, 2000)]))
     if card.decided_by:
