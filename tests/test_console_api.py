@@ -339,7 +339,26 @@ async def test_a_person_of_the_care_team_is_labelled_as_a_person(console, servic
         assert status == 200 and body["ok"], body
     person = [e for e in await console.thread() if e["type"] == "notice" and e["kind"] == "person"]
     assert [e["text"] for e in person] == ["I am here with you. Are you safe right now?"]
-    assert "a person from the care team — not the AI" in person[0]["label"], person
+    assert person[0]["label"] == f"Written by {MODERATOR}, a person from the care team — not the AI", person
+
+
+async def test_crisis_resources_and_a_carers_words_stay_on_the_page_after_a_restart(console, service):
+    """The page read them from the console's memory: after a restart a patient in crisis saw
+    their message with nothing under it. Both come from the database now, once each."""
+    await console.say("I can't take this sweating anymore, I want to kill myself.")
+    status, body = await console.moderator.post("/api/moderator/command", {"command": "case", "argument": "list"})
+    case_id = body["text"].split()[0].lstrip("#")
+    status, body = await console.moderator.post("/api/moderator/command",
+                                                {"command": "case", "argument": f"reply {case_id} Are you safe?"})
+    assert status == 200 and body["ok"], body
+
+    def shown(entries: list[dict]) -> list[tuple[str, str]]:
+        return [(e["kind"], e["text"][:20]) for e in entries if e["type"] == "notice" and e["kind"] in ("crisis", "person")]
+
+    before = shown(await console.thread())
+    assert [kind for kind, _ in before] == ["crisis", "person"] and before[1][1] == "Are you safe?", before
+    service.core.platforms["local"].notices.clear()  # what a restart leaves of them
+    assert shown(await console.thread()) == before
 
 
 async def test_forget_deletes_the_patient(console, service):

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from bot.access.control import write_token
+from bot.incidents import PERSON_LABEL
 from bot import charts, consent, health_http
 from bot.listen import CONSOLE_PORT_HOW, start_site
 from bot.live import hub_for
@@ -190,7 +191,7 @@ async def patient_conversation(request: web.Request) -> web.Response:
     if conversation_id is None:
         return ok({"conversation_id": None, "entries": [], "consent": agreed})
     rows = await service.db.fetchall(
-        "SELECT * FROM (SELECT m.id AS message_id, m.text, m.status, m.created_at, r.id AS reply_id,"
+        "SELECT * FROM (SELECT m.id AS message_id, m.text, m.status, m.created_at, m.response_text, r.id AS reply_id,"
         " r.text AS reply_text, r.delivery, r.created_at AS reply_at, i.id AS item_id, i.state, i.final_text"
         " FROM messages m LEFT JOIN replies r ON r.message_id = m.id LEFT JOIN review_items i ON i.reply_id = r.id"
         " WHERE m.conversation_id = ? ORDER BY m.id DESC LIMIT ?) ORDER BY message_id",
@@ -202,15 +203,28 @@ async def patient_conversation(request: web.Request) -> web.Response:
             "type": "message", "id": row["message_id"], "text": row["text"], "at": row["created_at"],
             "status": row["status"], "status_text": STATUS_TEXT.get(row["status"], row["status"].replace("_", " ")),
         })
+        if row["response_text"]:  # the crisis resources this message was answered with
+            entries.append({"type": "notice", "id": f"crisis-{row['message_id']}", "kind": "crisis",
+                            "text": row["response_text"], "label": "", "at": row["created_at"]})
         if row["reply_id"] is not None:
             view = service.core.view_for(row["reply_text"], row["delivery"], row["state"] or "pending", row["final_text"])
             entries.append({"type": "reply", "id": row["reply_id"], "message_id": row["message_id"],
                             "item_id": row["item_id"], "state": row["state"], "at": row["reply_at"],
                             **_view_json(view)})
+    # What a person of the care team wrote (a crisis case taken over), labelled as a person's.
+    # Crisis resources and these come from the database, so a restart does not take them off the
+    # page; the platform's in-memory notices are only the passing ones (and consent).
+    for person in await service.db.fetchall(
+            "SELECT cr.id, cr.author, cr.text, cr.created_at FROM case_replies cr JOIN incidents i"
+            " ON i.id = cr.incident_id WHERE i.conversation_id = ? AND cr.created_at >= ? ORDER BY cr.id",
+            (conversation_id, started)):
+        entries.append({"type": "notice", "id": f"person-{person['id']}", "kind": "person", "text": person["text"],
+                        "label": PERSON_LABEL.format(name=person["author"].split(":", 1)[-1] or "a team member"),
+                        "at": person["created_at"]})
     platform: LocalPlatform = request.app[PLATFORM_KEY]
     for n, notice in enumerate(platform.notices.get(conversation_id, [])):
-        if notice["at"] < started:
-            continue  # from an earlier, deleted conversation that had the same id
+        if notice["at"] < started or notice["kind"] in ("crisis", "person"):
+            continue  # from an earlier, deleted conversation that had the same id; or read above
         entries.append({"type": "notice", "id": n, "kind": notice["kind"], "text": notice["text"],
                         "label": notice.get("label") or "", "at": notice["at"]})  # label: who wrote it (a person)
     # A message first, then what answered it (notices are sent just after their message is stored).
