@@ -918,18 +918,32 @@ def triage_cmd(
     ),
     score: bool = typer.Option(False, "--score", help="Labelled input: print recall/precision to stderr at the end."),
     show_text: bool = typer.Option(False, "--show-text", help="Echo each message's text in its JSON line."),
+    remote: bool = typer.Option(
+        False, "--remote", help="Also ask the remote safety layers the settings configure (Llama Guard, OpenAI moderation)."
+    ),
 ) -> None:
-    """Triage messages as the bot would (crisis, red flags, out of scope, injection, action): one JSON line each."""
+    """Triage messages as the bot would (crisis, red flags, out of scope, injection, action): one JSON line each.
+
+    Without --remote: the offline layers only (rules and the learned model), as the bot runs with
+    no remote layer configured."""
+    from bot.safety.detector import crisis_model
+    from bot.safety.remote import build_layers
     from bot.safety.scoring import Score, run_triage
     from pipeline.packs import load_pack
 
     cfg = settings()
     pack = load_pack(cfg.pack_path)
-    options = {
+    crisis_model(pack, cache_dir=cfg.data_dir / "cache")
+    options: dict = {
         "reply_languages": cfg.safety.reply_languages,
         "threshold": cfg.safety.crisis_threshold,
         "possible_threshold": cfg.safety.possible_crisis_threshold,
     }
+    if remote:
+        options["remote"] = build_layers(cfg.safety)
+        options["deadline_s"] = cfg.safety.remote_deadline_s
+        if not options["remote"]:
+            err.print("[yellow]llm4sweat triage --remote: no remote safety layer is configured; offline only[/yellow]")
     scored = Score() if score else None
     if path is None or str(path) == "-":
         run_triage(sys.stdin, pack, score=scored, show_text=show_text, **options)

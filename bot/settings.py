@@ -350,10 +350,11 @@ class SafetySettings(Section):
     # Languages the model may answer in besides the pack's own language (ISO 639-1 codes);
     # messages in other languages get a clear statement, in their language, of what is supported.
     reply_languages: list[str] = Field(default_factory=list)
-    # Crisis classifier thresholds on its probability (rules fire regardless); lower = more recall.
-    # At or above crisis_threshold: crisis. Between the two: the reply is held for a human first.
-    crisis_threshold: float = Field(0.5, gt=0, lt=1)
-    possible_crisis_threshold: float = Field(0.4, gt=0, lt=1)
+    # Thresholds on the learned model's crisis probability (rules fire regardless); lower = more
+    # recall. At or above crisis_threshold: crisis. Between the two: the reply is held for a human
+    # first. Unset: the values chosen by cross-validation (bot/safety/detector.py, docs/safety.md).
+    crisis_threshold: float | None = Field(None, gt=0, lt=1)
+    possible_crisis_threshold: float | None = Field(None, gt=0, lt=1)
     # A crisis case nobody has taken over is alerted again after this many minutes (and again
     # after as many more, until someone acts); 0 = never again.
     crisis_realert_minutes: float = Field(15.0, ge=0, le=24 * 60)

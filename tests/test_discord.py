@@ -411,7 +411,7 @@ async def test_reply_of_20000_characters_is_split_cleanly_and_updated_in_place(t
     assert len(long_reply) > 20_000
     harness = await Bot(tmp_path, fake, reply=long_reply).start()
     try:
-        thread = await harness.ask(people["patient"], "Tell me everything about treatments.")
+        thread = await harness.ask(people["patient"], "What treatments are there for sweaty hands?")
         parts = fake.bot_messages(thread["id"])[1:]  # after the consent notice
         assert len(parts) >= 11
         assert all(len(p["content"]) <= 2000 for p in parts)
@@ -1054,7 +1054,7 @@ async def test_a_9000_character_reply_is_edited_whole_in_parts(tmp_path, fake, p
     assert 8500 < len(long_reply) < 9500
     harness = await Bot(tmp_path, fake, reply=long_reply).start()
     try:
-        thread = await harness.ask(people["patient"], "Tell me everything about treatments.")
+        thread = await harness.ask(people["patient"], "What treatments are there for sweaty hands?")
         card = fake.bot_messages(fake.reviewer_channel_id)[0]
         item = await harness.item_for_card(card)
         await harness.rate(people["reviewer"], card, item)

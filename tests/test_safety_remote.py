@@ -350,3 +350,4 @@ async def test_a_reply_llama_guard_flags_is_held_and_blocked(server, guarded):
     flags = await guarded.db.fetchval("SELECT risk_flags FROM replies WHERE id = ?", (result.reply_id,))
     delivery = await guarded.db.fetchval("SELECT delivery FROM replies WHERE id = ?", (result.reply_id,))
     assert calls == 2 and "blocked:llama_guard" in flags and delivery == "held"
+

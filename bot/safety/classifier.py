@@ -1,241 +1,266 @@
-"""An offline crisis classifier: hashed word and character n-grams + logistic regression.
+"""The offline learned safety model: TF-IDF character and word n-grams → a linear model (logistic loss).
 
-Small on purpose: no model hub, no GPU, no extra dependency beyond numpy. It is trained at
-first use from a labelled set that ships with the project (``bot/safety/data/crisis_train.jsonl``
-plus an optional ``safety/crisis_train.jsonl`` inside the condition pack), in well under a
-second, and deterministically, so the same files always give the same model.
+Four classes — crisis, red_flag, benign, injection — plus a red-flag head that names one of the
+pack's red-flag ids, so a red flag written in Thai or Polish still yields ``rf-night-sweats``.
+No GPU, no network, only scikit-learn; trained deterministically from the corpus in
+``bot/safety/data/`` (:mod:`bot.safety.corpus`) and cached on disk keyed by the corpus hash.
 
 Why these features: patients in distress write indirectly, misspell, use slang and write in
-other languages. Character n-grams inside word boundaries (" kil", "kill", "ill ") survive
-misspellings ("kil myslef") and inflections across languages ("suicidio", "suicidarme",
-"Suizid"); word unigrams and bigrams carry phrases ("no point", "goodbye letters"). A
-normalized copy of the text (accents stripped, leetspeak undone, repeated letters collapsed)
-is featurized as well.
+many scripts. Character n-grams (1–5, within word boundaries) survive misspellings and
+inflections and work in scripts without spaces between words (Thai, Han, Japanese), where a
+"word" is a whole clause; word unigrams and bigrams carry phrases ("no point", "bye all").
+The text is normalised first: NFKC, case-folded, zero-width characters dropped, Latin, Greek and
+Cyrillic accents stripped (not the vowel signs of Devanagari, Bengali or Thai, which carry
+meaning), Arabic diacritics and letter variants unified, leetspeak undone inside words and
+letters repeated 3+ times collapsed.
 
-The rules in ``bot/safety/rules.py`` are combined with this model with OR: a rule catches the
-explicit phrasings with certainty, the model the indirect ones.
+The rules in :mod:`bot.safety.rules` stay a layer of their own: explicit phrasings fire with
+certainty whatever the model says (:func:`bot.safety.detector.triage` ORs them).
 """
 
 from __future__ import annotations
 
-import json
-import math
+import logging
+import os
 import re
 import unicodedata
-import zlib
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-DIM = 1 << 18
-# Chosen by 5-fold cross-validation of rules + classifier on the training set (bench/bench_safety.py
-# prints it): word features count more than character n-grams, and non-crisis examples weigh twice
-# (most real messages are not crises, and an unfamiliar message should not look like one).
-WORD_WEIGHT = 2.0
-CHAR_WEIGHT = 0.5
-NEG_WEIGHT = 2.0
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
-_WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
-_REPEAT_RE = re.compile(r"(.)\1{2,}")
+log = logging.getLogger(__name__)
+
+MODEL_VERSION = "tfidf-sgd-3"  # part of the cache key: change it when features or training change
+CLASSES = ("benign", "crisis", "injection", "red_flag")
+KEEP_CACHED = 3
+
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
+_ZERO_WIDTH = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad]")
+_ARABIC_MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")
+_ARABIC_LETTERS = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ى": "ي", "ی": "ي", "ک": "ك", "ة": "ه", "ۀ": "ه"})
+_REPEAT = re.compile(r"(.)\1{2,}")
+_WORD = re.compile(r"\S+")
 
 
-def _strip_accents(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+def _strip_marks(text: str) -> str:
+    """Drop combining accents on Latin, Greek and Cyrillic letters only."""
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFD", text):
+        if unicodedata.combining(ch) and out and ord(out[-1]) < 0x0530:
+            continue
+        out.append(ch)
+    return unicodedata.normalize("NFC", "".join(out))
+
+
+def _unleet(word: str) -> str:
+    if any(c.isalpha() for c in word) and any(c in "013457@$" for c in word):
+        return word.translate(_LEET)
+    return word
 
 
 def normalize(text: str) -> str:
-    """Case-folded, NFKC-normalized text with letters repeated 3+ times collapsed to two."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = text.replace("’", "'").replace("`", "'")
-    return _REPEAT_RE.sub(r"\1\1", text)
+    """The text as the model sees it (see the module docstring)."""
+    text = unicodedata.normalize("NFKC", text or "").casefold()
+    text = _ZERO_WIDTH.sub("", text).replace("’", "'").replace("`", "'")
+    text = _ARABIC_MARKS.sub("", text).translate(_ARABIC_LETTERS)
+    text = _strip_marks(text)
+    text = _WORD.sub(lambda m: _unleet(m.group(0)), text)
+    return _REPEAT.sub(r"\1\1", text)
 
 
-def _variants(text: str) -> list[str]:
-    base = normalize(text)
-    plain = _strip_accents(base)
-    # Leetspeak only inside words that are mostly letters ("k1ll", "d13"), not in numbers ("25").
-    unleet = " ".join(
-        w.translate(_LEET) if any(c.isalpha() for c in w) else w for w in plain.split()
-    )
-    out = [base]
-    if plain != base:
-        out.append(plain)
-    if unleet != plain:
-        out.append(unleet)
-    return out
+def _vectorizer():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    return FeatureUnion([
+        ("chars", TfidfVectorizer(
+            analyzer="char_wb", ngram_range=(1, 5), preprocessor=normalize, min_df=2, sublinear_tf=True,
+            max_features=300_000, dtype=np.float32,
+        )),
+        ("words", TfidfVectorizer(
+            analyzer="word", ngram_range=(1, 2), preprocessor=normalize, token_pattern=r"(?u)\b\w+\b",
+            min_df=1, sublinear_tf=True, max_features=200_000, dtype=np.float32,
+        )),
+    ])
 
 
-def _is_cjk(word: str) -> bool:
-    return any("\u3040" <= c <= "\u30ff" or "\u4e00" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" for c in word)
+def _linear():
+    from sklearn.linear_model import SGDClassifier
 
-
-def _hash(key: str) -> int:
-    return zlib.crc32(key.encode("utf-8")) & (DIM - 1)
-
-
-@lru_cache(maxsize=50_000)
-def _word_grams(word: str) -> tuple[tuple[int, float], ...]:
-    """Hashed word and character n-gram features of one word (cached: words repeat a lot)."""
-    grams: list[tuple[int, float]] = [(_hash("w:" + word), WORD_WEIGHT)]
-    padded = f" {word} "
-    sizes = (1, 2, 3) if _is_cjk(word) else (3, 4, 5)
-    for n in sizes:
-        for j in range(max(1, len(padded) - n + 1)):
-            gram = padded[j : j + n]
-            if gram.strip():
-                grams.append((_hash("c:" + gram), CHAR_WEIGHT))
-    return tuple(grams)
-
-
-def features(text: str) -> dict[int, float]:
-    """Hashed feature counts (sublinear tf, L2-normalized) for one text."""
-    counts: dict[int, float] = {}
-    for variant in _variants(text):
-        words = _WORD_RE.findall(variant)
-        for i, word in enumerate(words):
-            for h, weight in _word_grams(word):
-                counts[h] = counts.get(h, 0.0) + weight
-            if i:
-                h = _hash("b:" + words[i - 1] + " " + word)
-                counts[h] = counts.get(h, 0.0) + WORD_WEIGHT
-    vec = {h: (1.0 + math.log(c) if c >= 1 else c) for h, c in counts.items()}
-    norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
-    return {k: v / norm for k, v in vec.items()}
-
-
-def _sparse(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows, cols, vals = [], [], []
-    for i, text in enumerate(texts):
-        for k, v in features(text).items():
-            rows.append(i)
-            cols.append(k)
-            vals.append(v)
-    return np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64), np.asarray(vals, dtype=np.float64)
+    return SGDClassifier(loss="log_loss", alpha=1e-5, class_weight="balanced", max_iter=30, tol=None, random_state=0)
 
 
 @dataclass
-class CrisisModel:
-    """Logistic regression weights over the hashed features, with the decision threshold."""
+class SafetyModel:
+    """Fitted vectorizer + four-class logistic regression + red-flag-id head."""
 
-    weights: np.ndarray
-    bias: float
-    threshold: float = 0.5
+    vectorizer: object
+    classifier: object
+    red_flag_head: object | None
     n_train: int = 0
+    corpus_hash: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def probs_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        """Rows of class probabilities in :data:`CLASSES` order."""
+        X = self.vectorizer.transform(list(texts))
+        proba = self.classifier.predict_proba(X)
+        order = [list(self.classifier.classes_).index(c) if c in self.classifier.classes_ else -1 for c in CLASSES]
+        out = np.zeros((len(texts), len(CLASSES)))
+        for j, k in enumerate(order):
+            if k >= 0:
+                out[:, j] = proba[:, k]
+        return out
+
+    def probs(self, text: str) -> dict[str, float]:
+        return dict(zip(CLASSES, (float(p) for p in self.probs_matrix([text])[0])))
 
     def proba(self, text: str) -> float:
-        vec = features(text)
-        z = self.bias + sum(self.weights[k] * v for k, v in vec.items())
-        return float(1.0 / (1.0 + math.exp(-max(-35.0, min(35.0, z)))))
+        """The probability that ``text`` is a crisis."""
+        return self.probs(text)["crisis"]
 
-    def predict(self, text: str) -> bool:
-        return self.proba(text) >= self.threshold
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_fast", None)  # rebuilt on first use; not worth a second copy in the cache file
+        state.pop("_analyzers", None)
+        return state
+
+    def _weights(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Both linear layers as one contiguous (features × outputs) matrix: one sparse product per
+        message instead of sklearn's per-call checks (several ms each on a busy machine)."""
+        cached = getattr(self, "_fast", None)
+        if cached is None:
+            coefs, biases = [self.classifier.coef_], [self.classifier.intercept_]
+            if self.red_flag_head is not None:
+                coefs.append(self.red_flag_head.coef_)
+                biases.append(self.red_flag_head.intercept_)
+            weights = np.ascontiguousarray(np.vstack(coefs).T, dtype=np.float64)
+            cached = (weights, np.concatenate(biases).astype(np.float64), len(self.classifier.classes_))
+            self._fast = cached
+        return cached
+
+    def _parts(self) -> list[tuple[object, dict, np.ndarray, int]]:
+        """(analyzer, vocabulary, idf, column offset) of each TF-IDF block of the feature union."""
+        parts = getattr(self, "_analyzers", None)
+        if parts is None:
+            parts, offset = [], 0
+            for _, vec in self.vectorizer.transformer_list:
+                parts.append((vec.build_analyzer(), vec.vocabulary_, vec.idf_.astype(np.float64), offset))
+                offset += len(vec.vocabulary_)
+            self._analyzers = parts
+        return parts
+
+    def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Column indices and values of ``vectorizer.transform([text])``, computed directly
+        (sublinear tf × idf, L2-normalised per block): a tenth of sklearn's per-call cost."""
+        cols: list[int] = []
+        vals: list[float] = []
+        for analyze, vocab, idf, offset in self._parts():
+            counts: dict[int, int] = {}
+            for gram in analyze(text):
+                j = vocab.get(gram)
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+            if not counts:
+                continue
+            idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+            tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+            w = tf * idf[idx]
+            w /= np.sqrt(np.dot(w, w)) or 1.0
+            cols.extend((idx + offset).tolist())
+            vals.extend(w.tolist())
+        return np.asarray(cols, dtype=np.int64), np.asarray(vals, dtype=np.float64)
+
+    def assess(self, text: str) -> tuple[dict[str, float], str]:
+        """Class probabilities and the likeliest red-flag id, from one featurization (the same
+        numbers as ``classifier.predict_proba`` / ``red_flag_head.predict``)."""
+        weights, bias, k = self._weights()
+        cols, vals = self.features(text)
+        scores = vals @ weights[cols] + bias
+        proba = 1.0 / (1.0 + np.exp(-scores[:k]))  # one-vs-rest logistic, normalised (as SGDClassifier)
+        proba /= proba.sum()
+        probs = {c: 0.0 for c in CLASSES}
+        for c, p in zip(self.classifier.classes_, proba):
+            probs[str(c)] = float(p)
+        rf = ""
+        if self.red_flag_head is not None:
+            head = scores[k:]
+            classes = self.red_flag_head.classes_
+            rf = str(classes[int(head[0] > 0)] if len(classes) == 2 else classes[int(np.argmax(head))])
+        return probs, rf
+
+    def red_flag_ids(self, texts: Sequence[str]) -> list[str]:
+        if self.red_flag_head is None:
+            return ["" for _ in texts]
+        return [str(x) for x in self.red_flag_head.predict(self.vectorizer.transform(list(texts)))]
+
+    def red_flag_id(self, text: str) -> str:
+        return self.red_flag_ids([text])[0]
 
     @classmethod
-    def train(
-        cls,
-        texts: Sequence[str],
-        labels: Sequence[int],
-        *,
-        threshold: float = 0.5,
-        l2: float = 1e-4,
-        epochs: int = 300,
-        lr: float = 0.5,
-    ) -> "CrisisModel":
-        """Full-batch gradient descent (Adam) on the class-balanced logistic loss."""
+    def train(cls, texts: Sequence[str], labels: Sequence[str], red_flag_ids: Sequence[str] = (), *, corpus_hash: str = "") -> "SafetyModel":
+        """Deterministic: same texts and labels, same model (a fixed random state).
+
+        Logistic loss by stochastic gradient descent: as good as lbfgs on leave-one-writer-out CV
+        (crisis-vs-benign AUC 0.969 vs 0.968 on 7,008 messages) and five times faster to train."""
         if not texts:
             raise ValueError("no training examples")
-        y = np.asarray(labels, dtype=np.float64)
-        n = len(y)
-        pos = max(1.0, y.sum())
-        neg = max(1.0, n - y.sum())
-        sample_w = np.where(y == 1, n / (2 * pos), NEG_WEIGHT * n / (2 * neg))
-        rows, cols, vals = _sparse(texts)
-        used = np.unique(cols)
-        col_of = {int(c): i for i, c in enumerate(used)}
-        cols_local = np.fromiter((col_of[int(c)] for c in cols), dtype=np.int64, count=len(cols))
-        w = np.zeros(len(used))
-        b = 0.0
-        m_w = np.zeros_like(w)
-        v_w = np.zeros_like(w)
-        m_b = v_b = 0.0
-        beta1, beta2, eps = 0.9, 0.999, 1e-8
-        for t in range(1, epochs + 1):
-            z = np.bincount(rows, weights=vals * w[cols_local], minlength=n) + b
-            p = 1.0 / (1.0 + np.exp(-np.clip(z, -35, 35)))
-            err = (p - y) * sample_w / n
-            g_w = np.bincount(cols_local, weights=vals * err[rows], minlength=len(w)) + l2 * w
-            g_b = float(err.sum())
-            m_w = beta1 * m_w + (1 - beta1) * g_w
-            v_w = beta2 * v_w + (1 - beta2) * g_w * g_w
-            m_b = beta1 * m_b + (1 - beta1) * g_b
-            v_b = beta2 * v_b + (1 - beta2) * g_b * g_b
-            step = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-            w -= step * m_w / (np.sqrt(v_w) + eps)
-            b -= step * m_b / (math.sqrt(v_b) + eps)
-            lr_decay = 0.995
-            lr *= lr_decay
-        full = np.zeros(DIM)
-        full[used] = w
-        return cls(weights=full, bias=b, threshold=threshold, n_train=n)
+        vectorizer = _vectorizer()
+        X = vectorizer.fit_transform(list(texts))
+        y = np.asarray(labels)
+        classifier = _linear()
+        classifier.fit(X, y)
+        head = None
+        ids = list(red_flag_ids) if red_flag_ids else []
+        rf_rows = [i for i, (lab, rid) in enumerate(zip(labels, ids)) if lab == "red_flag" and rid]
+        if len({ids[i] for i in rf_rows}) >= 2:
+            head = _linear()
+            head.fit(X[rf_rows], [ids[i] for i in rf_rows])
+        counts = {c: int((y == c).sum()) for c in CLASSES}
+        return cls(vectorizer, classifier, head, n_train=len(texts), corpus_hash=corpus_hash, counts=counts)
 
 
-# ------------------------------------------------------------------------------- data
+def train_on_rows(rows: Sequence, corpus_hash: str = "") -> SafetyModel:
+    """A model from :class:`bot.safety.corpus.Row` objects."""
+    return SafetyModel.train(
+        [r.text for r in rows], [r.label for r in rows], [r.red_flag_id for r in rows], corpus_hash=corpus_hash
+    )
 
 
-@dataclass(frozen=True)
-class Example:
-    text: str
-    label: int  # 1 crisis, 0 not
-    kind: str = ""  # self_harm | harm_others | medical_emergency | benign_alarming | ordinary ...
-    lang: str = "en"
+def cache_path(cache_dir: Path, corpus_hash: str) -> Path:
+    import sklearn
+
+    return cache_dir / f"safety-model-{MODEL_VERSION}-sk{sklearn.__version__}-{corpus_hash[:20]}.joblib"
 
 
-def read_examples(paths: Iterable[Path]) -> list[Example]:
-    """JSONL lines ``{"text": ..., "crisis": true|false, "kind": ..., "lang": ...}``."""
-    out = []
-    for path in paths:
-        if not path.is_file():
-            continue
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            try:
-                row = json.loads(line)
-                out.append(Example(str(row["text"]), int(bool(row["crisis"])), row.get("kind", ""), row.get("lang", "en")))
-            except (ValueError, KeyError) as exc:
-                raise ValueError(f"{path} line {n}: {exc}") from None
-    return out
+def load_or_train(rows_loader, corpus_hash: str, cache_dir: Path | None) -> SafetyModel:
+    """The cached model for this corpus hash, or a freshly trained one (then cached).
 
+    The cache holds a pickle that this process wrote into the service's own data directory; a
+    file that cannot be read is ignored and replaced."""
+    import joblib
 
-def cross_validate(
-    examples: Sequence[Example],
-    folds: int = 5,
-    threshold: float = 0.5,
-    rules: "Callable[[str], bool] | None" = None,
-) -> dict[str, float]:
-    """Stratified k-fold recall / precision of the classifier (OR'ed with ``rules`` when given)."""
-    order = sorted(range(len(examples)), key=lambda i: (examples[i].label, zlib.crc32(examples[i].text.encode())))
-    fold_of = {idx: k % folds for k, idx in enumerate(order)}
-    tp = fp = fn = tn = 0
-    for f in range(folds):
-        train = [examples[i] for i in range(len(examples)) if fold_of[i] != f]
-        test = [examples[i] for i in range(len(examples)) if fold_of[i] == f]
-        model = CrisisModel.train([e.text for e in train], [e.label for e in train], threshold=threshold)
-        for e in test:
-            hit = model.predict(e.text) or (rules is not None and rules(e.text))
-            tp += hit and e.label == 1
-            fp += hit and e.label == 0
-            fn += (not hit) and e.label == 1
-            tn += (not hit) and e.label == 0
-    return {
-        "recall": tp / max(1, tp + fn),
-        "precision": tp / max(1, tp + fp),
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "tn": tn,
-    }
+    path = cache_path(cache_dir, corpus_hash) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            model = joblib.load(path)
+            if isinstance(model, SafetyModel) and model.corpus_hash == corpus_hash:
+                return model
+        except Exception as exc:  # noqa: BLE001 — a stale or damaged cache is retrained, not fatal
+            log.warning("safety model cache %s unreadable (%s): retraining", path.name, type(exc).__name__)
+    model = train_on_rows(rows_loader(), corpus_hash)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            joblib.dump(model, tmp)
+            tmp.replace(path)
+            # Keep the newest few (several checkouts may share one cache directory).
+            cached = sorted(path.parent.glob("safety-model-*.joblib"), key=lambda f: f.stat().st_mtime, reverse=True)
+            for old in cached[KEEP_CACHED:]:
+                old.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not cache the safety model in %s: %s", path.parent, exc)
+    return model

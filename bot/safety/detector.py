@@ -26,10 +26,15 @@ injection > answer, and :attr:`Triage.action` names the outcome.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
+
+from bot.safety.corpus import corpus_files, corpus_hash, load_corpus
 
 from bot.safety.language import _CJK, _TOKEN, detect_language
 from bot.safety.rules import crisis_rule_hits, injection_hits
@@ -38,47 +43,56 @@ from bot.safety.verdict import Triage
 
 log = logging.getLogger(__name__)
 
-SAFETY_DATA = Path(__file__).resolve().parent / "data"
-CRISIS_TRAIN = SAFETY_DATA / "crisis_train.jsonl"
-DEFAULT_THRESHOLD = 0.5  # classifier probability for a crisis (rules fire regardless)
-MIN_CLASSIFIER_WORDS = 3
-RED_FLAG_THRESHOLD = 0.8  # classifier threshold when the message trips a pack red flag and no crisis rule
-POSSIBLE_THRESHOLD = 0.4  # below crisis but worth a human look: the reply is held for review
+# Thresholds on the learned model's probabilities, chosen on leave-one-writer-out cross-validation
+# of the whole triage (rules + model) over the shipped corpus, recall-first (bench/bench_safety.py
+# prints the curve and the choice). Rules fire regardless.
+DEFAULT_THRESHOLD = 0.65  # crisis: benign-as-crisis within 0.10 on CV
+POSSIBLE_THRESHOLD = 0.3  # possible crisis (a person looks first): crisis OR possible reaches 0.97 on CV
+RED_FLAG_THRESHOLD = 0.8  # crisis threshold when the message trips a pack red flag and no crisis rule
+LEARNED_RED_FLAG_THRESHOLD = 0.55  # a red flag the pack's patterns missed (the head names its id)
+LEARNED_RED_FLAG_OWN_LANGUAGE = 0.7  # the same, in the pack's own language (its patterns read it too)
+INJECTION_THRESHOLD = 0.65
+MIN_CLASSIFIER_WORDS = 2  # one word: the rules only (the model mostly echoes its prior)
 
 # --------------------------------------------------------------------------------------------
-# The classifier (trained once per process from the shipped labelled set)
+# The learned model (trained once per corpus: cached on disk by corpus hash, and per process)
 
 _model_lock = threading.Lock()
-_models: dict[tuple[str, ...], Any] = {}
+_models: dict[str, Any] = {}
 _pack_models: dict[int, tuple[Any, Any]] = {}  # per pack object: no file checks on the hot path
 
 
 def training_files(pack: Any = None) -> list[Path]:
-    files = [CRISIS_TRAIN]
-    pack_path = getattr(pack, "path", None)
-    if pack_path is not None:
-        extra = Path(pack_path) / "safety" / "crisis_train.jsonl"
-        if extra.is_file():
-            files.append(extra)
-    return files
+    """The corpus files the model is trained on (only ``bot/safety/data/`` and the pack's own)."""
+    return corpus_files(pack)
 
 
-def crisis_model(pack: Any = None):
-    """The trained classifier for this pack (cached; about a tenth of a second to train)."""
-    from bot.safety.classifier import CrisisModel, read_examples
+def default_cache_dir() -> Path:
+    """Where the fitted model is kept when no data directory is given (library use, benches, tests)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "llm4sweat"
+
+
+def crisis_model(pack: Any = None, cache_dir: Path | None = None):
+    """The trained :class:`bot.safety.classifier.SafetyModel` for this pack's corpus: from this
+    process's memory, else the cache file for the corpus hash in ``cache_dir`` (the service
+    passes its data directory), else trained now and cached there."""
+    from bot.safety.classifier import load_or_train
 
     cached = _pack_models.get(id(pack))
     if cached is not None and cached[0] is pack:
         return cached[1]
     files = training_files(pack)
-    key = tuple(f"{f}:{f.stat().st_mtime_ns}" for f in files)
+    key = corpus_hash(files)
     with _model_lock:
         model = _models.get(key)
         if model is None:
-            examples = read_examples(files)
-            model = CrisisModel.train([e.text for e in examples], [e.label for e in examples], threshold=DEFAULT_THRESHOLD)
+            started = time.perf_counter()
+            model = load_or_train(lambda: load_corpus(files), key, cache_dir or default_cache_dir())
             _models[key] = model
-            log.info("crisis classifier trained on %d labelled messages", len(examples))
+            log.info(
+                "safety model ready (%d labelled messages, %.1f s)", model.n_train, time.perf_counter() - started
+            )
         if pack is not None:
             _pack_models[id(pack)] = (pack, model)
     return model
@@ -100,6 +114,84 @@ def red_flags_in(text: str, pack: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """Where the learned model's probabilities turn into decisions (defaults: chosen by CV)."""
+
+    crisis: float = DEFAULT_THRESHOLD
+    possible: float = POSSIBLE_THRESHOLD
+    crisis_with_red_flag: float = RED_FLAG_THRESHOLD
+    red_flag: float = LEARNED_RED_FLAG_THRESHOLD
+    red_flag_own_language: float = LEARNED_RED_FLAG_OWN_LANGUAGE
+    injection: float = INJECTION_THRESHOLD
+    min_words: int = MIN_CLASSIFIER_WORDS
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What every layer of the offline triage saw in one message, before any threshold."""
+
+    rule_hits: tuple[tuple[str, str], ...]
+    pack_flags: tuple[str, ...]
+    injection_rule: bool
+    probs: dict[str, float]
+    learned_flag: str
+    words: int
+    language: str = "en"
+    pack_language: str = "en"
+
+
+def signals(text: str, pack: Any, model: Any = None) -> Signals:
+    """Rules, the pack's red-flag patterns and the learned model on one message."""
+    model = model if model is not None else crisis_model(pack)
+    words = len(_TOKEN.findall(text)) + (3 if _CJK.search(text) else 0)
+    probs, learned_flag = model.assess(text) if text.strip() else ({}, "")
+    pack_language = _pack_language(pack)
+    return Signals(
+        rule_hits=tuple(crisis_rule_hits(text)), pack_flags=red_flags_in(text, pack),
+        injection_rule=bool(injection_hits(text)), probs=probs, learned_flag=learned_flag, words=words,
+        language=detect_language(text, default=pack_language), pack_language=pack_language,
+    )
+
+
+def _pack_language(pack: Any) -> str:
+    return getattr(getattr(pack, "meta", None), "language", None) or getattr(pack, "language", None) or "en"
+
+
+@dataclass(frozen=True)
+class Decision:
+    crisis: bool
+    possible: bool
+    red_flags: tuple[str, ...]
+    injection: bool
+    kind: str | None
+    score: float
+    reasons: tuple[str, ...]
+
+
+def decide(sig: Signals, th: Thresholds = Thresholds()) -> Decision:
+    """The offline combine rule: a rule OR the model (crisis, red flag, injection)."""
+    score = sig.probs.get("crisis", 0.0) if sig.words >= th.min_words else 0.0
+    cut = th.crisis
+    flags = sig.pack_flags
+    if flags and not sig.rule_hits:
+        # A message describing red-flag symptoms ("I wake up drenched every night") shares words
+        # with medical emergencies; without a rule match the model needs to be surer.
+        cut = max(cut, th.crisis_with_red_flag)
+    crisis = bool(sig.rule_hits) or score >= cut
+    # A red flag the pack's patterns missed: the model names the id. In the pack's own language,
+    # where the patterns already read the message (and know "no fever, both sides the same"), the
+    # model must be surer than in a language the patterns are not written in.
+    rf_cut = th.red_flag if sig.language != sig.pack_language else th.red_flag_own_language
+    if not flags and not crisis and sig.learned_flag and sig.probs.get("red_flag", 0.0) >= rf_cut:
+        flags = (sig.learned_flag,)
+    possible = not crisis and score >= min(th.possible, cut)
+    kind = sig.rule_hits[0][0] if sig.rule_hits else ("classifier" if crisis else None)
+    reasons = tuple(f"{k}: {m}" for k, m in sig.rule_hits) + ((f"classifier: p={score:.2f}",) if score >= cut else ())
+    injection = sig.injection_rule or sig.probs.get("injection", 0.0) >= th.injection
+    return Decision(crisis, possible, flags, injection, kind, score, reasons)
+
+
 def triage(
     text: str,
     pack: Any,
@@ -107,43 +199,33 @@ def triage(
     reply_languages: Iterable[str] = (),
     threshold: float | None = None,
     possible_threshold: float | None = None,
+    model: Any = None,
 ) -> Triage:
-    """Classify one patient message (see the module docstring for the order of precedence)."""
+    """Classify one patient message (see the module docstring for the order of precedence).
+
+    ``model``: a :class:`bot.safety.classifier.SafetyModel` to use instead of the shipped one
+    (cross-validation passes the model trained without the batch it scores)."""
     text = text or ""
-    rule_hits = crisis_rule_hits(text)
-    model = crisis_model(pack)
-    # The classifier needs some words to go on: on one or two words it mostly echoes its prior,
-    # so very short messages are left to the rules (which cover the short explicit forms).
-    words = len(_TOKEN.findall(text))
-    enough = words >= MIN_CLASSIFIER_WORDS or bool(_CJK.search(text))
-    score = model.proba(text) if enough else 0.0
-    cut = DEFAULT_THRESHOLD if threshold is None else threshold
-    flags = red_flags_in(text, pack)
-    if flags and not rule_hits:
-        # A message describing red-flag symptoms ("I wake up drenched every night") shares words
-        # with medical emergencies; without a rule match the classifier needs to be very sure.
-        cut = max(cut, RED_FLAG_THRESHOLD)
-    crisis = bool(rule_hits) or score >= cut
-    maybe = POSSIBLE_THRESHOLD if possible_threshold is None else possible_threshold
-    possible = not crisis and score >= min(maybe, cut)
-    kind = rule_hits[0][0] if rule_hits else ("classifier" if crisis else None)
-    reasons = tuple(f"{k}: {m}" for k, m in rule_hits) + ((f"classifier: p={score:.2f}",) if score >= cut else ())
-    pack_language = getattr(getattr(pack, "meta", None), "language", None) or getattr(pack, "language", None) or "en"
-    language = detect_language(text, default=pack_language)
+    th = Thresholds()
+    if threshold is not None:
+        th = replace(th, crisis=threshold)
+    if possible_threshold is not None:
+        th = replace(th, possible=possible_threshold)
+    sig = signals(text, pack, model)
+    d = decide(sig, th)
+    language, pack_language = sig.language, sig.pack_language
     supported = {pack_language, *reply_languages}
-    scope = out_of_scope(text, policy_for(pack))
-    injection = bool(injection_hits(text))
     verdict = Triage(
-        crisis=crisis,
-        red_flags=flags,
-        injection=injection,
-        reasons=reasons,
-        crisis_kind=kind,
-        crisis_score=score,
-        out_of_scope=scope,
+        crisis=d.crisis,
+        red_flags=d.red_flags,
+        injection=d.injection,
+        reasons=d.reasons,
+        crisis_kind=d.kind,
+        crisis_score=d.score,
+        out_of_scope=out_of_scope(text, policy_for(pack)),
         language=language,
         language_supported=language in supported,
-        possible_crisis=possible,
+        possible_crisis=d.possible,
     )
     log.debug("triage: action=%s flags=%s", verdict.action, verdict.risk_flags)
     return verdict

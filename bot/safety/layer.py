@@ -106,7 +106,8 @@ class SafetyLayer:
         self.cfg = cfg
         self.limiter = RateLimiter(cfg.rate_limit_messages, cfg.rate_limit_window_s)
         self.gate = FairGate(per_key=cfg.per_patient_concurrency)
-        crisis_model(core.pack)  # train the classifier now (a fraction of a second), not on a patient's message
+        # The learned model now, not on a patient's message (cached in the data dir by corpus hash).
+        crisis_model(core.pack, cache_dir=core.settings.data_dir / "cache")
         # Remote second opinions (Llama Guard, OpenAI moderation) when configured; none by default.
         self.remote: list[SafetyClassifier] = build_layers(cfg)
         self.reply_layers: list[SafetyClassifier] = [

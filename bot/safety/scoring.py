@@ -15,13 +15,16 @@ level, injection recall and false alarms.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 from bot.safety.detector import triage
+from bot.safety.policy import combine
+from bot.safety.remote import run_layers
 from bot.safety.verdict import Triage
 
 
@@ -168,9 +171,21 @@ class Score:
         return "\n".join(lines)
 
 
-def triage_rows(rows: Iterable[dict[str, Any]], pack: Any, **options: Any) -> Iterator[tuple[dict[str, Any], Triage]]:
-    for row in rows:
-        yield row, triage(str(row["text"]), pack, **options)
+def triage_rows(
+    rows: Iterable[dict[str, Any]], pack: Any, *, remote: Sequence[Any] = (), deadline_s: float = 5.0, **options: Any
+) -> Iterator[tuple[dict[str, Any], Triage]]:
+    """The offline triage of each row; with ``remote`` layers, combined with theirs as the bot does."""
+    loop = asyncio.new_event_loop() if remote else None  # one loop: the layers' HTTP clients live in it
+    try:
+        for row in rows:
+            text = str(row["text"])
+            verdict = triage(text, pack, **options)
+            if loop is not None:
+                verdict = combine(verdict, loop.run_until_complete(run_layers(remote, text, "user", deadline_s=deadline_s)))
+            yield row, verdict
+    finally:
+        if loop is not None:
+            loop.close()
 
 
 def output_line(row: dict[str, Any], verdict: Triage, show_text: bool = False) -> dict[str, Any]:

@@ -1,0 +1,154 @@
+"""The offline learned safety model and its corpus (issue 14 item 1).
+
+The corpus is read from bot/safety/data/ only; the model is deterministic, cached by corpus
+hash, names a pack red-flag id for a red flag, and stays fast (p50 ≤ 20 ms per message)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.safety import classifier as clf
+from bot.safety.corpus import LABELS, SAFETY_DATA, Row, corpus_files, corpus_hash, load_corpus, read_rows, script_of
+from bot.safety.detector import Thresholds, crisis_model, decide, signals, triage
+from pipeline.packs import PACKS_DIR, load_pack
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack(PACKS_DIR / "hyperhidrosis")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return load_corpus(corpus_files())
+
+
+def test_normalisation_keeps_every_script_readable():
+    n = clf.normalize
+    assert n("SUICIDIO Ñoño café") == "suicidio nono cafe"
+    assert n("k1ll mys3lf") == "kill myself" and n("I ran 25 km") == "i ran 25 km"
+    assert n("noooooo") == "noo"
+    assert n("أُرِيدُ أَنْ أَمُوتَ") == "اريد ان اموت"  # Arabic diacritics and alef forms unified
+    assert n("मैं मरना चाहता हूँ") == "मैं मरना चाहता हूँ"  # Devanagari vowel signs kept
+    assert n("ฉันอยากตาย") == "ฉันอยากตาย" and n("죽고 싶어") == "죽고 싶어"
+    assert n("Καλημέρα") == "καλημερα" and n("ёлка й") == "елка и"
+    assert n("zero\u200bwidth") == "zerowidth"
+
+
+def test_scripts_are_recognised():
+    assert script_of("I want to die") == "Latin"
+    assert script_of("Я не хочу жить") == "Cyrillic"
+    assert script_of("死にたい") == "Japanese" and script_of("我不想活了") == "Han"
+    assert script_of("أريد أن أموت") == "Arabic" and script_of("죽고 싶어") == "Hangul"
+    assert script_of("ฉันอยากตาย") == "Thai" and script_of("मैं मरना चाहता हूँ") == "Devanagari"
+
+
+def test_the_corpus_is_read_from_the_package_data_only(rows):
+    files = corpus_files()
+    assert files and all(SAFETY_DATA in f.parents for f in files)
+    assert {r.label for r in rows} <= set(LABELS)
+    assert len({r.text.strip() for r in rows}) == len(rows)  # deduplicated: no leak across CV folds
+    legacy = read_rows(SAFETY_DATA / "crisis_train.jsonl")
+    assert {r.batch for r in legacy} == {"legacy"}
+    assert {r.label for r in legacy} == set(LABELS)  # crisis, red_flag_not_emergency, injection, benign kinds
+
+
+def test_a_bad_corpus_row_is_refused_with_its_place(tmp_path):
+    bad = tmp_path / "T9.jsonl"
+    bad.write_text('{"text": "fine", "label": "benign"}\n{"text": "x", "label": "maybe"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="T9.jsonl:2: unknown label"):
+        read_rows(bad)
+
+
+def _small(rows: list[Row]) -> list[Row]:
+    by_label: dict[str, list[Row]] = {}
+    for r in rows:
+        by_label.setdefault(r.label, []).append(r)
+    return [r for label in LABELS for r in by_label.get(label, [])[:40]]
+
+
+def test_training_is_deterministic_and_the_cache_is_keyed_by_corpus(rows, tmp_path, monkeypatch):
+    small = _small(rows)
+    a = clf.train_on_rows(small, "h1")
+    b = clf.train_on_rows(small, "h1")
+    texts = [r.text for r in rows[:50]]
+    assert np.array_equal(a.probs_matrix(texts), b.probs_matrix(texts))
+
+    trained = []
+    real = clf.train_on_rows
+    monkeypatch.setattr(clf, "train_on_rows", lambda rs, h="": trained.append(h) or real(rs, h))
+    first = clf.load_or_train(lambda: small, "h1" * 10, tmp_path)
+    again = clf.load_or_train(lambda: small, "h1" * 10, tmp_path)
+    assert trained == ["h1" * 10]  # the second came from the cache file
+    assert np.array_equal(first.probs_matrix(texts), again.probs_matrix(texts))
+    assert len(list(tmp_path.glob("safety-model-*.joblib"))) == 1
+    clf.load_or_train(lambda: small, "h2" * 10, tmp_path)  # a new corpus: retrained
+    assert trained == ["h1" * 10, "h2" * 10] and len(list(tmp_path.glob("safety-model-*.joblib"))) == 2
+    clf.cache_path(tmp_path, "h2" * 10).write_bytes(b"not a pickle")
+    clf.load_or_train(lambda: small, "h2" * 10, tmp_path)  # a damaged cache is retrained, not fatal
+    assert len(trained) == 3
+    for h in ("h3", "h4"):
+        clf.load_or_train(lambda: small, h * 10, tmp_path)
+    assert len(list(tmp_path.glob("safety-model-*.joblib"))) == clf.KEEP_CACHED
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_fast_path_gives_sklearns_numbers(pack, rows):
+    model = crisis_model(pack)
+    texts = [r.text for r in rows[::97]]
+    expected = model.probs_matrix(texts)
+    ids = model.red_flag_ids(texts)
+    for i, text in enumerate(texts):
+        probs, flag = model.assess(text)
+        assert np.allclose([probs[c] for c in clf.CLASSES], expected[i], atol=1e-6)
+        assert flag == ids[i]
+
+
+def test_corpus_hash_changes_with_any_byte(tmp_path):
+    f = tmp_path / "T1.jsonl"
+    f.write_text('{"text": "a", "label": "benign"}\n', encoding="utf-8")
+    h = corpus_hash([f])
+    f.write_text('{"text": "b", "label": "benign"}\n', encoding="utf-8")
+    assert corpus_hash([f]) != h
+
+
+def test_a_learned_red_flag_gets_a_pack_id(pack):
+    ids = {flag.id for flag in pack.red_flags}
+    model = crisis_model(pack)
+    sig = signals("un texte quelconque", pack)
+    assert sig.learned_flag in ids or model.red_flag_head is None
+    # The learned red-flag path: the pack's patterns found nothing, the model is sure enough.
+    th = Thresholds()
+    between = (th.red_flag + th.red_flag_own_language) / 2
+    forced = sig.__class__(**{**sig.__dict__, "pack_flags": (), "probs": {"red_flag": between}, "learned_flag": "rf-fever", "language": "fr"})
+    assert decide(forced).red_flags == ("rf-fever",) and not decide(forced).crisis
+    # In the pack's own language its patterns read the message too: the model must be surer.
+    english = forced.__class__(**{**forced.__dict__, "language": forced.pack_language})
+    assert th.red_flag < th.red_flag_own_language and decide(english).red_flags == ()
+    sure = english.__class__(**{**english.__dict__, "probs": {"red_flag": 0.99}})
+    assert decide(sure).red_flags == ("rf-fever",)
+
+
+def test_thresholds_decide_from_signals(pack):
+    sig = signals("some ordinary words here", pack)
+    strict = decide(sig, Thresholds(crisis=0.99, possible=0.0001))
+    assert not strict.crisis and strict.possible
+    short = signals("ok", pack)
+    assert decide(short, Thresholds(crisis=0.0001)).score == 0.0  # one word: left to the rules
+
+
+def test_triage_is_fast(pack, rows):
+    texts = [r.text for r in rows[:300]]
+    for text in texts[:10]:
+        triage(text, pack)
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        triage(text, pack)
+        times.append((time.perf_counter() - started) * 1000)
+    assert statistics.median(times) <= 20.0, statistics.median(times)
