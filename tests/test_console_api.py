@@ -344,7 +344,8 @@ async def test_a_person_of_the_care_team_is_labelled_as_a_person(console, servic
 
 async def test_crisis_resources_and_a_carers_words_stay_on_the_page_after_a_restart(console, service):
     """The page read them from the console's memory: after a restart a patient in crisis saw
-    their message with nothing under it. Both come from the database now, once each."""
+    their message with nothing under it (and no consent notice to answer). They come from the
+    database now, once each, the consent notice first and the resources after it."""
     await console.say("I can't take this sweating anymore, I want to kill myself.")
     status, body = await console.moderator.post("/api/moderator/command", {"command": "case", "argument": "list"})
     case_id = body["text"].split()[0].lstrip("#")
@@ -353,10 +354,10 @@ async def test_crisis_resources_and_a_carers_words_stay_on_the_page_after_a_rest
     assert status == 200 and body["ok"], body
 
     def shown(entries: list[dict]) -> list[tuple[str, str]]:
-        return [(e["kind"], e["text"][:20]) for e in entries if e["type"] == "notice" and e["kind"] in ("crisis", "person")]
+        return [(e["kind"], e["text"][:20]) for e in entries if e["type"] == "notice"]
 
     before = shown(await console.thread())
-    assert [kind for kind, _ in before] == ["crisis", "person"] and before[1][1] == "Are you safe?", before
+    assert [kind for kind, _ in before] == ["consent", "crisis", "person"] and before[2][1] == "Are you safe?", before
     service.core.platforms["local"].notices.clear()  # what a restart leaves of them
     assert shown(await console.thread()) == before
 

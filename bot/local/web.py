@@ -54,7 +54,7 @@ from bot.local import auth
 from bot.local.auth import MODERATOR, PATIENT, PUBLIC, REVIEWER
 from bot.local.http import MAX_BODY_BYTES, SECURITY_HEADERS, BadRequest, error, json_body, ok, text_field
 from bot.local.platform import PLATFORM, LocalPlatform
-from bot.platform import IncomingMessage, PatientView
+from bot.platform import ConversationRef, IncomingMessage, PatientView
 from pipeline import dataset, jobs
 from reviewers import judge
 from reviewers.agreement import agreement_report
@@ -188,6 +188,7 @@ async def patient_conversation(request: web.Request) -> web.Response:
         "SELECT consent, consent_at, consent_asked_at FROM patients WHERE platform = ? AND platform_user_id = ?",
         (PLATFORM, user))
     agreed = consent.state(row)  # the page offers the choice until it is made (and a way to change it)
+    asked_at = row["consent_asked_at"] if row is not None else None
     if conversation_id is None:
         return ok({"conversation_id": None, "entries": [], "consent": agreed})
     rows = await service.db.fetchall(
@@ -221,15 +222,19 @@ async def patient_conversation(request: web.Request) -> web.Response:
         entries.append({"type": "notice", "id": f"person-{person['id']}", "kind": "person", "text": person["text"],
                         "label": PERSON_LABEL.format(name=person["author"].split(":", 1)[-1] or "a team member"),
                         "at": person["created_at"]})
+    if asked_at is not None and asked_at >= started:  # the first-contact notice, with its choice
+        ref = ConversationRef(conversation_id, PLATFORM, CHANNEL_ID, user, user)
+        entries.append({"type": "notice", "id": "consent", "kind": "consent",
+                        "text": service.core.consent_view(ref).text, "label": "", "at": asked_at})
     platform: LocalPlatform = request.app[PLATFORM_KEY]
     for n, notice in enumerate(platform.notices.get(conversation_id, [])):
-        if notice["at"] < started or notice["kind"] in ("crisis", "person"):
+        if notice["at"] < started or notice["kind"] in ("crisis", "person", "consent"):
             continue  # from an earlier, deleted conversation that had the same id; or read above
         entries.append({"type": "notice", "id": n, "kind": notice["kind"], "text": notice["text"],
                         "label": notice.get("label") or "", "at": notice["at"]})  # label: who wrote it (a person)
     # A message first, then what answered it (notices are sent just after their message is stored).
     order = {"message": 0, "notice": 1, "reply": 2}
-    entries.sort(key=lambda e: (e["at"], order[e["type"]]))
+    entries.sort(key=lambda e: (e["at"], order[e["type"]], e.get("kind") != "consent"))  # consent, then resources
     return ok({"conversation_id": conversation_id, "entries": entries, "consent": agreed})
 
 
