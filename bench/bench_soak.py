@@ -65,7 +65,7 @@ class Profile:
     reviewers: int
     load_s: float  # seconds of load before the first kill (several retry ticks)
     final_load_s: float
-    burst_items: int  # pending items decided at once in the burst
+    burst_items: int  # pending items decided at once in the burst (the queue shows at most 50)
     retry_tick_s: float
     model_delay_s: float
     deadline_s: float
@@ -74,7 +74,7 @@ class Profile:
 
 QUICK = Profile(patients=16, reviewers=3, load_s=6.0, final_load_s=4.0, burst_items=40, retry_tick_s=1.0,
                 model_delay_s=0.05, deadline_s=2.0, settle_timeout_s=75.0)
-FULL = Profile(patients=60, reviewers=4, load_s=20.0, final_load_s=10.0, burst_items=150, retry_tick_s=1.0,
+FULL = Profile(patients=60, reviewers=4, load_s=20.0, final_load_s=10.0, burst_items=50, retry_tick_s=1.0,
                model_delay_s=0.05, deadline_s=2.0, settle_timeout_s=150.0)
 
 
@@ -320,11 +320,13 @@ class Run:
                 await self.decide(browser, name, item)
             await asyncio.sleep(0.3)
 
-    async def burst(self, reviewers: dict[str, Browser], kill_after: int) -> tuple[int, int]:
-        """Every reviewer decides up to ``burst_items`` pending items at once; SIGKILL once
-        ``kill_after`` answers have come back. Returns (decisions sent, answered before the kill)."""
+    async def burst(self, reviewers: dict[str, Browser]) -> tuple[int, int]:
+        """Every reviewer decides up to ``burst_items`` pending items (as many as the queue shows)
+        at once; SIGKILL once a third of the answers have come back. Returns (decisions sent,
+        answered before the kill)."""
         first = next(iter(reviewers.values()))
         items = (await self.pending(first))[: self.profile.burst_items]
+        kill_after = max(1, len(items) * len(reviewers) // 3)
         answered = 0
         killed = asyncio.Event()
 
@@ -534,9 +536,7 @@ async def soak(profile: Profile, keep: bool) -> int:
         run.up.set()
 
         # 2. a burst of decisions, killed when a third of the answers are back
-        sent_before = len(run.tally.decisions)
-        burst_size = profile.burst_items * len(reviewers)
-        total, answered = await run.burst(reviewers, kill_after=max(1, burst_size // 3))
+        total, answered = await run.burst(reviewers)
         killed_at = time.perf_counter()
         print(f"kill -9 during a burst of {total} decisions, {answered} answered before it", flush=True)
         service.start()
@@ -563,7 +563,7 @@ async def soak(profile: Profile, keep: bool) -> int:
         examples = check_database(service.data_dir / "llm4sweat.db", run.tally, seen, out)
         code = service.stop()
         backup_line = await asyncio.to_thread(restore_and_check, service, tmp, backup, out)
-        print_outcome(out, recoveries, backup_line, time.perf_counter() - wall, code, sent_before)
+        print_outcome(out, recoveries, backup_line, time.perf_counter() - wall, code)
         ok = out.lost == 0 and out.duplicated == 0 and out.half_applied == 0
         return 0 if ok else 1
     except Exception:
@@ -585,7 +585,7 @@ async def soak(profile: Profile, keep: bool) -> int:
 
 
 def print_outcome(out: Outcome, recoveries: list[tuple[str, float | None, str]], backup_line: str, wall: float,
-                  code: int | None, burst_from: int) -> None:
+                  code: int | None) -> None:
     print(f"messages   sent {out.sent}, acked {out.acked}, cut by a kill {out.cut}, stored {out.stored}, "
           f"replied {out.replied}")
     print(f"decisions  sent {out.decisions_sent}, acked {out.decisions_acked}, stored {out.decisions_stored}; "
