@@ -509,6 +509,8 @@ class ConversationCore:
         if early is not None:
             return early
         # --- end safety layer
+        # --- crisis path: a possible crisis gets a check-in with resources, a red flag interim advice, at once
+        result.views.extend(await self.cases.before_held_answer(row, conv, verdict))
         advice = [flag.advice for flag in self.pack.red_flags if flag.id in verdict.red_flags]
         task = classify_task(text)  # also the prompt's task line, as in training
         messages = build_prompt(

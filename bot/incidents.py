@@ -48,6 +48,32 @@ REFUSAL = "Only reviewers and moderators can take over, answer or resolve a cris
 PERSON_LABEL = "Written by {name}, a person from the care team — not the AI"
 
 
+CHECK_IN = (
+    "Before I answer, I'd like to check in with you: some of what you wrote makes me want to ask how you are "
+    "really doing. If things feel like too much, or you have thoughts of hurting yourself, you don't have to "
+    "face it alone. You can talk to someone now:\n{resources}\n\nIf you are in danger right now, please call "
+    "your local emergency number. A person from our team will read your message before my answer is shown."
+)
+INTERIM_ADVICE = (
+    "While a specialist checks my full answer, one thing that should not wait: {advice}"
+)
+
+
+def check_in_text(pack: Any, region: str | None, language: str) -> str:
+    """The soft check-in for a possible crisis: a question, the resources, a person will read it."""
+    from bot.safety import crisis_text
+
+    return crisis_text(CHECK_IN.format(resources=pack.crisis.resources(region)), language)
+
+
+def interim_advice_text(pack: Any, red_flags: tuple[str, ...] | list[str]) -> str | None:
+    """The pack's advice for each red flag found ("please see a doctor soon, because …"), with its
+    source, shown at once while the model's reply waits for review."""
+    parts = [f"{flag.advice}" + (f" (Source: {flag.source})" if flag.source else "")
+             for flag in pack.red_flags if flag.id in red_flags]
+    return INTERIM_ADVICE.format(advice="\n\n".join(parts)) if parts else None
+
+
 class CaseError(Exception):
     """A case action that cannot be done (no such case, already resolved); safe to show."""
 
@@ -258,6 +284,30 @@ class CrisisCases:
         await self.core.alert_moderators(
             f"Crisis case #{case['id']} (taken over by {case['taken_by']}): the patient wrote: «{text[:1500]}»",
             key=f"crisis-patient:{message_id}")
+
+    async def before_held_answer(self, row: Any, conv: ConversationRef, verdict: Any) -> list[PatientView]:
+        """What the patient gets at once while the model's reply waits for a person (issue 14
+        items 3, 4): a possible crisis, a check-in with the crisis resources (and a note to the
+        moderators); a red flag, the pack's advice to see a doctor and why. Once per message."""
+        notices: list[tuple[str, PatientView]] = []
+        if verdict.possible_crisis and not verdict.crisis:
+            text = check_in_text(self.core.pack, row["region"], verdict.language)
+            notices.append((f"checkin:{row['id']}", PatientView(ViewKind.CRISIS, text)))
+        advice = interim_advice_text(self.core.pack, verdict.red_flags) if verdict.red_flags else None
+        if advice:
+            notices.append((f"interim:{row['id']}", PatientView(ViewKind.NOTICE, advice)))
+        if not notices:
+            return []
+        claimed = await self.db.run(lambda conn: self.core.outbox.enqueue(
+            conn, [effects.patient_notice(key, conv, view) for key, view in notices]))
+        await self.core.outbox.apply(claimed)
+        if verdict.possible_crisis and not verdict.crisis:
+            log.warning("possible crisis on message %s (conversation %s): check-in sent, reply held", row["id"], conv.id)
+            await self.core.alert_moderators(
+                f"Possible crisis in conversation {conv.id} on {conv.platform}: the patient was sent a check-in with "
+                "crisis resources; the assistant's reply is held for review (high priority).",
+                key=f"possible-crisis:{row['id']}")
+        return [view for _, view in notices]
 
     async def hold_reason(self, conversation_id: int) -> str | None:
         """Why replies in this conversation are held: an open crisis case (and who has it)."""

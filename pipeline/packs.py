@@ -453,15 +453,16 @@ class CrisisResources(BaseModel):
             raise PackError(f"no [regions.default] entry for region {code!r}", file=CRISIS_TOML)
         return "default", self.regions["default"]
 
+    def resources(self, code: str | None) -> str:
+        """The region's resources alone, one line each (for a check-in that is not a crisis message)."""
+        _, region = self.region(code)
+        return "\n".join(
+            self.resource_line.format(name=res.name, contact=res.contact, url=res.url, hours=res.hours).rstrip()
+            for res in region.resources)
+
     def render(self, code: str | None) -> str:
         _, region = self.region(code)
-        lines = []
-        for res in region.resources:
-            line = self.resource_line.format(
-                name=res.name, contact=res.contact, url=res.url, hours=res.hours
-            )
-            lines.append(line.rstrip())
-        return self.template.format(resources="\n".join(lines), region=region.label).strip()
+        return self.template.format(resources=self.resources(code), region=region.label).strip()
 
 
 class ConditionPack(BaseModel):

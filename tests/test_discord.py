@@ -165,10 +165,12 @@ async def test_start_identifies_with_intents_and_syncs_commands_to_guild(bot, fa
     sync = fake.calls_to("PUT", rf"/applications/{fake.app_id}/guilds/{fake.guild_id}/commands")
     assert len(sync) == 1
     names = {c["name"]: c for c in sync[0].body}
-    assert set(names) == {"status", "retrain", "promote", "rollback", "eval", "dataset", "pause", "resume", "forget-me"}
+    assert set(names) == {"status", "retrain", "promote", "rollback", "eval", "dataset", "pause", "resume", "case",
+                          "forget-me"}
     for name in ("status", "retrain", "promote", "rollback", "eval", "dataset", "pause", "resume"):
         assert int(names[name]["default_member_permissions"]) == discord.Permissions(manage_guild=True).value
     assert names["forget-me"]["default_member_permissions"] is None
+    assert names["case"]["default_member_permissions"] is None  # reviewers too: the command layer checks roles
     assert [o["name"] for o in names["rollback"]["options"]] == ["version"]
     assert [(o["name"], o["type"], o.get("required", False)) for o in names["retrain"]["options"]] == [("force", 5, False)]
     assert not fake.calls_to("PUT", rf"/applications/{fake.app_id}/commands")  # nothing global
