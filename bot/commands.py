@@ -251,12 +251,12 @@ class Commands:
 
 
 def _effects_line(effects: dict[str, Any]) -> str:
-    """Deliveries, cards, dataset examples and alerts not applied yet (the outbox), and given-up ones."""
+    """Deliveries, cards, dataset examples and alerts not applied yet (the outbox), and failing ones."""
     text = f"Effects waiting (deliveries, cards, dataset, alerts): {effects['pending']}"
     if effects["pending"] and effects["oldest_pending_s"] is not None:
         text += f" (oldest {_duration(effects['oldest_pending_s'])})"
-    if effects["dead"]:
-        text += f"; FAILED for good: {effects['dead']} (see the log)"
+    if effects["failing"]:
+        text += f"; FAILING: {effects['failing']}, still retried (see the log and llm4sweat doctor)"
     return text
 
 

@@ -65,7 +65,7 @@ JOB_SECONDS = Histogram("llm4sweat_job_duration_seconds", "Seconds from a job's 
 QUEUE_DEPTH = Gauge("llm4sweat_review_queue_depth", "Review items waiting for a decision, by priority.", ["priority"])
 QUEUE_OLDEST = Gauge("llm4sweat_review_queue_oldest_age_seconds", "Age of the oldest review item waiting (0 when none).")
 INCIDENTS = Gauge("llm4sweat_open_incidents", "Incidents not resolved, by kind (crisis, model_unavailable …).", ["kind"])
-OUTBOX = Gauge("llm4sweat_outbox_effects", "Effects of decisions not applied yet (pending) and given up (dead).",
+OUTBOX = Gauge("llm4sweat_outbox_effects", "Effects of decisions not applied yet (pending), of which failing max_attempts times or more (failing, still retried).",
                ["status"])
 OUTBOX_OLDEST = Gauge("llm4sweat_outbox_oldest_pending_age_seconds", "Age of the oldest effect waiting (0 when none).")
 JOBS_RUNNING = Gauge("llm4sweat_jobs_running", "Jobs queued or running, by kind.", ["kind"])
@@ -101,7 +101,7 @@ async def refresh(service: "Service") -> None:
 
     stats = await service.core.outbox.stats()
     OUTBOX.labels(status="pending").set(stats["pending"])
-    OUTBOX.labels(status="dead").set(stats["dead"])
+    OUTBOX.labels(status="failing").set(stats["failing"])
     OUTBOX_OLDEST.set(stats["oldest_pending_s"] or 0)
 
     JOBS_RUNNING.clear()

@@ -15,8 +15,11 @@ Each row is applied by exactly one applier at a time, chosen by compare-and-set 
 
 Appliers are idempotent (a view is an edit of the stored message ids, a card update is an
 edit, a dataset example is keyed by its review item), so applying again after a crash in the
-middle is safe. A row that keeps failing becomes ``dead`` after ``max_attempts``; pending and
-dead rows are counted in ``/status``.
+middle is safe. Nothing is ever given up: an alert or a review card that nobody saw is a lost
+alert. A row that has failed ``max_attempts`` times is logged at ERROR once and counted as
+*failing* in ``/status`` and the metrics, and is retried every ``retry_max_s`` until it is done
+(a moderator restoring a permission, a platform coming back, a fix deployed: the next attempt
+posts it).
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ class Outbox:
                 conn.execute(
                     f"UPDATE outbox SET status = 'done', claimed_by = NULL, last_error = NULL, updated_at = ?"
                     f" WHERE id IN ({', '.join('?' * len(done))})", (t, *done))
-            dead: list[tuple[int, str]] = []
+            failing: list[tuple[int, str]] = []
             for effect_id, error in failed:
                 (attempts, key) = conn.execute("SELECT attempts, idempotency_key FROM outbox WHERE id = ?",
                                                (effect_id,)).fetchone()
@@ -164,23 +167,23 @@ class Outbox:
                 else:
                     counted = attempts + 1
                     delay = min(self.retry_max_s, self.retry_base_s * 2 ** (counted - 1))
-                status = "dead" if counted >= self.max_attempts else "pending"
                 conn.execute(
-                    "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?, claimed_by = NULL,"
-                    " updated_at = ? WHERE id = ?",
-                    (status, counted, t + delay, message, t, effect_id),
+                    "UPDATE outbox SET status = 'pending', attempts = ?, next_attempt_at = ?, last_error = ?,"
+                    " claimed_by = NULL, updated_at = ? WHERE id = ?",
+                    (counted, t + delay, message, t, effect_id),
                 )
-                if status == "dead":
-                    dead.append((effect_id, f"{key}: {message}"))
-            return dead
+                if counted == self.max_attempts and counted != attempts:
+                    failing.append((effect_id, f"{key}: {message}"))
+            return failing
 
         try:
-            dead = await self.db.run(finish)
+            failing = await self.db.run(finish)
         except Exception:  # the database is closing; rows still claimed are taken back on the next start
             log.exception("recording the outcome of %d effect(s) failed", len(results))
             return
-        for effect_id, detail in dead:
-            log.error("effect %s gave up after %d attempts: %s", effect_id, self.max_attempts, detail)
+        for effect_id, detail in failing:
+            log.error("effect %s still failing after %d attempts; retried every %d s until it is done: %s",
+                      effect_id, self.max_attempts, int(self.retry_max_s), detail)
         if failed:
             self._wake.set()
 
@@ -215,6 +218,8 @@ class Outbox:
     async def recover(self) -> int:
         """On start: take back effects claimed by a process of this host that is gone, then apply
         everything due. Returns how many were done."""
+        # Rows an older version gave up on ('dead') are retried like any other failing row.
+        await self.db.execute("UPDATE outbox SET status = 'pending', next_attempt_at = ? WHERE status = 'dead'", (now(),))
         rows = await self.db.fetchall(
             "SELECT DISTINCT claimed_by FROM outbox WHERE status = 'applying' AND claimed_by IS NOT NULL")
         gone = [row[0] for row in rows if row[0] != self.owner and _owner_gone(row[0])]
@@ -265,9 +270,12 @@ class Outbox:
     # ------------------------------------------------------------------ figures
 
     async def stats(self) -> dict[str, Any]:
-        """Pending (with the oldest one's age in seconds), applying and dead effects."""
+        """Effects not done (with the oldest one's age in seconds), and how many of them are failing
+        (``max_attempts`` failures or more, still retried)."""
         rows = await self.db.fetchall(
             "SELECT status, COUNT(*), MIN(created_at) FROM outbox WHERE status != 'done' GROUP BY status")
+        failing = await self.db.fetchval(
+            "SELECT COUNT(*) FROM outbox WHERE status != 'done' AND attempts >= ?", (self.max_attempts,))
         by_status = {row[0]: (row[1], row[2]) for row in rows}
         t = now()
         pending, oldest = by_status.get("pending", (0, None))
@@ -276,7 +284,7 @@ class Outbox:
         return {
             "pending": pending + applying,
             "oldest_pending_s": None if waiting_since is None else round(t - waiting_since, 1),
-            "dead": by_status.get("dead", (0, None))[0],
+            "failing": failing,
         }
 
     async def prune(self, older_than_s: float = 7 * 24 * 3600) -> int:

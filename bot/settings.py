@@ -101,7 +101,8 @@ class OutboxSettings(Section):
 
     retry_base_s: float = Field(5.0, gt=0)
     retry_max_s: float = Field(3600.0, gt=0)
-    # After this many failed attempts an effect is marked dead (counted in /status, logged).
+    # After this many failed attempts an effect is logged at ERROR and counted as failing in /status;
+    # it is still retried every retry_max_s until done (nothing is given up).
     max_attempts: int = Field(12, ge=1, le=1000)
 
 

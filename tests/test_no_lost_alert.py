@@ -58,7 +58,7 @@ async def test_a_403_on_the_reviewer_channel_ends_with_card_and_alert_posted(tmp
                             what="the card and the alert retried while refused")
         assert fake.bot_messages(reviewer_channel) == []
         status = await service.commands.status(moderator)
-        assert status.data["effects"]["pending"] == 2 and status.data["effects"]["dead"] == 0
+        assert status.data["effects"]["pending"] == 2 and status.data["effects"]["failing"] == 0
         assert "Effects waiting (deliveries, cards, dataset, alerts): 2" in status.text
 
         fake.allow()  # the permission is restored

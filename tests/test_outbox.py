@@ -217,23 +217,36 @@ async def test_the_worker_never_applies_what_the_inline_path_is_applying(service
     assert len(platform.replies_sent()) == 1
 
 
-async def test_an_effect_that_keeps_failing_is_dead_and_shown(fast_settings):
+async def test_an_effect_that_keeps_failing_is_shown_and_never_given_up(fast_settings):
+    """No lost alert: after max_attempts failures the card is counted as failing in /status and
+    still retried, so it is posted once the platform takes it again."""
     fast_settings.outbox.max_attempts = 2
+    fast_settings.outbox.retry_max_s = 0.05
     platform = RecordingPlatform()
     platform.fail_cards = True
     service = await start(fast_settings, platform)
     try:
         await service.core.handle_message(msg("Is hyperhidrosis inherited?"))
 
-        async def dead() -> bool:
+        async def failing() -> bool:
             await service.core.outbox.run_due()
-            return (await service.core.outbox.stats())["dead"] == 1
+            return (await service.core.outbox.stats())["failing"] == 1
 
-        await wait_for(dead)
+        await wait_for(failing)
         text = (await service.commands.status(MODERATOR)).text
-        assert "FAILED for good: 1" in text
-        row = await service.db.fetchone("SELECT attempts, last_error FROM outbox WHERE status = 'dead'")
-        assert row["attempts"] == 2 and "card post failed" in row["last_error"]
+        assert "FAILING: 1, still retried" in text
+        row = await service.db.fetchone("SELECT status, attempts, last_error FROM outbox WHERE attempts >= 2")
+        assert row["status"] == "pending" and "card post failed" in row["last_error"]
+
+        platform.fail_cards = False  # the permission is restored
+
+        async def posted() -> bool:
+            await service.core.outbox.run_due()
+            return (await service.core.outbox.stats())["pending"] == 0
+
+        await wait_for(posted)
+        assert len(platform.cards_posted) == 1
+        assert (await service.core.outbox.stats())["failing"] == 0
     finally:
         await service.stop()
 
