@@ -206,6 +206,31 @@ class ConversationCore:
                                               deadline_s=self.settings.inference.deadline_s))
         return result
 
+    async def handle_edit(self, msg: IncomingMessage) -> HandleResult:
+        """A patient edited a stored message (``msg.platform_message_id``; ``msg.channel_id`` too
+        where ids are only unique per channel, else empty): the new text is triaged again, and a
+        crisis gets the crisis resources and an alert — once per message, however many edits or
+        redeliveries arrive. Nothing else is answered again."""
+        text = (msg.text or "").strip()
+        if not text or not msg.platform_message_id:
+            return HandleResult(None, None, status="ignored")
+        sql = _ANSWER_ROW_SQL.replace("WHERE m.id = ?", "WHERE c.platform = ? AND m.platform_message_id = ?"
+                                      + (" AND c.channel_id = ?" if msg.channel_id else "") + " ORDER BY m.id DESC")
+        row = await self.db.fetchone(sql, (msg.platform, msg.platform_message_id,
+                                           *([msg.channel_id] if msg.channel_id else [])))
+        if row is None:
+            return HandleResult(None, None, status="unknown_message")
+        result = HandleResult(row["id"], row["conversation_id"])
+        verdict = await self.safety.triage_async(text)
+        if not verdict.crisis:
+            log.info("message %s was edited; triaged again: no crisis", row["id"])
+            result.status = "edit_triaged"
+            return result
+        conv = ConversationRef(row["conversation_id"], row["platform"], row["channel_id"], row["thread_id"],
+                               row["platform_user_id"])
+        log.warning("message %s was edited into a crisis message", row["id"])
+        return await self._crisis(row, conv, verdict, result)
+
     @staticmethod
     def _merge(result: HandleResult, answered: HandleResult) -> None:
         result.reply_id, result.item_id, result.status = answered.reply_id, answered.item_id, answered.status
@@ -583,7 +608,9 @@ class ConversationCore:
         view = PatientView(ViewKind.CRISIS, message)
         platforms = list(self.platforms)
 
-        def store(conn: sqlite3.Connection) -> list[Claimed]:
+        def store(conn: sqlite3.Connection) -> list[Claimed] | None:
+            if conn.execute("SELECT 1 FROM incidents WHERE kind = 'crisis' AND message_id = ?", (row["id"],)).fetchone():
+                return None  # this message already has its case (an edit seen twice, a redelivery)
             # The resources are kept with the message: the next prompt carries what the patient was shown.
             conn.execute("UPDATE messages SET status = 'crisis', response_text = ? WHERE id = ?", (message, row["id"]))
             conn.execute("UPDATE conversations SET status = ? WHERE id = ? AND status != ?", (CRISIS_HOLD, conv.id, TAKEN_OVER))
@@ -597,7 +624,11 @@ class ConversationCore:
                 *(effects.crisis_alert(incident_id, name) for name in platforms),
             ])
 
-        await self.outbox.apply(await self.db.run(store))
+        claimed = await self.db.run(store)
+        if claimed is None:
+            result.status = "crisis_already_handled"
+            return result
+        await self.outbox.apply(claimed)
         log.warning("crisis triage on message %s (conversation %s)", row["id"], conv.id)
         metrics.CRISIS_ALERTS.inc()
         result.status = "crisis"

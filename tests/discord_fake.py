@@ -985,6 +985,14 @@ class FakeDiscord:
             await self.dispatch("MESSAGE_CREATE", message)
         return message
 
+    async def edit_as_user(self, message_id: str, content: str) -> dict[str, Any]:
+        """A member edits their message (MESSAGE_UPDATE with the whole message, as Discord sends it)."""
+        message = self.messages[message_id]
+        message["content"] = content
+        message["edited_timestamp"] = _iso()
+        await self.dispatch("MESSAGE_UPDATE", dict(message))
+        return message
+
     async def react(self, user_id: str, channel_id: str, message_id: str, emoji: str) -> None:
         """A member adds a unicode-emoji reaction (MESSAGE_REACTION_ADD)."""
         await self.dispatch("MESSAGE_REACTION_ADD", {

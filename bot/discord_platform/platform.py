@@ -112,6 +112,9 @@ class L4SClient(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.platform.on_message(message)
 
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        await self.platform.on_message_edit(payload)
+
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await self.platform.on_reaction(payload)
 
@@ -282,6 +285,18 @@ class DiscordPlatform:
             await self._route(message)
         except Exception:
             log.exception("Discord: handling message %s failed", message.id)
+
+    async def on_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        """A patient edited a message: the core triages it again (a crisis edit gets help, once)."""
+        author = payload.data.get("author") or {}
+        if author.get("bot") or "content" not in payload.data or not author.get("id"):
+            return  # a bot, or an update without new text (an embed appearing)
+        try:
+            await self.service.core.handle_edit(IncomingMessage(
+                PLATFORM, str(author["id"]), "", "", _strip_own_mention(payload.data.get("content") or "", self.client.user),
+                platform_message_id=str(payload.message_id)))
+        except Exception:
+            log.exception("Discord: handling an edit of message %s failed", payload.message_id)
 
     async def catch_up(self) -> int:
         """Hand the core what patients wrote while the bot was away (bot/catchup.py): follow-ups in

@@ -468,6 +468,9 @@ class SlackPlatform:
     # ------------------------------------------------------------------ patients
 
     async def _on_message(self, event: dict, context: Any) -> None:
+        if event.get("subtype") == "message_changed":
+            await self._on_message_changed(event, context)
+            return
         if event.get("subtype") not in PATIENT_SUBTYPES or event.get("bot_id") or not event.get("user"):
             return
         channel = event.get("channel", "")
@@ -488,6 +491,23 @@ class SlackPlatform:
             if await self._thread_owner(channel, thread_ts) is None:
                 return
         await self._patient_message(event, thread_ts, context, explicit=False)
+
+    async def _on_message_changed(self, event: dict, context: Any) -> None:
+        """A person edited a message (``message_changed``): the core triages the new text again."""
+        changed = event.get("message") or {}
+        before = event.get("previous_message") or {}
+        if changed.get("bot_id") or not changed.get("user") or changed.get("text") == before.get("text"):
+            return  # a bot's edit, or an unfurl / reaction that left the text as it was
+        bot_user = context.get("bot_user_id") or self.bot_user_id
+        text = changed.get("text") or ""
+        if bot_user:
+            text = re.sub(rf"<@{bot_user}(\|[^>]*)?>", "", text)
+        try:
+            await self.service.core.handle_edit(IncomingMessage(
+                PLATFORM, changed["user"], event.get("channel", ""), "", text.strip(),
+                platform_message_id=changed.get("ts")))
+        except Exception:
+            log.exception("slack: handling an edit of %s failed", changed.get("ts"))
 
     async def _on_mention(self, event: dict, context: Any) -> None:
         if event.get("bot_id") or not event.get("user") or event.get("channel") == self.cfg.reviewer_channel_id:
