@@ -408,3 +408,17 @@ async def _register_live_adapter(w: World) -> Path:
     finally:
         await db.close()
     return folder
+
+
+def test_a_missing_local_model_says_the_demo_does_not_need_it(tmp_path, monkeypatch):
+    """A newcomer who ran `llm4sweat demo` and then `llm4sweat doctor` sees model.local fail; the
+    fix says how to get the model and that only `llm4sweat run` needs it."""
+    from bot.doctor.model_checks import _local_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("LLM4SWEAT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LLM4SWEAT_INFERENCE__BASE_MODEL", "example-org/not-downloaded-model")
+    check = _local_model(load_settings(None))
+    assert not check.ok and "not-downloaded-model is not on this machine" in check.detail
+    assert "llm4sweat model download" in check.fix and "`llm4sweat demo` does not" in check.fix

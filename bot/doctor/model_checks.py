@@ -146,5 +146,6 @@ def _local_model(settings: Settings) -> Check:
     except Exception:
         return fail("model.local", f"{name} is not on this machine (the bot would start the offline demo model)",
                     "run `llm4sweat model download` (Llama needs a Hugging Face token), or point "
-                    "LLM4SWEAT_INFERENCE__BASE_MODEL at a local folder")
+                    "LLM4SWEAT_INFERENCE__BASE_MODEL at a local folder; only `llm4sweat run` needs it "
+                    "(`llm4sweat demo` does not)")
     return ok("model.local", f"{name} in {path}")
