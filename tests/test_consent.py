@@ -135,3 +135,28 @@ async def test_unset_retention_and_platforms_say_so(service):
     assert "stored until you delete them with /forget-me" in text
     assert "only this browser" in text and "web console" in text
     assert await service.core.purge_expired_conversations() == 0
+
+
+async def test_consent_recorded_before_the_notice_by_older_versions_is_reset(tmp_path):
+    """Migration bot 7: earlier versions wrote consent = 1 with the first message, before any
+    notice; that was never consent, so it is reset and the patient is asked again."""
+    import sqlite3
+
+    from bot.storage import Database
+
+    path = tmp_path / "old.db"
+    database = await Database(path).open()
+    await database.close()
+    raw = sqlite3.connect(path)  # the database as the previous version left it
+    raw.execute("ALTER TABLE patients DROP COLUMN consent_asked_at")
+    raw.execute("DELETE FROM schema_migrations WHERE package = 'bot' AND name = 'consent_asked'")
+    raw.execute("INSERT INTO patients (platform, platform_user_id, consent, consent_at, created_at)"
+                " VALUES ('discord', '42', 1, 1.0, 1.0)")
+    raw.commit()
+    raw.close()
+    database = await Database(path).open()
+    try:
+        row = await database.fetchone("SELECT consent, consent_at, consent_asked_at FROM patients")
+        assert tuple(row) == (0, None, None) and consent.state(row) == "not_asked"
+    finally:
+        await database.close()

@@ -497,8 +497,8 @@ class DiscordPlatform:
     def where_visible(self, conv: ConversationRef) -> str:
         if is_dm_key(conv.channel_id, conv.thread_id):
             return "only you and this bot: this is a direct message."
-        return ("this thread is in a channel of this Discord server, so every member who can see the channel "
-                "can read it. For privacy, send the bot a direct message instead, if the server allows it.")
+        return ("this conversation is in a channel of this Discord server, so every member who can see the "
+                "channel can read it. For privacy, send the bot a direct message instead, if the server allows it.")
 
     async def send_to_patient(self, conv: ConversationRef, view: PatientView) -> list[str]:
         target, in_place = self._target(conv)

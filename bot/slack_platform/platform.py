@@ -179,8 +179,8 @@ class SlackPlatform:
     def where_visible(self, conv: ConversationRef) -> str:
         if is_dm_key(conv.channel_id, conv.thread_id):
             return "only you and this app: this is a direct message."
-        return ("this thread is in a Slack channel, so every member of the channel can read it. For privacy, "
-                "send the app a direct message instead, if this workspace allows it.")
+        return ("this conversation is in a Slack channel, so every member of the channel can read it. For "
+                "privacy, send the app a direct message instead, if this workspace allows it.")
 
     @staticmethod
     def _thread_of(conv: ConversationRef) -> str | None:
