@@ -279,3 +279,36 @@ async def test_click_through_patient_reviewer_moderator(service, browser_page, t
 
     assert external == [], f"the page tried to load something external: {external}"
     assert page_errors == [], f"JavaScript errors on the page: {page_errors}"
+
+
+async def test_consent_buttons_in_the_console(service, browser_page):
+    """(issue 12 item 5) The first-contact notice asks, with two buttons; the choice is recorded for
+    this browser's id, shown, and can be changed."""
+    from playwright.async_api import expect
+
+    from bot.consent import CONFIRM_AGREE, CONFIRM_DECLINE
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    page = browser_page
+    runner, url = await start_console(service, "127.0.0.1", 0)
+
+    async def consent_row():
+        return tuple(await service.db.fetchone("SELECT consent, consent_at IS NOT NULL FROM patients"))
+
+    try:
+        await page.goto(url + "#patient")
+        await page.get_by_label("Your message").fill("Do sweaty feet need a doctor?")
+        await page.get_by_role("button", name="Send", exact=True).click()
+        choice = page.get_by_test_id("consent-choice")
+        await expect(choice).to_have_attribute("data-consent", "asked")
+        await expect(page.get_by_test_id("notice").first).to_contain_text("only this browser")
+        await choice.get_by_test_id("consent-agree").click()
+        await expect(page.get_by_test_id("patient-status")).to_have_text(CONFIRM_AGREE)
+        await expect(page.get_by_test_id("consent-choice")).to_have_attribute("data-consent", "agreed")
+        assert await consent_row() == (1, 1)
+        await page.get_by_test_id("consent-choice").get_by_test_id("consent-decline").click()
+        await expect(page.get_by_test_id("patient-status")).to_have_text(CONFIRM_DECLINE)
+        await expect(page.get_by_test_id("consent-choice")).to_have_attribute("data-consent", "declined")
+        assert await consent_row() == (0, 1)
+    finally:
+        await runner.cleanup()
