@@ -69,6 +69,36 @@ def review_text(card_platforms: Iterable[str], console: bool) -> str:
     return f"Medical and psychological specialists check my answers and read your messages to do so: {where}."
 
 
+def _own_host(host: str | None) -> bool:
+    """A host run by the service itself: this machine, a name inside the deployment (compose
+    service names have no dot), or a private address."""
+    import ipaddress
+
+    if not host or "." not in host:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost"
+    return address.is_private or address.is_loopback
+
+
+def outside_text(services: Iterable[tuple[str, str]]) -> str | None:
+    """Who outside the service also receives the patient's messages: (URL, what for) pairs of
+    the services configured (the model server, an LLM judge, remote safety checks); None when
+    every one of them runs inside the deployment."""
+    from urllib.parse import urlparse
+
+    seen: dict[str, str] = {}
+    for url, purpose in services:
+        host = urlparse(url).hostname
+        if not _own_host(host) and host not in seen:
+            seen[host] = purpose
+    if not seen:
+        return None
+    return "Your messages are also sent to " + _join([f"{host} ({purpose})" for host, purpose in seen.items()]) + "."
+
+
 def retention_text(days: int | None) -> str:
     """How long the conversation is kept, as the service actually does it."""
     if not days:
@@ -77,13 +107,14 @@ def retention_text(days: int | None) -> str:
             "conversation's last message; /forget-me deletes everything sooner.")
 
 
-def notice(title: str, visible: str, review: str, retention: str, dm_hint: bool) -> str:
+def notice(title: str, visible: str, review: str, retention: str, dm_hint: bool, outside: str | None = None) -> str:
     """The first-contact notice: what is stored, where it is seen, for how long, and the question."""
     text = (
         f"Welcome. I'm an AI assistant for people living with {title}.\n"
         f"• Who can see this conversation: {visible}\n"
         f"• {review}\n"
-        f"• {retention}\n"
+        + (f"• {outside}\n" if outside else "")
+        + f"• {retention}\n"
         "• Training: only if you agree, your messages and the answers specialists approve are used, with details "
         "that identify you removed, to train this assistant. Press “I agree” or reply “I agree”; press "
         "“No, not for training” or reply “I do not agree” to use the service without that. You can change "

@@ -266,8 +266,24 @@ class ConversationCore:
             consent.review_text(self.card_platforms(), console="local" in self.platforms),
             consent.retention_text(self.settings.privacy.retention_days),
             dm_hint=is_dm_key(conv.channel_id, conv.thread_id) and conv.platform != "local",
+            outside=consent.outside_text(self._services_reading_messages()),
         )
         return PatientView(ViewKind.CONSENT, text)
+
+    def _services_reading_messages(self) -> list[tuple[str, str]]:
+        """(URL, purpose) of every service configured to receive patients' messages."""
+        cfg = self.settings
+        services = []
+        if cfg.inference.backend == "openai":
+            services += [(url, "the AI model that writes my answers")
+                         for url in [cfg.inference.openai_base_url, *cfg.inference.openai_replica_urls]]
+        if cfg.judge.enabled:
+            services.append((cfg.judge.base_url, "an AI that pre-scores answers for the specialists"))
+        for layer in self.safety.remote:
+            client = getattr(layer, "client", None)
+            if client is not None:
+                services.append((str(client.base_url), "an automatic safety check"))
+        return services
 
     async def record_consent(self, platform: str, user_id: str, agree: bool, *, display_name: str = "",
                              create: bool = True) -> bool:

@@ -160,3 +160,24 @@ async def test_consent_recorded_before_the_notice_by_older_versions_is_reset(tmp
         assert tuple(row) == (0, None, None) and consent.state(row) == "not_asked"
     finally:
         await database.close()
+
+
+def test_the_notice_names_every_outside_service_that_reads_the_messages(tmp_path, monkeypatch):
+    """The model server, an LLM judge and the remote safety checks each receive the patient's
+    words: the notice names those outside the deployment (and only those)."""
+    from bot.platform import ConversationRef
+    from bot.service import Service
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-key")  # turns OpenAI moderation on
+    settings = load_settings(data_dir=tmp_path, judge={"enabled": True, "base_url": "https://judge.example.org/v1"},
+                             inference={"backend": "openai", "openai_base_url": "http://vllm:8000/v1"})
+    core = Service(settings, FixedBackend()).core
+    text = core.consent_view(ConversationRef(1, "local", "console", "p", "p")).text
+    assert ("Your messages are also sent to api.openai.com (an automatic safety check) and judge.example.org "
+            "(an AI that pre-scores answers for the specialists).") in text or (
+        "Your messages are also sent to judge.example.org (an AI that pre-scores answers for the specialists) and "
+        "api.openai.com (an automatic safety check).") in text
+    assert "vllm" not in text  # the deployment's own model server
+    monkeypatch.delenv("OPENAI_API_KEY")
+    quiet = Service(load_settings(data_dir=tmp_path), FixedBackend()).core
+    assert "also sent to" not in quiet.consent_view(ConversationRef(1, "local", "console", "p", "p")).text
