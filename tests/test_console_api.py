@@ -342,6 +342,28 @@ async def test_a_person_of_the_care_team_is_labelled_as_a_person(console, servic
     assert person[0]["label"] == f"Written by {MODERATOR}, a person from the care team — not the AI", person
 
 
+async def test_a_reviewer_takes_over_answers_and_resolves_a_case_in_the_console(console, service):
+    """Issue 14 item 6 in the console: the reviewer's case routes; the patient's browser is refused."""
+    await console.say("I can't take this sweating anymore, I want to kill myself.")
+    status, body = await console.reviewer.get("/api/cases")
+    assert status == 200 and len(body["cases"]) == 1 and "NOBODY has taken it" in body["cases"][0]["line"]
+    case_id = body["cases"][0]["id"]
+    status, _ = await console.post(f"/api/cases/{case_id}/take", {})  # the patient's own browser
+    assert status in (401, 403)
+    status, body = await console.reviewer.post(f"/api/cases/{case_id}/take", {})
+    assert status == 200 and body["case"]["taken_by"] == f"console:{REVIEWER}", body
+    status, body = await console.reviewer.post(f"/api/cases/{case_id}/reply", {"text": "I'm here. Are you safe?"})
+    assert status == 200, body
+    person = [e for e in await console.thread() if e["type"] == "notice" and e["kind"] == "person"]
+    assert [e["text"] for e in person] == ["I'm here. Are you safe?"] and "not the AI" in person[0]["label"]
+    status, body = await console.reviewer.post(f"/api/cases/{case_id}/resolve", {"note": ""})
+    assert status == 400 and "outcome note" in body["error"]
+    status, body = await console.reviewer.post(f"/api/cases/{case_id}/resolve", {"note": "safe, with her sister"})
+    assert status == 200 and body["case"]["outcome_note"] == "safe, with her sister"
+    status, body = await console.reviewer.get("/api/cases")
+    assert body["cases"] == []
+
+
 async def test_crisis_resources_and_a_carers_words_stay_on_the_page_after_a_restart(console, service):
     """The page read them from the console's memory: after a restart a patient in crisis saw
     their message with nothing under it (and no consent notice to answer). They come from the

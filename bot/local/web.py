@@ -23,6 +23,10 @@ access level of each is in ``ROUTES``; the guard refuses reviewer and moderator 
     POST /api/reviews/{id}/decision      {action, text, accuracy, appropriateness, empathy, comment}  reviewer
     GET  /api/reviews/agreement          reviewer agreement (kappa)                   reviewer
     GET  /api/dataset                    example counts per task and source           reviewer
+    GET  /api/cases                      open crisis cases in full (age, who has each) reviewer
+    POST /api/cases/{id}/take            take the case over (the model stays out)     reviewer
+    POST /api/cases/{id}/reply           {text}: write to the patient as a person     reviewer
+    POST /api/cases/{id}/resolve         {note}: outcome; releases the conversation   reviewer
     GET  /api/moderator/status           the /status command                          moderator
     POST /api/moderator/command          {command, argument}                          moderator
     GET  /api/moderator/alerts           alerts kept by the local platform + open incidents  moderator
@@ -337,6 +341,44 @@ async def dataset_counts(request: web.Request) -> web.Response:
     return ok({"counts": counts, "by_source": by_source, "total": total})
 
 
+# ---------------------------------------------------------------------------- crisis cases
+
+
+def _case_json(case: dict[str, Any]) -> dict[str, Any]:
+    from bot import incidents
+
+    return {**{k: v for k, v in case.items() if k != "messages"}, "line": incidents.case_line(case),
+            "text": incidents.case_text(case)}
+
+
+async def cases_open(request: web.Request) -> web.Response:
+    from bot import incidents
+
+    return ok({"cases": [_case_json(c) for c in await incidents.open_cases(_service(request).db)]})
+
+
+async def case_action(request: web.Request) -> web.Response:
+    """Take over, reply to the patient as a person, resolve: the signed-in account acts (the
+    roles are checked again by bot.incidents; a refusal is a 403 with a log line)."""
+    from bot import incidents
+
+    service = _service(request)
+    case_id = int(request.match_info["case_id"])
+    action = request.path.rsplit("/", 1)[1]
+    data = await json_body(request)
+    actor = auth.principal(request).actor()
+    try:
+        if action == "take":
+            case = await service.core.cases.take_over(case_id, actor)
+        elif action == "reply":
+            case = await service.core.cases.reply(case_id, actor, text_field(data, "text"))
+        else:
+            case = await service.core.cases.resolve(case_id, actor, text_field(data, "note"))
+    except incidents.CaseError as exc:
+        raise BadRequest(str(exc)) from None
+    return ok({"case": _case_json(case)})
+
+
 # ---------------------------------------------------------------------------- moderator
 
 
@@ -477,6 +519,10 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/api/reviews/agreement", reviews_agreement, REVIEWER),
     ("POST", r"/api/reviews/{item_id:\d{1,12}}/decision", review_decision, REVIEWER),
     ("GET", "/api/dataset", dataset_counts, REVIEWER),
+    ("GET", "/api/cases", cases_open, REVIEWER),
+    ("POST", r"/api/cases/{case_id:\d{1,12}}/take", case_action, REVIEWER),
+    ("POST", r"/api/cases/{case_id:\d{1,12}}/reply", case_action, REVIEWER),
+    ("POST", r"/api/cases/{case_id:\d{1,12}}/resolve", case_action, REVIEWER),
     ("GET", "/api/moderator/status", moderator_status, MODERATOR),
     ("POST", "/api/moderator/command", moderator_command, MODERATOR),
     ("GET", "/api/moderator/alerts", moderator_alerts, MODERATOR),

@@ -130,7 +130,9 @@
     if (view === "moderator") { refreshAlerts(); refreshCharts(); }
   }
 
-  window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+  // A crisis alert links to #case-N: the case is in the reviewer view.
+  const route = (hash) => (hash.startsWith("case-") ? "reviewer" : hash);
+  window.addEventListener("hashchange", () => show(route(location.hash.slice(1))));
 
   // ------------------------------------------------------------------ patient
 
@@ -351,6 +353,42 @@
     $("queue-empty").hidden = cards.size > 0;
   }
 
+  // ------------------------------------------------------------------ crisis cases
+
+  async function caseAction(id, action, body, status) {
+    setStatus(status, "…");
+    const result = await api("POST", `/api/cases/${id}/${action}`, body || {});
+    setStatus(status, result.ok ? "Done." : result.data.error, !result.ok);
+    if (result.ok) refreshCases();
+  }
+
+  async function refreshCases() {
+    const box = $("cases");
+    if (!can("reviewer")) { box.hidden = true; return; }
+    const result = await api("GET", "/api/cases");
+    if (!result.ok) return;
+    const cases = result.data.cases;
+    box.hidden = cases.length === 0;
+    $("case-list").replaceChildren(...cases.map((c) => {
+      const status = el("p", { class: "status", role: "status", testid: `case-status-${c.id}` });
+      const reply = el("textarea", { rows: 2, testid: `case-reply-text-${c.id}`,
+        "aria-label": "Your message to the patient (signed with your name, as a person)" });
+      const note = el("input", { testid: `case-note-${c.id}`, "aria-label": "Outcome note", maxlength: 2000 });
+      const button = (label, testid, handler) => {
+        const b = el("button", { type: "button", testid, text: label });
+        b.addEventListener("click", handler);
+        return b;
+      };
+      return el("article", { class: "case", id: `case-${c.id}`, testid: `case-${c.id}` },
+        el("pre", { class: "output", text: c.text }),
+        c.taken_by ? null : button("Take over", `case-take-${c.id}`, () => caseAction(c.id, "take", {}, status)),
+        reply, button("Send to the patient", `case-reply-${c.id}`,
+          () => caseAction(c.id, "reply", { text: reply.value }, status)),
+        note, button("Resolve", `case-resolve-${c.id}`, () => caseAction(c.id, "resolve", { note: note.value }, status)),
+        status);
+    }));
+  }
+
   async function refreshQueue() {
     if (!can("reviewer")) {
       for (const card of cards.values()) card.remove();
@@ -358,6 +396,7 @@
       $("queue-empty").hidden = true;
       return;
     }
+    refreshCases();
     const result = await api("GET", "/api/reviews");
     if (!result.ok) {
       setStatus(reviewerStatus, result.status === 401 ? SIGN_IN_TEXT : result.data.error, true);
@@ -512,7 +551,7 @@
       $("demo-banner").hidden = !result.data.demo;
       if (result.data.title) $("condition-title").textContent = `local console · ${result.data.title}`;
     }
-    show(location.hash.slice(1) || "patient");
+    show(route(location.hash.slice(1)) || "patient");
     document.body.dataset.ready = "1";
   });
   setInterval(() => {
