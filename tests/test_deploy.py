@@ -480,3 +480,13 @@ def test_serve_command_line_and_environment():
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert env["VLLM_NO_USAGE_STATS"] == "1"
     assert "HF_HUB_OFFLINE" not in env  # a hub model id may be downloaded on the operator's machine
+    assert "VLLM_API_KEY" not in env
+
+
+def test_serve_passes_the_api_key_in_the_environment_never_on_the_command_line():
+    from bot.vllm_server import server_command, server_env
+
+    settings = load_settings(inference={"base_model": "org/model-x", "openai_api_key": "sk-serve-secret-123"})
+    cmd = server_command(settings, "/venv/bin/python")
+    assert not any("sk-serve-secret-123" in part for part in cmd) and "--api-key" not in cmd
+    assert server_env(settings, base={})["VLLM_API_KEY"] == "sk-serve-secret-123"
