@@ -124,3 +124,10 @@ def test_every_slash_command_is_in_its_platform_guide() -> None:
         missing += [f"{name}: {c['command']}" for c in manifest["features"]["slash_commands"]
                     if f"`{c['command']}" not in guide]
     assert not missing, f"slash commands the guides do not name: {missing}"
+
+
+def test_every_benchmark_is_named_in_the_readme() -> None:
+    """The README lists the scripts that print measured figures; a new one is listed too."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [p.name for p in sorted((ROOT / "bench").glob("bench_*.py")) if p.name not in readme]
+    assert not missing, f"bench scripts the README does not name: {missing}"
