@@ -99,12 +99,21 @@ def outside_text(services: Iterable[tuple[str, str]]) -> str | None:
     return "Your messages are also sent to " + _join([f"{host} ({purpose})" for host, purpose in seen.items()]) + "."
 
 
-def retention_text(days: int | None) -> str:
-    """How long the conversation is kept, as the service actually does it."""
+CHAT_NAMES = {"discord": "Discord", "slack": "Slack"}
+
+
+def retention_text(days: int | None, platform: str = "") -> str:
+    """How long the conversation is kept, as the service actually does it, and the copy a chat
+    platform keeps of what was posted there."""
     if not days:
-        return "Your messages and my replies are stored until you delete them with /forget-me."
-    return (f"Your messages and my replies are stored, and deleted automatically {days} days after the "
-            "conversation's last message; /forget-me deletes everything sooner.")
+        text = "Your messages and my replies are stored until you delete them with /forget-me."
+    else:
+        text = (f"Your messages and my replies are stored, and deleted automatically {days} days after the "
+                "conversation's last message; /forget-me deletes everything sooner.")
+    if platform in CHAT_NAMES:
+        text += (f" What is posted in this chat also stays on {CHAT_NAMES[platform]} under its own rules: you can "
+                 "delete your messages there, and /forget-me deletes mine.")
+    return text
 
 
 def notice(title: str, visible: str, review: str, retention: str, dm_hint: bool, outside: str | None = None) -> str:

@@ -264,7 +264,7 @@ class ConversationCore:
         text = consent.notice(
             self.pack.title, visible,
             consent.review_text(self.card_platforms(), console="local" in self.platforms),
-            consent.retention_text(self.settings.privacy.retention_days),
+            consent.retention_text(self.settings.privacy.retention_days, conv.platform),
             dm_hint=is_dm_key(conv.channel_id, conv.thread_id) and conv.platform != "local",
             outside=consent.outside_text(self._services_reading_messages()),
         )

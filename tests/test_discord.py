@@ -237,6 +237,7 @@ async def test_patient_question_gets_thread_typing_reply_and_review_card(bot, fa
     assert "every member who can see the channel can read it" in notice["content"]
     assert "in the reviewers' channel on Discord" in notice["content"]
     assert custom_ids(notice) == ["l4s:consent:agree", "l4s:consent:decline"]
+    assert "also stays on Discord under its own rules" in notice["content"]
     answer = reply_message(fake, thread_id)
     assert answer["content"].startswith(REPLY)
     assert LABEL_PENDING in answer["content"] and bot.service.pack.disclaimer.split(".")[0] in answer["content"]

@@ -591,6 +591,9 @@ async def test_reactions_decide(http_slack, fake):
     assert "needs all three rubric scores" in told[0]
     assert await service.db.fetchval("SELECT COUNT(*) FROM review_decisions") == 0
     await http.interact(block_action(fake, "review_approve", item_of(card1), LISTED, card1["ts"]))
+    await http.interact(block_action(fake, "review_approve", item_of(card2), REVIEWER, card2["ts"], rubric={}))
+    told = await fake.wait_for(lambda: ephemerals(fake, REVIEWER))  # the button without scores: refused too
+    assert "missing: accuracy, appropriateness, empathy" in told[0]
     await http.event(reaction("x", REVIEWER, card2["ts"]))
     await http.event(reaction("tada", REVIEWER, card2["ts"]))  # other reactions mean nothing
     await fake.wait_for(lambda: any(LABEL_APPROVED in t for t in context_texts(fake.thread(SUPPORT, ts1)[1])))
