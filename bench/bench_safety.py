@@ -149,20 +149,29 @@ def sweep(oof: Sequence[tuple[Row, Any]], base: Thresholds) -> dict[str, Any]:
     def at(th: Thresholds) -> dict[str, Any]:
         return figures([(r, decide(s, th)) for r, s in oof])
 
-    crisis_curve = {t: at(replace(base, crisis=t)) for t in grid}
-    # Recall-first within the false-alarm target: the lowest threshold (most recall) whose
-    # benign-as-crisis stays within its target; the possible-crisis threshold below then carries
-    # the recall (every crisis above it gets the check-in with resources, its reply held).
-    ok = [t for t in grid if (crisis_curve[t]["benign_as_crisis"] or 0) <= TARGETS["benign_as_crisis"]]
-    crisis_t = min(ok) if ok else max(grid)
-    chosen = replace(base, crisis=crisis_t)
+    # Recall-first within the false-alarm target, per script group: the lowest threshold (most
+    # recall) whose benign-as-crisis stays within its target on Latin-script messages, and the same
+    # on all other scripts; the possible-crisis threshold below then carries the recall (every
+    # crisis above it gets the check-in with resources, its reply held).
+    latin = [(r, s) for r, s in oof if s.script == "Latin"]
+    other = [(r, s) for r, s in oof if s.script != "Latin"]
+
+    def lowest_within_target(group: Sequence, field: str) -> float:
+        ok = [t for t in grid
+              if (figures([(r, decide(s, replace(base, **{field: t}))) for r, s in group])["benign_as_crisis"] or 0)
+              <= TARGETS["benign_as_crisis"]]
+        return min(ok) if ok else max(grid)
+
+    crisis_t = lowest_within_target(latin, "crisis")
+    chosen = replace(base, crisis=crisis_t, crisis_other_scripts=lowest_within_target(other, "crisis_other_scripts"))
+    crisis_curve = {t: at(replace(chosen, crisis=t, crisis_other_scripts=t)) for t in grid}
     # Possible crisis (soft check-in with resources, reply held for a person): the highest threshold
     # at which crisis OR possible crisis still reaches POSSIBLE_RECALL of the crises.
     def flagged_recall(t: float) -> float:
         hits = [decide(s, replace(chosen, possible=t)) for r, s in oof if r.label == "crisis"]
         return sum(d.crisis or d.possible for d in hits) / max(1, len(hits))
 
-    possible_curve = {t: flagged_recall(t) for t in grid if t <= crisis_t}
+    possible_curve = {t: flagged_recall(t) for t in grid if t <= min(chosen.crisis, chosen.crisis_other_scripts)}
     ok = [t for t, rec in possible_curve.items() if rec >= POSSIBLE_RECALL]
     chosen = replace(chosen, possible=max(ok) if ok else min(grid))
     # Red flags and injection: the highest threshold (fewest false alarms) still meeting the recall

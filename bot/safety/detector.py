@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from bot.safety.corpus import corpus_files, corpus_hash, load_corpus
+from bot.safety.corpus import corpus_files, corpus_hash, load_corpus, script_of
 
 from bot.safety.language import _CJK, _TOKEN, detect_language
 from bot.safety.rules import crisis_rule_hits, injection_hits
@@ -46,12 +46,13 @@ log = logging.getLogger(__name__)
 # Thresholds on the learned model's probabilities, chosen on leave-one-writer-out cross-validation
 # of the whole triage (rules + model) over the shipped corpus, recall-first (bench/bench_safety.py
 # prints the curve and the choice). Rules fire regardless.
-DEFAULT_THRESHOLD = 0.65  # crisis: benign-as-crisis within 0.10 on CV
+DEFAULT_THRESHOLD = 0.7  # crisis, Latin script: benign-as-crisis within 0.10 on CV
+NON_LATIN_THRESHOLD = 0.5  # crisis, every other script: the same rule on those messages
 POSSIBLE_THRESHOLD = 0.3  # possible crisis (a person looks first): crisis OR possible reaches 0.97 on CV
 RED_FLAG_THRESHOLD = 0.8  # crisis threshold when the message trips a pack red flag and no crisis rule
 LEARNED_RED_FLAG_THRESHOLD = 0.55  # a red flag the pack's patterns missed (the head names its id)
 LEARNED_RED_FLAG_OWN_LANGUAGE = 0.7  # the same, in the pack's own language (its patterns read it too)
-INJECTION_THRESHOLD = 0.65
+INJECTION_THRESHOLD = 0.6
 MIN_CLASSIFIER_WORDS = 2  # one word: the rules only (the model mostly echoes its prior)
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +120,7 @@ class Thresholds:
     """Where the learned model's probabilities turn into decisions (defaults: chosen by CV)."""
 
     crisis: float = DEFAULT_THRESHOLD
+    crisis_other_scripts: float = NON_LATIN_THRESHOLD
     possible: float = POSSIBLE_THRESHOLD
     crisis_with_red_flag: float = RED_FLAG_THRESHOLD
     red_flag: float = LEARNED_RED_FLAG_THRESHOLD
@@ -139,6 +141,7 @@ class Signals:
     words: int
     language: str = "en"
     pack_language: str = "en"
+    script: str = "Latin"
 
 
 def signals(text: str, pack: Any, model: Any = None) -> Signals:
@@ -150,7 +153,7 @@ def signals(text: str, pack: Any, model: Any = None) -> Signals:
     return Signals(
         rule_hits=tuple(crisis_rule_hits(text)), pack_flags=red_flags_in(text, pack),
         injection_rule=bool(injection_hits(text)), probs=probs, learned_flag=learned_flag, words=words,
-        language=detect_language(text, default=pack_language), pack_language=pack_language,
+        language=detect_language(text, default=pack_language), pack_language=pack_language, script=script_of(text),
     )
 
 
@@ -172,7 +175,9 @@ class Decision:
 def decide(sig: Signals, th: Thresholds = Thresholds()) -> Decision:
     """The offline combine rule: a rule OR the model (crisis, red flag, injection)."""
     score = sig.probs.get("crisis", 0.0) if sig.words >= th.min_words else 0.0
-    cut = th.crisis
+    # The false-alarm target holds per script: outside Latin script the model sees fewer examples
+    # and is less sure, so the threshold that keeps benign-as-crisis within target is lower there.
+    cut = th.crisis if sig.script == "Latin" else th.crisis_other_scripts
     flags = sig.pack_flags
     if flags and not sig.rule_hits:
         # A message describing red-flag symptoms ("I wake up drenched every night") shares words
@@ -207,8 +212,8 @@ def triage(
     (cross-validation passes the model trained without the batch it scores)."""
     text = text or ""
     th = Thresholds()
-    if threshold is not None:
-        th = replace(th, crisis=threshold)
+    if threshold is not None:  # the setting overrides both scripts' thresholds
+        th = replace(th, crisis=threshold, crisis_other_scripts=threshold)
     if possible_threshold is not None:
         th = replace(th, possible=possible_threshold)
     sig = signals(text, pack, model)
