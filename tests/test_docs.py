@@ -131,3 +131,15 @@ def test_every_benchmark_is_named_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = [p.name for p in sorted((ROOT / "bench").glob("bench_*.py")) if p.name not in readme]
     assert not missing, f"bench scripts the README does not name: {missing}"
+
+
+@pytest.mark.parametrize("section,guide", [("discord", "docs/discord.md"), ("slack", "docs/slack.md"),
+                                           ("judge", "docs/judge.md")])
+def test_every_setting_of_a_section_is_in_its_guide(section: str, guide: str) -> None:
+    """The guide's settings table is where an operator looks; a new setting goes there too."""
+    model = Settings.model_fields[section].annotation
+    assert isinstance(model, type) and issubclass(model, BaseModel)
+    text = (ROOT / guide).read_text(encoding="utf-8")
+    env = f"{ENV_PREFIX}{section.upper()}__"
+    missing = [name for name in model.model_fields if f"`{name}`" not in text and f"{env}{name.upper()}" not in text]
+    assert not missing, f"{guide} does not name these {section} settings: {missing}"
