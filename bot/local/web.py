@@ -217,8 +217,8 @@ async def patient_conversation(request: web.Request) -> web.Response:
                             "item_id": row["item_id"], "state": row["state"], "at": row["reply_at"],
                             **_view_json(view)})
     # What a person of the care team wrote (a crisis case taken over), labelled as a person's.
-    # Crisis resources and these come from the database, so a restart does not take them off the
-    # page; the platform's in-memory notices are only the passing ones (and consent).
+    # These, the crisis resources and the consent notice come from the database, so a restart
+    # does not take them off the page; the platform's in-memory notices are only passing ones.
     for person in await service.db.fetchall(
             "SELECT cr.id, cr.author, cr.text, cr.created_at FROM case_replies cr JOIN incidents i"
             " ON i.id = cr.incident_id WHERE i.conversation_id = ? AND cr.created_at >= ? ORDER BY cr.id",
