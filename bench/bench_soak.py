@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import re
@@ -563,6 +562,8 @@ async def soak(profile: Profile, keep: bool) -> int:
         examples = check_database(service.data_dir / "llm4sweat.db", run.tally, seen, out)
         code = service.stop()
         backup_line = await asyncio.to_thread(restore_and_check, service, tmp, backup, out)
+        if run.tally.errors:
+            print("errors     " + ", ".join(f"{what}: {n}" for what, n in sorted(run.tally.errors.items())))
         print_outcome(out, recoveries, backup_line, time.perf_counter() - wall, code)
         ok = out.lost == 0 and out.duplicated == 0 and out.half_applied == 0
         return 0 if ok else 1
