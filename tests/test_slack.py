@@ -827,6 +827,25 @@ async def test_forget_me(http_slack, fake):
     assert not [b for b in fake.messages[card["ts"]]["blocks"] if b["type"] == "actions"]
 
 
+async def test_forget_me_deletes_the_apps_messages_in_a_dm(http_slack, fake):
+    """(issue 12 item 4) In a DM the app's messages (notice and replies) go with chat.delete; the
+    patient's own stay theirs; nothing of the patient is left in the database."""
+    service, runner, http = http_slack
+    await ask(http, fake, "Quillfeather: my palms drip", channel=DM, channel_type="im")
+    await ask(http, fake, "Quillfeather: and my feet?", channel=DM, channel_type="im")
+    assert len([m for m in fake.channel_messages(DM) if m.get("bot_id")]) == 3  # notice + two replies
+    await http.command(fake, "/forget-me", PATIENT)
+    confirm = block_action(fake, "forget_me_confirm", 0, PATIENT)
+    confirm["actions"][0]["value"] = "confirm"
+    confirm["response_url"] = fake.response_url("forget-dm")
+    await http.interact(confirm)
+    responses = await fake.wait_for(lambda: fake.responses_to("forget-dm"))
+    assert "I deleted 3 of my messages to you" in responses[0]["text"]
+    assert [m for m in fake.channel_messages(DM) if m.get("bot_id")] == []
+    dump = "\n".join(await service.db.run(lambda conn: list(conn.iterdump()), write=False))
+    assert "Quillfeather" not in dump
+
+
 # ====================================================================== the wire
 
 
