@@ -372,8 +372,10 @@
     $("case-list").replaceChildren(...cases.map((c) => {
       const status = el("p", { class: "status", role: "status", testid: `case-status-${c.id}` });
       const reply = el("textarea", { rows: 2, testid: `case-reply-text-${c.id}`,
-        "aria-label": "Your message to the patient (signed with your name, as a person)" });
-      const note = el("input", { testid: `case-note-${c.id}`, "aria-label": "Outcome note", maxlength: 2000 });
+        "aria-label": "Your message to the patient (signed with your name, as a person)",
+        placeholder: "Your message to the patient (signed with your name, as a person)" });
+      const note = el("input", { testid: `case-note-${c.id}`, "aria-label": "Outcome note", maxlength: 2000,
+        placeholder: "Outcome note, to resolve" });
       const button = (label, testid, handler) => {
         const b = el("button", { type: "button", testid, text: label });
         b.addEventListener("click", handler);
