@@ -14,7 +14,7 @@ adapter that was a candidate when evaluated and is live today must not read "(ca
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -111,13 +111,3 @@ async def statuses(db: Any) -> dict[str, str]:
     from pipeline import registry
 
     return {row["version"]: row["status"] for row in await registry.all_versions(db)}
-
-
-def fields_text(tables: Sequence[ReportTable]) -> str:
-    """Tables as labelled lines (for a log or a plain-text fallback, never a grid)."""
-    lines = []
-    for table in tables:
-        lines.append(table.title)
-        for name, value in (f for t in [table] for f in table_fields(t)):
-            lines.append(f"• {name}: " + "; ".join(value.splitlines()))
-    return "\n".join(lines)
