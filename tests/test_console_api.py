@@ -354,6 +354,10 @@ async def test_a_reviewer_takes_over_answers_and_resolves_a_case_in_the_console(
     assert status == 200 and body["case"]["taken_by"] == f"console:{REVIEWER}", body
     status, body = await console.reviewer.post(f"/api/cases/{case_id}/reply", {"text": "I'm here. Are you safe?"})
     assert status == 200, body
+    # The panel shows what the patient wrote and what was sent (no review card has the crisis message).
+    status, body = await console.reviewer.get("/api/cases")
+    assert "patient: I can't take this sweating anymore" in body["cases"][0]["text"], body
+    assert f"console:{REVIEWER} (person): I'm here. Are you safe?" in body["cases"][0]["text"], body
     person = [e for e in await console.thread() if e["type"] == "notice" and e["kind"] == "person"]
     assert [e["text"] for e in person] == ["I'm here. Are you safe?"] and "not the AI" in person[0]["label"]
     status, body = await console.reviewer.post(f"/api/cases/{case_id}/resolve", {"note": ""})

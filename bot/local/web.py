@@ -354,7 +354,10 @@ def _case_json(case: dict[str, Any]) -> dict[str, Any]:
 async def cases_open(request: web.Request) -> web.Response:
     from bot import incidents
 
-    return ok({"cases": [_case_json(c) for c in await incidents.open_cases(_service(request).db)]})
+    db = _service(request).db
+    # Each case in full (the patient's last messages, what people wrote to them): whoever takes a
+    # case over on the console has to read what the patient said, and it is in no review card.
+    return ok({"cases": [_case_json(await incidents.get_case(db, c["id"])) for c in await incidents.open_cases(db)]})
 
 
 async def case_action(request: web.Request) -> web.Response:

@@ -355,11 +355,19 @@
 
   // ------------------------------------------------------------------ crisis cases
 
+  // The outcome of the last action on each case, kept across the refresh that redraws the case
+  // (a reply that seemed to vanish without a word would be sent twice).
+  const caseOutcome = new Map();
+  const CASE_DONE = { take: "You have taken the case over.", reply: "Sent to the patient.", resolve: "Resolved." };
+
   async function caseAction(id, action, body, status) {
     setStatus(status, "…");
     const result = await api("POST", `/api/cases/${id}/${action}`, body || {});
-    setStatus(status, result.ok ? "Done." : result.data.error, !result.ok);
-    if (result.ok) refreshCases();
+    setStatus(status, result.ok ? CASE_DONE[action] : result.data.error, !result.ok);
+    if (result.ok) {
+      caseOutcome.set(id, CASE_DONE[action]);
+      refreshCases();
+    }
   }
 
   async function refreshCases() {
@@ -370,7 +378,8 @@
     const cases = result.data.cases;
     box.hidden = cases.length === 0;
     $("case-list").replaceChildren(...cases.map((c) => {
-      const status = el("p", { class: "status", role: "status", testid: `case-status-${c.id}` });
+      const status = el("p", { class: "status", role: "status", testid: `case-status-${c.id}`,
+                               text: caseOutcome.get(c.id) || "" });
       const reply = el("textarea", { rows: 2, testid: `case-reply-text-${c.id}`,
         "aria-label": "Your message to the patient (signed with your name, as a person)",
         placeholder: "Your message to the patient (signed with your name, as a person)" });
