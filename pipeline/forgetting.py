@@ -7,7 +7,8 @@ other JSONL export under the data directory. And adapters trained on those snaps
 from them. Before the rows go, :func:`trace` reads what identifies the patient's training
 text; after, :func:`scrub_files` rewrites every such file without their lines (atomically,
 owner-only) and :func:`mark_adapters` marks every adapter trained on a snapshot that held
-them, in the registry (``manifest.forgotten``, and a note). A marked live adapter is never
+them, in the registry (``manifest.forgotten``, and a note) and in the adapter folder's
+``manifest.json``. A marked live adapter is never
 "nothing new" for the next retrain (pipeline/retrain.py), which exports without them.
 
 Adapter ↔ snapshot: an adapter's manifest records the snapshot hash it was trained on
@@ -136,7 +137,7 @@ async def mark_adapters(db: Database, hashes: set[str], seen: set[str], found: T
     """Mark every adapter trained on one of ``hashes`` (or on a snapshot, now gone, that could
     have held the patient's examples); returns their versions."""
     marked: list[str] = []
-    rows = await db.fetchall("SELECT version, manifest FROM adapters ORDER BY id")
+    rows = await db.fetchall("SELECT version, path, manifest FROM adapters ORDER BY id")
     for row in rows:
         manifest = json.loads(row["manifest"] or "{}")
         snapshot = manifest.get("snapshot") or {}
@@ -153,8 +154,27 @@ async def mark_adapters(db: Database, hashes: set[str], seen: set[str], found: T
             "UPDATE adapters SET manifest = ?, note = ? WHERE version = ?",
             (dumps(manifest), "trained on data a patient asked to delete: replace it at the next retrain",
              row["version"]))
+        _mark_folder(Path(row["path"]), manifest["forgotten"])
         marked.append(row["version"])
     return marked
+
+
+def _mark_folder(adapter_dir: Path, mark: dict[str, Any]) -> None:
+    """The same mark in the adapter folder's manifest.json, for whoever reads the folder (vLLM
+    hosts, the GPU trainer); kept owner-only."""
+    from pipeline.training import MANIFEST_NAME
+
+    path = adapter_dir / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no folder here (another machine) or no readable manifest: the registry holds the mark
+    data["forgotten"] = mark
+    tmp = path.with_name(path.name + ".forget.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
 
 
 def trained_on_forgotten(adapter: dict[str, Any] | None) -> bool:

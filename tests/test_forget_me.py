@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from bot.platform import IncomingMessage, ReviewCard, ViewKind
 from bot.safety.layer import NOTICE_FORGOTTEN, NOTICE_NOTHING_TO_FORGET, REDACTED, SafetyLayer
 from reviewers.models import Action, Actor, Rubric
@@ -177,6 +179,8 @@ async def test_forget_me_reaches_kept_snapshots_and_marks_the_adapters_trained_o
                             {"dataset_hash": with_them.hash, "snapshot": {"hash": with_them.hash,
                                                                           "max_example_id": with_them.max_example_id}})
     await registry.mark_live(service.db, "v2")
+    (data_dir / "adapters" / "v2").mkdir(parents=True)
+    (data_dir / "adapters" / "v2" / "manifest.json").write_text(json.dumps({"dataset_hash": with_them.hash}))
     # an adapter whose snapshot file was cleaned away, but which could have seen them
     await registry.register(service.db, "v0", data_dir / "adapters" / "v0", "base",
                             {"dataset_hash": "f" * 64, "snapshot": {"hash": "f" * 64,
@@ -198,6 +202,7 @@ async def test_forget_me_reaches_kept_snapshots_and_marks_the_adapters_trained_o
     marked = {v: bool((await registry.get(service.db, v))["manifest"].get("forgotten")) for v in ("v0", "v1", "v2")}
     assert marked == {"v0": True, "v1": False, "v2": True}
     assert "asked to delete" in (await registry.get(service.db, "v2"))["note"]
+    assert json.loads((data_dir / "adapters" / "v2" / "manifest.json").read_text())["forgotten"]["patients"] == 1
     # the next retrain: the data without them, and not skipped as "nothing new"
     after = await rt.export_snapshot(service.db, service.pack, data_dir / "jobs" / "retrain-3" / "dataset.jsonl")
     assert SECRET not in after.path.read_text() and after.examples == with_them.examples - 2
