@@ -368,6 +368,19 @@ async def test_a_reviewer_takes_over_answers_and_resolves_a_case_in_the_console(
     assert body["cases"] == []
 
 
+async def test_a_check_in_sent_only_to_the_page_is_shown(console, service):
+    """A possible crisis's check-in is a crisis notice that is not stored with the message; the
+    page shows it (reading stored crisis resources from the database must not hide it)."""
+    from bot.platform import ConversationRef, PatientView, ViewKind
+
+    body = await console.say("Why do my feet sweat in winter?")
+    user = await service.db.fetchval("SELECT thread_id FROM conversations WHERE id = ?", (body["conversation_id"],))
+    ref = ConversationRef(body["conversation_id"], "local", "console", user, user)
+    await service.core.platforms["local"].send_to_patient(ref, PatientView(ViewKind.CRISIS, "Just checking in: are you OK?"))
+    crisis = [e["text"] for e in await console.thread() if e["type"] == "notice" and e["kind"] == "crisis"]
+    assert crisis == ["Just checking in: are you OK?"]
+
+
 async def test_crisis_resources_and_a_carers_words_stay_on_the_page_after_a_restart(console, service):
     """The page read them from the console's memory: after a restart a patient in crisis saw
     their message with nothing under it (and no consent notice to answer). They come from the

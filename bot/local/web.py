@@ -230,9 +230,12 @@ async def patient_conversation(request: web.Request) -> web.Response:
         ref = ConversationRef(conversation_id, PLATFORM, CHANNEL_ID, user, user)
         entries.append({"type": "notice", "id": "consent", "kind": "consent",
                         "text": service.core.consent_view(ref).text, "label": "", "at": asked_at})
+    # The rest from memory, leaving out what was read above (a possible crisis's check-in is a
+    # crisis notice too, and is only there).
+    stored = {(e["kind"], e["text"]) for e in entries if e["type"] == "notice"}
     platform: LocalPlatform = request.app[PLATFORM_KEY]
     for n, notice in enumerate(platform.notices.get(conversation_id, [])):
-        if notice["at"] < started or notice["kind"] in ("crisis", "person", "consent"):
+        if notice["at"] < started or notice["kind"] == "consent" or (notice["kind"], notice["text"]) in stored:
             continue  # from an earlier, deleted conversation that had the same id; or read above
         entries.append({"type": "notice", "id": n, "kind": notice["kind"], "text": notice["text"],
                         "label": notice.get("label") or "", "at": notice["at"]})  # label: who wrote it (a person)
