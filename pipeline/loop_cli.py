@@ -335,8 +335,14 @@ async def console_command(cfg: Settings, command: str, argument: str | None = No
 
 
 def _say_service(console: Console, reply: dict[str, Any]) -> int:
-    console.print(f"(the running service) {reply.get('text') or reply.get('error')}", highlight=False, markup=False)
-    return 0 if reply.get("ok") else 1
+    """What the running service answered; a failure to reach it is ours to say, not the service's."""
+    if reply.get("ok"):
+        console.print(f"(the running service) {reply.get('text')}", highlight=False, markup=False)
+        return 0
+    said = reply.get("text") if reply.get("text") and not reply.get("error") else None
+    console.print(f"(the running service) {said}" if said else f"llm4sweat: {reply.get('error') or reply.get('text')}",
+                  highlight=False, markup=False)
+    return 1
 
 
 # --------------------------------------------------------------------------------- retrain

@@ -124,6 +124,7 @@ def test_a_running_service_that_cannot_be_reached_changes_nothing(cfg, tmp_path)
             held.set_url(f"http://127.0.0.1:{s.getsockname()[1]}/")
         code, out = _cli(cfg, loop_cli.rollback, "v2")
         assert code == 1 and "did not answer" in out and "nothing was changed" in out, out
+        assert out.startswith("llm4sweat: "), out  # said here, not as if the service had answered
         code, out = _cli(cfg, loop_cli.promote, "v2", force=True)
         assert code == 1 and "did not answer" in out, out
         listed = loop_cli.list_adapters(cfg)
