@@ -287,8 +287,8 @@ class CrisisCases:
 
     async def before_held_answer(self, row: Any, conv: ConversationRef, verdict: Any) -> list[PatientView]:
         """What the patient gets at once while the model's reply waits for a person (issue 14
-        items 3, 4): a possible crisis, a check-in with the crisis resources (and a note to the
-        moderators); a red flag, the pack's advice to see a doctor and why. Once per message."""
+        items 3, 4): a possible crisis, a check-in with the crisis resources; a red flag, the
+        pack's advice to see a doctor and why. Once per message."""
         notices: list[tuple[str, PatientView]] = []
         if verdict.possible_crisis and not verdict.crisis:
             text = check_in_text(self.core.pack, row["region"], verdict.language)
@@ -301,12 +301,8 @@ class CrisisCases:
         claimed = await self.db.run(lambda conn: self.core.outbox.enqueue(
             conn, [effects.patient_notice(key, conv, view) for key, view in notices]))
         await self.core.outbox.apply(claimed)
-        if verdict.possible_crisis and not verdict.crisis:
+        if verdict.possible_crisis and not verdict.crisis:  # the held card (high priority) says why
             log.warning("possible crisis on message %s (conversation %s): check-in sent, reply held", row["id"], conv.id)
-            await self.core.alert_moderators(
-                f"Possible crisis in conversation {conv.id} on {conv.platform}: the patient was sent a check-in with "
-                "crisis resources; the assistant's reply is held for review (high priority).",
-                key=f"possible-crisis:{row['id']}")
         return [view for _, view in notices]
 
     async def hold_reason(self, conversation_id: int) -> str | None:

@@ -68,11 +68,11 @@ async def discord_fake():
     await server.stop()
 
 
-async def _discord(tmp_path, fake: FakeDiscord):
+async def _discord(tmp_path, fake: FakeDiscord, **sections):
     from bot.discord_platform import start_discord
     from bot.service import Service
 
-    settings = load_settings(data_dir=tmp_path, outbox={"retry_base_s": 30}, discord={
+    settings = load_settings(data_dir=tmp_path, outbox={"retry_base_s": 30}, **sections, discord={
         "token": "discord-test-token", "guild_ids": [int(fake.guild_id)], "support_channel_ids": [int(fake.support_id)],
         "reviewer_channel_id": int(fake.reviewer_channel_id), "reviewer_role": "Reviewer",
         "moderator_role": "Moderator", "card_edit_interval_s": 0.01})

@@ -854,7 +854,7 @@ async def test_patient_trying_a_moderator_command_is_refused(bot, fake, people):
 
 
 async def test_forget_me(bot, fake, people):
-    thread = await bot.ask(people["patient"], "Please remember this.")
+    thread = await bot.ask(people["patient"], "Please remember that my palms sweat.")
     assert len(fake.bot_messages(thread["id"])) == 2  # the consent notice and the reply
     interaction = await run_slash(fake, people["patient"], "forget-me")
     assert "deleted" in interaction.text
@@ -866,7 +866,7 @@ async def test_forget_me(bot, fake, people):
 
 
 async def test_forget_me_typed_in_the_thread_and_what_could_not_be_deleted(bot, fake, people):
-    thread = await bot.ask(people["patient"], "Quillfeather: my palms drip, please remember.")
+    thread = await bot.ask(people["patient"], "Quillfeather: my palms drip when I write, does iontophoresis help?")
     card = fake.bot_messages(fake.reviewer_channel_id)[0]
     reply_id = reply_message(fake, thread["id"])["id"]
     fake.forbid(rf"/channels/{thread['id']}/messages/{reply_id}$", method="DELETE")  # say, a moderation bot locked it
@@ -1087,7 +1087,7 @@ async def test_a_9000_character_reply_is_edited_whole_in_parts(tmp_path, fake, p
 async def test_a_reply_too_long_for_a_form_is_refused_with_the_console_named(tmp_path, fake, people):
     harness = await Bot(tmp_path, fake, reply="Sweating explained." + " Sweating explained." * 1299).start()
     try:
-        await harness.ask(people["patient"], "Explain it all, please.")
+        await harness.ask(people["patient"], "Explain how iontophoresis works, please.")
         card = fake.bot_messages(fake.reviewer_channel_id)[0]
         item = await harness.item_for_card(card)
         await harness.rate(people["reviewer"], card, item)

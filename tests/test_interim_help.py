@@ -1,7 +1,7 @@
 """Help at once while the model's reply waits for a person (issue 14 items 3 and 4).
 
 A possible crisis (the safety check unsure) gets a soft check-in with the crisis resources at
-once, the model's reply held for a person first, and a note to the moderators. A red flag gets
+once, the model's reply held for a person first (its card says why). A red flag gets
 the pack's advice to see a doctor, with why and the source, at once, while the reply waits for
 review. On the console's platform and through real slack-bolt against the strict fake."""
 
@@ -45,7 +45,6 @@ async def test_a_possible_crisis_gets_a_check_in_with_resources_and_the_reply_is
     assert len(check_in) == 1 and "check in" in check_in[0].text
     assert svc.pack.crisis.resources(None).splitlines()[0] in check_in[0].text  # the resources themselves
     assert await svc.db.fetchval("SELECT delivery FROM replies WHERE id = ?", (result.reply_id,)) == "held"
-    assert any("Possible crisis" in a["text"] for a in platform.alerts)
     card = await svc.core.review_card(result.item_id)
     assert card.priority == "high" and "possible crisis" in card.hold_reason
 
@@ -84,4 +83,33 @@ async def test_slack_a_red_flag_gets_interim_advice_in_the_thread(tmp_path):
             finally:
                 await http.close()
     finally:
+        await fake.stop()
+
+
+async def test_discord_a_possible_crisis_gets_a_check_in_and_a_red_flag_the_advice(tmp_path):
+    from tests.discord_fake import FakeDiscord
+    from tests.test_crisis_delivery import _discord
+
+    fake = await FakeDiscord().start()
+    fake.patch_library()
+    service, runner = await _discord(tmp_path, fake, safety=THRESHOLDS)
+    try:
+        patient = fake.add_member("sam")
+        unsure = await fake.say(patient, fake.support_id, UNSURE)
+        flagged = await fake.say(patient, fake.support_id, RED_FLAG)
+        check_in = await fake.wait_for(lambda: [m["content"] for m in fake.bot_messages(unsure["id"])
+                                                if "check in" in m["content"]], what="the check-in")
+        assert service.pack.crisis.resources(None).splitlines()[0] in check_in[0]
+        advice = await fake.wait_for(lambda: [m["content"] for m in fake.bot_messages(flagged["id"])
+                                              if "should not wait" in m["content"]], what="the red-flag advice")
+        assert "doctor" in advice[0]
+        from bot.core import GATED_TEXT
+
+        for thread in (unsure["id"], flagged["id"]):  # the model's replies wait for a person
+            await fake.wait_for(lambda: any(GATED_TEXT[:40] in m["content"] for m in fake.bot_messages(thread)),
+                                what="the holding message")
+            assert not any("Thank you for your question about" in m["content"] for m in fake.bot_messages(thread))
+    finally:
+        await runner.cleanup()
+        await service.stop()
         await fake.stop()
