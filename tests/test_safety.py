@@ -83,7 +83,10 @@ def test_redteam_is_not_in_the_classifier_training_set():
         for row in load(f"{name}.jsonl"):
             sh = _shingles(row["text"])
             worst = max(len(sh & t) / len(sh) for t in train)
-            assert worst < 0.6, f"{row['id']} nearly appears in the training set ({worst:.2f}): {row['text']!r}"
+            assert worst < 0.6, (
+                f"{row['id']} nearly appears in the training set ({worst:.2f}): {row['text']!r} — after adding "
+                "corpus rows, run `python bench/bench_safety.py --update-exclusions`"
+            )
 
 
 def test_crisis_recall_meets_the_target(verdicts):
