@@ -1032,6 +1032,12 @@ class ConversationCore:
                 " JOIN patients p ON p.id = c.patient_id WHERE p.platform = ? AND p.platform_user_id = ?)",
                 (platform, user_id),
             )
+            # What people of the care team wrote to the patient in a crisis case (the case row stays,
+            # without its conversation: the audit of who resolved it and when).
+            await conn.execute(
+                "DELETE FROM case_replies WHERE incident_id IN (SELECT i.id FROM incidents i"
+                " JOIN conversations c ON c.id = i.conversation_id JOIN patients p ON p.id = c.patient_id"
+                " WHERE p.platform = ? AND p.platform_user_id = ?)", (platform, user_id))
             cursor = await conn.execute(
                 "DELETE FROM patients WHERE platform = ? AND platform_user_id = ?", (platform, user_id)
             )

@@ -232,3 +232,17 @@ async def test_slack_take_over_reply_and_resolve(tmp_path):
                 await http.close()
     finally:
         await fake.stop()
+
+
+async def test_forget_me_removes_what_carers_wrote_to_the_patient(tmp_path):
+    svc = await _service(tmp_path)
+    try:
+        await svc.core.handle_message(msg(CRISIS))
+        await svc.commands.run(REVIEWER, "case", "reply 1 Sam, I'm Rita from the clinic; I'll call you at 5.")
+        assert await svc.db.fetchval("SELECT COUNT(*) FROM case_replies") == 1
+        await svc.core.forget_patient("local", "pat")
+        assert await svc.db.fetchval("SELECT COUNT(*) FROM case_replies") == 0
+        case = await svc.db.fetchone("SELECT conversation_id, kind FROM incidents WHERE id = 1")
+        assert case["kind"] == "crisis" and case["conversation_id"] is None  # the case's audit stays, without them
+    finally:
+        await svc.stop()
