@@ -178,10 +178,9 @@ async def _serve_claimed(cfg: Settings, instance: Any, demo: bool, host: str, po
 
     from bot.listen import CONSOLE_PORT_HOW, check_free
 
-    # Refuse a wide binding or a port in use before minutes of model loading, not after.
-    check_free(host, port, "the console" if console_enabled else "/healthz and /readyz", CONSOLE_PORT_HOW)
-    if cfg.metrics.port:
-        check_free(cfg.metrics.host, cfg.metrics.port, "metrics", "metrics.port (LLM4SWEAT_METRICS__PORT)")
+    # Refuse a wide binding or a port in use before minutes of model loading, not after. The
+    # binding first: it is the settings' own fault, whatever else runs on this machine, and a
+    # freed port would only lead to that refusal next.
     if console_enabled:
         from bot.local.auth import check_binding
 
@@ -190,6 +189,9 @@ async def _serve_claimed(cfg: Settings, instance: Any, demo: bool, host: str, po
             await check_binding(cfg, host, db)
         finally:
             await db.close()
+    check_free(host, port, "the console" if console_enabled else "/healthz and /readyz", CONSOLE_PORT_HOW)
+    if cfg.metrics.port:
+        check_free(cfg.metrics.host, cfg.metrics.port, "metrics", "metrics.port (LLM4SWEAT_METRICS__PORT)")
     if demo:
         model_path, is_demo, general = demo_model(cfg, offline)
     else:
