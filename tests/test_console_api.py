@@ -350,6 +350,9 @@ async def test_a_reviewer_takes_over_answers_and_resolves_a_case_in_the_console(
     case_id = body["cases"][0]["id"]
     status, _ = await console.post(f"/api/cases/{case_id}/take", {})  # the patient's own browser
     assert status in (401, 403)
+    await console.say("Which antiperspirant works best?")  # held: the reviewer sees why
+    held = [i for i in await console.pending() if i["patient_text"] == "Which antiperspirant works best?"]
+    assert held and f"crisis case #{case_id} is open in this conversation" in held[0]["hold_reason"]
     status, body = await console.reviewer.post(f"/api/cases/{case_id}/take", {})
     assert status == 200 and body["case"]["taken_by"] == f"console:{REVIEWER}", body
     status, body = await console.reviewer.post(f"/api/cases/{case_id}/reply", {"text": "I'm here. Are you safe?"})

@@ -287,6 +287,8 @@ async def reviews_pending(request: web.Request) -> web.Response:
             "reply_text": item["reply_text"], "task": item["task"], "risk_flags": flags,
             "adapter_version": item["adapter_version"], "model": item["model"],
             "judge": judge.queue_line(item, service.settings.judge.enabled),
+            # why the reply is held from the patient (an open crisis case, a possible crisis, a red flag …)
+            "hold_reason": card.hold_reason if (card := await service.core.review_card(item["item_id"])) else None,
         })
     return ok({"items": items, "quorum": service.reviews.quorum})
 

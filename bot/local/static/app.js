@@ -297,6 +297,8 @@
         item.priority === "high" ? el("span", { class: "tag flag", text: "high priority" }) : null,
         ...flags,
         el("span", { text: `adapter: ${item.adapter_version || "base model"} · ${item.model || ""}` })),
+      item.hold_reason ? el("p", { class: "hold", testid: "review-hold-reason",
+                                   text: `Held from the patient because ${item.hold_reason}` }) : null,
       el("h4", { text: "Patient wrote" }),
       el("p", { class: "quote", testid: "review-patient-text", dir: "auto", text: item.patient_text }),
       el("h4", { text: "AI reply" }),
