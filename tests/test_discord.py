@@ -290,7 +290,7 @@ async def test_follow_up_in_thread_after_restart_finds_the_patient(tmp_path, fak
     second = await Bot(tmp_path, fake).start()
     try:
         assert second.platform.client.get_channel(int(thread["id"])) is None
-        await fake.say(people["patient"], thread["id"], "It is mostly on my palms, actually.")
+        await fake.say(people["patient"], thread["id"], "Mostly my palms, actually. What helps for those?")
         await fake.wait_for(lambda: len(fake.bot_messages(fake.reviewer_channel_id)) == 2, what="second card")
         assert await second.service.db.fetchval("SELECT COUNT(*) FROM conversations") == 1
         assert fake.calls_to("GET", rf"/channels/{fake.support_id}/messages/{thread['id']}")  # who started it

@@ -360,7 +360,7 @@ async def test_corrupt_adapter_is_refused_while_serving_goes_on(local_service, t
     good_eval = evaluation_record("v2", {"v1": run_record("v1", 30), "v2": run_record("v2", 54)})
     await register(svc, "v2", corrupt, good_eval)
 
-    answering = asyncio.gather(*(svc.core.handle_message(msg(f"Feet always wet {i}", f"q{i}")) for i in range(8)))
+    answering = asyncio.gather(*(svc.core.handle_message(msg(f"What helps with sweaty feet? (question {i})", f"q{i}")) for i in range(8)))
     await asyncio.sleep(0.02)
     outcome = await rt.promote(svc, "v2")
     results = await answering

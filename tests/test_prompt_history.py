@@ -84,7 +84,7 @@ async def test_the_crisis_turn_is_in_the_next_prompt(service):
 
 
 async def test_the_expert_example_is_the_prompt_the_model_saw_plus_the_final_text(service):
-    await service.core.handle_message(msg("My palms drip at work. My name is Anna Berg."))
+    await service.core.handle_message(msg("My name is Anna Berg and my palms drip at work. Do antiperspirants help with sweaty palms?"))
     second = await service.core.handle_message(msg("Would iontophoresis help with that?"))
     prompt = json.loads(await service.db.fetchval("SELECT prompt FROM replies WHERE id = ?", (second.reply_id,)))
     assert len(prompt) == 4  # system, first question, first reply, this question
