@@ -3,8 +3,11 @@
 Modules, each holding one thing:
 
 * :mod:`bot.safety.rules` — explicit crisis and prompt-injection rules (regular expressions);
-* :mod:`bot.safety.classifier` — the offline learned crisis model;
-* :mod:`bot.safety.detector` — :func:`triage`, the offline verdict on one message;
+* :mod:`bot.safety.classifier` — the offline learned model (crisis / red flag / benign / injection);
+* :mod:`bot.safety.corpus` — its labelled corpus (``bot/safety/data/`` only);
+* :mod:`bot.safety.detector` — :func:`triage`, the offline verdict on one message (rules OR model);
+* :mod:`bot.safety.remote` — Llama Guard 3 and OpenAI moderation behind :class:`SafetyClassifier`;
+* :mod:`bot.safety.policy` — the one recall-first combine rule for all layers;
 * :mod:`bot.safety.verdict` — :class:`Triage`, the verdict and the action it implies;
 * :mod:`bot.safety.language` — language guess, the unsupported-language notice, crisis prefaces;
 * :mod:`bot.safety.scope` — out-of-scope rules and dosing ranges from the pack's policy;
@@ -33,6 +36,8 @@ from bot.safety.language import (
     language_notice,
 )
 from bot.safety.layer import SafetyLayer
+from bot.safety.policy import combine
+from bot.safety.remote import LayerVerdict, SafetyClassifier
 from bot.safety.rules import INJECTION_GUARD, crisis_rule_hits, injection_hits
 from bot.safety.scope import BOUNDARY, DoseRange, SafetyPolicy, out_of_scope, policy_for
 from bot.safety.verdict import Triage
@@ -45,11 +50,14 @@ __all__ = [
     "INJECTION_GUARD",
     "LANGUAGE_NAMES",
     "LANGUAGE_NOTICES",
+    "LayerVerdict",
     "POSSIBLE_THRESHOLD",
+    "SafetyClassifier",
     "SafetyLayer",
     "SafetyPolicy",
     "Triage",
     "advises_doctor",
+    "combine",
     "crisis_model",
     "crisis_rule_hits",
     "crisis_text",
