@@ -189,6 +189,8 @@ class ConversationCore:
         if crisis:  # crisis first: paused, rate limited or in any language, resources and an alert
             self._merge(result, await self.answer(message_id, verdict=verdict, conversation_id=conv.id))
             return result
+        if verdict is not None:  # a possible crisis, a red flag: help at once, even while paused
+            result.views.extend(await self.cases.before_held_answer(message_id, msg.region, conv, verdict))
         if not text:
             await self._set_message_status(message_id, "unsupported")
             result.views.append(await self._send(conv, PatientView(ViewKind.NOTICE, NOTICE_ATTACHMENT_ONLY)))
@@ -551,7 +553,7 @@ class ConversationCore:
             return early
         # --- end safety layer
         # --- crisis path: a possible crisis gets a check-in with resources, a red flag interim advice, at once
-        result.views.extend(await self.cases.before_held_answer(row, conv, verdict))
+        result.views.extend(await self.cases.before_held_answer(row["id"], row["region"], conv, verdict))
         advice = [flag.advice for flag in self.pack.red_flags if flag.id in verdict.red_flags]
         task = classify_task(text)  # also the prompt's task line, as in training
         messages = build_prompt(

@@ -285,25 +285,29 @@ class CrisisCases:
             f"Crisis case #{case['id']} (taken over by {case['taken_by']}): the patient wrote: «{text[:1500]}»",
             key=f"crisis-patient:{message_id}")
 
-    async def before_held_answer(self, row: Any, conv: ConversationRef, verdict: Any) -> list[PatientView]:
+    async def before_held_answer(self, message_id: int, region: str | None, conv: ConversationRef,
+                                 verdict: Any) -> list[PatientView]:
         """What the patient gets at once while the model's reply waits for a person (issue 14
         items 3, 4): a possible crisis, a check-in with the crisis resources; a red flag, the
-        pack's advice to see a doctor and why. Once per message."""
+        pack's advice to see a doctor and why. Called as soon as the message is triaged (even
+        while answering is paused) and again before the model (a retry, a restart): each is
+        sent once per message. Returns the views sent now."""
         notices: list[tuple[str, PatientView]] = []
         if verdict.possible_crisis and not verdict.crisis:
-            text = check_in_text(self.core.pack, row["region"], verdict.language)
-            notices.append((f"checkin:{row['id']}", PatientView(ViewKind.CRISIS, text)))
+            text = check_in_text(self.core.pack, region, verdict.language)
+            notices.append((f"checkin:{message_id}", PatientView(ViewKind.CRISIS, text)))
         advice = interim_advice_text(self.core.pack, verdict.red_flags) if verdict.red_flags else None
         if advice:
-            notices.append((f"interim:{row['id']}", PatientView(ViewKind.NOTICE, advice)))
+            notices.append((f"interim:{message_id}", PatientView(ViewKind.NOTICE, advice)))
         if not notices:
             return []
         claimed = await self.db.run(lambda conn: self.core.outbox.enqueue(
             conn, [effects.patient_notice(key, conv, view) for key, view in notices]))
         await self.core.outbox.apply(claimed)
-        if verdict.possible_crisis and not verdict.crisis:  # the held card (high priority) says why
-            log.warning("possible crisis on message %s (conversation %s): check-in sent, reply held", row["id"], conv.id)
-        return [view for _, view in notices]
+        if claimed and verdict.possible_crisis and not verdict.crisis:  # the held card (high priority) says why
+            log.warning("possible crisis on message %s (conversation %s): check-in sent", message_id, conv.id)
+        sent = {c.effect.key for c in claimed}
+        return [view for key, view in notices if f"notice:{key}" in sent]
 
     async def hold_reason(self, conversation_id: int) -> str | None:
         """Why replies in this conversation are held: an open crisis case (and who has it)."""

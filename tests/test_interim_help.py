@@ -113,3 +113,17 @@ async def test_discord_a_possible_crisis_gets_a_check_in_and_a_red_flag_the_advi
         await runner.cleanup()
         await service.stop()
         await fake.stop()
+
+
+async def test_help_comes_at_once_even_while_answering_is_paused_and_only_once(svc):
+    from reviewers.models import Actor
+
+    moderator = Actor("local", "mod", "Mod", frozenset({"moderator"}))
+    platform = svc.core.platforms["local"]
+    await svc.commands.pause(moderator)
+    paused = await svc.core.handle_message(msg(RED_FLAG))
+    assert paused.status == "paused"
+    assert [v.kind for v in paused.views].count(ViewKind.NOTICE) >= 2  # the advice and the paused notice
+    assert any("should not wait" in v.text for _, v, _ in platform.sent)
+    await svc.commands.resume(moderator)  # answered now: the advice is not sent again
+    assert len([v for _, v, _ in platform.sent if "should not wait" in v.text]) == 1
