@@ -43,7 +43,12 @@ async def test_the_core_triages_an_edit_and_helps_once(tmp_path):
         await service.stop()
 
 
-async def test_discord_an_edit_into_a_crisis_gets_resources_and_an_alert_once(tmp_path):
+def edits_seen(caplog) -> int:
+    """How many crisis edits the core has handled (its log line): the test waits for both."""
+    return len([r for r in caplog.records if "was edited into a crisis message" in r.getMessage()])
+
+
+async def test_discord_an_edit_into_a_crisis_gets_resources_and_an_alert_once(tmp_path, caplog):
     from tests.test_crisis_delivery import _discord
 
     fake = await FakeDiscord().start()
@@ -56,6 +61,7 @@ async def test_discord_an_edit_into_a_crisis_gets_resources_and_an_alert_once(tm
         await fake.wait_for(lambda: len(fake.bot_messages(thread)) >= 2, what="the answer")
         await fake.edit_as_user(said["id"], CRISIS)
         await fake.edit_as_user(said["id"], CRISIS + " ")  # edited again: no second case
+        await fake.wait_for(lambda: edits_seen(caplog) == 2, what="both edits handled")
         await fake.wait_for(lambda: any("emergency" in m["content"] for m in fake.bot_messages(thread)), what="resources")
         alerts = await fake.wait_for(lambda: [m for m in fake.bot_messages(fake.reviewer_channel_id)
                                               if "Crisis case" in m["content"]], what="the alert")
@@ -68,7 +74,7 @@ async def test_discord_an_edit_into_a_crisis_gets_resources_and_an_alert_once(tm
         await fake.stop()
 
 
-async def test_slack_message_changed_into_a_crisis_gets_resources_and_an_alert_once(tmp_path):
+async def test_slack_message_changed_into_a_crisis_gets_resources_and_an_alert_once(tmp_path, caplog):
     from tests.test_slack import GROUP, PATIENT, REVIEW, SUPPORT, SignedHTTP, message, running
 
     fake = await FakeSlack().start()
@@ -87,6 +93,7 @@ async def test_slack_message_changed_into_a_crisis_gets_resources_and_an_alert_o
                            "previous_message": {"type": "message", "user": PATIENT, "text": FIRST, "ts": original["ts"]}}
                 await http.event(changed)
                 await http.event(dict(changed))  # the same edit again, under a new event id
+                await fake.wait_for(lambda: edits_seen(caplog) == 2)
                 await fake.wait_for(lambda: [m for m in fake.thread(SUPPORT, original["ts"]) if "emergency" in m["text"]])
                 alerts = await fake.wait_for(lambda: [m for m in fake.channel_messages(REVIEW) if "Crisis case" in m["text"]])
                 assert len(alerts) == 1
