@@ -152,6 +152,7 @@ async def _report(tmp_path) -> dict:
         await db.close()
 
 
+@pytest.mark.slow
 def test_reviews_agreement_prints_the_figures_of_a_test_database(tmp_path):
     n = 30
     asyncio.run(_fill(tmp_path, n))

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import pytest
 
 
 def run_cli(*args, env_extra=None, tmp_path=None):
@@ -59,6 +60,7 @@ def test_dataset_stats_and_export(tmp_path):
     assert "snapshot" in export.stdout
 
 
+@pytest.mark.slow
 def test_platform_start_error_is_one_line_and_the_service_keeps_running(tmp_path):
     """Slack configured without its app-level token: one line says what is missing; the console
     starts anyway (each platform starts on its own) and Ctrl-C ends the service cleanly."""
@@ -120,6 +122,7 @@ def _run_until(args: list[str], env_extra: dict[str, str], tmp_path, ready: str)
     return output, status
 
 
+@pytest.mark.slow
 def test_run_on_a_given_port_serves_the_console_and_its_health_checks_there(tmp_path):
     """`llm4sweat run --port P` serves the console, /healthz included, on P, and binds P once
     (a second server on the console's port failed with "address already in use")."""
@@ -127,6 +130,7 @@ def test_run_on_a_given_port_serves_the_console_and_its_health_checks_there(tmp_
     assert status == 200 and "cannot serve" not in output and "Traceback" not in output, output[-2000:]
 
 
+@pytest.mark.slow
 def test_run_without_console_still_answers_health_checks_with_metrics_on(tmp_path):
     """`--no-console` serves /healthz and /readyz on the console's port, also when metrics have
     a port of their own."""

@@ -326,6 +326,7 @@ async def test_slack_http_ack_after_the_deadline_is_a_failure_and_the_event_come
         await runner.cleanup()
 
 
+@pytest.mark.slow
 async def test_slack_socket_mode_envelope_not_acked_in_time_is_sent_again(sfake):
     sfake.ack_deadline_s = 0.3
     async with aiohttp.ClientSession() as session:

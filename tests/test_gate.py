@@ -125,6 +125,7 @@ def pack():
     return load_pack(PACKS_DIR / "hyperhidrosis")
 
 
+@pytest.mark.slow
 def test_noise_level_difference_and_tie_are_refused(tiny_model_dir, tiny_adapter_dirs, pack) -> None:
     """Two adapters that know nothing of the pack (each trained on its own small talk) differ on
     the pack's questions only by noise: the gate refuses either over the other, and an adapter

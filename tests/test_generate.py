@@ -379,6 +379,7 @@ def _synthetic_count(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_cli_killed_mid_run_resumes_then_stats_and_export(tmp_path, pack):
     """The real command in a real process, killed with SIGKILL mid-run, run again, then the
     dataset commands: generate → dataset stats → dataset export."""

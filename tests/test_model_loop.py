@@ -649,6 +649,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_promote_and_rollback_without_a_running_service(tmp_path, tiny_model_dir, tiny_adapter_dirs) -> None:
     import socket
 

@@ -87,6 +87,7 @@ CRASH_AFTER_COMMIT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", ["APPROVE", "REJECT"])
 async def test_a_process_killed_right_after_the_decision_commit_loses_no_effect(settings, action):
     child = subprocess.run([sys.executable, "-c", CRASH_AFTER_COMMIT, str(settings.data_dir), action],
