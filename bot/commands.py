@@ -254,18 +254,10 @@ def _effects_line(effects: dict[str, Any]) -> str:
     """Deliveries, cards, dataset examples and alerts not applied yet (the outbox), and failing ones."""
     text = f"Effects waiting (deliveries, cards, dataset, alerts): {effects['pending']}"
     if effects["pending"] and effects["oldest_pending_s"] is not None:
-        text += f" (oldest {_duration(effects['oldest_pending_s'])})"
+        text += f" (oldest {crisis.age_text(effects['oldest_pending_s'])})"
     if effects["failing"]:
         text += f"; FAILING: {effects['failing']}, still retried (see the log and llm4sweat doctor)"
     return text
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{int(seconds)} s"
-    if seconds < 7200:
-        return f"{int(seconds // 60)} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _platforms(service: Any) -> dict[str, str]:
