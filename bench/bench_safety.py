@@ -353,7 +353,11 @@ def main() -> int:
     report["train_seconds_full_corpus"] = round(time.perf_counter() - started, 1)
     report["redteam"] = grouped(score_with(redteam_rows(), pack, model))
     if args.blind:
-        report["blind"] = grouped(score_with(blind_rows(), pack, model))
+        blind = blind_rows()
+        if blind:
+            report["blind"] = grouped(score_with(blind, pack, model))
+        else:
+            report["blind_missing"] = f"no blind set in {BLIND.relative_to(ROOT)} (B1 went to training; B2 comes at the end)"
     report["latency"] = latency([r.text for r in rows], pack) | {
         "how": "the whole offline triage (rules, learned model, red flags, scope, language) per message, one at a "
                "time in one process, time.perf_counter, model trained and warmed first; corpus messages"
@@ -389,6 +393,9 @@ def main() -> int:
     print_group("Red-team set (tests/data/redteam, shipped model; never trained or tuned on)", report["redteam"])
     if "blind" in report:
         print_group("Blind set (tests/data/safety_blind, shipped model; scored once)", report["blind"])
+    elif "blind_missing" in report:
+        print(f"Blind set: {report['blind_missing']}")
+        print()
     lat = report["latency"]
     print(f"Latency: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms over {lat['messages']} messages ({lat['how']})")
     print(f"Training on the full corpus: {report['train_seconds_full_corpus']} s (cached on disk by corpus hash in the service)")
