@@ -162,4 +162,20 @@ MIGRATIONS = [
         UPDATE patients SET consent = 0, consent_at = NULL
         """,
     ),
+    Migration(
+        "bot",
+        8,
+        "lookups_by_message",
+        # Rows found by the message or conversation they belong to: the history in every claim
+        # joins replies on message_id, and deleting a patient cascades through these columns.
+        # Without indexes each lookup read the whole table, so a message cost more as the
+        # database grew (and /forget-me, one scan per deleted row).
+        """
+        CREATE INDEX replies_message ON replies (message_id);
+        CREATE INDEX incidents_message ON incidents (message_id);
+        CREATE INDEX incidents_conversation ON incidents (conversation_id);
+        CREATE INDEX conversations_patient ON conversations (patient_id);
+        CREATE INDEX case_replies_incident ON case_replies (incident_id)
+        """,
+    ),
 ]

@@ -66,4 +66,15 @@ MIGRATIONS = [
         ALTER TABLE jobs ADD COLUMN params TEXT NOT NULL DEFAULT '{}'
         """,
     ),
+    Migration(
+        "pipeline",
+        4,
+        "dataset_lookups",
+        # An expert example is looked up by its review item on every accepted decision, and
+        # deleting a patient cascades through patient_id: both without a scan of the dataset.
+        """
+        CREATE INDEX dataset_examples_review_item ON dataset_examples (review_item_id);
+        CREATE INDEX dataset_examples_patient ON dataset_examples (patient_id)
+        """,
+    ),
 ]

@@ -73,4 +73,14 @@ MIGRATIONS = [
         CREATE INDEX judge_verdicts_status ON judge_verdicts (status, next_attempt_at)
         """,
     ),
+    Migration(
+        "reviewers",
+        3,
+        "audit_by_item",
+        # Deleting a patient's review items cascades to their audit rows: found by index, not by
+        # reading the whole audit trail once per item.
+        """
+        CREATE INDEX review_audit_item ON review_audit (item_id)
+        """,
+    ),
 ]

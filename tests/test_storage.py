@@ -1,3 +1,4 @@
+import re
 import sqlite3
 
 import pytest
@@ -45,3 +46,35 @@ async def test_unwritable_location_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StorageError, match="database"):
         await Database(blocker / "sub" / "x.db").open()
+
+
+# Tables that stay small whatever the traffic (a few adapter versions, jobs, settings).
+SMALL = ("adapters", "jobs", "service_state", "schema_migrations")
+
+
+async def test_the_hot_paths_find_rows_by_index_not_by_reading_whole_tables(service):
+    """A message, its follow-up (the history join), a decision, a crisis and /forget-me: every
+    statement they run (foreign-key cascades included) finds rows through an index. A full scan
+    of a table that grows makes each message slower as the database fills (the history join on
+    replies.message_id did: one scan of all replies per earlier turn)."""
+    from reviewers.models import Action
+    from tests.test_core import REVIEWER, SCORED, msg
+
+    statements: list[str] = []
+    await service.db.run(lambda conn: conn.set_trace_callback(statements.append), write=False)
+    await service.core.handle_message(msg("My palms sweat when I write, what helps?"))
+    second = await service.core.handle_message(msg("And what about my feet at night?"))
+    await service.core.decide(second.item_id, REVIEWER, Action.APPROVE, rubric=SCORED)
+    crisis = await service.core.handle_message(msg("I want to kill myself tonight"))
+    await service.core.handle_message(msg("/forget-me"))
+    await service.db.run(lambda conn: conn.set_trace_callback(None), write=False)
+    assert crisis.status == "crisis" and len(statements) > 20
+    scans = []
+    for sql in dict.fromkeys(statements):  # expanded SQL (values inline), each distinct one once
+        if not re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", sql, re.IGNORECASE):
+            continue
+        plan = [row[3] for row in await service.db.fetchall("EXPLAIN QUERY PLAN " + sql)]
+        # "SCAN <table or alias>" reads every row; "SEARCH ... USING INDEX" does not
+        scans += [(step, sql[:120]) for step in plan
+                  if step.startswith("SCAN ") and step.split()[1] not in SMALL]
+    assert scans == []
