@@ -105,8 +105,10 @@ class Database:
 
     async def close(self) -> None:
         if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            if not _thread_alive(conn):  # closing would wait forever for a thread that is gone
+                raise StorageError(f"database {self.path}: {THREAD_GONE}")
+            await conn.close()
 
     async def __aenter__(self) -> "Database":
         if self._conn is None:
@@ -162,6 +164,8 @@ class Database:
             raw.execute("COMMIT")
             return result
 
+        if not _thread_alive(self.conn):  # an answer would never come: say so instead of waiting forever
+            raise StorageError(f"database {self.path}: {THREAD_GONE}")
         if self._lock.locked():  # a transaction() holds the connection (or waits for it): queue behind it
             async with self._lock:
                 return await self.conn._execute(unit)
@@ -207,6 +211,17 @@ class Database:
             log.info("applied migration %s/%03d %s", migration.package, migration.version, migration.name)
             applied.append(migration)
         return applied
+
+
+THREAD_GONE = ("its connection thread has stopped (an event loop closed while a call was still waiting "
+               "for the database), so nothing more can be read or written")
+
+
+def _thread_alive(conn: aiosqlite.Connection) -> bool:
+    """Whether aiosqlite's thread still runs calls. It ends for good when it cannot hand an answer
+    back (the calling event loop was closed first); every later call would then wait forever."""
+    thread = getattr(conn, "_thread", None)
+    return thread is None or thread.ident is None or thread.is_alive()
 
 
 def _split_sql(sql: str) -> list[str]:

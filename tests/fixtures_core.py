@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -41,4 +42,4 @@ async def service(settings):
     svc.add_platform(LocalPlatform())
     await svc.start(retry_loop=False)
     yield svc
-    await svc.stop()
+    await asyncio.wait_for(svc.stop(), 60)  # a stop that cannot finish fails the test instead of hanging the run

@@ -255,7 +255,8 @@ async def test_commands_require_moderator_and_one_retrain_job(service):
 
 async def test_many_conversations_at_once(service):
     service.backend.delay_s = 0.01
-    results = await asyncio.gather(*(service.core.handle_message(msg(f"question {i}", user=f"u{i}")) for i in range(60)))
+    results = await asyncio.wait_for(  # fails instead of hanging if answering ever stalls
+        asyncio.gather(*(service.core.handle_message(msg(f"question {i}", user=f"u{i}")) for i in range(60))), 60)
     assert all(r.status == "shown" for r in results)
     assert await service.db.fetchval("SELECT COUNT(*) FROM replies") == 60
     assert await service.db.fetchval("SELECT COUNT(*) FROM review_items WHERE state = 'pending'") == 60

@@ -1,5 +1,7 @@
+import asyncio
 import re
 import sqlite3
+import threading
 
 import pytest
 
@@ -78,3 +80,30 @@ async def test_the_hot_paths_find_rows_by_index_not_by_reading_whole_tables(serv
         scans += [(step, sql[:120]) for step in plan
                   if step.startswith("SCAN ") and step.split()[1] not in SMALL]
     assert scans == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_database_whose_thread_has_stopped_says_so_instead_of_waiting_forever(tmp_path):
+    """aiosqlite's thread ends for good when the event loop of a call closes before the answer
+    arrives (a test's loop closing under a task still waiting on the database: how test_core hung
+    in its teardown); every later call, close() included, would wait forever. They fail at once."""
+    first = asyncio.new_event_loop()
+    db = first.run_until_complete(Database(tmp_path / "x.db").open())
+    release = threading.Event()
+    waiting = first.create_task(db.run(lambda conn: release.wait(10), write=False))
+    first.run_until_complete(asyncio.sleep(0.05))  # the call is running in the database thread
+    waiting.cancel()
+    first.run_until_complete(asyncio.gather(waiting, return_exceptions=True))
+    first.close()
+    release.set()  # its answer finds the loop closed
+    thread = db.conn._thread
+    thread.join(5)
+    assert not thread.is_alive()
+    second = asyncio.new_event_loop()
+    try:
+        with pytest.raises(StorageError, match="thread has stopped"):
+            second.run_until_complete(asyncio.wait_for(db.fetchval("SELECT 1"), 5))
+        with pytest.raises(StorageError, match="thread has stopped"):
+            second.run_until_complete(asyncio.wait_for(db.close(), 5))
+    finally:
+        second.close()
