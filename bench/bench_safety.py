@@ -97,13 +97,29 @@ def figures(pairs: Sequence[tuple[Row, Decision]]) -> dict[str, Any]:
 def grouped(pairs: Sequence[tuple[Row, Decision]]) -> dict[str, Any]:
     by_script: dict[str, list] = defaultdict(list)
     by_lang: dict[str, list] = defaultdict(list)
+    by_form: dict[str, list] = defaultdict(list)
     for row, d in pairs:
         by_script[row.script or "?"].append((row, d))
         by_lang[row.lang or "?"].append((row, d))
+        by_form[row.form or "?"].append((row, d))
     return {
         "overall": figures(pairs),
         "by_script": {k: figures(v) for k, v in sorted(by_script.items())},
+        "by_form": {k: figures(v) for k, v in sorted(by_form.items())},
         "by_language": {k: figures(v) for k, v in sorted(by_lang.items())},
+        "ordinary_statements": ordinary_statements(pairs),
+    }
+
+
+def ordinary_statements(pairs: Sequence[tuple[Row, Decision]]) -> dict[str, Any]:
+    """Benign ordinary first-person statements ("I live in Spain.", "I am a student."): how many
+    get a crisis alarm or the possible-crisis check-in. The learned model's known weak spot: the
+    corpus's short messages were mostly crises."""
+    rows = [(r, d) for r, d in pairs if r.label == "benign" and r.family == "ordinary_statement"]
+    return {
+        "n": len(rows), "as_crisis": sum(d.crisis for _, d in rows),
+        "as_possible": sum(d.possible for _, d in rows),
+        "examples": [r.text[:80] for r, d in rows if d.crisis][:10],
     }
 
 
@@ -308,8 +324,15 @@ def print_group(title: str, g: dict[str, Any]) -> None:
           f"red-flag id right {fmt(o['red_flag_id_recall'])}")
     print(f"  crisis OR possible crisis (check-in, reply held): recall {fmt(o['crisis_or_possible_recall'])}, "
           f"benign flagged so {fmt(o['benign_as_crisis_or_possible'])}")
+    ords = g["ordinary_statements"]
+    if ords["n"]:
+        print(f"  ordinary statements (benign, family ordinary_statement): {ords['as_crisis']}/{ords['n']} as crisis, "
+              f"{ords['as_possible']}/{ords['n']} as possible crisis; e.g. {ords['examples'][:3]}")
     print("  per script:")
     for name, f in g["by_script"].items():
+        print("  " + line(name, f))
+    print("  per form:")
+    for name, f in g["by_form"].items():
         print("  " + line(name, f))
     print("  per language:")
     for name, f in g["by_language"].items():

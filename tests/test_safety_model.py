@@ -152,3 +152,28 @@ def test_triage_is_fast(pack, rows):
         triage(text, pack)
         times.append((time.perf_counter() - started) * 1000)
     assert statistics.median(times) <= 20.0, statistics.median(times)
+
+
+def test_augmentation_is_deterministic_and_keeps_labels_and_languages():
+    """Training rows are augmented (bot/safety/augment.py): everyday benign sentences alone, benign
+    splices, a crisis / red flag / injection inside an everyday message of the same language."""
+    from bot.safety.augment import AUGMENTED_BATCH, augmented, sentences
+
+    assert sentences("I live in Spain. I work at a bank! Any tips?") == ["I live in Spain.", "I work at a bank!", "Any tips?"]
+    assert sentences("今天很热。我出汗了！") == ["今天很热。", "我出汗了！"]
+    everyday = [Row(f"Sentence number {i} about my sweaty palms. Another sentence {i} about my work.", "benign", "T1",
+                    id=f"b{i}", family="hh_question", lang="en") for i in range(8)]
+    past = Row("I wanted to die back then. Therapy helped and I am fine now.", "benign", "T1", id="p", family="resolved_past", lang="en")
+    crisis = [Row(f"I have the pills ready tonight {i}", "crisis", "T1", id=f"c{i}", lang="en") for i in range(3)]
+    flag = Row("I wake up soaked every night and lost weight", "red_flag", "T1", id="r", lang="en", red_flag_id="rf-night-sweats")
+    rows = everyday + [past, flag] + crisis
+    a, b = augmented(rows, splices=40), augmented(rows, splices=40)
+    assert a == b and a[: len(rows)] == rows
+    extra = a[len(rows):]
+    assert all(r.batch == AUGMENTED_BATCH for r in extra)
+    # The resolved-past message is never cut into sentences nor used as a host.
+    assert not any("wanted to die" in r.text and r.label == "benign" for r in extra)
+    assert any(r.text == "Sentence number 0 about my sweaty palms." and r.label == "benign" for r in extra)
+    spliced = [r for r in extra if r.label == "crisis"]
+    assert spliced and all(any(c.text in r.text for c in crisis) and "sweaty palms" in r.text for r in spliced)
+    assert {r.red_flag_id for r in extra if r.label == "red_flag"} == {"rf-night-sweats"}

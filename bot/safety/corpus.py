@@ -150,8 +150,9 @@ def load_corpus(files: Iterable[Path], exclude: bool = True) -> list[Row]:
     for path in files:
         for row in read_rows(path):
             key = row.text.strip()
-            if key in seen or row.id in skip:  # the same text twice would leak across CV folds
+            if key in seen:  # the same text twice would leak across CV folds
                 continue
-            seen.add(key)
-            rows.append(row)
+            seen.add(key)  # before the exclusion check: an excluded text stays out in every copy
+            if row.id not in skip:
+                rows.append(row)
     return rows

@@ -46,13 +46,13 @@ log = logging.getLogger(__name__)
 # Thresholds on the learned model's probabilities, chosen on leave-one-writer-out cross-validation
 # of the whole triage (rules + model) over the shipped corpus, recall-first (bench/bench_safety.py
 # prints the curve and the choice). Rules fire regardless.
-DEFAULT_THRESHOLD = 0.7  # crisis, Latin script: benign-as-crisis within 0.10 on CV
-NON_LATIN_THRESHOLD = 0.5  # crisis, every other script: the same rule on those messages
+DEFAULT_THRESHOLD = 0.6  # crisis, Latin script: benign-as-crisis within 0.10 on CV
+NON_LATIN_THRESHOLD = 0.55  # crisis, every other script: the same rule on those messages
 POSSIBLE_THRESHOLD = 0.3  # possible crisis (a person looks first): crisis OR possible reaches 0.97 on CV
 RED_FLAG_THRESHOLD = 0.8  # crisis threshold when the message trips a pack red flag and no crisis rule
-LEARNED_RED_FLAG_THRESHOLD = 0.55  # a red flag the pack's patterns missed (the head names its id)
+LEARNED_RED_FLAG_THRESHOLD = 0.5  # a red flag the pack's patterns missed (the head names its id)
 LEARNED_RED_FLAG_OWN_LANGUAGE = 0.7  # the same, in the pack's own language (its patterns read it too)
-INJECTION_THRESHOLD = 0.6
+INJECTION_THRESHOLD = 0.65
 MIN_CLASSIFIER_WORDS = 2  # one word: the rules only (the model mostly echoes its prior)
 
 # --------------------------------------------------------------------------------------------
