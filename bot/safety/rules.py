@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from bot.safety.encoded import asks_to_decode, asks_to_execute, find_encoded
+
 
 def _rx(*patterns: str) -> list[re.Pattern[str]]:
     return [re.compile(p, re.IGNORECASE | re.UNICODE) for p in patterns]
@@ -309,9 +311,56 @@ INJECTION_RULES = _rx(
 _INJECTION_COMBINED = re.compile("|".join(f"(?:{r.pattern})" for r in INJECTION_RULES), re.UNICODE | re.MULTILINE)
 
 
-def injection_hits(text: str) -> list[str]:
-    """The phrases that look like an attempt to override the assistant's instructions."""
+# Instructions run together once spaced-out letters are joined ("i g n o r e a l l r u l e s").
+_INJECTION_COMPACT = re.compile(
+    r"(?:ignore|disregard|forget|bypass|override)\w{0,24}?(?:instructions?|rules|prompt|guidelines|safety|filters?)|"
+    r"(?:reveal|show|print|output|tell|dump)\w{0,12}?(?:system|prompt|instructions|rules)|systemprompt|developermode|jailbreak",
+)
+# A decoded text that reads as an order to the bot, in any of the corpus languages' common words.
+_DECODED_INSTRUCTION = re.compile(
+    r"\b(?:prompt|system|instruc\w*|rules?|guidelines?|safety|polic\w*|restrict\w*|filters?|ignor\w*|disregard|forget|reveal|"
+    r"you\s+are|pretend|act\s+as|dose|dosage|prescription|regla\w*|regel\w*|r[èe]gles?|regol\w*|regra\w*|zasad\w*|kural\w*|"
+    r"aturan|quy\s+t[ắa]c|olvida|oublie|vergiss|vergeet|dimentica|esque[çc]a|zapomnij|unut|anweisung\w*|consignes?|istruzion\w*|"
+    r"dosis|dose|dawk\w*|doz\w*|liều)\b"
+    r"|(?:правил|инструкц|игнор|промпт|систем|доз|κανόν|οδηγί|αγνόησ|הוראות|כללים|התעלם|تعليمات|قواعد|تجاهل|دستور|قوانین|نادیده|"
+    r"नियम|निर्देश|अनदेखा|নিয়ম|উপেক্ষা|规则|規則|忽略|无视|指令|提示|ルール|無視|指示|プロンプト|규칙|무시|지시|프롬프트|"
+    r"กฎ|คำสั่ง|ไม่ต้องสนใจ|เพิกเฉย)",
+    re.IGNORECASE,
+)
+
+
+def _plain_injection_hits(text: str) -> list[str]:
     return [m.group(0).strip()[:60] for m in _INJECTION_COMBINED.finditer(text.lower())]
+
+
+def encoded_injection_hits(text: str) -> list[str]:
+    """Injection hidden by an encoding (:mod:`bot.safety.encoded`): the injection rules fire on
+    a decoded text; or the message asks to decode / carry out an encoded blob that decodes to
+    readable text; or a decoded text reads as an order to the bot ("ignora le regole")."""
+    found = find_encoded(text)
+    if not found:
+        return []
+    hits = []
+    for decoded in found:
+        low = decoded.text.lower()
+        phrases = _plain_injection_hits(low) or [m.group(0) for m in _INJECTION_COMPACT.finditer(re.sub(r"\W+", "", low))]
+        hits += [f"{decoded.kind}: {p}"[:60] for p in phrases]
+    if hits:
+        return hits
+    asked = asks_to_decode(text) or asks_to_execute(text)
+    for decoded in found:
+        if decoded.kind in ("lookalike", "leet", "spaced"):
+            continue  # the message itself, made plain: only the rules above decide
+        orders = bool(_DECODED_INSTRUCTION.search(decoded.text))
+        if (decoded.blob and (asked or orders)) or (not decoded.blob and asks_to_execute(text)):
+            hits.append(f"{decoded.kind} text to decode and follow: {decoded.text}"[:60])
+    return hits
+
+
+def injection_hits(text: str) -> list[str]:
+    """The phrases that look like an attempt to override the assistant's instructions, read
+    as written and, failing that, decoded (base64, hex, rot13, reversed, leetspeak, …)."""
+    return _plain_injection_hits(text) or encoded_injection_hits(text)
 
 
 INJECTION_GUARD = (
