@@ -99,10 +99,20 @@ def test_an_image_data_uri_is_not_decoded():
     assert find_encoded(text) == [] and not injection_hits(text)
 
 
-def test_ordinary_messages_decode_to_nothing():
-    """Nothing to decode in ordinary text: the triage does no extra work on it."""
-    for text in BENIGN_LOOKALIKES[:10]:
-        assert find_encoded(text) == [], (text, find_encoded(text))
+@pytest.mark.parametrize(
+    "text",
+    [
+        *BENIGN_LOOKALIKES[:15],
+        "Lab result from the portal: TSH 2.1 mIU/L (0.4–4.0), Free T4 14 pmol/L (10–22), HbA1c 5.2%. All normal.",
+        "몇 달 전 목 디스크 시술 받고 나서 왼쪽 손바닥만 땀이 나요",  # one-syllable Korean words are words
+        "ana 5alas, ba3d el shoghl 3ara2 kteer, 7ad 3ando fekra?",  # Arabizi: digits as letters
+        "ang botox ba sa kili-kili ay masakit? worth it ba?",
+        "em muốn biết thuốc này có tác dụng phụ không",
+    ],
+)
+def test_ordinary_messages_decode_to_nothing(text):
+    """Nothing to decode in ordinary text: nothing extra for the triage to read."""
+    assert find_encoded(text) == [], (text, find_encoded(text))
 
 
 @pytest.mark.parametrize(

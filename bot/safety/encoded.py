@@ -66,7 +66,7 @@ _REVERSE_HINT = re.compile(
     r"al\s+rev[ée]s|[àa]\s+l'envers|r[üu]ckw[äa]rts|achterstevoren|al\s+contrario|ao\s+contr[áa]rio|de\s+tr[áa]s\s+para\s+(?:a\s+)?frente|"
     r"od\s+ty[łl]u|baklänges|tersten|(?:đọc|viết)\s+ngược|terbalik)"
     r"|(?:наоборот|задом\s+наперед|задом\s+наперёд|навпаки|ανάποδα|αντίστροφα|הפוך|מהסוף|بالعكس|معكوس|برعکس|وارونه|"
-    r"उल्टा|उलटा|উল্টো|倒过来|倒著|倒着|反过来|反過來|逆から|逆さ|거꾸로|กลับหลัง)",
+    r"उल्टा|उलटा|উল্টো\s+করে|倒过来|倒著|倒着|反过来|反過來|逆から|逆さ|거꾸로|กลับหลัง)",
     re.IGNORECASE,
 )
 _ROT13_HINT = re.compile(r"\b(?:rot\s?-?13|caesar|cipher)\b", re.IGNORECASE)
@@ -76,7 +76,7 @@ _REVERSE_KEYS = (
     "backward", "reverse", "right to left", "other way", "back to front", "revés", "reves", "envers", "rückwärts",
     "ruckwarts", "achterstevoren", "contrario", "contrário", "trás para", "tras para", "od tył", "od tyl", "baklänges",
     "tersten", "ngược", "terbalik", "наоборот", "напер", "навпаки", "ανάποδα", "αντίστροφα", "הפוך", "מהסוף",
-    "بالعكس", "معكوس", "برعکس", "وارونه", "उल्टा", "उलटा", "উল্টো", "倒过", "倒着", "倒著", "反过来", "反過來", "逆から",
+    "بالعكس", "معكوس", "برعکس", "وارونه", "उल्टा", "उलटा", "উল্টো করে", "倒过", "倒着", "倒著", "反过来", "反過來", "逆から",
     "逆さ", "거꾸로", "กลับหลัง",
 )
 _ACROSTIC_KEYS = (
@@ -268,23 +268,29 @@ _COMMON = frozenset(
     i w z na nie jest to się że do od ty ja wszystkie zasady
     ve bir bu da de ne için ile ben sen tüm kuralları
     dan yang di ke ini itu aku kamu tidak semua aturan
+    como pero más muy sin mas mais sem suas seus você eu comme mais sans moi toi wie aber ohne mir mich dein deine
+    come ma senza mi ti hoe maar zonder mij jouw hur men utan mig din dina jak ale bez twoje nasıl ama bana senin
+    bagaimana tapi tanpa saya anda
     """.split()
 )
-_LATIN_WORD = re.compile(r"[A-Za-zÀ-ɏ']+")
+_LATIN_WORD = re.compile(r"[A-Za-zÀ-ɏḀ-ỿ']+")
 _SEGMENT = re.compile(r"[^\n:\"“”«»()\[\]—|]+")
 _ROT13_SOURCE = re.compile(r"[A-Za-z]")
 
 
-def _common_words(text: str) -> int:
-    return sum(1 for w in _LATIN_WORD.findall(text.lower()) if w in _COMMON)
+def _common_words(text: str, min_len: int = 1) -> int:
+    return sum(1 for w in _LATIN_WORD.findall(text.lower()) if len(w) >= min_len and w in _COMMON)
 
 
 def _reads_better(original: str, decoded: str, *, hinted: bool) -> bool:
     """Far more word-like after decoding: at least 2 (1 when the message named the encoding)
-    common words more, and at least three times as many."""
-    before, after = _common_words(original), _common_words(decoded)
+    more common words of two letters or more, three times as many, a quarter of all words, and
+    at least one common word of three letters or more."""
+    before, after = _common_words(original, 2), _common_words(decoded, 2)
     words = len(_LATIN_WORD.findall(decoded))
-    return words >= 2 and after >= (1 if hinted else 2) + before and after >= 3 * before and after * 3 >= words
+    if words < 2 or after < (1 if hinted else 2) + before or after < 3 * before or after * 4 < words:
+        return False
+    return _common_words(decoded, 3) >= 1  # not only two-letter words ("an", "ne", "er"), which chance makes
 
 
 def _segments(text: str) -> list[tuple[str, int, int]]:
@@ -327,7 +333,11 @@ def _reversed(low: str, segments: list[tuple[str, int, int]]) -> list[Decoded]:
 
 
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
-_LEET_WORD = re.compile(r"(?<!\S)(?=\S*[A-Za-z])(?=\S*[013457@$])[A-Za-z013457@$]{2,}(?!\S)")
+_LEET_WORD = re.compile(r"(?<!\S)(?=\S*[A-Za-z])(?=\S*[013457@$])[A-Za-z013457@$]{3,}(?!\S)")
+# Arabizi (Arabic in Latin letters) writes letters as 2, 3, 5, 6, 7, 8, 9: not leetspeak. A
+# word with 3, 5 or 7 alone ("ya3ni", "7ar") is leet only beside sure ones (0, 1, 4, @, $).
+_ARABIZI = re.compile(r"[A-Za-z][2689]|[2689][A-Za-z]")
+_SURE_LEET = re.compile(r"[014@$]")
 _LEET_GATE = re.compile(r"[013457@$](?:(?<=[A-Za-z].)|(?=[A-Za-z]))")  # a substitute beside a letter
 _UNIT = re.compile(r"\d+(?:mg|ml|mcg|kg|g|mm|cm|km|ma|h|hrs?|min|am|pm|st|nd|rd|th|x|k|m|s|yo|y|v|c|l|d|w)", re.IGNORECASE)
 
@@ -335,7 +345,10 @@ _UNIT = re.compile(r"\d+(?:mg|ml|mcg|kg|g|mm|cm|km|ma|h|hrs?|min|am|pm|st|nd|rd|
 def _leet(text: str) -> list[Decoded]:
     """Leetspeak: at least two words of letters and 0/1/3/4/5/7/@/$ only ("5h0w", "pr1nt"); a
     word with another digit ("B12", "1Z999AA1…", "covid19") or an amount ("10mg", "5am") is not."""
-    if len(_LEET_GATE.findall(text)) < 2:
+    if len(_LEET_GATE.findall(text)) < 2 or _ARABIZI.search(text):
+        return []
+    words = [m.group(0) for m in _LEET_WORD.finditer(text) if not _UNIT.fullmatch(m.group(0))]
+    if sum(1 for w in words if _SURE_LEET.search(w)) < 2:
         return []
     changed = 0
 
@@ -351,15 +364,21 @@ def _leet(text: str) -> list[Decoded]:
     return [Decoded("leet", decoded)] if changed >= 2 else []
 
 
-_SPACED_RUN = re.compile(r"(?<!\S)[^\W\d_](?:(?: | {2,}| / | \| )[^\W\d_](?!\S)){3,}")
-_DOTTED = re.compile(r"(?<!\S)[^\W\d_](?:([.\-_*·])[^\W\d_])(?:\1[^\W\d_]){2,}\1?(?!\S)")
+# Letters of alphabets only (Latin, Greek, Cyrillic, Hebrew, Arabic): a Korean or Chinese
+# one-syllable word is a word.
+_ALPHA = "A-Za-zÀ-ɏ\u0370-\u052f\u05d0-\u05ea\u0620-\u064a"
+_SPACED_RUN = re.compile(rf"(?<!\S)[{_ALPHA}](?:(?: | {{2,}}| / | \| )[{_ALPHA}](?!\S)){{3,}}")
+_DOTTED = re.compile(rf"(?<!\S)[{_ALPHA}](?:([.\-_*·])[{_ALPHA}])(?:\1[{_ALPHA}]){{2,}}\1?(?!\S)")
+
+
+_ALPHA_LETTER = re.compile(f"[{_ALPHA}]")
 
 
 def _has_spaced_letters(text: str) -> bool:
     """Four one-letter words in a row, or one word of dotted letters: the cheap test first."""
     run = 0
     for word in text.split():
-        if len(word) == 1:
+        if len(word) == 1 and _ALPHA_LETTER.match(word):
             run += 1
             if run >= 4:
                 return True

@@ -347,12 +347,11 @@ def encoded_injection_hits(text: str) -> list[str]:
         hits += [f"{decoded.kind}: {p}"[:60] for p in phrases]
     if hits:
         return hits
-    asked = asks_to_decode(text) or asks_to_execute(text)
+    execute, decode = asks_to_execute(text), asks_to_decode(text)
     for decoded in found:
         if decoded.kind in ("lookalike", "leet", "spaced"):
             continue  # the message itself, made plain: only the rules above decide
-        orders = bool(_DECODED_INSTRUCTION.search(decoded.text))
-        if (decoded.blob and (asked or orders)) or (not decoded.blob and asks_to_execute(text)):
+        if execute or (decoded.blob and decode) or _DECODED_INSTRUCTION.search(decoded.text):
             hits.append(f"{decoded.kind} text to decode and follow: {decoded.text}"[:60])
     return hits
 
