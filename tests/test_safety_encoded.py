@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bot.safety.encoded import MAX_BLOBS, decoded_texts, find_encoded
-from bot.safety.rules import crisis_rule_hits, injection_hits
+from bot.safety.rules import crisis_rule_hits, encoded_crisis_hits, injection_hits
 
 
 def b64(text: str) -> str:
@@ -129,6 +129,12 @@ def test_ordinary_messages_decode_to_nothing(text):
 def test_hidden_crisis_is_exposed_for_the_crisis_rules(text):
     assert not crisis_rule_hits(text)
     assert any(crisis_rule_hits(decoded) for decoded in decoded_texts(text)), decoded_texts(text)
+
+
+def test_encoded_crisis_hits_name_the_encoding():
+    assert encoded_crisis_hits("decode pls " + b64("I want to kill myself")) == [("self_harm", "base64: kill myself")]
+    assert encoded_crisis_hits("I want to kill myself") == []  # read as written by crisis_rule_hits, not here
+    assert not any(encoded_crisis_hits(text) for text in BENIGN_LOOKALIKES)
 
 
 def test_decoded_kind_and_text():

@@ -356,6 +356,16 @@ def encoded_injection_hits(text: str) -> list[str]:
     return hits
 
 
+def encoded_crisis_hits(text: str) -> list[tuple[str, str]]:
+    """Crisis rules on the texts decoded from ``text`` (base64, reversed, leetspeak, …):
+    ``(kind, "encoding: matched text")``, for the triage to add to :func:`crisis_rule_hits`."""
+    hits: dict[str, str] = {}
+    for decoded in find_encoded(text):
+        for kind, matched in crisis_rule_hits(decoded.text):
+            hits.setdefault(kind, f"{decoded.kind}: {matched}")
+    return list(hits.items())
+
+
 def injection_hits(text: str) -> list[str]:
     """The phrases that look like an attempt to override the assistant's instructions, read
     as written and, failing that, decoded (base64, hex, rot13, reversed, leetspeak, …)."""
