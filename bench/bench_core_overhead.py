@@ -109,9 +109,9 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
                     overheads.append(total - model)
                     model_times.append(model)
 
-        wall = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(conversation(i) for i in range(conversations)))
-        wall = time.perf_counter() - wall
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         await service.stop()
         ms = [o * 1000 for o in overheads]
         print(f"core overhead per message, {conversations} conversations in flight, SQLite on disk ({settings.db_path})")
@@ -122,6 +122,8 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
         print(f"  overhead mean/max : {statistics.mean(ms):.2f} / {max(ms):.2f} ms")
         print(f"  throughput        : {len(ms) / wall:.0f} messages/s over {wall:.1f} s; cores: {os.cpu_count()}; "
               f"load average {os.getloadavg()[0]:.2f}")
+        print(f"  service CPU       : {cpu / (conversations * (rounds + 1)) * 1000:.2f} ms per message, all threads "
+              f"(less swayed by other programs' load than the latencies above)")
         normal = [t * 1000 for t in commit_floor(Path(tmp), "NORMAL")]
         full = [t * 1000 for t in commit_floor(Path(tmp), "FULL")]
         hop = [t * 1000 for t in await hop_floor(Path(tmp) / "floor-NORMAL.db")]
