@@ -57,6 +57,7 @@ async def reviewed(service: Service, n: int, start: int = 0) -> None:
                                   Rubric(4, 4, 4))
 
 
+@pytest.mark.slow  # a backup under write load: 17 s of the fast tier (runs in CI's full suite)
 async def test_backup_while_the_service_writes_is_one_consistent_owner_only_snapshot(settings, tmp_path):
     """Backups taken while patients write and reviewers decide, and while another writer commits
     pairs of rows in single transactions: each copy is intact, owner-only, holds whole

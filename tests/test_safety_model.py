@@ -72,6 +72,7 @@ def _small(rows: list[Row]) -> list[Row]:
     return [r for label in LABELS for r in by_label.get(label, [])[:40]]
 
 
+@pytest.mark.slow  # trains the model twice: 28 s of the fast tier (runs in CI's full suite)
 def test_training_is_deterministic_and_the_cache_is_keyed_by_corpus(rows, tmp_path, monkeypatch):
     small = _small(rows)
     a = clf.train_on_rows(small, "h1")
