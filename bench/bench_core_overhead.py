@@ -47,7 +47,13 @@ from bot.inference.fixed import FixedBackend  # noqa: E402
 from bot.local.platform import LocalPlatform  # noqa: E402
 from bot.platform import IncomingMessage  # noqa: E402
 from bot.service import Service  # noqa: E402
+from bot.safety.detector import crisis_model, default_cache_dir  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
+from pipeline.packs import load_pack  # noqa: E402
+
+
+TARGET_P50_MS = 5.0
+TARGET_P99_MS = 25.0
 
 
 def commit_floor(directory: Path, synchronous: str, n: int = 300) -> list[float]:
@@ -86,9 +92,14 @@ def pct(values: list[float], q: float) -> float:
 async def main(conversations: int, rounds: int, delay: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(data_dir=Path(tmp))
+        # The safety model from the shared cache (trained once per corpus), not retrained in the
+        # fresh data directory on every run: start-up is not what this bench measures.
+        pack = load_pack(settings.pack_path)
+        crisis_model(pack, cache_dir=default_cache_dir())
         backend = FixedBackend(delay_s=delay)
-        service = Service(settings, backend)
+        service = Service(settings, backend, pack=pack)
         service.add_platform(LocalPlatform())
+        load_before = os.getloadavg()[0]
         await service.start(retry_loop=False)
         overheads: list[float] = []
         model_times: list[float] = []
@@ -104,24 +115,33 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
                     IncomingMessage("local", f"p{i}", "console", f"t{i}", text, display_name=f"p{i}")
                 )
                 total = time.perf_counter() - started
+                if result.reply_id is None:
+                    raise RuntimeError(f"message not answered by the model ({result.status}): the figures would be wrong")
                 model = await service.db.fetchval("SELECT latency_ms FROM replies WHERE id = ?", (result.reply_id,)) / 1000
                 if r > 0:  # the first round includes first-contact work; measure steady state
                     overheads.append(total - model)
                     model_times.append(model)
 
-        wall, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(conversation(i) for i in range(conversations)))
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        await service.stop()
+        try:
+            wall, cpu = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(conversation(i) for i in range(conversations)))
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        finally:  # also on an error: the database thread would keep the process alive
+            await service.stop()
         ms = [o * 1000 for o in overheads]
-        print(f"core overhead per message, {conversations} conversations in flight, SQLite on disk ({settings.db_path})")
+        p50, p99 = pct(ms, 50), pct(ms, 99)
+        met = p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS
+        load_after = os.getloadavg()[0]
+        print(f"core overhead at {conversations} conversations in flight: p50 {p50:.2f} ms (target <= {TARGET_P50_MS:g}), "
+              f"p99 {p99:.2f} ms (target <= {TARGET_P99_MS:g}) -> TARGET {'MET' if met else 'NOT MET'}"
+              f" (load average {load_before:.2f} before, {load_after:.2f} after, {os.cpu_count()} cores)")
+        print(f"  SQLite on disk ({settings.db_path})")
         print(f"  messages measured : {len(ms)} (after 1 warm-up round per conversation)")
         print(f"  model time (fixed): {delay*1000:.1f} ms set, {statistics.mean(model_times)*1000:.1f} ms measured mean")
-        print(f"  overhead p50      : {pct(ms, 50):.2f} ms   (target <= 5 ms)")
-        print(f"  overhead p99      : {pct(ms, 99):.2f} ms   (target <= 25 ms)")
+        print(f"  overhead p50      : {p50:.2f} ms   (target <= {TARGET_P50_MS:g} ms)")
+        print(f"  overhead p99      : {p99:.2f} ms   (target <= {TARGET_P99_MS:g} ms)")
         print(f"  overhead mean/max : {statistics.mean(ms):.2f} / {max(ms):.2f} ms")
-        print(f"  throughput        : {len(ms) / wall:.0f} messages/s over {wall:.1f} s; cores: {os.cpu_count()}; "
-              f"load average {os.getloadavg()[0]:.2f}")
+        print(f"  throughput        : {len(ms) / wall:.0f} messages/s over {wall:.1f} s")
         print(f"  service CPU       : {cpu / (conversations * (rounds + 1)) * 1000:.2f} ms per message, all threads "
               f"(less swayed by other programs' load than the latencies above)")
         normal = [t * 1000 for t in commit_floor(Path(tmp), "NORMAL")]
