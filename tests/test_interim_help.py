@@ -7,6 +7,8 @@ review. On the console's platform and through real slack-bolt against the strict
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from bot.inference.fixed import FixedBackend
@@ -19,7 +21,21 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 UNSURE = "I'm so tired of everything lately, my sweating makes me want to disappear"
 RED_FLAG = "I've had drenching night sweats and lost 8 kg without trying. What could it be?"
-THRESHOLDS = {"crisis_threshold": 0.95, "possible_crisis_threshold": 0.2}
+
+
+@functools.cache
+def unsure_thresholds() -> dict[str, float]:
+    """Settings that make the check unsure about UNSURE: its crisis probability under the shipped
+    model lies between the two thresholds. Derived from the model's own score, not fixed numbers:
+    the score moves whenever the corpus or the model changes (0.957 once T5–T12 were imported,
+    above the 0.95 this test once hard-coded)."""
+    from bot.safety.detector import signals
+    from pipeline.packs import PACKS_DIR, load_pack
+
+    sig = signals(UNSURE, load_pack(PACKS_DIR / "hyperhidrosis"))
+    p = sig.probs["crisis"]
+    assert not sig.rule_hits and 0.02 < p < 0.998, (sig.rule_hits, p)  # else UNSURE cannot be made unsure
+    return {"crisis_threshold": round((1 + p) / 2, 4), "possible_crisis_threshold": round(p / 2, 4)}
 
 
 def msg(text: str, user: str = "pat") -> IncomingMessage:
@@ -28,7 +44,7 @@ def msg(text: str, user: str = "pat") -> IncomingMessage:
 
 @pytest.fixture
 async def svc(tmp_path):
-    service = Service(load_settings(data_dir=tmp_path, safety=THRESHOLDS), FixedBackend(reply="Many things help."))
+    service = Service(load_settings(data_dir=tmp_path, safety=unsure_thresholds()), FixedBackend(reply="Many things help."))
     service.add_platform(RecordingPlatform())
     await service.start(retry_loop=False)
     yield service
@@ -92,7 +108,7 @@ async def test_discord_a_possible_crisis_gets_a_check_in_and_a_red_flag_the_advi
 
     fake = await FakeDiscord().start()
     fake.patch_library()
-    service, runner = await _discord(tmp_path, fake, safety=THRESHOLDS)
+    service, runner = await _discord(tmp_path, fake, safety=unsure_thresholds())
     try:
         patient = fake.add_member("sam")
         unsure = await fake.say(patient, fake.support_id, UNSURE)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import functools
 import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bot.platform import IncomingMessage, ViewKind
@@ -75,14 +77,43 @@ def _shingles(text: str, size: int = 8) -> set[str]:
     return {norm[i : i + size] for i in range(max(1, len(norm) - size + 1))}
 
 
+@functools.cache
+def _training_shingles():
+    """Every training text's shingles as one sparse 0/1 matrix (texts × shingles) and the shingle ids."""
+    from scipy.sparse import csr_matrix
+
+    ids: dict[str, int] = {}
+    indptr, indices = [0], []
+    for text in training_texts():
+        indices += [ids.setdefault(s, len(ids)) for s in _shingles(text)]
+        indptr.append(len(indices))
+    matrix = csr_matrix((np.ones(len(indices), dtype=np.int32), indices, indptr), shape=(len(indptr) - 1, len(ids)))
+    return matrix.tocsc(), ids  # by column: one shingle's texts at a time
+
+
+def worst_overlap(texts: list[str]) -> list[float]:
+    """For each text, max over training texts of |shingles shared| / |its shingles| — the same
+    measure as comparing shingle sets one pair at a time, by sparse columns (the pairwise loop
+    took 18 s once the corpus reached 30,000 rows)."""
+    train, ids = _training_shingles()
+    out = []
+    for text in texts:
+        sh = _shingles(text)
+        cols = sorted({ids[s] for s in sh if s in ids})
+        if not cols:
+            out.append(0.0)
+            continue
+        shared = train[:, cols].sum(axis=1)
+        out.append(float(shared.max()) / len(sh))
+    return out
+
+
 def test_redteam_is_not_in_the_classifier_training_set():
     """The figures are honest only if the red-team messages were not trained on (every red-team
     file, the held-out and independent ones too, against every corpus batch)."""
-    train = [_shingles(text) for text in training_texts()]
     for name in sorted(p.stem for p in REDTEAM.glob("*.jsonl") if p.stem != "replies"):
-        for row in load(f"{name}.jsonl"):
-            sh = _shingles(row["text"])
-            worst = max(len(sh & t) / len(sh) for t in train)
+        rows = load(f"{name}.jsonl")
+        for row, worst in zip(rows, worst_overlap([row["text"] for row in rows])):
             assert worst < 0.6, (
                 f"{row['id']} nearly appears in the training set ({worst:.2f}): {row['text']!r} — after adding "
                 "corpus rows, run `python bench/bench_safety.py --update-exclusions`"
@@ -137,10 +168,8 @@ def test_holdout_sets_are_big_enough_and_new():
     old = {row["text"] for name in ("crisis", "benign", "red_flags", "injection") for row in load(f"{name}.jsonl")}
     texts = [row["text"] for rows in (red, benign, inj) for row in rows]
     assert len(texts) == len(set(texts)) and not set(texts) & old
-    train = [_shingles(text) for text in training_texts()]
-    for text in texts:
-        sh = _shingles(text)
-        assert max(len(sh & t) / len(sh) for t in train) < 0.6, text
+    for text, worst in zip(texts, worst_overlap(texts)):
+        assert worst < 0.6, text
 
 
 def test_holdout_red_flags_and_injection(pack):
