@@ -37,7 +37,8 @@ from typing import Any, Iterable
 from bot.safety.corpus import corpus_files, corpus_hash, load_corpus, script_of
 
 from bot.safety.language import _CJK, _TOKEN, detect_language
-from bot.safety.rules import crisis_rule_hits, injection_hits
+from bot.safety.encoded import find_encoded
+from bot.safety.rules import all_crisis_rule_hits, injection_hits
 from bot.safety.scope import out_of_scope, policy_for
 from bot.safety.verdict import Triage
 
@@ -145,14 +146,19 @@ class Signals:
 
 
 def signals(text: str, pack: Any, model: Any = None) -> Signals:
-    """Rules, the pack's red-flag patterns and the learned model on one message."""
+    """Rules, the pack's red-flag patterns and the learned model on one message.
+
+    The message is decoded once (:func:`bot.safety.encoded.find_encoded`: base64, reversed,
+    leetspeak, …) and both rule sets also read the decoded texts: a crisis hidden by an encoding
+    is a crisis rule hit named by its encoding ("self_harm: base64: kill myself")."""
     model = model if model is not None else crisis_model(pack)
     words = len(_TOKEN.findall(text)) + (3 if _CJK.search(text) else 0)
     probs, learned_flag = model.assess(text) if text.strip() else ({}, "")
     pack_language = _pack_language(pack)
+    decoded = find_encoded(text)
     return Signals(
-        rule_hits=tuple(crisis_rule_hits(text)), pack_flags=red_flags_in(text, pack),
-        injection_rule=bool(injection_hits(text)), probs=probs, learned_flag=learned_flag, words=words,
+        rule_hits=tuple(all_crisis_rule_hits(text, decoded)), pack_flags=red_flags_in(text, pack),
+        injection_rule=bool(injection_hits(text, decoded)), probs=probs, learned_flag=learned_flag, words=words,
         language=detect_language(text, default=pack_language), pack_language=pack_language, script=script_of(text),
     )
 

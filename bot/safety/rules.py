@@ -9,9 +9,9 @@ rule match that sits inside a clearly negated or resolved phrase ("I'm not suici
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from bot.safety.encoded import asks_to_decode, asks_to_execute, find_encoded
+from bot.safety.encoded import Decoded, asks_to_decode, asks_to_execute, find_encoded
 
 
 def _rx(*patterns: str) -> list[re.Pattern[str]]:
@@ -333,11 +333,13 @@ def _plain_injection_hits(text: str) -> list[str]:
     return [m.group(0).strip()[:60] for m in _INJECTION_COMBINED.finditer(text.lower())]
 
 
-def encoded_injection_hits(text: str) -> list[str]:
+def encoded_injection_hits(text: str, decoded: Sequence[Decoded] | None = None) -> list[str]:
     """Injection hidden by an encoding (:mod:`bot.safety.encoded`): the injection rules fire on
     a decoded text; or the message asks to decode / carry out an encoded blob that decodes to
-    readable text; or a decoded text reads as an order to the bot ("ignora le regole")."""
-    found = find_encoded(text)
+    readable text; or a decoded text reads as an order to the bot ("ignora le regole").
+
+    ``decoded``: ``find_encoded(text)`` when the caller already has it (the triage decodes once)."""
+    found = find_encoded(text) if decoded is None else decoded
     if not found:
         return []
     hits = []
@@ -356,20 +358,30 @@ def encoded_injection_hits(text: str) -> list[str]:
     return hits
 
 
-def encoded_crisis_hits(text: str) -> list[tuple[str, str]]:
+def encoded_crisis_hits(text: str, decoded: Sequence[Decoded] | None = None) -> list[tuple[str, str]]:
     """Crisis rules on the texts decoded from ``text`` (base64, reversed, leetspeak, …):
-    ``(kind, "encoding: matched text")``, for the triage to add to :func:`crisis_rule_hits`."""
+    ``(kind, "encoding: matched text")``, for the triage to add to :func:`crisis_rule_hits`.
+    ``decoded``: ``find_encoded(text)`` when the caller already has it."""
     hits: dict[str, str] = {}
-    for decoded in find_encoded(text):
-        for kind, matched in crisis_rule_hits(decoded.text):
-            hits.setdefault(kind, f"{decoded.kind}: {matched}")
+    for found in find_encoded(text) if decoded is None else decoded:
+        for kind, matched in crisis_rule_hits(found.text):
+            hits.setdefault(kind, f"{found.kind}: {matched}")
     return list(hits.items())
 
 
-def injection_hits(text: str) -> list[str]:
+def injection_hits(text: str, decoded: Sequence[Decoded] | None = None) -> list[str]:
     """The phrases that look like an attempt to override the assistant's instructions, read
-    as written and, failing that, decoded (base64, hex, rot13, reversed, leetspeak, …)."""
-    return _plain_injection_hits(text) or encoded_injection_hits(text)
+    as written and, failing that, decoded (base64, hex, rot13, reversed, leetspeak, …).
+    ``decoded``: ``find_encoded(text)`` when the caller already has it."""
+    return _plain_injection_hits(text) or encoded_injection_hits(text, decoded)
+
+
+def all_crisis_rule_hits(text: str, decoded: Sequence[Decoded] | None = None) -> list[tuple[str, str]]:
+    """:func:`crisis_rule_hits` on the message as written, then on its decoded texts for the kinds
+    not yet found (``"base64: kill myself"``): a crisis hidden by an encoding is a crisis."""
+    hits = crisis_rule_hits(text)
+    kinds = {kind for kind, _ in hits}
+    return hits + [(kind, matched) for kind, matched in encoded_crisis_hits(text, decoded) if kind not in kinds]
 
 
 INJECTION_GUARD = (
