@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bot.safety.classifier import train_on_rows  # noqa: E402
 from bot.safety.corpus import EXCLUDED, Row, _row, corpus_files, load_corpus, read_rows  # noqa: E402
-from bot.safety.detector import Decision, Thresholds, crisis_model, decide, signals, triage  # noqa: E402
+from bot.safety.detector import Decision, Thresholds, crisis_model, decide, own_language, signals, triage  # noqa: E402
 from bot.safety.reply_checks import check_reply  # noqa: E402
 from pipeline.packs import PACKS_DIR, load_pack  # noqa: E402
 
@@ -158,55 +158,111 @@ def leave_one_writer_out(rows: Sequence[Row], pack: Any) -> list[tuple[Row, Any]
     return out
 
 
+MIN_BENIGN_PER_SCRIPT = 150  # a script gets its own crisis threshold when CV has this many benign messages of it
+MIN_POSITIVES_PER_SCRIPT = 80  # … its own red-flag / injection threshold with this many red flags / injections
+GRID = [round(0.025 * i, 3) for i in range(2, 39)]  # 0.05 … 0.95
+
+
+def cached_oof(path: Path | None, files: Sequence[Path], rows: Sequence[Row], pack: Any) -> list[tuple[Row, Any]]:
+    """:func:`leave_one_writer_out`, kept in ``path`` keyed by the corpus hash and the model version."""
+    import pickle
+
+    from bot.safety.classifier import MODEL_VERSION
+    from bot.safety.corpus import corpus_hash
+
+    key = (corpus_hash([*files, EXCLUDED] if EXCLUDED.is_file() else files), MODEL_VERSION, len(rows))
+    if path is not None and path.is_file():
+        saved_key, oof = pickle.loads(path.read_bytes())
+        if saved_key == key:
+            print(f"  CV held-out signals from {path}", file=sys.stderr)
+            return oof
+    oof = leave_one_writer_out(rows, pack)
+    if path is not None:
+        path.write_bytes(pickle.dumps((key, oof)))
+    return oof
+
+
 def sweep(oof: Sequence[tuple[Row, Any]], base: Thresholds) -> dict[str, Any]:
-    """Pooled CV figures over a grid of each threshold; the recall-first choice for each."""
-    grid = [round(0.05 * i, 2) for i in range(1, 20)]
+    """Pooled CV figures over a grid of each threshold; the recall-first choice for each.
 
-    def at(th: Thresholds) -> dict[str, Any]:
-        return figures([(r, decide(s, th)) for r, s in oof])
+    Per script where the CV has enough messages of it (else per script group: Latin, all others):
+    * crisis: the lowest threshold (most recall) whose benign-as-crisis stays within the target;
+    * possible crisis (overall): the highest threshold at which crisis OR possible crisis still
+      reaches POSSIBLE_RECALL of the crises;
+    * learned red flag outside the pack's language, and injection: the highest threshold (fewest
+      false alarms) still meeting the recall target; red flag in the pack's own language: overall.
+    """
+    grid = GRID
 
-    # Recall-first within the false-alarm target, per script group: the lowest threshold (most
-    # recall) whose benign-as-crisis stays within its target on Latin-script messages, and the same
-    # on all other scripts; the possible-crisis threshold below then carries the recall (every
-    # crisis above it gets the check-in with resources, its reply held).
-    latin = [(r, s) for r, s in oof if s.script == "Latin"]
+    def at(th: Thresholds, pairs: Sequence = oof) -> dict[str, Any]:
+        return figures([(r, decide(s, th)) for r, s in pairs])
+
+    by_script: dict[str, list] = defaultdict(list)
+    for r, s in oof:
+        by_script[s.script].append((r, s))
+    latin = by_script.get("Latin", [])
     other = [(r, s) for r, s in oof if s.script != "Latin"]
+    base = replace(base, crisis_by_script=(), red_flag_by_script=(), injection_by_script=())
 
-    def lowest_within_target(group: Sequence, field: str) -> float:
-        ok = [t for t in grid
-              if (figures([(r, decide(s, replace(base, **{field: t}))) for r, s in group])["benign_as_crisis"] or 0)
-              <= TARGETS["benign_as_crisis"]]
+    def lowest_within_target(group: Sequence, make) -> float:
+        ok = [t for t in grid if (at(make(t), group)["benign_as_crisis"] or 0) <= TARGETS["benign_as_crisis"]]
         return min(ok) if ok else max(grid)
 
-    crisis_t = lowest_within_target(latin, "crisis")
-    chosen = replace(base, crisis=crisis_t, crisis_other_scripts=lowest_within_target(other, "crisis_other_scripts"))
-    crisis_curve = {t: at(replace(chosen, crisis=t, crisis_other_scripts=t)) for t in grid}
-    # Possible crisis (soft check-in with resources, reply held for a person): the highest threshold
-    # at which crisis OR possible crisis still reaches POSSIBLE_RECALL of the crises.
+    def highest_meeting(group: Sequence, make, key: str) -> float:
+        ok = [t for t in grid if (at(make(t), group)[key] or 0) >= TARGETS[key]]
+        return max(ok) if ok else min(grid)
+
+    # Crisis: script groups first (the fallback), then every script with enough benign messages.
+    chosen = replace(base, crisis=lowest_within_target(latin, lambda t: replace(base, crisis=t)),
+                     crisis_other_scripts=lowest_within_target(other, lambda t: replace(base, crisis_other_scripts=t)))
+    per_script = {}
+    for script, group in sorted(by_script.items()):
+        if sum(r.label == "benign" for r, _ in group) >= MIN_BENIGN_PER_SCRIPT:
+            per_script[script] = lowest_within_target(group, lambda t, sc=script: replace(chosen, crisis_by_script=((sc, t),)))
+    chosen = replace(chosen, crisis_by_script=tuple(per_script.items()))
+    crisis_curve = {t: at(replace(chosen, crisis=t, crisis_other_scripts=t, crisis_by_script=())) for t in grid}
+    crisis_script_curves = {
+        script: {t: (f["crisis_recall"], f["benign_as_crisis"]) for t in grid
+                 for f in [at(replace(chosen, crisis_by_script=((script, t),)), group)]}
+        for script, group in sorted(by_script.items())
+    }
+
     def flagged_recall(t: float) -> float:
         hits = [decide(s, replace(chosen, possible=t)) for r, s in oof if r.label == "crisis"]
         return sum(d.crisis or d.possible for d in hits) / max(1, len(hits))
 
-    possible_curve = {t: flagged_recall(t) for t in grid if t <= min(chosen.crisis, chosen.crisis_other_scripts)}
+    cuts = [t for _, t in chosen.crisis_by_script] + [chosen.crisis, chosen.crisis_other_scripts]
+    possible_curve = {t: flagged_recall(t) for t in grid if t <= max(cuts)}
     ok = [t for t, rec in possible_curve.items() if rec >= POSSIBLE_RECALL]
     chosen = replace(chosen, possible=max(ok) if ok else min(grid))
-    # Red flags and injection: the highest threshold (fewest false alarms) still meeting the recall
-    # target — for red flags first in languages the pack's patterns do not read, then in its own.
-    foreign = [(r, s) for r, s in oof if s.language != s.pack_language]
-    rf_curve = {t: figures([(r, decide(s, replace(chosen, red_flag=t))) for r, s in foreign]) for t in grid}
-    ok = [t for t in grid if (rf_curve[t]["red_flag_recall"] or 0) >= TARGETS["red_flag_recall"]]
-    chosen = replace(chosen, red_flag=max(ok) if ok else min(grid))
+    # Red flags the pack's patterns missed, in languages they do not read: per script group, then script.
+    foreign = [(r, s) for r, s in oof if not own_language(s)]
+    rf_curve = {t: at(replace(chosen, red_flag=t), foreign) for t in grid}
+    chosen = replace(chosen, red_flag=highest_meeting(foreign, lambda t: replace(chosen, red_flag=t), "red_flag_recall"))
+    rf_script = {}
+    for script, group in sorted(by_script.items()):
+        group = [(r, s) for r, s in group if not own_language(s)]
+        if sum(r.label == "red_flag" for r, _ in group) >= MIN_POSITIVES_PER_SCRIPT:
+            rf_script[script] = highest_meeting(
+                group, lambda t, sc=script: replace(chosen, red_flag_by_script=((sc, t),)), "red_flag_recall")
+    chosen = replace(chosen, red_flag_by_script=tuple(rf_script.items()))
     rf_own_curve = {t: at(replace(chosen, red_flag_own_language=t)) for t in grid}
     ok = [t for t in grid if (rf_own_curve[t]["red_flag_recall"] or 0) >= TARGETS["red_flag_recall"]]
     chosen = replace(chosen, red_flag_own_language=max(ok) if ok else min(grid))
-    inj_curve = {t: at(replace(chosen, injection=t)) for t in grid}
-    ok = [t for t in grid if (inj_curve[t]["injection_recall"] or 0) >= TARGETS["injection_recall"]]
-    chosen = replace(chosen, injection=max(ok) if ok else min(grid))
-    wrf_curve = {t: at(replace(chosen, crisis_with_red_flag=t)) for t in grid if t >= chosen.crisis}
+    inj_curve = {t: at(replace(chosen, injection=t, injection_by_script=())) for t in grid}
+    chosen = replace(chosen, injection=highest_meeting(oof, lambda t: replace(chosen, injection=t), "injection_recall"))
+    inj_script = {}
+    for script, group in sorted(by_script.items()):
+        if sum(r.label == "injection" for r, _ in group) >= MIN_POSITIVES_PER_SCRIPT:
+            inj_script[script] = highest_meeting(
+                group, lambda t, sc=script: replace(chosen, injection_by_script=((sc, t),)), "injection_recall")
+    chosen = replace(chosen, injection_by_script=tuple(inj_script.items()))
+    wrf_curve = {t: at(replace(chosen, crisis_with_red_flag=t)) for t in grid if t >= min(cuts)}
     words_curve = {w: at(replace(chosen, min_words=w)) for w in (1, 2, 3)}
     return {
         "chosen": asdict(chosen),
         "crisis": {t: (f["crisis_recall"], f["benign_as_crisis"], f["false_positives"]["red_flag_as_crisis"]) for t, f in crisis_curve.items()},
+        "crisis_per_script": crisis_script_curves,
         "possible_crisis_or_crisis_recall": {t: round(r, 4) for t, r in possible_curve.items()},
         "red_flag_foreign": {t: (f["red_flag_recall"], f["false_positives"]["benign_as_red_flag"]) for t, f in rf_curve.items()},
         "red_flag_own_language": {t: (f["red_flag_recall"], f["false_positives"]["benign_as_red_flag"]) for t, f in rf_own_curve.items()},
@@ -346,6 +402,9 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="print the CV threshold sweep")
     parser.add_argument("--blind", action="store_true", help="also score tests/data/safety_blind (the lead, once)")
     parser.add_argument("--misses", action="store_true", help="list the CV misses and false positives")
+    parser.add_argument("--oof", type=Path, metavar="FILE",
+                        help="keep the CV's held-out signals in FILE (pickle) and reuse them while the corpus and "
+                             "the model version are the same: print new thresholds' figures without retraining")
     parser.add_argument("--update-exclusions", action="store_true",
                         help="rewrite bot/safety/data/excluded.tsv (corpus rows nearly repeating a red-team message) and stop")
     args = parser.parse_args()
@@ -365,7 +424,7 @@ def main() -> int:
         "thresholds": asdict(Thresholds()),
     }
     if len(batches) >= 2:
-        oof = leave_one_writer_out(rows, pack)
+        oof = cached_oof(args.oof, files, rows, pack)
         cv_pairs = [(r, decide(s)) for r, s in oof]
         report["cv_leave_one_writer_out"] = grouped(cv_pairs)
         report["cv_per_batch"] = {b: figures([(r, d) for r, d in cv_pairs if r.batch == b]) for b in batches}

@@ -3,7 +3,7 @@
 Every service a test starts asks for the safety model with its own temporary data directory as the
 cache, so without this the first of them trained the model from the whole corpus in every test run
 (about 50 s on 30,000 rows at load 3.5, two cores). Loaded here first, from the default cache
-(``$XDG_CACHE_HOME/llm4sweat``, keyed by corpus hash, model version and scikit-learn version), the
+(``$XDG_CACHE_HOME/llm4sweat``, keyed by corpus hash, model version and numpy version), the
 model is in the process's memory for every later caller: a run trains it only when the corpus or
 the model changed, and otherwise loads it in a few seconds.
 """

@@ -256,7 +256,9 @@ async def test_commands_require_moderator_and_one_retrain_job(service):
 async def test_many_conversations_at_once(service):
     service.backend.delay_s = 0.01
     results = await asyncio.wait_for(  # fails instead of hanging if answering ever stalls
-        asyncio.gather(*(service.core.handle_message(msg(f"question {i}", user=f"u{i}")) for i in range(60))), 60)
+        # (not "question {i}": the safety model reads "question 38" as a fever, a red flag — a known false
+        # alarm, tests/test_safety.py::test_known_false_alarms_of_the_learned_model)
+        asyncio.gather(*(service.core.handle_message(msg(f"a question, take {i}", user=f"u{i}")) for i in range(60))), 60)
     assert all(r.status == "shown" for r in results)
     assert await service.db.fetchval("SELECT COUNT(*) FROM replies") == 60
     assert await service.db.fetchval("SELECT COUNT(*) FROM review_items WHERE state = 'pending'") == 60
@@ -298,7 +300,8 @@ async def test_bad_live_adapter_starts_on_base_model_loudly(settings, caplog, da
         assert "SERVING THE BASE MODEL" in caplog.text
         incident = await svc.db.fetchval("SELECT detail FROM incidents WHERE kind = 'adapter_load_failed'")
         assert "v1" in incident
-        result = await svc.core.handle_message(msg("still answering?"))
+        # ("still answering?" alone is a possible crisis for the safety model, p 0.19: a known false alarm)
+        result = await svc.core.handle_message(msg("are you still answering?"))
         assert result.status == "shown"
     finally:
         await svc.stop()

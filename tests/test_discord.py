@@ -982,7 +982,9 @@ async def test_catching_up_three_times_at_once_answers_each_message_once(bot, fa
     """Messages the session never received (lost events) are found by the catch-up; three
     catch-ups at once (a reconnect while one runs) hand each message to the core once."""
     thread = await bot.ask(people["patient"], "Can sweating be treated with a cream?")
-    await fake.say(people["patient"], thread["id"], "And would it help my feet too?", deliver=False)
+    # (not "And would it help my feet too?": a crisis for the safety model hash-mlp-5, p 0.80 — a known
+    # false alarm, tests/test_safety.py::test_known_false_alarms_of_the_learned_model)
+    await fake.say(people["patient"], thread["id"], "Would the cream help my feet as well?", deliver=False)
     await fake.say(people["other"], fake.support_id, "Does botox hurt?", deliver=False)
     calls = len(bot.backend.calls)
     await asyncio.gather(*(bot.platform.catch_up() for _ in range(3)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,9 @@ def test_training_is_deterministic_and_the_cache_is_keyed_by_corpus(rows, tmp_pa
     b = clf.train_on_rows(small, "h1")
     texts = [r.text for r in rows[:50]]
     assert np.array_equal(a.probs_matrix(texts), b.probs_matrix(texts))
+    for name in ("w1", "b1", "w2", "b2", "w3", "b3"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert np.array_equal(a.featurizer.chars.keys, b.featurizer.chars.keys)
 
     trained = []
     real = clf.train_on_rows
@@ -99,7 +103,9 @@ def test_training_is_deterministic_and_the_cache_is_keyed_by_corpus(rows, tmp_pa
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_the_fast_path_gives_sklearns_numbers(pack, rows):
+def test_one_message_gets_the_batch_numbers(pack, rows):
+    """``assess`` (one message, numpy only: the triage's path) gives what ``probs_matrix`` and
+    ``red_flag_ids`` give for a batch."""
     model = crisis_model(pack)
     texts = [r.text for r in rows[::97]]
     expected = model.probs_matrix(texts)
@@ -108,6 +114,39 @@ def test_the_fast_path_gives_sklearns_numbers(pack, rows):
         probs, flag = model.assess(text)
         assert np.allclose([probs[c] for c in clf.CLASSES], expected[i], atol=1e-6)
         assert flag == ids[i]
+
+
+def test_ngrams_are_hashed_the_same_in_every_process():
+    """The n-gram ids are polynomial hashes of code points (not Python's per-process hash): a
+    character n-gram stays inside one space-padded word; words give unigrams and bigrams."""
+    (cd, ck), (wd, wk) = clf._grams(["ab c", "ab"])
+    P = 0x100000001B3
+    h = lambda s: sum(ord(ch) * pow(P, len(s) - 1 - i, 2**64) for i, ch in enumerate(s)) % 2**64  # noqa: E731
+    first = {int(k) for d, k in zip(cd, ck) if d == 0}
+    assert {h(g) for g in (" ", "a", "b", "c", " a", "ab", "b ", " c", "c ", " ab", "ab ", " c ", " ab ")} == first
+    assert h("b c") not in first and h("b  c") not in first  # no n-gram across words
+    assert sorted(int(k) for d, k in zip(wd, wk) if d == 1) == [h("ab")]
+    assert len([k for d, k in zip(wd, wk) if d == 0]) == 3  # "ab", "c", "ab c"
+
+
+def test_one_message_gets_the_features_of_the_batch():
+    texts = ["I can't do this anymore", "ich kann nicht mehr", "我不想活了", "मैं मरना चाहता हूँ", "ok", "🙂🙂"]
+    featurizer, X = clf.Featurizer.fit_transform(texts * 2, char_features=500, word_features=50, min_df=2)
+    assert X.shape == (12, featurizer.n_features) and featurizer.n_features <= 550
+    for i, text in enumerate(texts):
+        cols, vals = featurizer.features(text)
+        order = np.argsort(cols)
+        assert np.array_equal(cols[order], X[i].indices) and np.allclose(vals[order], X[i].data)
+        assert np.array_equal(featurizer.transform([text]).toarray(), X[i].toarray())
+
+
+def test_the_shipped_model_is_small(pack):
+    """The cached model (features, weights, vocabulary) stays under ~60 MB."""
+    import pickle
+
+    model = crisis_model(pack)
+    assert model.w1.dtype == np.float32 and model.w1.shape[0] == model.featurizer.n_features
+    assert len(pickle.dumps(model)) <= 64_000_000
 
 
 def test_corpus_hash_changes_with_any_byte(tmp_path):
@@ -124,23 +163,40 @@ def test_a_learned_red_flag_gets_a_pack_id(pack):
     sig = signals("un texte quelconque", pack)
     assert sig.learned_flag in ids or model.red_flag_head is None
     # The learned red-flag path: the pack's patterns found nothing, the model is sure enough.
-    th = Thresholds()
-    between = (th.red_flag + th.red_flag_own_language) / 2
-    forced = sig.__class__(**{**sig.__dict__, "pack_flags": (), "probs": {"red_flag": between}, "learned_flag": "rf-fever", "language": "fr"})
-    assert decide(forced).red_flags == ("rf-fever",) and not decide(forced).crisis
-    # In the pack's own language its patterns read the message too: the model must be surer.
+    th = Thresholds(red_flag=0.5, red_flag_own_language=0.7, red_flag_by_script=())
+    forced = sig.__class__(**{**sig.__dict__, "pack_flags": (), "probs": {"red_flag": 0.6}, "learned_flag": "rf-fever", "language": "fr"})
+    assert decide(forced, th).red_flags == ("rf-fever",) and not decide(forced, th).crisis
+    # In the pack's own language its patterns read the message too: its own threshold applies.
     english = forced.__class__(**{**forced.__dict__, "language": forced.pack_language})
-    assert th.red_flag < th.red_flag_own_language and decide(english).red_flags == ()
+    assert decide(english, th).red_flags == ()
     sure = english.__class__(**{**english.__dict__, "probs": {"red_flag": 0.99}})
-    assert decide(sure).red_flags == ("rf-fever",)
+    assert decide(sure, th).red_flags == ("rf-fever",)
+    # A script with a threshold of its own (chosen on CV) uses it outside the pack's language.
+    strict = replace(th, red_flag_by_script=((forced.script, 0.65),))
+    assert decide(forced, strict).red_flags == ()
 
 
 def test_thresholds_decide_from_signals(pack):
     sig = signals("some ordinary words here", pack)
-    strict = decide(sig, Thresholds(crisis=0.99, possible=0.0001))
+    strict = decide(sig, Thresholds(crisis=0.99, crisis_by_script=(), possible=0.0001))
     assert not strict.crisis and strict.possible
     short = signals("ok", pack)
     assert decide(short, Thresholds(crisis=0.0001)).score == 0.0  # one word: left to the rules
+
+
+def test_the_crisis_threshold_setting_overrides_every_script(pack, rows):
+    """``[safety] crisis_threshold`` (triage's ``threshold``) replaces the per-script thresholds."""
+    th = Thresholds()
+    assert th.crisis_by_script  # chosen on CV, per script
+    for row in rows:
+        if row.label == "crisis" and row.script != "Latin" and not signals(row.text, pack).rule_hits:
+            p = triage(row.text, pack).crisis_score
+            if 0.1 < p < 0.9:
+                break
+    else:
+        pytest.skip("no crisis row without a rule hit and with a middling score")
+    assert not triage(row.text, pack, threshold=p + 0.05).crisis
+    assert triage(row.text, pack, threshold=p - 0.05).crisis
 
 
 def test_triage_is_fast(pack, rows):

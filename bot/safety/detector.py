@@ -44,16 +44,32 @@ from bot.safety.verdict import Triage
 
 log = logging.getLogger(__name__)
 
-# Thresholds on the learned model's probabilities, chosen on leave-one-writer-out cross-validation
-# of the whole triage (rules + model) over the shipped corpus, recall-first (bench/bench_safety.py
-# prints the curve and the choice). Rules fire regardless.
-DEFAULT_THRESHOLD = 0.6  # crisis, Latin script: benign-as-crisis within 0.10 on CV
-NON_LATIN_THRESHOLD = 0.55  # crisis, every other script: the same rule on those messages
-POSSIBLE_THRESHOLD = 0.3  # possible crisis (a person looks first): crisis OR possible reaches 0.97 on CV
+# Thresholds on the learned model's probabilities (bot.safety.classifier, MODEL_VERSION hash-mlp-5),
+# chosen on the pooled leave-one-writer-out CV of the whole triage (rules + model) over the shipped
+# corpus (18 batches, 34,563 messages; `python bench/bench_safety.py --sweep`), recall-first; the
+# figures at these values are in docs/safety.md. Rules fire regardless.
+DEFAULT_THRESHOLD = 0.575  # crisis, Latin script: the lowest keeping benign-as-crisis within 0.10 on CV
+NON_LATIN_THRESHOLD = 0.4  # crisis, other scripts pooled (used by a script without its own, below)
+POSSIBLE_THRESHOLD = 0.15  # possible crisis (a person looks first): crisis OR possible reaches 0.97 on CV
 RED_FLAG_THRESHOLD = 0.8  # crisis threshold when the message trips a pack red flag and no crisis rule
-LEARNED_RED_FLAG_THRESHOLD = 0.5  # a red flag the pack's patterns missed (the head names its id)
-LEARNED_RED_FLAG_OWN_LANGUAGE = 0.7  # the same, in the pack's own language (its patterns read it too)
-INJECTION_THRESHOLD = 0.65
+LEARNED_RED_FLAG_THRESHOLD = 0.775  # a red flag the pack's patterns missed, outside the pack's language
+LEARNED_RED_FLAG_OWN_LANGUAGE = 0.875  # the same, in the pack's own language (its patterns read it too)
+INJECTION_THRESHOLD = 0.825  # the highest still reaching injection recall 0.90 on CV
+# Per script (the corpus spec's script names; ``bot.safety.corpus.script_of``), chosen the same way on
+# that script's CV messages alone where CV had enough of them (150 benign messages for crisis, 80
+# red flags or injections): these override the values above for that script.
+CRISIS_BY_SCRIPT: tuple[tuple[str, float], ...] = (
+    ("Arabic", 0.425), ("Bengali", 0.225), ("Cyrillic", 0.475), ("Devanagari", 0.5), ("Greek", 0.375),
+    ("Han", 0.325), ("Hangul", 0.525), ("Hebrew", 0.35), ("Japanese", 0.425), ("Latin", 0.575), ("Thai", 0.275),
+)
+RED_FLAG_BY_SCRIPT: tuple[tuple[str, float], ...] = (  # learned red flag, where not own_language()
+    ("Arabic", 0.8), ("Bengali", 0.8), ("Cyrillic", 0.775), ("Devanagari", 0.8), ("Greek", 0.775), ("Han", 0.825),
+    ("Hangul", 0.725), ("Hebrew", 0.8), ("Japanese", 0.675), ("Latin", 0.7), ("Thai", 0.875),
+)
+INJECTION_BY_SCRIPT: tuple[tuple[str, float], ...] = (
+    ("Arabic", 0.7), ("Bengali", 0.775), ("Cyrillic", 0.9), ("Devanagari", 0.7), ("Greek", 0.65), ("Han", 0.675),
+    ("Hangul", 0.7), ("Hebrew", 0.775), ("Japanese", 0.375), ("Latin", 0.9), ("Thai", 0.825),
+)
 MIN_CLASSIFIER_WORDS = 2  # one word: the rules only (the model mostly echoes its prior)
 
 # --------------------------------------------------------------------------------------------
@@ -122,12 +138,16 @@ class Thresholds:
 
     crisis: float = DEFAULT_THRESHOLD
     crisis_other_scripts: float = NON_LATIN_THRESHOLD
+    # Per script (the corpus spec's script names), overriding the two above: ((script, threshold), …).
+    crisis_by_script: tuple[tuple[str, float], ...] = CRISIS_BY_SCRIPT
     possible: float = POSSIBLE_THRESHOLD
     crisis_with_red_flag: float = RED_FLAG_THRESHOLD
     red_flag: float = LEARNED_RED_FLAG_THRESHOLD
     red_flag_own_language: float = LEARNED_RED_FLAG_OWN_LANGUAGE
     injection: float = INJECTION_THRESHOLD
     min_words: int = MIN_CLASSIFIER_WORDS
+    red_flag_by_script: tuple[tuple[str, float], ...] = RED_FLAG_BY_SCRIPT
+    injection_by_script: tuple[tuple[str, float], ...] = INJECTION_BY_SCRIPT
 
 
 @dataclass(frozen=True)
@@ -178,28 +198,40 @@ class Decision:
     reasons: tuple[str, ...]
 
 
+def own_language(sig: Signals) -> bool:
+    """Is the message in the pack's language, where the pack's red-flag patterns read it too? (A
+    message in another script is not, whatever the language detector says: it may not know the
+    language and answer with the pack's; the pack's patterns are written in Latin script.)"""
+    return sig.language == sig.pack_language and sig.script == "Latin"
+
+
 def decide(sig: Signals, th: Thresholds = Thresholds()) -> Decision:
     """The offline combine rule: a rule OR the model (crisis, red flag, injection)."""
     score = sig.probs.get("crisis", 0.0) if sig.words >= th.min_words else 0.0
-    # The false-alarm target holds per script: outside Latin script the model sees fewer examples
-    # and is less sure, so the threshold that keeps benign-as-crisis within target is lower there.
-    cut = th.crisis if sig.script == "Latin" else th.crisis_other_scripts
+    # The false-alarm target holds per script: the model is surer in some scripts than in others
+    # (it sees far more Latin-script messages), so each script with enough CV messages has the
+    # threshold that keeps its own benign-as-crisis within target.
+    cut = dict(th.crisis_by_script).get(sig.script, th.crisis if sig.script == "Latin" else th.crisis_other_scripts)
     flags = sig.pack_flags
     if flags and not sig.rule_hits:
         # A message describing red-flag symptoms ("I wake up drenched every night") shares words
         # with medical emergencies; without a rule match the model needs to be surer.
         cut = max(cut, th.crisis_with_red_flag)
     crisis = bool(sig.rule_hits) or score >= cut
-    # A red flag the pack's patterns missed: the model names the id. In the pack's own language,
-    # where the patterns already read the message (and know "no fever, both sides the same"), the
-    # model must be surer than in a language the patterns are not written in.
-    rf_cut = th.red_flag if sig.language != sig.pack_language else th.red_flag_own_language
+    # A red flag the pack's patterns missed: the model names the id. The pack's own language (where
+    # the patterns already read the message and know "no fever, both sides the same") has its own
+    # threshold; other languages one per script.
+    if own_language(sig):
+        rf_cut = th.red_flag_own_language
+    else:
+        rf_cut = dict(th.red_flag_by_script).get(sig.script, th.red_flag)
     if not flags and not crisis and sig.learned_flag and sig.probs.get("red_flag", 0.0) >= rf_cut:
         flags = (sig.learned_flag,)
     possible = not crisis and score >= min(th.possible, cut)
     kind = sig.rule_hits[0][0] if sig.rule_hits else ("classifier" if crisis else None)
     reasons = tuple(f"{k}: {m}" for k, m in sig.rule_hits) + ((f"classifier: p={score:.2f}",) if score >= cut else ())
-    injection = sig.injection_rule or sig.probs.get("injection", 0.0) >= th.injection
+    injection = sig.injection_rule or sig.probs.get("injection", 0.0) >= dict(th.injection_by_script).get(
+        sig.script, th.injection)
     return Decision(crisis, possible, flags, injection, kind, score, reasons)
 
 
@@ -218,8 +250,8 @@ def triage(
     (cross-validation passes the model trained without the batch it scores)."""
     text = text or ""
     th = Thresholds()
-    if threshold is not None:  # the setting overrides both scripts' thresholds
-        th = replace(th, crisis=threshold, crisis_other_scripts=threshold)
+    if threshold is not None:  # the setting overrides every script's threshold
+        th = replace(th, crisis=threshold, crisis_other_scripts=threshold, crisis_by_script=())
     if possible_threshold is not None:
         th = replace(th, possible=possible_threshold)
     sig = signals(text, pack, model)
