@@ -94,13 +94,15 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
         settings = load_settings(data_dir=Path(tmp))
         # The safety model from the shared cache (trained once per corpus), not retrained in the
         # fresh data directory on every run: start-up is not what this bench measures.
-        pack = load_pack(settings.pack_path)
-        crisis_model(pack, cache_dir=default_cache_dir())
+        crisis_model(load_pack(settings.pack_path), cache_dir=default_cache_dir())
         backend = FixedBackend(delay_s=delay)
-        service = Service(settings, backend, pack=pack)
+        service = Service(settings, backend)
         service.add_platform(LocalPlatform())
         load_before = os.getloadavg()[0]
         await service.start(retry_loop=False)
+        worker = service.core.triage_worker  # the triage process (settings.safety.triage_process)
+        if worker is not None and not await worker.wait_ready():
+            raise RuntimeError("the triage process did not start")
         totals: list[tuple[int, float]] = []  # (reply id, seconds in handle_message)
         hops: list[float] = []  # seconds of each visit to the database thread (Database.run), under the load
         untimed_run = service.db.run
@@ -132,9 +134,12 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
 
         try:
             hops.clear()  # start-up's visits are not the load's
+            child = await worker.cpu_seconds() if worker is not None else 0.0
             wall, cpu = time.perf_counter(), time.process_time()
             await asyncio.gather(*(conversation(i) for i in range(conversations)))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            child = (await worker.cpu_seconds() - child) if worker is not None else 0.0
+            fallbacks = worker.fallbacks if worker is not None else 0
             load_hops = [h * 1000 for h in hops]
             # The model time of each reply, read once after the run (not a read of the bench's own
             # per message, which would add to the load and the CPU measured).
@@ -158,8 +163,13 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
         print(f"  overhead mean/max : {statistics.mean(ms):.2f} / {max(ms):.2f} ms")
         print(f"  throughput        : {len(ms) / wall:.0f} messages/s over {wall:.1f} s")
         messages = conversations * (rounds + 1)
-        print(f"  service CPU       : {cpu / messages * 1000:.2f} ms per message, all threads "
-              f"(less swayed by other programs' load than the latencies above)")
+        print(f"  service CPU       : {(cpu + child) / messages * 1000:.2f} ms per message, all threads and the triage "
+              f"process (less swayed by other programs' load than the latencies above)")
+        if worker is not None:
+            print(f"  of which triage process: {child / messages * 1000:.2f} ms per message (pid {worker.pid}; "
+                  f"{fallbacks} message(s) triaged in the service's process instead)")
+        else:
+            print("  triage in the service's process (settings.safety.triage_process off)")
         print(f"  database visits   : {len(load_hops) / messages:.1f} per message; each took p50 {pct(load_hops, 50):.2f} / "
               f"p90 {pct(load_hops, 90):.2f} / p99 {pct(load_hops, 99):.2f} ms under this load (the floor below: one "
               f"round trip on an idle database)")

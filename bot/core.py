@@ -31,6 +31,7 @@ from bot.safety.layer import ForgetReport
 from bot.settings import Settings
 from bot.storage import Database, dumps, now
 from bot.tasks import classify_task
+from bot.triage_worker import TriageWorker
 from pipeline import dataset
 from pipeline.privacy import scrub
 from reviewers import judge
@@ -157,6 +158,9 @@ class ConversationCore:
                              max_attempts=cfg.max_attempts, redact=settings.redact)
         # Told the id of each new review item once it is stored (the judge's worker wakes up).
         self.item_listeners: list[Callable[[int], None]] = []
+        # The offline triage in a process of its own (bot/triage_worker.py), set by the Service
+        # when settings.safety.triage_process is on; None: triage runs in this process.
+        self.triage_worker: TriageWorker | None = None
 
     # ------------------------------------------------------------------ patients in
 
@@ -178,9 +182,10 @@ class ConversationCore:
             log.info("empty message from %s:%s ignored", msg.platform, msg.user_id)
             return await self._notice_only(msg, NOTICE_EMPTY, "empty")
         limited = bool(text) and self.safety.over_limit(msg)
+        triaging = self._submit_triage(text) if text else None  # the triage process works while we store
         conv, message_id, first_contact = await self._store_incoming(msg, text[:MAX_STORED_CHARS])
         result = HandleResult(message_id, conv.id)
-        verdict = await self.safety.triage_async(text) if text else None
+        verdict = await self._triage(text, triaging) if text else None
         crisis = verdict is not None and verdict.crisis
         if limited and not crisis:  # a crisis is never rate limited
             return await self.safety.rate_limited(msg, conv, message_id)
@@ -223,7 +228,7 @@ class ConversationCore:
         if row is None:
             return HandleResult(None, None, status="unknown_message")
         result = HandleResult(row["id"], row["conversation_id"])
-        verdict = await self.safety.triage_async(text)
+        verdict = await self._triage(text)
         if not verdict.crisis:
             log.info("message %s was edited; triaged again: no crisis", row["id"])
             result.status = "edit_triaged"
@@ -232,6 +237,23 @@ class ConversationCore:
                                row["platform_user_id"])
         log.warning("message %s was edited into a crisis message", row["id"])
         return await self._crisis(row, conv, verdict, result)
+
+    def _submit_triage(self, text: str) -> "asyncio.Future[Any] | None":
+        """Hand ``text`` to the triage process now (None: it is not running, or remote layers are
+        configured and :meth:`SafetyLayer.triage_async` combines them here)."""
+        if self.triage_worker is None or self.safety.remote:
+            return None
+        return self.triage_worker.submit(text)
+
+    async def _triage(self, text: str, submitted: "asyncio.Future[Any] | None" = None) -> Triage:
+        """The safety verdict on a patient's text: from the triage process when it runs (``submitted``:
+        the text was already handed to it), else — and whenever it fails or is late — computed here."""
+        worker = self.triage_worker
+        if worker is not None and not self.safety.remote:
+            verdict = await worker.result(submitted if submitted is not None else worker.submit(text))
+            if verdict is not None:
+                return verdict
+        return await self.safety.triage_async(text)
 
     @staticmethod
     def _merge(result: HandleResult, answered: HandleResult) -> None:
@@ -540,7 +562,7 @@ class ConversationCore:
         text = row["text"]
         result = HandleResult(message_id, conv.id)
         if verdict is None:  # retry, /resume, recovery: triage again (the classifiers may have changed)
-            verdict = await self.safety.triage_async(text)
+            verdict = await self._triage(text)
         if verdict.crisis:
             return await self._crisis(row, conv, verdict, result)
         if row["conv_status"] == TAKEN_OVER:  # a person has this conversation: the model stays out

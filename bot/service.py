@@ -38,6 +38,7 @@ class Service:
 
         self.settings = settings
         self.db = Database(settings.db_path)
+        self._pack_from_settings = pack is None  # the triage process loads the same file
         self.pack = pack or load_pack(settings.pack_path)
         self.demo = demo
         self.backend = backend or make_backend(settings, model_path=model_path)
@@ -74,6 +75,14 @@ class Service:
         if added:
             log.info("imported %d seed examples from the %s pack", added, self.pack.name)
         await self.backend.start()
+        if self.settings.safety.use_triage_process and self._pack_from_settings and self.core.triage_worker is None:
+            from bot.safety.detector import crisis_model
+            from bot.triage_worker import TriageWorker, worker_config
+
+            # Starts in the background; until it is ready the service triages messages itself.
+            model = crisis_model(self.pack, cache_dir=self.settings.data_dir / "cache")  # loaded by SafetyLayer
+            self.core.triage_worker = TriageWorker(worker_config(self.settings), model)
+            self.core.triage_worker.start()
         await self._load_live_adapter()
         if self.sole_instance:  # nobody else answers this database: what a dead process held is due now
             released = await self.core.release_claims_of_a_previous_run()
@@ -175,5 +184,8 @@ class Service:
         await asyncio.gather(*running, return_exceptions=True)  # none of them touches the database after this
         if self.judging is not None:
             await self.judging.stop()
+        if self.core.triage_worker is not None:
+            worker, self.core.triage_worker = self.core.triage_worker, None
+            await worker.close()
         await self.backend.close()
         await self.db.close()

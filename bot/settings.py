@@ -362,6 +362,15 @@ class SafetySettings(Section):
     # Regions the patients are in (keys or aliases of the pack's crisis_resources.toml, e.g.
     # ["US", "UK"]): `llm4sweat doctor` checks the pack has local crisis resources for each.
     regions: list[str] = Field(default_factory=list)
+    # The offline triage (rules + learned model, 1-2 ms of CPU per message) in a process of its
+    # own beside the service (bot/triage_worker.py), so it does not hold up other conversations;
+    # unset: on when the machine has more than one core. Its verdicts are the same; when it is
+    # not ready, fails or is late, the service triages the message itself.
+    triage_process: bool | None = None
+
+    @property
+    def use_triage_process(self) -> bool:
+        return self.triage_process if self.triage_process is not None else (os.cpu_count() or 1) > 1
 
 
 class ServeSettings(Section):

@@ -19,6 +19,9 @@ def isolated_environment(monkeypatch):
     for name in list(os.environ):
         if name.startswith(("LLM4SWEAT_", "SLACK_")):
             monkeypatch.delenv(name)
+    # Services in tests triage in their own process: a triage process per service would cost each
+    # test a second interpreter (tests/test_triage_worker.py runs it, and the soak bench does).
+    monkeypatch.setenv("LLM4SWEAT_SAFETY__TRIAGE_PROCESS", "false")
 
 
 @pytest.fixture
