@@ -157,6 +157,34 @@ def test_corpus_hash_changes_with_any_byte(tmp_path):
     assert corpus_hash([f]) != h
 
 
+def test_changing_only_the_exclusions_trains_a_new_model(tmp_path, monkeypatch):
+    """excluded.tsv is part of the model's key: a model cached before a row was excluded still
+    holds that row, so it must not be reused (in memory or on disk) once the exclusions change."""
+    import bot.safety.corpus as corpus
+    import bot.safety.detector as detector
+
+    batch = tmp_path / "T1.jsonl"
+    batch.write_text('{"id": "a", "text": "one", "label": "benign"}\n{"id": "b", "text": "two", "label": "crisis"}\n',
+                     encoding="utf-8")
+    excluded = tmp_path / "excluded.tsv"
+    excluded.write_text("# none\n", encoding="utf-8")
+    monkeypatch.setattr(corpus, "EXCLUDED", excluded)
+    monkeypatch.setattr(detector, "training_files", lambda pack=None: [batch])
+    monkeypatch.setattr(detector, "_models", {})
+    trained = []
+
+    def fake_load_or_train(rows_loader, key, cache_dir):
+        trained.append((key, [r.id for r in rows_loader()]))
+        return type("Model", (), {"n_train": len(trained[-1][1]), "corpus_hash": key})()
+
+    monkeypatch.setattr(clf, "load_or_train", fake_load_or_train)
+    first = detector.crisis_model(None, cache_dir=tmp_path)
+    assert detector.crisis_model(None, cache_dir=tmp_path) is first and len(trained) == 1  # same files, same model
+    excluded.write_text("b\tnearly repeats red-team x (0.90)\n", encoding="utf-8")
+    second = detector.crisis_model(None, cache_dir=tmp_path)
+    assert second is not first and trained[1][1] == ["a"] and trained[1][0] != trained[0][0]
+
+
 def test_a_learned_red_flag_gets_a_pack_id(pack):
     ids = {flag.id for flag in pack.red_flags}
     model = crisis_model(pack)

@@ -101,6 +101,13 @@ def corpus_hash(files: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
+def training_hash(files: Iterable[Path]) -> str:
+    """The key of a model trained on ``files``: their bytes and the exclusions ``load_corpus``
+    applies to them (a changed ``excluded.tsv`` alone changes the rows trained on)."""
+    files = list(files)
+    return corpus_hash([*files, EXCLUDED] if EXCLUDED.is_file() else files)
+
+
 def _row(data: dict[str, Any], batch: str, where: str) -> Row:
     text = data.get("text")
     if not isinstance(text, str) or not text.strip():
@@ -137,7 +144,8 @@ def read_rows(path: Path, batch: str | None = None) -> list[Row]:
     return out
 
 
-def excluded_ids(path: Path = EXCLUDED) -> set[str]:
+def excluded_ids(path: Path | None = None) -> set[str]:
+    path = EXCLUDED if path is None else path
     if not path.is_file():
         return set()
     return {line.split("\t")[0].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")}

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from bot.safety.corpus import corpus_files, corpus_hash, load_corpus, script_of
+from bot.safety.corpus import corpus_files, load_corpus, script_of, training_hash
 
 from bot.safety.language import _CJK, _TOKEN, detect_language
 from bot.safety.encoded import find_encoded
@@ -93,7 +93,7 @@ def default_cache_dir() -> Path:
 
 def crisis_model(pack: Any = None, cache_dir: Path | None = None):
     """The trained :class:`bot.safety.classifier.SafetyModel` for this pack's corpus: from this
-    process's memory, else the cache file for the corpus hash in ``cache_dir`` (the service
+    process's memory, else the cache file for the corpus hash (files and exclusions) in ``cache_dir`` (the service
     passes its data directory), else trained now and cached there."""
     from bot.safety.classifier import load_or_train
 
@@ -101,7 +101,7 @@ def crisis_model(pack: Any = None, cache_dir: Path | None = None):
     if cached is not None and cached[0] is pack:
         return cached[1]
     files = training_files(pack)
-    key = corpus_hash(files)
+    key = training_hash(files)  # the files and excluded.tsv: either changes the rows trained on
     with _model_lock:
         model = _models.get(key)
         if model is None:
