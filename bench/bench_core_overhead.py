@@ -107,10 +107,10 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
         hops: list[float] = []  # seconds of each visit to the database thread (Database.run), under the load
         untimed_run = service.db.run
 
-        async def timed_run(fn, write=True):  # on this instance only: every read and write of the service
+        async def timed_run(fn, write=True, **how):  # on this instance only: every read and write of the service
             started = time.perf_counter()
             try:
-                return await untimed_run(fn, write)
+                return await untimed_run(fn, write, **how)
             finally:
                 hops.append(time.perf_counter() - started)
 
@@ -140,6 +140,7 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             child = (await worker.cpu_seconds() - child) if worker is not None else 0.0
             fallbacks = worker.fallbacks if worker is not None else 0
+            service_here_busy = service.db.here_busy
             load_hops = [h * 1000 for h in hops]
             # The model time of each reply, read once after the run (not a read of the bench's own
             # per message, which would add to the load and the CPU measured).
@@ -173,6 +174,8 @@ async def main(conversations: int, rounds: int, delay: float) -> None:
         print(f"  database visits   : {len(load_hops) / messages:.1f} per message; each took p50 {pct(load_hops, 50):.2f} / "
               f"p90 {pct(load_hops, 90):.2f} / p99 {pct(load_hops, 99):.2f} ms under this load (the floor below: one "
               f"round trip on an idle database)")
+        print(f"  loop's connection : {service_here_busy} unit(s) found the database locked and went to the database "
+              f"thread instead")
         normal = [t * 1000 for t in commit_floor(Path(tmp), "NORMAL")]
         full = [t * 1000 for t in commit_floor(Path(tmp), "FULL")]
         hop = [t * 1000 for t in await hop_floor(Path(tmp) / "floor-NORMAL.db")]

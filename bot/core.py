@@ -412,7 +412,7 @@ class ConversationCore:
             ).lastrowid
             return conversation_id, message_id, first_contact
 
-        conversation_id, message_id, first_contact = await self.db.run(store)
+        conversation_id, message_id, first_contact = await self.db.run(store, here=True)
         conv = ConversationRef(int(conversation_id), msg.platform, msg.channel_id, msg.thread_id, msg.user_id)
         log.info("message %s stored (conversation %s, %d chars)", message_id, conversation_id, len(text))
         metrics.MESSAGES.labels(platform=msg.platform).inc()
@@ -534,7 +534,7 @@ class ConversationCore:
             row = conn.execute(_ANSWER_ROW_SQL, (message_id,)).fetchone()
             return row, history_rows(conn, row["conversation_id"], message_id)
 
-        return await self.db.run(claim)
+        return await self.db.run(claim, here=True)
 
     async def release_claims_of_a_previous_run(self) -> int:
         """At start, when this process alone serves the database (``Service.sole_instance``):
@@ -631,7 +631,7 @@ class ConversationCore:
             ])
             return reply_id, item_id, gated, claimed
 
-        reply_id, item_id, gated, claimed = await self.db.run(store)
+        reply_id, item_id, gated, claimed = await self.db.run(store, here=True)
         await self.outbox.apply(claimed)
         for listener in self.item_listeners:
             listener(item_id)
@@ -937,7 +937,7 @@ class ConversationCore:
                     history_rows(conn, item["conversation_id"], item["message_id"]),
                     conversation_case(conn, item["conversation_id"]) if held else None)
 
-        parts = await self.db.run(read, write=False)
+        parts = await self.db.run(read, write=False, here=True)
         if parts is None:
             return None
         item, decisions, judged, history, case = parts
@@ -996,7 +996,7 @@ class ConversationCore:
         await self.outbox.apply(claimed)
 
     async def _set_message_status(self, message_id: int, status: str) -> None:
-        await self.db.execute("UPDATE messages SET status = ? WHERE id = ?", (status, message_id))
+        await self.db.execute("UPDATE messages SET status = ? WHERE id = ?", (status, message_id), here=True)
 
     # ------------------------------------------------------------------ service state
 

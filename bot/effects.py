@@ -108,7 +108,7 @@ class EffectApplier:
             " c.platform, c.channel_id, c.thread_id, p.platform_user_id FROM replies r"
             " JOIN conversations c ON c.id = r.conversation_id JOIN patients p ON p.id = c.patient_id"
             " LEFT JOIN review_items i ON i.reply_id = r.id WHERE r.id = ?",
-            (effect.payload["reply_id"],),
+            (effect.payload["reply_id"],), here=True,
         )
         if row is None:
             return  # the patient asked to be forgotten: nothing left to show
@@ -123,7 +123,7 @@ class EffectApplier:
             new_ids = await platform.send_to_patient(conv, view)
         if new_ids and new_ids != ids:
             await db.execute("UPDATE replies SET platform_message_ids = ?, updated_at = ? WHERE id = ?",
-                             (dumps(new_ids), now(), row["id"]))
+                             (dumps(new_ids), now(), row["id"]), here=True)
 
     async def _review_card(self, effect: Effect) -> None:
         item_id = effect.payload["item_id"]
@@ -140,7 +140,7 @@ class EffectApplier:
             if ref:
                 await self.core.db.execute(
                     "UPDATE review_items SET card_ref = json_set(COALESCE(card_ref, '{}'), ?, ?) WHERE id = ?",
-                    (f'$."{name}"', ref, item_id),
+                    (f'$."{name}"', ref, item_id), here=True,
                 )
 
     async def _dataset_example(self, effect: Effect) -> None:

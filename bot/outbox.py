@@ -177,7 +177,7 @@ class Outbox:
             return failing
 
         try:
-            failing = await self.db.run(finish)
+            failing = await self.db.run(finish, here=True)
         except Exception:  # the database is closing; rows still claimed are taken back on the next start
             log.exception("recording the outcome of %d effect(s) failed", len(results))
             return

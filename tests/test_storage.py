@@ -63,13 +63,13 @@ async def test_the_hot_paths_find_rows_by_index_not_by_reading_whole_tables(serv
     from tests.test_core import REVIEWER, SCORED, msg
 
     statements: list[str] = []
-    await service.db.run(lambda conn: conn.set_trace_callback(statements.append), write=False)
+    await service.db.each_connection(lambda conn: conn.set_trace_callback(statements.append))
     await service.core.handle_message(msg("My palms sweat when I write, what helps?"))
     second = await service.core.handle_message(msg("And what about my feet at night?"))
     await service.core.decide(second.item_id, REVIEWER, Action.APPROVE, rubric=SCORED)
     crisis = await service.core.handle_message(msg("I want to kill myself tonight"))
     await service.core.handle_message(msg("/forget-me"))
-    await service.db.run(lambda conn: conn.set_trace_callback(None), write=False)
+    await service.db.each_connection(lambda conn: conn.set_trace_callback(None))
     assert crisis.status == "crisis" and len(statements) > 20
     scans = []
     for sql in dict.fromkeys(statements):  # expanded SQL (values inline), each distinct one once
@@ -107,3 +107,106 @@ def test_a_database_whose_thread_has_stopped_says_so_instead_of_waiting_forever(
             second.run_until_complete(asyncio.wait_for(db.close(), 5))
     finally:
         second.close()
+
+
+async def test_hot_path_units_run_on_the_loop_thread_as_their_own_transactions(tmp_path):
+    """``run(..., here=True)``: no hop to the database thread; each write unit is one transaction
+    (committed for the shared connection to see, rolled back whole on an error)."""
+    db = await Database(tmp_path / "x.db").open()
+    try:
+        loop_thread = threading.get_ident()
+        seen: list[int] = []
+
+        def insert(conn):
+            seen.append(threading.get_ident())
+            conn.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'a', 0)")
+            return conn.in_transaction
+
+        assert await db.run(insert, here=True) is True
+        assert seen == [loop_thread]
+        assert await db.fetchval("SELECT COUNT(*) FROM patients") == 1  # the shared connection sees it
+
+        def half(conn):
+            conn.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'b', 0)")
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            await db.run(half, here=True)
+        assert await db.fetchval("SELECT COUNT(*) FROM patients") == 1
+        assert await db.fetchval("SELECT COUNT(*) FROM patients", here=True) == 1
+        await db.run(lambda conn: seen.append(threading.get_ident()), write=False)
+        assert seen[-1] != loop_thread  # without here: the database thread, as before
+    finally:
+        await db.close()
+
+
+async def test_the_loop_never_waits_for_a_lock_and_a_locked_unit_goes_to_the_database_thread(tmp_path):
+    """Another process (here: another connection) holds the write lock: a unit ``here`` does not
+    block the event loop on it (busy_timeout 0) but goes to the database thread, which waits for
+    the lock as before; a unit while a transaction() is open waits behind it, as before."""
+    db = await Database(tmp_path / "x.db").open()
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'a', 0)")
+        ticks = 0
+
+        async def ticking():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(ticking())
+        write = asyncio.create_task(db.execute(
+            "INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'b', 0)", here=True))
+        await asyncio.sleep(0.3)
+        assert not write.done() and ticks >= 10  # waiting in the database thread; the loop runs on
+        other.execute("COMMIT")
+        await asyncio.wait_for(write, 5)
+        ticker.cancel()
+        assert db.here_busy == 1
+        assert await db.fetchval("SELECT COUNT(*) FROM patients", here=True) == 2
+
+        async with db.transaction() as conn:  # the shared connection writes across awaits
+            await conn.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'c', 0)")
+            queued = asyncio.create_task(db.fetchval("SELECT COUNT(*) FROM patients", here=True))
+            await asyncio.sleep(0.05)
+            assert not queued.done()  # not a read beside the open transaction: behind it, as before
+        assert await queued == 3
+    finally:
+        other.close()
+        await db.close()
+
+
+async def test_the_loop_connection_leaves_wal_checkpoints_to_the_database_thread(tmp_path, monkeypatch):
+    from bot import storage
+
+    monkeypatch.setattr(storage, "CHECKPOINT_EVERY_COMMITS", 20)
+    db = await Database(tmp_path / "x.db").open()
+    try:
+        assert db._here.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert db._here.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+        assert db._here.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert db._here.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        checkpoints: list[int] = []
+        await db.run(lambda conn: conn.set_trace_callback(
+            lambda sql: checkpoints.append(threading.get_ident()) if "wal_checkpoint" in sql else None), write=False)
+        for i in range(45):
+            await db.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', ?, 0)",
+                             (str(i),), here=True)
+            if i % 20 == 19:
+                await asyncio.sleep(0.1)  # (the loop runs the checkpoint's hand-over when it next waits)
+        assert len(checkpoints) == 2 and threading.get_ident() not in checkpoints
+    finally:
+        await db.close()
+
+
+async def test_an_in_memory_database_has_one_connection(tmp_path):
+    db = await Database(":memory:").open()
+    try:
+        await db.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'a', 0)",
+                         here=True)
+        assert await db.fetchval("SELECT COUNT(*) FROM patients", here=True) == 1
+    finally:
+        await db.close()
