@@ -57,6 +57,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
 import tomllib
 import unicodedata
 from collections import Counter, defaultdict
@@ -268,6 +269,7 @@ class RedFlag(_Record):
     _compiled: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
     _compiled_negations: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
     _any: re.Pattern[str] | None = PrivateAttr(default=None)
+    _any_lower: re.Pattern[str] | None = PrivateAttr(default=None)
 
     @field_validator("id")
     @classmethod
@@ -288,10 +290,14 @@ class RedFlag(_Record):
         self._compiled = [re.compile(p, re.IGNORECASE) for p in self.patterns]
         self._compiled_negations = [re.compile(p, re.IGNORECASE) for p in self.negations]
         self._any = _alternation(self.patterns)
+        self._any_lower = _lower_alternation(self.patterns) if self._any is not None else None
 
     def find(self, text: str) -> list[re.Match[str]]:
         """Every pattern match in ``text`` that is not inside a negated phrase."""
-        if self._any is not None and self._any.search(text) is None:
+        if self._any_lower is not None and text.isascii():
+            if self._any_lower.search(text.lower()) is None:  # the same answer as _any, ~3x faster
+                return []
+        elif self._any is not None and self._any.search(text) is None:
             return []  # no pattern matches anywhere (one scan instead of one per pattern and negation)
         negated = [m.span() for n in self._compiled_negations for m in n.finditer(text)]
         found = []
@@ -316,6 +322,69 @@ def _alternation(patterns: list[str]) -> re.Pattern[str] | None:
     try:
         return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
     except re.error:
+        return None
+
+
+@lru_cache(maxsize=None)
+def _folds_to_ascii(code: int) -> bool:
+    """Whether the non-ASCII character ``code`` matches an ASCII letter case-insensitively (İ ı ſ K)."""
+    pattern = re.compile(re.escape(chr(code)), re.IGNORECASE)
+    return any(pattern.fullmatch(letter) for letter in string.ascii_letters)
+
+
+def _lower_alternation(patterns: list[str]) -> re.Pattern[str] | None:
+    """``_alternation`` without IGNORECASE, for ASCII text lower-cased first, or None when that could
+    answer differently: on ASCII text, case-insensitive matching and matching the lower-cased text
+    agree for a pattern whose every literal and set is closed under ASCII lower-casing — no
+    upper-case letter, no range holding an upper-case letter but not its lower case (``[0-_]``), no
+    non-ASCII character (some match ASCII letters case-insensitively: K, ſ) — and which has no
+    conditional group. Checked on the parsed pattern, so escapes (``\\x41``) count too."""
+    from re import _constants as c, _parser as parser  # type: ignore[attr-defined]
+
+    def safe_char(code: int) -> bool:
+        return not chr(code).isupper() if code < 128 else not _folds_to_ascii(code)
+
+    def safe(items: Any) -> bool:
+        for op, av in items:
+            if op in (c.LITERAL, c.NOT_LITERAL):
+                if not safe_char(av):
+                    return False
+            elif op in (c.IN,):
+                for set_op, set_av in av:
+                    if set_op == c.LITERAL and not safe_char(set_av):
+                        return False
+                    if set_op == c.RANGE:
+                        low, high = set_av
+                        if any(not low <= u + 32 <= high for u in range(max(low, 65), min(high, 90) + 1)):
+                            return False  # holds an upper-case letter, not its lower case
+                        if high >= 128 and (high - low > 4096 or any(map(_folds_to_ascii, range(max(low, 128), high + 1)))):
+                            return False
+                    if set_op not in (c.LITERAL, c.RANGE, c.CATEGORY, c.NEGATE):
+                        return False
+            elif op in (c.SUBPATTERN,):
+                if not safe(av[-1]):
+                    return False
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+                if not safe(av[2]):
+                    return False
+            elif op == c.BRANCH:
+                if not all(safe(branch) for branch in av[1]):
+                    return False
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                if not safe(av[1]):
+                    return False
+            elif op == c.ATOMIC_GROUP:
+                if not safe(av):
+                    return False
+            elif op not in (c.AT, c.ANY, c.CATEGORY):
+                return False
+        return True
+
+    try:
+        if not all(safe(parser.parse(p).data) for p in patterns):
+            return None
+        return re.compile("|".join(f"(?:{p})" for p in patterns))
+    except (re.error, AttributeError, TypeError, ValueError):
         return None
 
 

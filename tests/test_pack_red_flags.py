@@ -277,3 +277,48 @@ def test_secondary_seed_questions_trip_a_flag_and_primary_ones_do_not(pack):
             assert found, f"secondary seed {seed.id} trips no red flag: {seed.question!r}"
         else:
             assert not found, f"primary seed {seed.id} trips {found}: {seed.question!r}"
+
+
+@pytest.mark.parametrize("every", [12, pytest.param(1, marks=pytest.mark.slow)])
+def test_the_fast_scan_of_ascii_text_finds_exactly_what_the_case_insensitive_patterns_find(pack, every):
+    """RedFlag.find skips an ASCII text whose lower case the joined patterns (without IGNORECASE,
+    ~3x faster) do not match: the same red flags and matches as the case-insensitive scan on the
+    training-corpus texts (every 12th in the fast tier, all 30,000+ in the slow one: 40 s) and
+    their upper-case copies, and on texts written to tell them apart; patterns for which
+    lower-casing could answer differently keep the case-insensitive scan."""
+    import json
+    import re
+    from pathlib import Path
+
+    from pipeline.packs import RedFlag, _lower_alternation
+
+    data = Path(__file__).resolve().parent.parent / "bot" / "safety" / "data"
+    texts = [json.loads(line)["text"] for path in [data / "crisis_train.jsonl", *sorted((data / "corpus").glob("*.jsonl"))]
+             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][::every]
+    texts += ["I SWEAT AT NIGHT AND HAVE A FEVER", "Night Sweats Since I Started A New Medication", "KELVIN sſ",
+              "Started at 45, DRENCHING night sweats", "İ have a fever"]
+    for text in POSITIVE_TEXTS + texts:
+        texts.append(text.upper())
+    assert len(texts) > 60_000 // every
+    flags = pack.red_flags
+    assert all(flag._any_lower is not None for flag in flags)  # every shipped flag gets the fast scan
+
+    def slow(flag, text):
+        saved, flag._any_lower = flag._any_lower, None
+        try:
+            return [(m.span(), m.group(0)) for m in flag.find(text)]
+        finally:
+            flag._any_lower = saved
+
+    for text in texts:
+        for flag in flags:
+            assert [(m.span(), m.group(0)) for m in flag.find(text)] == slow(flag, text), (flag.id, text)
+    # lower-casing would answer differently: these keep the case-insensitive scan
+    for pattern in ["[0-_]", r"\x41", "\u212a", "Night", "(?i)x", r"(a)\1"]:
+        assert _lower_alternation([pattern]) is None, pattern
+    odd = RedFlag(id="rf-odd", name="odd", description="d", patterns=["[0-_]x", "fever"], advice="a")
+    assert [m.group(0) for m in odd.find("Ax and FEVER")] == ["Ax", "FEVER"]
+    assert re.search("[0-_]x", "ax", re.I) and odd.find("ax")
+
+
+POSITIVE_TEXTS = [text for texts in POSITIVE.values() for text in texts]
