@@ -107,13 +107,33 @@ def test_one_message_gets_the_batch_numbers(pack, rows):
     """``assess`` (one message, numpy only: the triage's path) gives what ``probs_matrix`` and
     ``red_flag_ids`` give for a batch."""
     model = crisis_model(pack)
-    texts = [r.text for r in rows[::97]]
+    texts = [r.text for r in rows[::97]] + [r.text for r in rows if r.form == "long_buried"][:20]
     expected = model.probs_matrix(texts)
     ids = model.red_flag_ids(texts)
     for i, text in enumerate(texts):
         probs, flag = model.assess(text)
         assert np.allclose([probs[c] for c in clf.CLASSES], expected[i], atol=1e-6)
         assert flag == ids[i]
+
+
+def test_long_messages_are_also_read_two_sentences_at_a_time():
+    """A crisis in one sentence of a long everyday message: a window of two sentences the model is
+    sure of (>= WINDOW_CONFIDENT) lifts the message's crisis probability; a merely likely window
+    does not, a short message has no windows, and the other classes keep the whole message's."""
+    text = "Work was long today. I fed the cat. I have the pills ready for tonight. The weather is nice."
+    assert clf.windows(text) == ["Work was long today. I fed the cat.", "I fed the cat. I have the pills ready for tonight.",
+                                 "I have the pills ready for tonight. The weather is nice."]
+    assert clf.windows("One sentence. Two sentences.") == []
+    c = clf.CLASSES.index("crisis")
+    whole = np.array([[0.7, 0.2, 0.05, 0.05], [0.7, 0.2, 0.05, 0.05], [0.7, 0.2, 0.05, 0.05]])
+
+    def scorer(sure):
+        return lambda parts: np.array([[0.0, sure if "pills" in p else 0.01, 0.0, 0.0] for p in parts])
+
+    lifted = clf.with_windows(whole, [text, "Short. Message.", text], scorer(0.97))
+    assert lifted[0, c] == 0.97 and lifted[1, c] == 0.2 and lifted[2, c] == 0.97
+    assert np.array_equal(np.delete(lifted, c, axis=1), np.delete(whole, c, axis=1))
+    assert clf.with_windows(whole, [text] * 3, scorer(0.9))[0, c] == 0.2  # not sure enough: unchanged
 
 
 def test_ngrams_are_hashed_the_same_in_every_process():

@@ -45,9 +45,17 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "hash-mlp-5"  # part of the cache key: change it when features or training change
+MODEL_VERSION = "hash-mlp-6"  # part of the cache key: change it when features or training change
 CLASSES = ("benign", "crisis", "injection", "red_flag")
 KEEP_CACHED = 3
+# Long messages are also read two sentences at a time: a crisis in one sentence of a long everyday
+# post is diluted in the whole message's n-grams. A window the model is this sure of lifts the
+# message's crisis probability to its own (a lower bar flagged too many long benign posts, whose
+# sentences out of context read as crises; docs/safety.md has the figures).
+WINDOW_MIN_SENTENCES = 3
+WINDOW_SENTENCES = 2
+WINDOW_CONFIDENT = 0.95
+MAX_WINDOWS = 64  # work per message stays bounded (64 windows: about 10 ms more for a very long message)
 
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _LEET_CHARS = frozenset("013457@$")
@@ -334,13 +342,18 @@ class SafetyModel:
     def _hidden(self, X) -> np.ndarray:
         return np.maximum(np.asarray(X @ self.w1) + self.b1, 0.0)
 
-    def probs_matrix(self, texts: Sequence[str]) -> np.ndarray:
-        """Rows of class probabilities in :data:`CLASSES` order."""
+    def _whole_probs(self, texts: Sequence[str]) -> np.ndarray:
         X = self.featurizer.transform(list(texts))
         z = self._hidden(X) @ self.w2 + self.b2
         if self.w0 is not None:
             z += np.asarray(X @ self.w0)
         return _softmax(z).astype(np.float64)
+
+    def probs_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        """Rows of class probabilities in :data:`CLASSES` order; for a long message the crisis
+        entry is :func:`with_windows`' (so a row need not sum to one)."""
+        texts = list(texts)
+        return with_windows(self._whole_probs(texts), texts, self._whole_probs)
 
     def probs(self, text: str) -> dict[str, float]:
         return dict(zip(CLASSES, (float(p) for p in self.probs_matrix([text])[0])))
@@ -360,7 +373,7 @@ class SafetyModel:
         z = h @ self.w2 + self.b2
         if self.w0 is not None:
             z += vals @ self.w0[cols]
-        p = _softmax(z[None, :])[0]
+        p = with_windows(_softmax(z[None, :]).astype(np.float64), [text], self._whole_probs)[0]
         rf = self.red_flag_classes[int(np.argmax(h @ self.w3 + self.b3))] if self.red_flag_classes else ""
         return {c: float(x) for c, x in zip(CLASSES, p)}, rf
 
@@ -392,6 +405,38 @@ class SafetyModel:
         counts = {c: int((y == i).sum()) for i, c in enumerate(CLASSES)}
         return cls(featurizer, w1, b1, w2, b2, red_flag_classes=rf_classes, w3=w3, b3=b3, w0=w0, n_train=len(texts),
                    corpus_hash=corpus_hash, counts=counts)
+
+
+def windows(text: str) -> list[str]:
+    """The overlapping runs of :data:`WINDOW_SENTENCES` sentences of a message of
+    :data:`WINDOW_MIN_SENTENCES` sentences or more (none for a shorter one; the first
+    :data:`MAX_WINDOWS` of a very long one)."""
+    from bot.safety.augment import sentences
+
+    parts = sentences(text)
+    if len(parts) < WINDOW_MIN_SENTENCES:
+        return []
+    return [" ".join(parts[i : i + WINDOW_SENTENCES]) for i in range(len(parts) - WINDOW_SENTENCES + 1)][:MAX_WINDOWS]
+
+
+def with_windows(probs: np.ndarray, texts: Sequence[str], score) -> np.ndarray:
+    """``probs`` (whole messages) with each long message's crisis probability raised to that of its
+    most crisis-like window when the model gives that window :data:`WINDOW_CONFIDENT` or more.
+    ``score``: texts → probability rows (the whole-message model)."""
+    owners, parts = [], []
+    for i, text in enumerate(texts):
+        found = windows(text)
+        owners += [i] * len(found)
+        parts += found
+    if not parts:
+        return probs
+    c = CLASSES.index("crisis")
+    best = np.zeros(len(texts))
+    np.maximum.at(best, np.asarray(owners), score(parts)[:, c])
+    probs = probs.copy()
+    lift = best >= WINDOW_CONFIDENT
+    probs[lift, c] = np.maximum(probs[lift, c], best[lift])
+    return probs
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
