@@ -9,6 +9,7 @@ model was trained with (``bot.chat_format``).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from bot.chat_format import with_task
@@ -28,15 +29,7 @@ def build_prompt(
 ) -> ChatMessages:
     """Chat messages for the model. ``history`` is (role, text) pairs, oldest first; ``task``
     (``bot.tasks.classify_task`` of the message) becomes the system turn's last line."""
-    system = pack.system_message()
-    if extra_system:
-        system += "\n\n" + extra_system.strip()
-    if red_flag_advice:
-        system += (
-            "\n\nThis patient's message mentions signs that can point to another cause. Say kindly and clearly"
-            " that they should see a doctor soon, and why:\n- " + "\n- ".join(red_flag_advice)
-        )
-    system = with_task([{"role": "system", "content": system}], task)[0]["content"]
+    system = system_turn(pack.system_message(), extra_system, tuple(red_flag_advice), task)
     used = count_tokens(system) + 8
     remaining = budget - used
     new_tokens = count_tokens(message) + 4
@@ -56,3 +49,19 @@ def build_prompt(
     while kept and kept[0]["role"] != "user":  # never open the history mid-exchange
         kept.pop(0)
     return [{"role": "system", "content": system}, *kept, {"role": "user", "content": message}]
+
+
+@lru_cache(maxsize=256)
+def system_turn(base: str, extra_system: str, red_flag_advice: tuple[str, ...], task: str | None) -> str:
+    """The system turn: the pack's system message, the safety layer's extra lines, red-flag
+    advice, then the task line. Remembered: nearly every message has one of a few (per message it
+    was a regular-expression pass over the whole system prompt)."""
+    system = base
+    if extra_system:
+        system += "\n\n" + extra_system.strip()
+    if red_flag_advice:
+        system += (
+            "\n\nThis patient's message mentions signs that can point to another cause. Say kindly and clearly"
+            " that they should see a doctor soon, and why:\n- " + "\n- ".join(red_flag_advice)
+        )
+    return with_task([{"role": "system", "content": system}], task)[0]["content"]

@@ -19,9 +19,12 @@ _KEYWORDS = {
 }
 
 
+_COMPILED = {task: re.compile(pattern) for task, pattern in _KEYWORDS.items()}
+
+
 def classify_task(text: str) -> str:
     """The task whose keywords occur most often; diagnosis when nothing matches."""
     lowered = text.lower()
-    scores = {task: len(re.findall(pattern, lowered)) for task, pattern in _KEYWORDS.items()}
+    scores = {task: len(pattern.findall(lowered)) for task, pattern in _COMPILED.items()}
     best = max(scores, key=lambda task: scores[task])
     return best if scores[best] > 0 else "diagnosis"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -59,8 +60,15 @@ def worker_config(settings: Any) -> dict[str, Any]:
 def verdict_from(fields: dict[str, Any]) -> Any:
     from bot.safety.verdict import Triage
 
-    names = {f.name for f in dataclasses.fields(Triage)}
+    names = _triage_fields()
     return Triage(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in names})
+
+
+@functools.lru_cache(maxsize=1)
+def _triage_fields() -> frozenset[str]:
+    from bot.safety.verdict import Triage
+
+    return frozenset(f.name for f in dataclasses.fields(Triage))
 
 
 class TriageWorker:

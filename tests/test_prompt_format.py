@@ -236,3 +236,25 @@ async def test_vllm_is_asked_to_render_the_template_with_the_pinned_date():
     finally:
         await server.stop()
     assert server.chat_bodies[-1]["chat_template_kwargs"] == {"date_string": "07 Jul 2025"}
+
+
+def test_the_remembered_system_turn_is_the_one_built_for_these_inputs():
+    """build_prompt remembers the system turn per (system message, extra lines, advice, task):
+    each input still changes it, in order, and advice given as a list or a tuple is the same."""
+    from types import SimpleNamespace
+
+    from bot.prompt import build_prompt
+
+    pack = SimpleNamespace(system_message=lambda: "You help with sweating.")
+
+    def system(**kw):
+        return build_prompt(pack, [], "hi", count_tokens=len, budget=10_000, **kw)[0]["content"]
+
+    plain = system(task="diagnosis")
+    assert plain == "You help with sweating.\n\nTask: diagnosis" and system(task="diagnosis") == plain
+    both = system(red_flag_advice=["fever: see a doctor", "weight loss: see a doctor"], task="treatment")
+    assert both.endswith("- fever: see a doctor\n- weight loss: see a doctor\n\nTask: treatment")
+    assert system(red_flag_advice=("fever: see a doctor", "weight loss: see a doctor"), task="treatment") == both
+    assert system(red_flag_advice=["weight loss: see a doctor", "fever: see a doctor"], task="treatment") != both
+    assert system(extra_system="Answer in French.", task="diagnosis") == (
+        "You help with sweating.\n\nAnswer in French.\n\nTask: diagnosis")
