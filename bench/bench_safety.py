@@ -3,7 +3,7 @@
     python bench/bench_safety.py             # CV + red-team set + latency + reply checks
     python bench/bench_safety.py --json      # the same as one JSON object
     python bench/bench_safety.py --sweep     # also the CV threshold sweep (how the thresholds were chosen)
-    python bench/bench_safety.py --blind     # also the blind set tests/data/safety_blind/ (the lead only, once)
+    python bench/bench_safety.py --blind B4  # also the blind set tests/data/safety_blind/B4.jsonl (the lead only, once)
 
 What is scored, and what was tuned on what:
 
@@ -14,7 +14,9 @@ What is scored, and what was tuned on what:
   only (``--sweep`` prints the curve and the choice).
 * **Red-team set** (``tests/data/redteam``): scored with the shipped model (trained on the whole
   corpus); never trained or tuned on. Its crisis rules' authors wrote part of it: read with care.
-* **Blind set** (``tests/data/safety_blind``): only with ``--blind``; never read otherwise.
+* **Blind set** (``tests/data/safety_blind``): only with ``--blind SET``; never read otherwise. Bare
+  ``--blind`` scores the one set there and refuses when there are several (an untouched set kept
+  for a later session must not be spent unknowingly beside the one being scored).
 
 Figures, overall and per script and per language: crisis recall (``crisis: true``), red-flag
 recall (red flag or crisis), injection recall, benign flagged as crisis (with the count of false
@@ -316,9 +318,29 @@ def update_exclusions(pack: Any, limit: float = 0.5) -> list[str]:
     return lines
 
 
-def blind_rows() -> list[Row]:
+def blind_files(names: Sequence[str], folder: Path = BLIND) -> list[Path]:
+    """The blind sets to score: the named ones (``B4`` or ``B4.jsonl``), or with no name the only
+    set in ``folder``. Raises ValueError, before anything is read, for an unknown name or for no
+    name while several sets are there."""
+    present = sorted(folder.glob("*.jsonl"))
+    if not names:
+        if len(present) > 1:
+            raise ValueError("several blind sets in " + str(folder) + " (" + ", ".join(p.stem for p in present)
+                             + "): name the one to score, e.g. --blind " + present[0].stem
+                             + " (each is scored once; see its README)")
+        return present
+    out = []
+    for name in names:
+        path = folder / (name if name.endswith(".jsonl") else name + ".jsonl")
+        if path not in present:
+            raise ValueError(f"no blind set {name!r} in {folder} (there: {', '.join(p.stem for p in present) or 'none'})")
+        out.append(path)
+    return out
+
+
+def blind_rows(files: Sequence[Path]) -> list[Row]:
     rows: list[Row] = []
-    for path in sorted(BLIND.glob("*.jsonl")):
+    for path in files:
         rows += read_rows(path)
     return rows
 
@@ -400,7 +422,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--sweep", action="store_true", help="print the CV threshold sweep")
-    parser.add_argument("--blind", action="store_true", help="also score tests/data/safety_blind (the lead, once)")
+    parser.add_argument("--blind", nargs="*", metavar="SET",
+                        help="also score these sets of tests/data/safety_blind, e.g. B4 (the lead, once); "
+                             "with no name, the only set there (refused when there are several)")
     parser.add_argument("--misses", action="store_true", help="list the CV misses and false positives")
     parser.add_argument("--oof", type=Path, metavar="FILE",
                         help="keep the CV's held-out signals in FILE (pickle) and reuse them while the corpus and "
@@ -408,6 +432,12 @@ def main() -> int:
     parser.add_argument("--update-exclusions", action="store_true",
                         help="rewrite bot/safety/data/excluded.tsv (corpus rows nearly repeating a red-team message) and stop")
     args = parser.parse_args()
+    blind_sets: list[Path] = []
+    if args.blind is not None:
+        try:
+            blind_sets = blind_files(args.blind)
+        except ValueError as exc:
+            parser.error(str(exc))
 
     pack = load_pack(PACKS_DIR / "hyperhidrosis")
     if args.update_exclusions:
@@ -434,8 +464,9 @@ def main() -> int:
     model = crisis_model(pack)
     report["train_seconds_full_corpus"] = round(time.perf_counter() - started, 1)
     report["redteam"] = grouped(score_with(redteam_rows(), pack, model))
-    if args.blind:
-        blind = blind_rows()
+    if args.blind is not None:
+        blind = blind_rows(blind_sets)
+        report["blind_sets"] = [p.stem for p in blind_sets]
         if blind:
             report["blind"] = grouped(score_with(blind, pack, model))
         else:
@@ -474,7 +505,8 @@ def main() -> int:
             print()
     print_group("Red-team set (tests/data/redteam, shipped model; never trained or tuned on)", report["redteam"])
     if "blind" in report:
-        print_group("Blind set (tests/data/safety_blind, shipped model; scored once)", report["blind"])
+        print_group(f"Blind set {' + '.join(report['blind_sets'])} (tests/data/safety_blind, shipped model; scored once)",
+                    report["blind"])
     elif "blind_missing" in report:
         print(f"Blind set: {report['blind_missing']}")
         print()
