@@ -1026,7 +1026,7 @@ class ConversationCore:
             "SELECT i.id, i.card_ref FROM review_items i JOIN replies r ON r.id = i.reply_id"
             " JOIN conversations c ON c.id = r.conversation_id WHERE c.updated_at < ? AND i.card_ref IS NOT NULL",
             (cutoff,))
-        await self.db.run(lambda conn: conn.execute("PRAGMA secure_delete = ON").fetchall(), write=False)
+        await self.db.each_connection(lambda conn: conn.execute("PRAGMA secure_delete = ON").fetchall())
         removed = await self.db.run(
             lambda conn: conn.execute("DELETE FROM conversations WHERE updated_at < ?", (cutoff,)).rowcount)
         if removed:
