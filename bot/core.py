@@ -686,6 +686,7 @@ class ConversationCore:
                 "SELECT id FROM incidents WHERE message_id = ? AND resolved_at IS NULL", (message_id,)
             )
             first_failure = await cursor.fetchone() is None
+            await cursor.close()  # a half-read cursor would pin an old snapshot and fail this connection's next write
             if first_failure:
                 await conn.execute(
                     "INSERT INTO incidents (kind, detail, message_id, created_at) VALUES ('model_unavailable', ?, ?, ?)",
