@@ -44,31 +44,31 @@ from bot.safety.verdict import Triage
 
 log = logging.getLogger(__name__)
 
-# Thresholds on the learned model's probabilities (bot.safety.classifier, MODEL_VERSION hash-mlp-5),
+# Thresholds on the learned model's probabilities (bot.safety.classifier, MODEL_VERSION hash-mlp-6),
 # chosen on the pooled leave-one-writer-out CV of the whole triage (rules + model) over the shipped
-# corpus (18 batches, 34,563 messages; `python bench/bench_safety.py --sweep`), recall-first; the
+# corpus (24 batches, 45,691 messages; `python bench/bench_safety.py --sweep`), recall-first; the
 # figures at these values are in docs/safety.md. Rules fire regardless.
-DEFAULT_THRESHOLD = 0.575  # crisis, Latin script: the lowest keeping benign-as-crisis within 0.10 on CV
-NON_LATIN_THRESHOLD = 0.4  # crisis, other scripts pooled (used by a script without its own, below)
-POSSIBLE_THRESHOLD = 0.15  # possible crisis (a person looks first): crisis OR possible reaches 0.97 on CV
+DEFAULT_THRESHOLD = 0.55  # crisis, Latin script: the lowest keeping benign-as-crisis within 0.10 on CV
+NON_LATIN_THRESHOLD = 0.35  # crisis, other scripts pooled (used by a script without its own, below)
+POSSIBLE_THRESHOLD = 0.075  # possible crisis (a person looks first): crisis OR possible reaches 0.97 on CV
 RED_FLAG_THRESHOLD = 0.8  # crisis threshold when the message trips a pack red flag and no crisis rule
-LEARNED_RED_FLAG_THRESHOLD = 0.775  # a red flag the pack's patterns missed, outside the pack's language
-LEARNED_RED_FLAG_OWN_LANGUAGE = 0.875  # the same, in the pack's own language (its patterns read it too)
-INJECTION_THRESHOLD = 0.825  # the highest still reaching injection recall 0.90 on CV
+LEARNED_RED_FLAG_THRESHOLD = 0.75  # a red flag the pack's patterns missed, outside the pack's language
+LEARNED_RED_FLAG_OWN_LANGUAGE = 0.925  # the same, in the pack's own language (its patterns read it too)
+INJECTION_THRESHOLD = 0.85  # the highest still reaching injection recall 0.90 on CV
 # Per script (the corpus spec's script names; ``bot.safety.corpus.script_of``), chosen the same way on
 # that script's CV messages alone where CV had enough of them (150 benign messages for crisis, 80
 # red flags or injections): these override the values above for that script.
 CRISIS_BY_SCRIPT: tuple[tuple[str, float], ...] = (
-    ("Arabic", 0.425), ("Bengali", 0.225), ("Cyrillic", 0.475), ("Devanagari", 0.5), ("Greek", 0.375),
-    ("Han", 0.325), ("Hangul", 0.525), ("Hebrew", 0.35), ("Japanese", 0.425), ("Latin", 0.575), ("Thai", 0.275),
+    ("Arabic", 0.375), ("Bengali", 0.25), ("Cyrillic", 0.35), ("Devanagari", 0.45), ("Greek", 0.275), ("Han", 0.25),
+    ("Hangul", 0.35), ("Hebrew", 0.3), ("Japanese", 0.35), ("Latin", 0.55), ("Thai", 0.2),
 )
 RED_FLAG_BY_SCRIPT: tuple[tuple[str, float], ...] = (  # learned red flag, where not own_language()
-    ("Arabic", 0.8), ("Bengali", 0.8), ("Cyrillic", 0.775), ("Devanagari", 0.8), ("Greek", 0.775), ("Han", 0.825),
-    ("Hangul", 0.725), ("Hebrew", 0.8), ("Japanese", 0.675), ("Latin", 0.7), ("Thai", 0.875),
+    ("Arabic", 0.675), ("Bengali", 0.8), ("Cyrillic", 0.725), ("Devanagari", 0.125), ("Greek", 0.8), ("Han", 0.825),
+    ("Hangul", 0.825), ("Hebrew", 0.75), ("Japanese", 0.85), ("Latin", 0.775), ("Thai", 0.875),
 )
 INJECTION_BY_SCRIPT: tuple[tuple[str, float], ...] = (
-    ("Arabic", 0.7), ("Bengali", 0.775), ("Cyrillic", 0.9), ("Devanagari", 0.7), ("Greek", 0.65), ("Han", 0.675),
-    ("Hangul", 0.7), ("Hebrew", 0.775), ("Japanese", 0.375), ("Latin", 0.9), ("Thai", 0.825),
+    ("Arabic", 0.675), ("Bengali", 0.875), ("Cyrillic", 0.9), ("Devanagari", 0.575), ("Greek", 0.775), ("Han", 0.8),
+    ("Hangul", 0.825), ("Hebrew", 0.825), ("Japanese", 0.75), ("Latin", 0.9), ("Thai", 0.775),
 )
 MIN_CLASSIFIER_WORDS = 2  # one word: the rules only (the model mostly echoes its prior)
 
