@@ -686,6 +686,7 @@ class ConversationCore:
                 "SELECT id FROM incidents WHERE message_id = ? AND resolved_at IS NULL", (message_id,)
             )
             first_failure = await cursor.fetchone() is None
+            await cursor.close()  # a half-read cursor would pin an old snapshot and fail this connection's next write
             if first_failure:
                 await conn.execute(
                     "INSERT INTO incidents (kind, detail, message_id, created_at) VALUES ('model_unavailable', ?, ?, ?)",
@@ -1026,7 +1027,7 @@ class ConversationCore:
             "SELECT i.id, i.card_ref FROM review_items i JOIN replies r ON r.id = i.reply_id"
             " JOIN conversations c ON c.id = r.conversation_id WHERE c.updated_at < ? AND i.card_ref IS NOT NULL",
             (cutoff,))
-        await self.db.run(lambda conn: conn.execute("PRAGMA secure_delete = ON").fetchall(), write=False)
+        await self.db.each_connection(lambda conn: conn.execute("PRAGMA secure_delete = ON").fetchall())
         removed = await self.db.run(
             lambda conn: conn.execute("DELETE FROM conversations WHERE updated_at < ?", (cutoff,)).rowcount)
         if removed:

@@ -116,7 +116,13 @@ class Database:
         if migrate:
             await self.upgrade()
         if str(self.path) != ":memory:":
-            self._open_here()
+            try:
+                self._open_here()
+            except BaseException:
+                self._conn = None  # not left open behind a failed open (its thread would keep the process alive)
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                raise
         return self
 
     def _open_here(self) -> None:
@@ -134,9 +140,14 @@ class Database:
             here.execute("PRAGMA synchronous=NORMAL")
             here.execute("PRAGMA busy_timeout=0")
             here.execute("PRAGMA wal_autocheckpoint=0")
+            wal = str(here.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
         except sqlite3.Error as exc:
             here.close()
             raise StorageError(f"database {self.path}: {exc}") from None
+        if not wal:  # without WAL a COMMIT needs readers gone, and busy_timeout 0 would fail it: thread only
+            here.close()
+            log.warning("database %s is not in WAL mode: every unit goes through the database thread", self.path)
+            return
         self._here = here
         self._here_thread = threading.get_ident()
 
@@ -235,27 +246,27 @@ class Database:
         database was locked before the unit did anything (the caller hands it to the thread)."""
         conn = self._here
         assert conn is not None
-        if not write:
-            try:
-                return True, fn(conn)
-            except sqlite3.OperationalError as exc:
-                if _locked(exc):
-                    return False, None
-                raise
+        if conn.in_transaction:  # left open by an interrupted unit: never carry the lock into the next one
+            conn.execute("ROLLBACK")
+        # A read unit is one snapshot too (BEGIN): the database thread may commit between its
+        # statements, which it could not while every statement of this process went through it.
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.OperationalError as exc:
             if _locked(exc):
-                return False, None
+                return False, None  # locked before the unit did anything: the thread runs it
             raise
         try:
             result = fn(conn)
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if not write and isinstance(exc, sqlite3.OperationalError) and _locked(exc):
+                return False, None  # a read has no effect: run again in the thread, which waits
             raise
-        self._after_commit_here()
+        if write:
+            self._after_commit_here()
         return True, result
 
     def _after_commit_here(self) -> None:
@@ -268,8 +279,9 @@ class Database:
         conn = self._conn
         if conn is None or not _thread_alive(conn):
             return
-        raw = conn._conn
-        self._checkpoint = asyncio.ensure_future(conn._execute(lambda: raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()))
+        # Through run(), so it queues behind an open transaction() instead of landing inside it.
+        self._checkpoint = asyncio.ensure_future(
+            self.run(lambda raw: raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone(), write=False))
         self._checkpoint.add_done_callback(_checkpoint_done)
 
     async def each_connection(self, fn: Callable[[sqlite3.Connection], Any]) -> None:

@@ -202,6 +202,109 @@ async def test_the_loop_connection_leaves_wal_checkpoints_to_the_database_thread
         await db.close()
 
 
+async def test_a_checkpoint_due_while_a_transaction_is_open_waits_behind_it(tmp_path, monkeypatch, caplog):
+    """The loop's connection hands its checkpoint to the database thread; one due just as a
+    transaction() opens must queue behind it (not run inside it, fail 'table is locked' and be
+    lost until 200 commits later)."""
+    from bot import storage
+
+    monkeypatch.setattr(storage, "CHECKPOINT_EVERY_COMMITS", 1)
+    db = await Database(tmp_path / "x.db").open()
+    try:
+        await db.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'a', 0)",
+                         here=True)
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'b', 0)")
+        result = await asyncio.wait_for(db._checkpoint, 5)
+        assert result[0] == 0  # PASSIVE checkpoint ran: not busy
+        assert "checkpoint failed" not in caplog.text
+        assert await db.fetchval("SELECT COUNT(*) FROM patients") == 2
+    finally:
+        await db.close()
+
+
+async def test_a_read_unit_on_the_loop_connection_is_one_snapshot(tmp_path):
+    """A commit by another connection between two statements of one read unit is not seen half:
+    a card must not show a decision with a state from before it."""
+    db = await Database(tmp_path / "x.db").open()
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    try:
+        def two_counts(conn):
+            first = conn.execute("SELECT COUNT(*) FROM patients").fetchone()[0]
+            other.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'x', 0)")
+            return first, conn.execute("SELECT COUNT(*) FROM patients").fetchone()[0]
+
+        assert await db.run(two_counts, write=False, here=True) == (0, 0)
+        assert await db.fetchval("SELECT COUNT(*) FROM patients", here=True) == 1
+    finally:
+        other.close()
+        await db.close()
+
+
+async def test_a_transaction_left_open_on_the_loop_connection_does_not_hold_the_lock(tmp_path):
+    """Interrupted between BEGIN and COMMIT (e.g. a failed ROLLBACK): the next unit rolls it back
+    first instead of failing every write from then on with 'cannot start a transaction'."""
+    db = await Database(tmp_path / "x.db").open()
+    try:
+        db._here.execute("BEGIN IMMEDIATE")
+        db._here.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'lost', 0)")
+        await db.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'a', 0)",
+                         here=True)
+        rows = await db.fetchall("SELECT platform_user_id FROM patients")
+        assert [r[0] for r in rows] == ["a"]
+    finally:
+        await db.close()
+
+
+async def test_without_wal_every_unit_goes_through_the_database_thread(tmp_path, monkeypatch):
+    """busy_timeout 0 is safe only in WAL mode (a rollback-journal COMMIT waits for readers)."""
+    import aiosqlite
+
+    real_execute = aiosqlite.Connection.execute
+
+    def no_wal(self, sql, *args, **kwargs):
+        return real_execute(self, "PRAGMA journal_mode=DELETE" if sql == "PRAGMA journal_mode=WAL" else sql,
+                            *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "execute", no_wal)
+    db = await Database(tmp_path / "x.db").open()
+    try:
+        assert db._here is None
+        await db.execute("INSERT INTO patients (platform, platform_user_id, created_at) VALUES ('local', 'a', 0)",
+                         here=True)
+        assert await db.fetchval("SELECT COUNT(*) FROM patients", here=True) == 1
+    finally:
+        await db.close()
+
+
+async def test_a_failed_second_connection_closes_the_first(tmp_path, monkeypatch):
+    real_connect = sqlite3.connect
+
+    def refuse(*args, **kwargs):
+        if kwargs.get("check_same_thread") is False:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", refuse)
+    db = Database(tmp_path / "x.db")
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(StorageError):
+        await db.open()
+    assert db._conn is None
+    await asyncio.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+
+
+async def test_forget_me_turns_secure_delete_on_for_the_loop_connection_too(service):
+    """The hot path updates rows (messages.status, replies) on the loop's connection: after a
+    forget-me, its freed cells must be zeroed as well, not only the shared connection's."""
+    db = service.core.db
+    db._here.execute("PRAGMA secure_delete = OFF")
+    await service.core.forget_patient("local", "nobody")
+    assert db._here.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    assert await db.fetchval("PRAGMA secure_delete") == 1
+
+
 async def test_an_in_memory_database_has_one_connection(tmp_path):
     db = await Database(":memory:").open()
     try:

@@ -40,14 +40,40 @@ _SCRIPTS = [
     ("ja", re.compile(r"[\u3040-\u30ff]")),
     ("ko", re.compile(r"[\uac00-\ud7af]")),
     ("zh", re.compile(r"[\u4e00-\u9fff]")),
-    ("uk", re.compile(r"[іїєґІЇЄҐ]")),
-    ("ru", re.compile(r"[\u0400-\u04ff]")),
-    ("ar", re.compile(r"[\u0600-\u06ff]")),
+    ("ru", re.compile(r"[\u0400-\u04ff]")),  # Cyrillic: told apart from Ukrainian below
+    ("ar", re.compile(r"[\u0600-\u06ff]")),  # Arabic script: told apart from Persian and Urdu below
     ("he", re.compile(r"[\u0590-\u05ff]")),
     ("el", re.compile(r"[\u0370-\u03ff]")),
+    # Devanagari is reported as Hindi: Marathi and Nepali use the same script and mostly the same
+    # letters, and a short message does not reliably tell them apart by script.
     ("hi", re.compile(r"[\u0900-\u097f]")),
+    # Bengali script is reported as Bengali (Assamese shares it, bar a few letters).
+    ("bn", re.compile(r"[\u0980-\u09ff]")),
     ("th", re.compile(r"[\u0e00-\u0e7f]")),
 ]
+# Arabic script: letters Urdu has and Persian does not (ٹ ڈ ڑ ں ے ہ ھ, and ۓ), letters Persian and
+# Urdu both use and standard Arabic does not (پ چ ژ گ, Persian/Urdu yeh ی and keheh ک), and letters
+# that mark Arabic (Arabic yeh ي, kaf ك, ta marbuta ة, alef maksura ى). Persian or Urdu on two such
+# letters that outnumber the Arabic marks, or on one with no Arabic mark at all (a short greeting);
+# Arabic when unsure (a loanword with پ in an Arabic sentence stays Arabic). On the training corpus
+# no Arabic message is read as Persian or Urdu. Other languages in the script (Pashto, Sindhi, Kurdish)
+# come out as whichever they resemble.
+# Cyrillic: Ukrainian letters (і ї є ґ) against Russian-only ones (ы э ъ ё). Counting the Ukrainian
+# letters against all letters, as this once did, never reached the script threshold in real text.
+_UKRAINIAN = re.compile(r"[іїєґІЇЄҐ]")
+_RUSSIAN_ONLY = re.compile(r"[ыэъёЫЭЪЁ]")
+_URDU_ONLY = re.compile(r"[\u0679\u0688\u0691\u06ba\u06d2\u06d3\u06c1\u06be]")
+_PERSIAN_URDU = re.compile(r"[\u067e\u0686\u0698\u06af\u06cc\u06a9]")
+_ARABIC_ONLY = re.compile(r"[\u064a\u0643\u0629\u0649]")
+
+
+def _arabic_script_language(text: str) -> str:
+    urdu, shared, arabic = (len(r.findall(text)) for r in (_URDU_ONLY, _PERSIAN_URDU, _ARABIC_ONLY))
+    evidence = urdu + shared
+    if evidence == 0 or evidence <= arabic or (evidence == 1 and arabic):
+        return "ar"
+    return "ur" if urdu else "fa"
+
 _TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
 _CJK = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af\u0e00-\u0e7f]")
 
@@ -65,6 +91,10 @@ def detect_language(text: str, default: str = "en") -> str:
     for code, script in _SCRIPTS:
         count = len(script.findall(text))
         if count and count >= 0.3 * len(letters):
+            if code == "ar":
+                return _arabic_script_language(text)
+            if code == "ru" and len(_UKRAINIAN.findall(text)) > len(_RUSSIAN_ONLY.findall(text)):
+                return "uk"
             return code
     tokens = [t.casefold() for t in _TOKEN.findall(text)]
     if not tokens:
@@ -83,7 +113,7 @@ LANGUAGE_NAMES = {
     "en": "English", "es": "español", "fr": "français", "de": "Deutsch", "it": "italiano", "pt": "português",
     "nl": "Nederlands", "pl": "polski", "tr": "Türkçe", "sv": "svenska", "ru": "русский", "uk": "українська",
     "ar": "العربية", "he": "עברית", "el": "Ελληνικά", "zh": "中文", "ja": "日本語", "ko": "한국어", "hi": "हिन्दी",
-    "th": "ไทย",
+    "th": "ไทย", "bn": "বাংলা", "fa": "فارسی", "ur": "اردو",
 }
 
 # "I can only answer in {supported}": in the patient's language, with the red-flag and emergency
@@ -158,6 +188,33 @@ LANGUAGE_NOTICES = {
            "पास के डॉक्टर या फ़ार्मासिस्ट से पूछ सकते हैं। अगर पसीना हाल ही में शुरू हुआ है, केवल एक तरफ़ है, रात में आता है, "
            "या बुख़ार, वज़न घटने या तेज़ धड़कन के साथ है, तो डॉक्टर को दिखाएँ। अगर आप ख़तरे में हैं या ख़ुद को नुकसान "
            "पहुँचाने के बारे में सोच रहे हैं, तो अभी अपने देश के आपातकालीन नंबर पर कॉल करें।"),
+    "he": ("סליחה, כרגע אפשר לקבל ממני תשובות רק בשפות האלה: {supported}. אפשר לכתוב את השאלה באחת מהן, או לפנות "
+           "לרופא או לרוקח בקרבת מקום. אם ההזעה התחילה לאחרונה, מופיעה רק בצד אחד, מופיעה בלילה, או מלווה בחום, "
+           "בירידה במשקל או בדופק מהיר, יש לפנות לרופא. אם יש סכנה או מחשבות על פגיעה בעצמך, יש להתקשר עכשיו "
+           "למספר החירום המקומי."),
+    "el": ("Λυπάμαι, προς το παρόν μπορώ να απαντήσω μόνο σε αυτές τις γλώσσες: {supported}. Μπορείτε να γράψετε "
+           "την ερώτησή σας σε μία από αυτές ή να ρωτήσετε έναν γιατρό ή φαρμακοποιό κοντά σας. Αν η εφίδρωση "
+           "ξεκίνησε πρόσφατα, είναι μόνο στη μία πλευρά, εμφανίζεται τη νύχτα ή συνοδεύεται από πυρετό, απώλεια "
+           "βάρους ή ταχυπαλμία, επισκεφθείτε γιατρό. Αν κινδυνεύετε ή σκέφτεστε να βλάψετε τον εαυτό σας, καλέστε "
+           "τώρα τον αριθμό έκτακτης ανάγκης της χώρας σας."),
+    "th": ("ขออภัย ขณะนี้ฉันตอบได้เฉพาะภาษาต่อไปนี้เท่านั้น: {supported} คุณสามารถเขียนคำถามเป็นภาษาเหล่านี้ "
+           "หรือสอบถามแพทย์หรือเภสัชกรใกล้บ้านคุณ หากเหงื่อออกเพิ่งเริ่มเมื่อไม่นานมานี้ ออกเพียงข้างเดียว "
+           "ออกตอนกลางคืน หรือมีไข้ น้ำหนักลด หรือใจสั่นร่วมด้วย โปรดไปพบแพทย์ หากคุณอยู่ในอันตราย"
+           "หรือคิดจะทำร้ายตัวเอง โปรดโทรหาหมายเลขฉุกเฉินในพื้นที่ของคุณทันที"),
+    "bn": ("দুঃখিত, এই মুহূর্তে আমি কেবল এই ভাষাগুলোতে উত্তর দিতে পারি: {supported}। আপনি এর কোনো একটি ভাষায় "
+           "প্রশ্ন লিখতে পারেন, অথবা আপনার কাছাকাছি কোনো ডাক্তার বা ফার্মাসিস্টকে জিজ্ঞেস করতে পারেন। যদি ঘাম "
+           "সম্প্রতি শুরু হয়ে থাকে, শুধু এক পাশে হয়, রাতে হয়, অথবা তার সঙ্গে জ্বর, ওজন কমে যাওয়া বা বুক ধড়ফড় "
+           "থাকে, তাহলে একজন ডাক্তার দেখান। আপনি যদি বিপদে থাকেন বা নিজের ক্ষতি করার কথা ভাবেন, তাহলে এখনই "
+           "আপনার এলাকার জরুরি নম্বরে ফোন করুন।"),
+    "fa": ("متأسفم، در حال حاضر فقط می‌توانم به این زبان‌ها پاسخ بدهم: {supported}. می‌توانید پرسش خود را به یکی از "
+           "این زبان‌ها بنویسید، یا از یک پزشک یا داروساز نزدیک خود بپرسید. اگر تعریق به‌تازگی شروع شده، فقط در یک "
+           "طرف بدن است، شب‌ها رخ می‌دهد، یا با تب، کاهش وزن یا تپش قلب همراه است، لطفاً به پزشک مراجعه کنید. اگر "
+           "در خطر هستید یا به آسیب زدن به خود فکر می‌کنید، همین حالا با شماره اورژانس محلی تماس بگیرید."),
+    "ur": ("معذرت، اس وقت میں صرف ان زبانوں میں جواب دے سکتا ہوں: {supported}۔ آپ اپنا سوال ان میں سے کسی ایک "
+           "زبان میں لکھ سکتے ہیں، یا اپنے قریب کسی ڈاکٹر یا فارماسسٹ سے پوچھ سکتے ہیں۔ اگر پسینہ حال ہی میں شروع "
+           "ہوا ہے، صرف ایک طرف آتا ہے، رات کو آتا ہے، یا اس کے ساتھ بخار، وزن میں کمی یا دل کی تیز دھڑکن ہے، تو "
+           "براہ کرم ڈاکٹر کو دکھائیں۔ اگر آپ خطرے میں ہیں یا خود کو نقصان پہنچانے کا سوچ رہے ہیں، تو ابھی اپنے "
+           "مقامی ایمرجنسی نمبر پر کال کریں۔"),
 }
 
 
@@ -179,6 +236,12 @@ CRISIS_PREFACES = {
     "ja": "あなたは一人ではありません。今すぐ次の窓口のいずれかに連絡するか、お住まいの国の緊急通報番号に電話してください：",
     "ko": "당신은 혼자가 아닙니다. 지금 바로 아래 기관 중 한 곳에 연락하거나 응급 번호로 전화하세요:",
     "hi": "आप अकेले नहीं हैं। कृपया अभी इनमें से किसी सेवा से संपर्क करें या अपने देश के आपातकालीन नंबर पर कॉल करें:",
+    "he": "אינך לבד. יש לפנות עכשיו לאחד מהשירותים האלה, או להתקשר למספר החירום המקומי:",
+    "el": "Δεν είστε μόνος/μόνη. Επικοινωνήστε τώρα με μία από αυτές τις υπηρεσίες ή καλέστε τον αριθμό έκτακτης ανάγκης της χώρας σας:",
+    "th": "คุณไม่ได้อยู่คนเดียว โปรดติดต่อหนึ่งในบริการเหล่านี้ตอนนี้ หรือโทรหาหมายเลขฉุกเฉินในประเทศของคุณ:",
+    "bn": "আপনি একা নন। অনুগ্রহ করে এখনই এই পরিষেবাগুলোর একটিতে যোগাযোগ করুন, অথবা আপনার দেশের জরুরি নম্বরে ফোন করুন:",
+    "fa": "شما تنها نیستید. لطفاً همین حالا با یکی از این خدمات یا با شماره اورژانس کشور خود تماس بگیرید:",
+    "ur": "آپ اکیلے نہیں ہیں۔ براہ کرم ابھی ان میں سے کسی ایک سروس سے رابطہ کریں یا اپنے ملک کے ایمرجنسی نمبر پر کال کریں:",
 }
 
 

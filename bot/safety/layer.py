@@ -179,7 +179,7 @@ class SafetyLayer:
 
     async def prepare_forget(self, platform: str, user_id: str) -> list[tuple[int, str]]:
         """Before deleting: overwrite deleted content on disk, and note the posted review cards."""
-        await self.core.db.run(lambda conn: conn.execute("PRAGMA secure_delete = ON").fetchall(), write=False)
+        await self.core.db.each_connection(lambda conn: conn.execute("PRAGMA secure_delete = ON").fetchall())
         return await self.cards_of(platform, user_id)
 
     async def after_forget(self, platform: str, user_id: str, cards: list[tuple[int, str]]) -> int:
