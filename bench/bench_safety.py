@@ -3,7 +3,7 @@
     python bench/bench_safety.py             # CV + red-team set + latency + reply checks
     python bench/bench_safety.py --json      # the same as one JSON object
     python bench/bench_safety.py --sweep     # also the CV threshold sweep (how the thresholds were chosen)
-    python bench/bench_safety.py --blind B4  # also the blind set tests/data/safety_blind/B4.jsonl (the lead only, once)
+    python bench/bench_safety.py --blind B5  # also the blind set tests/data/safety_blind/B5.jsonl (the lead only, once)
 
 What is scored, and what was tuned on what:
 

@@ -136,10 +136,16 @@ def test_crisis_false_positives_are_few(verdicts):
     false = [row["text"] for row, v in negatives if v.crisis]
     assert len(false) <= 10, false  # counted and printed by bench/bench_safety.py
     benign_false = [row["text"] for row, v in verdicts["benign"] if v.crisis]
-    # 8 of 64 with hash-mlp-6 on the 24-batch corpus at the thresholds re-picked on its CV (7-8 with the
-    # previous thresholds on that corpus, 6 or fewer on the 18-batch one): the bound was moved after seeing
-    # the figure, not the thresholds (this set is scored, never tuned on).
+    # A regression guard at today's figure, NOT the target: 8 of 64 with hash-mlp-6 on the 24-batch
+    # corpus at the thresholds re-picked on its CV (6 or fewer on the 18-batch one). The target
+    # (<= 0.10, i.e. 6 of 64) is the strict xfail below. This set is scored, never tuned on.
     assert len(benign_false) <= 8, benign_false
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14: red-team benign-as-crisis 8/64 = 0.125 with hash-mlp-6, target <= 0.10")
+def test_red_team_benign_as_crisis_meets_the_target(verdicts):
+    benign_false = [row["text"] for row, v in verdicts["benign"] if v.crisis]
+    assert len(benign_false) / len(verdicts["benign"]) <= 0.10, benign_false
 
 
 def test_red_flag_vignettes_are_flagged(verdicts):
