@@ -89,7 +89,11 @@ class Outbox:
         self.stale_s = stale_s
         self.not_connected_retry_s = not_connected_retry_s
         self.owner = _owner()
-        self._target_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # One lock per target (a card, a patient's reply) while effects on it are being applied:
+        # created on demand and dropped when nobody holds or waits for it, so a long-running
+        # service does not keep one per card it ever touched.
+        self._target_locks: dict[str, asyncio.Lock] = {}
+        self._target_users: dict[str, int] = defaultdict(int)
         self._wake = asyncio.Event()
         self._ready_platforms: set[str] = set()
 
@@ -132,7 +136,10 @@ class Outbox:
         return sum(1 for _, error in results if error is None)
 
     async def _apply_one(self, effect: Effect) -> BaseException | None:
-        lock = self._target_locks[effect.target] if effect.target else None
+        target = effect.target
+        lock = self._target_locks.setdefault(target, asyncio.Lock()) if target else None
+        if target:
+            self._target_users[target] += 1
         try:
             if lock is None:
                 await self._apply(effect)
@@ -145,6 +152,11 @@ class Outbox:
             if not isinstance(exc, NotConnected):
                 log.warning("effect %s (%s) failed: %s", effect.key, effect.kind, exc)
             return exc
+        finally:
+            if target:
+                self._target_users[target] -= 1
+                if not self._target_users[target]:  # nobody holds or waits for it
+                    del self._target_users[target], self._target_locks[target]
         return None
 
     async def _finish(self, results: list[tuple[int, BaseException | None]]) -> None:

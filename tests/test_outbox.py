@@ -287,3 +287,36 @@ async def test_a_crisis_alert_that_fails_is_retried(fast_settings):
         assert [a["urgent"] for a in platform.alerts] == [True]
     finally:
         await service.stop()
+
+
+async def test_effects_on_one_target_run_one_at_a_time_and_leave_no_lock_behind(tmp_path):
+    """Two effects on one target never overlap (a card edited by two decisions at once would end
+    in either state); once applied, no per-target lock is kept (a long-running service touches
+    one target per card and reply it ever posted)."""
+    from bot.outbox import Effect, Outbox
+    from bot.storage import Database
+
+    db = await Database(tmp_path / "x.db").open()
+    running: dict[str, int] = {}
+    overlaps: list[str] = []
+    gate = asyncio.Event()
+
+    async def apply(effect: Effect) -> None:
+        running[effect.target] = running.get(effect.target, 0) + 1
+        if running[effect.target] > 1:
+            overlaps.append(effect.key)
+        await gate.wait()
+        running[effect.target] -= 1
+
+    outbox = Outbox(db, apply)
+    try:
+        effects = [Effect("review_card", f"k{i}", {}, "local", f"card-{i % 3}") for i in range(9)]
+        tasks = [asyncio.create_task(outbox._apply_one(e)) for e in effects]
+        await asyncio.sleep(0)
+        assert sorted(k for k, n in running.items() if n) == ["card-0", "card-1", "card-2"]  # one per target
+        gate.set()
+        assert await asyncio.gather(*tasks) == [None] * 9
+        assert overlaps == []
+        assert outbox._target_locks == {} and not outbox._target_users
+    finally:
+        await db.close()
