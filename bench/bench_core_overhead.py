@@ -23,6 +23,13 @@ database thread (``SELECT 1`` through aiosqlite, as every read and write of the 
 The service stores a message in four commits (message; claim; reply with its review item and
 effects; effects done), so read the overhead as a multiple of those floors.
 
+Triage runs in the service's process (``safety.triage_process`` off, the default); to measure the
+triage child process instead, run with ``LLM4SWEAT_SAFETY__TRIAGE_PROCESS=true``. Measured on
+2 cores, interleaved, 3 runs each: at 1 s model time (load 1.4-1.7) in-process p50 4.17 / 4.20 /
+3.73 ms, p99 9.9 / 10.0 / 8.6 ms vs the child 7.34 / 7.11 / 6.32 ms, 28.2 / 22.8 / 16.2 ms; at
+0.25 s (400 messages/s, load 1.5-2.2) in-process p50 28 / 21 / 104 ms vs 152 / 40 / 295 ms --
+the child's round trip costs more than the CPU it takes off the loop, so it is off by default.
+
 Run: python bench/bench_core_overhead.py [--conversations 100] [--rounds 5] [--delay 0.05]
 """
 

@@ -363,14 +363,21 @@ class SafetySettings(Section):
     # ["US", "UK"]): `llm4sweat doctor` checks the pack has local crisis resources for each.
     regions: list[str] = Field(default_factory=list)
     # The offline triage (rules + learned model, 1-2 ms of CPU per message) in a process of its
-    # own beside the service (bot/triage_worker.py), so it does not hold up other conversations;
-    # unset: on when the machine has more than one core. Its verdicts are the same; when it is
-    # not ready, fails or is late, the service triages the message itself.
-    triage_process: bool | None = None
+    # own beside the service (bot/triage_worker.py); its verdicts are the same, and when it is not
+    # ready, fails or is late the service triages the message itself. Off by default: measured
+    # with bench/bench_core_overhead.py (100 conversations, 2 cores, the database work on the
+    # loop's thread), in-process triage is faster at quiet and at heavy load alike -- 1 s model
+    # time, load 1.4-1.7: p50 3.7-4.2 ms / p99 8.6-10.0 ms in-process vs 6.3-7.3 / 16.2-28.2 with
+    # the child; 0.25 s model time (400 messages/s), load 1.5-2.2: p50 21-104 / p99 46-272 vs
+    # 40-295 / 219-583. The round trip (pipe write waking the child, which then preempts the
+    # loop on a shared core, and the child's cold ~2 ms per triage vs ~1.05 ms warm) costs more
+    # than the CPU it moves off the loop. Turn it on only where a measurement on that machine
+    # (e.g. with a heavier safety model) says it helps.
+    triage_process: bool = False
 
     @property
     def use_triage_process(self) -> bool:
-        return self.triage_process if self.triage_process is not None else (os.cpu_count() or 1) > 1
+        return self.triage_process
 
 
 class ServeSettings(Section):
