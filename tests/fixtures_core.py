@@ -46,3 +46,17 @@ async def service(settings):
     await svc.start(retry_loop=False)
     yield svc
     await asyncio.wait_for(svc.stop(), 60)  # a stop that cannot finish fails the test instead of hanging the run
+
+
+@pytest.fixture
+async def svc(settings):
+    """A whole service on a fixed-reply backend and a platform that records what it was asked to
+    send (tests/recording_platform.py), for tests that read what patients and reviewers got."""
+    from bot.service import Service
+    from tests.recording_platform import RecordingPlatform
+
+    service = Service(settings, FixedBackend())
+    service.add_platform(RecordingPlatform())
+    await service.start(retry_loop=False)
+    yield service
+    await service.stop()

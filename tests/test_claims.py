@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
 from bot.inference.fixed import FixedBackend
 from bot.platform import IncomingMessage
@@ -22,15 +21,6 @@ MODERATOR = Actor("local", "mod", "Mod", frozenset({"moderator"}))
 
 def msg(text: str, user: str = "pat") -> IncomingMessage:
     return IncomingMessage("local", user, "console", user, text, display_name=user)
-
-
-@pytest.fixture
-async def svc(settings):
-    service = Service(settings, FixedBackend())
-    service.add_platform(RecordingPlatform())
-    await service.start(retry_loop=False)
-    yield service
-    await service.stop()
 
 
 async def wait_for(predicate, timeout: float = 10.0) -> None:

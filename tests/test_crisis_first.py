@@ -10,11 +10,9 @@ import asyncio
 
 import pytest
 
-from bot.inference.fixed import FixedBackend
 from bot.platform import IncomingMessage, ViewKind
 from bot.service import Service
 from reviewers.models import Actor
-from tests.recording_platform import RecordingPlatform
 
 MODERATOR = Actor("local", "mod", "Mod", frozenset({"moderator"}))
 CRISIS = "I can't go on, I want to kill myself tonight"
@@ -22,15 +20,6 @@ CRISIS = "I can't go on, I want to kill myself tonight"
 
 def msg(text: str, user: str = "pat") -> IncomingMessage:
     return IncomingMessage("local", user, "console", user, text, display_name=user)
-
-
-@pytest.fixture
-async def svc(settings):
-    service = Service(settings, FixedBackend())
-    service.add_platform(RecordingPlatform())
-    await service.start(retry_loop=False)
-    yield service
-    await service.stop()
 
 
 def assert_crisis_handled(service: Service, result) -> None:

@@ -7,7 +7,6 @@ is updated to 'expired' without buttons. Both go through the outbox like a decis
 
 from __future__ import annotations
 
-import pytest
 
 from bot.core import EXPIRED_HELD_TEXT, GATED_TEXT, LABEL_NOT_REVIEWED
 from bot.inference.fixed import FixedBackend
@@ -22,15 +21,6 @@ MODERATOR = Actor("local", "mod", "Mod", frozenset({"moderator"}))
 
 def msg(text: str, user: str = "pat") -> IncomingMessage:
     return IncomingMessage("local", user, "console", user, text, display_name=user)
-
-
-@pytest.fixture
-async def svc(settings):
-    service = Service(settings, FixedBackend())
-    service.add_platform(RecordingPlatform())
-    await service.start(retry_loop=False)
-    yield service
-    await service.stop()
 
 
 async def age_items(service: Service, hours: float) -> None:

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.inference.fixed import FixedBackend
 from bot.platform import IncomingMessage, ViewKind
 from bot.safety.language import _SCRIPTS, _STOPWORDS, CRISIS_PREFACES, LANGUAGE_NAMES, LANGUAGE_NOTICES, detect_language
-from bot.service import Service
-from tests.recording_platform import RecordingPlatform
 
 
 @pytest.mark.parametrize("text, lang", [
@@ -50,15 +47,6 @@ def test_every_detectable_language_has_a_notice_a_preface_and_a_name():
 
 
 BENGALI_CRISIS = "আমি আর বাঁচতে চাই না, আজ রাতে আত্মহত্যা করব"
-
-
-@pytest.fixture
-async def svc(settings):
-    service = Service(settings, FixedBackend())
-    service.add_platform(RecordingPlatform())
-    await service.start(retry_loop=False)
-    yield service
-    await service.stop()
 
 
 async def test_a_crisis_in_bengali_gets_the_bengali_preface_the_resources_and_an_alert(svc):
