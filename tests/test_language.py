@@ -60,3 +60,13 @@ async def test_a_crisis_in_bengali_gets_the_bengali_preface_the_resources_and_an
     platform = svc.core.platforms["local"]
     assert platform.sent[-1][1].kind is ViewKind.CRISIS
     assert [a["urgent"] for a in platform.alerts] == [True]
+
+
+async def test_a_message_in_a_script_nobody_reads_gets_the_resources_and_no_model_reply(svc):
+    """Tamil (no batch, no detector rule, no language notice of its own): the check-in with the
+    crisis resources at once, then the language notice; the model is not asked to answer it."""
+    tamil = "நான் இன்று இரவு என் வாழ்க்கையை முடித்துக்கொள்வேன், எல்லோருக்கும் விடைபெறுகிறேன்"
+    result = await svc.core.handle_message(IncomingMessage("local", "pat", "console", "pat", tamil))
+    kinds = [view.kind for view in result.views]
+    assert ViewKind.CRISIS in kinds and ViewKind.NOTICE in kinds and kinds.index(ViewKind.CRISIS) < kinds.index(ViewKind.NOTICE)
+    assert svc.backend.calls == []

@@ -282,3 +282,52 @@ def test_augmentation_is_deterministic_and_keeps_labels_and_languages():
     spliced = [r for r in extra if r.label == "crisis"]
     assert spliced and all(any(c.text in r.text for c in crisis) and "sweaty palms" in r.text for r in spliced)
     assert {r.red_flag_id for r in extra if r.label == "red_flag"} == {"rf-night-sweats"}
+
+
+def test_every_window_of_a_very_long_message_is_read(pack):
+    """A goodbye in the last sentence of an 80-sentence post is read like one in its first lines
+    (windows were once cut at the first 64, and such a post then came out 'safe')."""
+    filler = [f"Day {i}: my palms were damp at work again and I used the cream before lunch." for i in range(80)]
+    crisis = "I counted out all the pills on my desk and I am done pretending, this is the last night."
+    model = crisis_model(pack)
+    early = " ".join(filler[:10] + [crisis] + filler[10:])
+    late = " ".join(filler + [crisis])
+    assert len(clf.windows(late)) == 80
+    assert model.assess(late)[0]["crisis"] >= clf.WINDOW_CONFIDENT
+    assert abs(model.assess(late)[0]["crisis"] - model.assess(early)[0]["crisis"]) < 0.05
+    assert decide(signals(late, pack, model)).crisis
+
+
+def test_windows_know_the_full_stops_of_every_script():
+    """Urdu's ۔, Chinese typed with an ASCII full stop and no space, and Thai (no sentence
+    punctuation: half-overlapping runs of characters) get windows like a Latin-script post."""
+    assert len(clf.windows("میں آج کام پر تھا۔ میرے ہاتھ بہت گیلے تھے۔ میں نے سب گولیاں جمع کر لی ہیں۔ کل ملتے ہیں۔")) == 3
+    assert len(clf.windows("今天工作很长.我喂了猫.我准备好了药.明天见.")) == 3
+    thai = ("วันนี้ทำงานทั้งวัน เหงื่อออกมือเยอะมาก เพื่อนที่ออฟฟิศก็ถามว่าเป็นอะไร ฉันเตรียมยาไว้หมดแล้ว"
+            "คืนนี้จะไม่อยู่แล้ว พรุ่งนี้มีประชุมตอนเช้า ต้องไปซื้อแป้งฝุ่นด้วย แล้วก็ต้องโทรหาแม่ตอนเย็น")
+    parts = clf.windows(thai)
+    assert len(parts) >= 3 and all(len(p) <= clf.WINDOW_CHARS for p in parts)
+    assert any("เตรียมยาไว้หมดแล้วคืนนี้" in p for p in parts)  # the buried sentence whole in one run
+    assert clf.windows("I live in Spain and I like my job a lot, even on the hottest days of summer when my hands "
+                       "are wet. My dermatologist is away until March and I will ask her about iontophoresis.") == []
+
+
+@pytest.mark.parametrize("text", [
+    "நான் இன்று இரவு என் வாழ்க்கையை முடித்துக்கொள்வேன், எல்லோருக்கும் விடைபெறுகிறேன்",  # Tamil
+    "მე ამაღამ სიცოცხლეს დავასრულებ, მშვიდობით ყველას",  # Georgian
+    "Ես այսօր կվերջացնեմ կյանքս, մնաք բարով բոլորին",  # Armenian
+])
+def test_a_script_no_batch_covers_is_never_read_as_safe_english(pack, text):
+    """Tamil, Georgian, Armenian …: not 'Latin' and English (which let the model answer a crisis
+    it could not read), but a script the detector cannot read — a possible crisis in an
+    undetermined language: crisis resources at once and the language notice, no model reply."""
+    assert script_of(text) == "Other"
+    v = triage(text, pack)
+    assert v.possible_crisis and not v.language_supported and v.language == "und"
+    assert v.action != "answer"
+
+
+def test_known_scripts_and_latin_letters_are_not_other():
+    for text, script in [("Tôi đổ mồ hôi tay rất nhiều", "Latin"), ("ｆｕｌｌｗｉｄｔｈ hands", "Latin"),
+                         ("ok 👍🔥", "Latin"), ("ㅎㅇ", "Hangul"), ("ｱｾ ｶﾞ ﾋﾄﾞｲ", "Japanese")]:
+        assert script_of(text) == script, text

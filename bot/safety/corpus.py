@@ -58,12 +58,19 @@ _SCRIPTS = (
     (0xFB50, 0xFDFF, "Arabic"), (0xFE70, 0xFEFF, "Arabic"), (0x0900, 0x097F, "Devanagari"),
     (0x0980, 0x09FF, "Bengali"), (0x0E00, 0x0E7F, "Thai"), (0x3040, 0x30FF, "Japanese"),
     (0x4E00, 0x9FFF, "Han"), (0x3400, 0x4DBF, "Han"), (0xAC00, 0xD7AF, "Hangul"), (0x1100, 0x11FF, "Hangul"),
+    (0x3130, 0x318F, "Hangul"), (0xFF66, 0xFF9F, "Japanese"),  # compatibility jamo (ㅎㅇ), half-width kana
 )
 
 
+_LATIN_NAMES = ("LATIN", "FULLWIDTH LATIN", "MODIFIER LETTER")
+
+
 def script_of(text: str) -> str:
-    """The main non-Latin script of a text (Han with any kana is Japanese), else Latin."""
+    """The main non-Latin script of a text (Han with any kana is Japanese), else Latin; ``Other``
+    when most of its letters are in a script none of the above (Tamil, Georgian, Amharic …): no
+    batch has taught the model that script, so the detector must not read it as Latin text."""
     counts: dict[str, int] = {}
+    unknown = 0
     for ch in text:
         cp = ord(ch)
         if cp < 0x0370:
@@ -72,7 +79,11 @@ def script_of(text: str) -> str:
             if lo <= cp <= hi:
                 counts[name] = counts.get(name, 0) + 1
                 break
+        else:
+            unknown += ch.isalpha() and not unicodedata.name(ch, "").startswith(_LATIN_NAMES)
     if not counts:
+        if unknown >= 2 and unknown * 2 >= sum(1 for ch in text if ch.isalpha()):
+            return "Other"
         return "Latin"
     if "Japanese" in counts and "Han" in counts:
         return "Japanese"

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 # corpus (24 batches, 45,691 messages; `python bench/bench_safety.py --sweep`), recall-first; the
 # figures at these values are in docs/safety.md. Rules fire regardless.
 DEFAULT_THRESHOLD = 0.55  # crisis, Latin script: the lowest keeping benign-as-crisis within 0.10 on CV
+UNREADABLE_SCRIPT = "Other"  # bot.safety.corpus.script_of: a script no training batch covers
+UNREADABLE_LANGUAGE = "und"  # ISO 639-2 "undetermined"
 NON_LATIN_THRESHOLD = 0.35  # crisis, other scripts pooled (used by a script without its own, below)
 POSSIBLE_THRESHOLD = 0.075  # possible crisis (a person looks first): crisis OR possible reaches 0.97 on CV
 RED_FLAG_THRESHOLD = 0.8  # crisis threshold when the message trips a pack red flag and no crisis rule
@@ -176,10 +178,14 @@ def signals(text: str, pack: Any, model: Any = None) -> Signals:
     probs, learned_flag = model.assess(text) if text.strip() else ({}, "")
     pack_language = _pack_language(pack)
     decoded = find_encoded(text)
+    script = script_of(text)
+    # A script no batch covers is no known language either: "und", so the patient gets the
+    # language notice (with its emergency line) rather than a reply to text nobody here can read.
+    language = UNREADABLE_LANGUAGE if script == UNREADABLE_SCRIPT else detect_language(text, default=pack_language)
     return Signals(
         rule_hits=tuple(all_crisis_rule_hits(text, decoded)), pack_flags=red_flags_in(text, pack),
         injection_rule=bool(injection_hits(text, decoded)), probs=probs, learned_flag=learned_flag, words=words,
-        language=detect_language(text, default=pack_language), pack_language=pack_language, script=script_of(text),
+        language=language, pack_language=pack_language, script=script,
     )
 
 
@@ -230,6 +236,11 @@ def decide(sig: Signals, th: Thresholds = Thresholds()) -> Decision:
     possible = not crisis and score >= min(th.possible, cut)
     kind = sig.rule_hits[0][0] if sig.rule_hits else ("classifier" if crisis else None)
     reasons = tuple(f"{k}: {m}" for k, m in sig.rule_hits) + ((f"classifier: p={score:.2f}",) if score >= cut else ())
+    if sig.script == UNREADABLE_SCRIPT and not crisis:
+        # Neither the rules nor the model can read this script: like a layer that cannot answer,
+        # it counts as a possible crisis (resources at once, the reply held for a person), never "safe".
+        possible = True
+        reasons += ("script the offline detector cannot read",)
     injection = sig.injection_rule or sig.probs.get("injection", 0.0) >= dict(th.injection_by_script).get(
         sig.script, th.injection)
     return Decision(crisis, possible, flags, injection, kind, score, reasons)
