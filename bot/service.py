@@ -110,7 +110,6 @@ class Service:
         # objects) lives as long as the service: set aside from the garbage collector, whose full
         # passes would otherwise walk all of it again and again, pausing the event loop (one such
         # pass took 105 ms under load, measured in bench_core_overhead). Given back at stop.
-        gc.collect()  # what start-up left as garbage is freed first, not kept for the service's life
         gc.freeze()
         self._gc_frozen = True
 
