@@ -63,6 +63,7 @@ _SCRIPTS = (
 
 
 _LATIN_NAMES = ("LATIN", "FULLWIDTH LATIN", "MODIFIER LETTER")
+UNREADABLE_SCRIPT = "Other"  # script_of: a script no training batch covers
 
 
 def script_of(text: str) -> str:
@@ -83,7 +84,7 @@ def script_of(text: str) -> str:
             unknown += ch.isalpha() and not unicodedata.name(ch, "").startswith(_LATIN_NAMES)
     if not counts:
         if unknown >= 2 and unknown * 2 >= sum(1 for ch in text if ch.isalpha()):
-            return "Other"
+            return UNREADABLE_SCRIPT
         return "Latin"
     if "Japanese" in counts and "Han" in counts:
         return "Japanese"

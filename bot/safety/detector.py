@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from bot.safety.corpus import corpus_files, load_corpus, script_of, training_hash
+from bot.safety.corpus import UNREADABLE_SCRIPT, corpus_files, load_corpus, script_of, training_hash
 
 from bot.safety.language import _CJK, _TOKEN, detect_language
 from bot.safety.encoded import find_encoded
@@ -44,13 +44,13 @@ from bot.safety.verdict import Triage
 
 log = logging.getLogger(__name__)
 
+UNREADABLE_LANGUAGE = "und"  # ISO 639-2 "undetermined": the language of a script no batch covers
+
 # Thresholds on the learned model's probabilities (bot.safety.classifier, MODEL_VERSION hash-mlp-6),
 # chosen on the pooled leave-one-writer-out CV of the whole triage (rules + model) over the shipped
 # corpus (24 batches, 45,691 messages; `python bench/bench_safety.py --sweep`), recall-first; the
 # figures at these values are in docs/safety.md. Rules fire regardless.
 DEFAULT_THRESHOLD = 0.55  # crisis, Latin script: the lowest keeping benign-as-crisis within 0.10 on CV
-UNREADABLE_SCRIPT = "Other"  # bot.safety.corpus.script_of: a script no training batch covers
-UNREADABLE_LANGUAGE = "und"  # ISO 639-2 "undetermined"
 NON_LATIN_THRESHOLD = 0.35  # crisis, other scripts pooled (used by a script without its own, below)
 POSSIBLE_THRESHOLD = 0.075  # possible crisis (a person looks first): crisis OR possible reaches 0.97 on CV
 RED_FLAG_THRESHOLD = 0.8  # crisis threshold when the message trips a pack red flag and no crisis rule
